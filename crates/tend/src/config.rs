@@ -1,0 +1,400 @@
+//! What to run and how to supervise it: [`BackgroundProcessConfig`] and
+//! [`HealthCheck`], with validation that reports every problem at once.
+
+use std::{
+    ffi::{OsStr, OsString},
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use crate::{
+    defaults,
+    error::{ConfigProblem, ConfigProblems, Error},
+};
+
+/// Periodic liveness check over the daemon's socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// Time between the end of one check and the start of the next; checks
+    /// never overlap.
+    pub interval: Duration,
+    /// How long one connect may take before it counts as a failure.
+    pub timeout: Duration,
+    /// Consecutive failures that make tend restart the daemon.
+    pub retries: u32,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            interval: defaults::HEALTH_CHECK_INTERVAL,
+            timeout: defaults::HEALTH_CHECK_TIMEOUT,
+            retries: defaults::MAX_HEALTH_CHECK_FAILURES,
+        }
+    }
+}
+
+/// How to run and supervise one daemon. Build it with [`Self::new`] and the
+/// chained setters; every setting not given takes its value from
+/// [`crate::defaults`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackgroundProcessConfig {
+    /// Unique name: `[A-Za-z0-9._-]`, not `.` or `..`, at most 64 bytes.
+    pub name: String,
+    /// Program to execute (looked up in `PATH` when it has no `/`). Never
+    /// run through a shell.
+    pub command: PathBuf,
+    /// Arguments after the program name.
+    pub args: Vec<OsString>,
+    /// Working directory; the caller's when `None`.
+    pub plugin_path: Option<PathBuf>,
+    /// Absolute path of the Unix socket the daemon listens on, exported to it
+    /// as `SOCKET_PATH`. `None` for a worker that serves no socket.
+    pub socket_path: Option<PathBuf>,
+    /// Extra environment variables, added to the caller's environment in
+    /// order (a later entry wins).
+    pub env: Vec<(OsString, OsString)>,
+    /// Time allowed from spawn until the socket accepts.
+    pub startup_timeout: Duration,
+    /// Time allowed between SIGTERM and SIGKILL.
+    pub shutdown_grace_period: Duration,
+    /// Periodic health check, if any (needs a socket).
+    pub healthcheck: Option<HealthCheck>,
+    /// Restarts in a row before giving up.
+    pub max_restart_attempts: u32,
+    /// Delay before the first restart; each further one doubles it, up to
+    /// [`defaults::MAX_RESTART_DELAY`], plus a little jitter.
+    pub restart_delay: Duration,
+    /// Time `Running` after which the restart counter resets.
+    pub stable_period: Duration,
+    /// File the daemon's stdout and stderr are appended to, rotated by size.
+    pub log_file: Option<PathBuf>,
+}
+
+impl BackgroundProcessConfig {
+    /// A config for `name` running `command`, with every default.
+    pub fn new(name: impl Into<String>, command: impl Into<PathBuf>) -> Self {
+        BackgroundProcessConfig {
+            name: name.into(),
+            command: command.into(),
+            args: Vec::new(),
+            plugin_path: None,
+            socket_path: None,
+            env: Vec::new(),
+            startup_timeout: defaults::STARTUP_TIMEOUT,
+            shutdown_grace_period: defaults::SHUTDOWN_GRACE_PERIOD,
+            healthcheck: None,
+            max_restart_attempts: defaults::MAX_RESTART_ATTEMPTS,
+            restart_delay: defaults::RESTART_DELAY,
+            stable_period: defaults::STABLE_PERIOD,
+            log_file: None,
+        }
+    }
+
+    /// Appends arguments.
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets the working directory (the plugin's folder).
+    pub fn plugin_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.plugin_path = Some(path.into());
+        self
+    }
+
+    /// Sets the socket the daemon must listen on.
+    pub fn socket_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.socket_path = Some(path.into());
+        self
+    }
+
+    /// Adds one environment variable.
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Adds several environment variables.
+    pub fn envs<I, K, V>(mut self, vars: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<OsString>,
+        V: Into<OsString>,
+    {
+        self.env
+            .extend(vars.into_iter().map(|(k, v)| (k.into(), v.into())));
+        self
+    }
+
+    /// Sets the startup timeout.
+    pub fn startup_timeout(mut self, timeout: Duration) -> Self {
+        self.startup_timeout = timeout;
+        self
+    }
+
+    /// Sets the time between SIGTERM and SIGKILL.
+    pub fn shutdown_grace_period(mut self, grace: Duration) -> Self {
+        self.shutdown_grace_period = grace;
+        self
+    }
+
+    /// Enables periodic health checks.
+    pub fn healthcheck(mut self, check: HealthCheck) -> Self {
+        self.healthcheck = Some(check);
+        self
+    }
+
+    /// Sets how many restarts in a row are allowed.
+    pub fn max_restart_attempts(mut self, attempts: u32) -> Self {
+        self.max_restart_attempts = attempts;
+        self
+    }
+
+    /// Sets the delay before the first restart.
+    pub fn restart_delay(mut self, delay: Duration) -> Self {
+        self.restart_delay = delay;
+        self
+    }
+
+    /// Sets how long the daemon must run before its restart counter resets.
+    pub fn stable_period(mut self, period: Duration) -> Self {
+        self.stable_period = period;
+        self
+    }
+
+    /// Appends the daemon's output to this file (rotated by size).
+    pub fn log_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.log_file = Some(path.into());
+        self
+    }
+
+    /// Checks the config and returns every problem found.
+    pub fn validate(&self) -> Result<(), Error> {
+        let mut problems = Vec::new();
+        let mut problem = |field: &'static str, message: String| {
+            problems.push(ConfigProblem { field, message });
+        };
+
+        if let Err(message) = validate_name(&self.name) {
+            problem("name", message);
+        }
+        if self.command.as_os_str().is_empty() {
+            problem("command", "must not be empty".into());
+        } else if has_nul(self.command.as_os_str()) {
+            problem("command", "must not contain a NUL byte".into());
+        }
+        if self.args.iter().any(|a| has_nul(a)) {
+            problem("args", "must not contain a NUL byte".into());
+        }
+        if let Some(dir) = &self.plugin_path {
+            if !dir.is_dir() {
+                problem(
+                    "plugin_path",
+                    format!("working directory {dir:?} does not exist or is not a directory"),
+                );
+            }
+        }
+        if let Some(socket) = &self.socket_path {
+            if let Err(message) = validate_socket_path(socket) {
+                problem("socket_path", message);
+            }
+        }
+        for (key, value) in &self.env {
+            if key.is_empty() || key.as_bytes().contains(&b'=') || has_nul(key) {
+                problem(
+                    "env",
+                    format!("variable name {key:?} must be non-empty, without '=' or NUL"),
+                );
+            }
+            if has_nul(value) {
+                problem("env", format!("value of {key:?} must not contain NUL"));
+            }
+        }
+        if self.startup_timeout.is_zero() {
+            problem("startup_timeout", "must be greater than zero".into());
+        }
+        if let Some(check) = &self.healthcheck {
+            if self.socket_path.is_none() {
+                problem(
+                    "healthcheck",
+                    "a health check needs a socket_path to connect to".into(),
+                );
+            }
+            if check.interval.is_zero() {
+                problem("healthcheck.interval", "must be greater than zero".into());
+            }
+            if check.timeout.is_zero() {
+                problem("healthcheck.timeout", "must be greater than zero".into());
+            }
+            if check.retries == 0 {
+                problem("healthcheck.retries", "must be at least 1".into());
+            }
+        }
+        if self.stable_period.is_zero() {
+            problem("stable_period", "must be greater than zero".into());
+        }
+        if let Some(log) = &self.log_file {
+            if log.as_os_str().is_empty() || log.file_name().is_none() {
+                problem("log_file", format!("{log:?} does not name a file"));
+            }
+        }
+
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::InvalidConfig {
+                name: self.name.clone(),
+                problems: ConfigProblems(problems),
+            })
+        }
+    }
+}
+
+fn has_nul(s: &OsStr) -> bool {
+    s.as_bytes().contains(&0)
+}
+
+/// Checks a process name: it becomes a file name in the state directory,
+/// so it must not be able to name another path.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.len() > defaults::MAX_NAME_BYTES {
+        return Err(format!(
+            "is {} bytes long; at most {} allowed",
+            name.len(),
+            defaults::MAX_NAME_BYTES
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("{name:?} is not a usable name"));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "{name:?} contains {bad:?}; only letters, digits, '.', '_' and '-' are allowed"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a socket path: absolute, NUL-free and short enough for
+/// `sockaddr_un`.
+pub fn validate_socket_path(path: &Path) -> Result<(), String> {
+    let bytes = path.as_os_str().as_bytes();
+    if !path.is_absolute() {
+        return Err(format!("{path:?} must be an absolute path"));
+    }
+    if bytes.contains(&0) {
+        return Err("must not contain a NUL byte".into());
+    }
+    if bytes.len() > defaults::MAX_SOCKET_PATH_BYTES {
+        return Err(format!(
+            "{path:?} is {} bytes long; Unix sockets allow at most {}",
+            bytes.len(),
+            defaults::MAX_SOCKET_PATH_BYTES
+        ));
+    }
+    if path.file_name().is_none() {
+        return Err(format!("{path:?} does not name a file"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(config: &BackgroundProcessConfig) -> Vec<&'static str> {
+        match config.validate() {
+            Ok(()) => vec![],
+            Err(Error::InvalidConfig { problems, .. }) => {
+                problems.0.iter().map(|p| p.field).collect()
+            }
+            Err(other) => panic!("unexpected error {other}"),
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_documented_constants() {
+        let c = BackgroundProcessConfig::new("p", "/bin/true");
+        assert_eq!(c.startup_timeout, Duration::from_secs(30));
+        assert_eq!(c.shutdown_grace_period, Duration::from_secs(5));
+        assert_eq!(c.max_restart_attempts, 3);
+        assert_eq!(c.restart_delay, Duration::from_secs(5));
+        let h = HealthCheck::default();
+        assert_eq!(h.interval, Duration::from_secs(30));
+        assert_eq!(h.timeout, Duration::from_secs(5));
+        assert_eq!(h.retries, 3);
+    }
+
+    #[test]
+    fn names() {
+        for good in ["a", "my-plugin", "x.y_z-1", "..a", &"n".repeat(64)] {
+            assert!(validate_name(good).is_ok(), "{good:?}");
+        }
+        for bad in ["", ".", "..", "a/b", "../x", "a\0b", "sp ace", "é", &"n".repeat(65)] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn socket_paths() {
+        let exactly_107 = format!("/{}", "s".repeat(106));
+        let exactly_108 = format!("/{}", "s".repeat(107));
+        assert!(validate_socket_path(Path::new(&exactly_107)).is_ok());
+        assert!(validate_socket_path(Path::new(&exactly_108)).is_err());
+        assert!(validate_socket_path(Path::new("relative.sock")).is_err());
+        assert!(validate_socket_path(Path::new("/")).is_err());
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let config = BackgroundProcessConfig::new("bad/name", "")
+            .socket_path("rel.sock")
+            .startup_timeout(Duration::ZERO)
+            .plugin_path("/definitely/not/here")
+            .env("A=B", "v")
+            .healthcheck(HealthCheck {
+                interval: Duration::ZERO,
+                timeout: Duration::ZERO,
+                retries: 0,
+            });
+        assert_eq!(
+            problems(&config),
+            [
+                "name",
+                "command",
+                "plugin_path",
+                "socket_path",
+                "env",
+                "startup_timeout",
+                "healthcheck.interval",
+                "healthcheck.timeout",
+                "healthcheck.retries"
+            ]
+        );
+    }
+
+    #[test]
+    fn healthcheck_needs_a_socket() {
+        let config =
+            BackgroundProcessConfig::new("p", "/bin/true").healthcheck(HealthCheck::default());
+        assert_eq!(problems(&config), ["healthcheck"]);
+    }
+
+    #[test]
+    fn env_values_may_hold_newlines() {
+        let config = BackgroundProcessConfig::new("p", "/bin/true").env("K", "a\nb");
+        assert!(config.validate().is_ok());
+    }
+}

@@ -1,0 +1,158 @@
+//! The library's error type: every variant names the process and says what
+//! to fix or what happened.
+
+use std::{fmt, io, path::PathBuf, time::Duration};
+
+use crate::state::{ExitStatus, ProcessState};
+
+/// Result alias used throughout the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// One problem found while validating a [`crate::BackgroundProcessConfig`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// The setting at fault, as its builder method is named (`socket_path`).
+    pub field: &'static str,
+    /// What is wrong with it and what would be accepted.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Every problem of one config, reported together so a user fixes them in
+/// one pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblems(pub Vec<ConfigProblem>);
+
+impl fmt::Display for ConfigProblems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{problem}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why an operation of the [`crate::BackgroundProcessManager`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The config was rejected before anything was spawned.
+    #[error("invalid config for {name:?}: {problems}")]
+    InvalidConfig {
+        /// The process name as given (it may itself be the problem).
+        name: String,
+        /// Everything that is wrong with it.
+        problems: ConfigProblems,
+    },
+    /// No process of that name was ever started on this manager.
+    #[error("no process named {0:?}")]
+    UnknownProcess(String),
+    /// A start was asked for a process that is already up or on its way.
+    #[error("process {name:?} is already {state}")]
+    AlreadyActive {
+        /// The process name.
+        name: String,
+        /// Its state when the start was refused.
+        state: ProcessState,
+    },
+    /// `stop_all_processes` was called; the manager starts nothing more.
+    #[error("the manager is shutting down; {0:?} was not started")]
+    ShuttingDown(String),
+    /// The command could not be executed at all.
+    #[error("cannot run {command:?} for {name:?}: {source}")]
+    Spawn {
+        /// The process name.
+        name: String,
+        /// The command as configured.
+        command: PathBuf,
+        /// What `exec` said.
+        #[source]
+        source: io::Error,
+    },
+    /// The daemon exited before its socket accepted a connection.
+    #[error("{name:?} {status} before it was ready{}", tail_suffix(stderr_tail))]
+    ExitedBeforeReady {
+        /// The process name.
+        name: String,
+        /// How it ended.
+        status: ExitStatus,
+        /// Its last lines of stderr, newest last.
+        stderr_tail: String,
+    },
+    /// Nothing accepted on the socket within the startup timeout.
+    #[error("{name:?} did not accept connections on {socket:?} within {timeout:?}; its process group was killed{}", tail_suffix(stderr_tail))]
+    StartupTimeout {
+        /// The process name.
+        name: String,
+        /// The socket that never accepted.
+        socket: PathBuf,
+        /// The configured startup timeout.
+        timeout: Duration,
+        /// Its last lines of stderr, newest last.
+        stderr_tail: String,
+    },
+    /// Something else is already listening on the configured socket.
+    #[error("socket {path:?} for {name:?} is already in use by another process; refusing to start")]
+    SocketInUse {
+        /// The process name.
+        name: String,
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// A stop request cancelled the start before the daemon was ready.
+    #[error("{0:?} was stopped before it became ready")]
+    Stopped(String),
+    /// The daemon came up at least once, then failed and tend gave up.
+    #[error("{name:?} failed: {reason}")]
+    Failed {
+        /// The process name.
+        name: String,
+        /// The same text as `ProcessInfo::last_error`.
+        reason: String,
+    },
+    /// The process group survived SIGKILL (a member stuck in the kernel).
+    #[error("could not stop {name:?}: {reason}")]
+    StopFailed {
+        /// The process name.
+        name: String,
+        /// What is still alive.
+        reason: String,
+    },
+    /// The manager was dropped while the operation was pending.
+    #[error("the manager was dropped while {0:?} was being handled")]
+    ManagerGone(String),
+    /// A file-system or OS operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What tend was doing.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn tail_suffix(tail: &str) -> String {
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!(": {tail}")
+    }
+}
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! Terminating a whole process group: SIGTERM (and SIGCONT, so a stopped
+//! member can act on it), then SIGKILL once the grace period is over.
+//!
+//! "Gone" means no live member is left, not merely that the leader exited:
+//! children the daemon forked stay in its group and must die with it. tend
+//! waits for that on events — the leader through `wait`, every other member
+//! through a pidfd — and returns the moment the group is empty, never after
+//! waiting out the grace period needlessly.
+//!
+//! Signalling a group by id is only safe while the id cannot have been
+//! reused: the kernel never hands out a PID that is still a live group's
+//! id, so tend signals the group only while the leader is unreaped or while
+//! it has just seen live members of the group in `/proc`.
+
+use std::{
+    io,
+    os::fd::OwnedFd,
+    time::Duration,
+};
+
+use rustix::process::{Pid, PidfdFlags, Signal};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    process::Child,
+    time::Instant,
+};
+
+use crate::{defaults, procfs};
+
+/// How a group termination ended.
+#[derive(Debug)]
+pub(crate) struct Terminated {
+    /// The leader's exit status, if tend reaped it here.
+    pub leader_status: Option<std::process::ExitStatus>,
+}
+
+/// Sends `signal` to every member of group `pgid`. A group that is already
+/// empty is not an error.
+pub(crate) fn signal_group(pgid: i32, signal: Signal) -> io::Result<()> {
+    let Some(pid) = Pid::from_raw(pgid) else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "pgid 0"));
+    };
+    match rustix::process::kill_process_group(pid, signal) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::SRCH) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Terminates group `pgid` within `grace` (then SIGKILL). `leader` is the
+/// group leader when it is tend's unreaped child; it is reaped here.
+pub(crate) async fn terminate_group(
+    pgid: i32,
+    mut leader: Option<&mut Child>,
+    grace: Duration,
+) -> Result<Terminated, String> {
+    let mut leader_status = None;
+    if group_is_gone(pgid, &mut leader, &mut leader_status) {
+        return Ok(Terminated { leader_status });
+    }
+    signal_group(pgid, Signal::TERM).map_err(|e| format!("SIGTERM to group {pgid}: {e}"))?;
+    // A stopped process keeps SIGTERM pending until it is continued.
+    let _ = signal_group(pgid, Signal::CONT);
+    let grace_deadline = Instant::now() + grace;
+    if wait_group_gone(pgid, &mut leader, &mut leader_status, grace_deadline).await {
+        return Ok(Terminated { leader_status });
+    }
+    tracing::debug!(pgid, "grace period over; sending SIGKILL");
+    kill_group_now(pgid, &mut leader, &mut leader_status);
+    let kill_deadline = Instant::now() + defaults::KILL_TIMEOUT;
+    if wait_group_gone(pgid, &mut leader, &mut leader_status, kill_deadline).await {
+        return Ok(Terminated { leader_status });
+    }
+    Err(format!(
+        "process group {pgid} still has live members {:?} {:?} after SIGKILL",
+        procfs::live_group_members(pgid),
+        defaults::KILL_TIMEOUT
+    ))
+}
+
+fn kill_group_now(
+    pgid: i32,
+    leader: &mut Option<&mut Child>,
+    leader_status: &mut Option<std::process::ExitStatus>,
+) {
+    if !group_is_gone(pgid, leader, leader_status) {
+        let _ = signal_group(pgid, Signal::KILL);
+    }
+}
+
+/// Checks without waiting whether the group is empty. Reaps the leader if
+/// it has exited, so a zombie leader does not count as a member.
+fn group_is_gone(
+    pgid: i32,
+    leader: &mut Option<&mut Child>,
+    leader_status: &mut Option<std::process::ExitStatus>,
+) -> bool {
+    if leader_status.is_none() {
+        if let Some(child) = leader.as_deref_mut() {
+            match child.try_wait() {
+                Ok(Some(status)) => *leader_status = Some(status),
+                Ok(None) => return false,
+                Err(_) => {}
+            }
+        }
+    }
+    procfs_group_empty(pgid)
+}
+
+fn procfs_group_empty(pgid: i32) -> bool {
+    // Fast path: no process at all carries the group id.
+    match Pid::from_raw(pgid).map(rustix::process::test_kill_process_group) {
+        Some(Err(rustix::io::Errno::SRCH)) | None => return true,
+        _ => {}
+    }
+    // Members may be zombies waiting for their new parent to reap them;
+    // those are dead and do not count.
+    procfs::live_group_members(pgid).is_empty()
+}
+
+/// Waits until the group is empty or `deadline` passes; true when empty.
+async fn wait_group_gone(
+    pgid: i32,
+    leader: &mut Option<&mut Child>,
+    leader_status: &mut Option<std::process::ExitStatus>,
+    deadline: Instant,
+) -> bool {
+    if leader_status.is_none() {
+        if let Some(child) = leader.as_deref_mut() {
+            match tokio::time::timeout_at(deadline, child.wait()).await {
+                Ok(Ok(status)) => *leader_status = Some(status),
+                Ok(Err(_)) => {}
+                Err(_) => return false,
+            }
+        }
+    }
+    wait_members_gone(pgid, deadline).await
+}
+
+/// Waits for every live member of `pgid` to exit, on pidfds, until
+/// `deadline`. Loops because a member may fork while tend waits.
+pub(crate) async fn wait_members_gone(pgid: i32, deadline: Instant) -> bool {
+    loop {
+        if procfs_group_empty(pgid) {
+            return true;
+        }
+        let members = procfs::live_group_members(pgid);
+        let pidfds: Vec<AsyncFd<OwnedFd>> = members
+            .iter()
+            .filter_map(|&pid| {
+                let fd = rustix::process::pidfd_open(Pid::from_raw(pid)?, PidfdFlags::NONBLOCK)
+                    .ok()?;
+                // SAFETY: the OwnedFd is moved into the AsyncFd, which owns
+                // it until drop; nothing else can close or replace it.
+                unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.ok()
+            })
+            .collect();
+        if pidfds.is_empty() {
+            // Every member vanished between the scan and pidfd_open (or
+            // cannot be opened); look again after a tick rather than spin.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            if Instant::now() >= deadline {
+                return procfs_group_empty(pgid);
+            }
+            continue;
+        }
+        let all_exited = async {
+            for fd in &pidfds {
+                // A pidfd becomes readable when its process exits.
+                if let Ok(mut guard) = fd.readable().await {
+                    guard.retain_ready();
+                }
+            }
+        };
+        if tokio::time::timeout_at(deadline, all_exited).await.is_err() {
+            return procfs_group_empty(pgid);
+        }
+    }
+}

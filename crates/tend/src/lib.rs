@@ -1,0 +1,93 @@
+//! tend supervises long-running plugin daemons that serve a Unix socket.
+//!
+//! An app with plugins embeds a [`BackgroundProcessManager`], describes each
+//! daemon with a [`BackgroundProcessConfig`], and calls
+//! [`start_process`](BackgroundProcessManager::start_process). tend spawns
+//! the daemon, waits until its socket accepts, health-checks it, restarts it
+//! when it crashes or hangs (a bounded number of times in a row), stops it
+//! gracefully with its whole process group, and makes sure it does not
+//! outlive the app.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tend::{BackgroundProcessConfig, BackgroundProcessManager, HealthCheck};
+//!
+//! # async fn demo() -> Result<(), tend::Error> {
+//! let manager = BackgroundProcessManager::new();
+//! manager
+//!     .start_process(
+//!         BackgroundProcessConfig::new("my-plugin", "python3")
+//!             .args(["daemon.py"])
+//!             .plugin_path("/path/to/plugin")
+//!             .socket_path("/run/user/1000/my-plugin.sock")
+//!             .healthcheck(HealthCheck::default()),
+//!     )
+//!     .await?;
+//! assert!(manager.is_running("my-plugin"));
+//! manager.stop_all_processes().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # The daemon contract
+//! A daemon reads `SOCKET_PATH` from its environment, binds and listens on a
+//! Unix stream socket there, accepts connections (a health check is a plain
+//! connect that sends nothing), exits cleanly on SIGTERM and removes its
+//! socket. `examples/daemons/echo_daemon.py` is a complete one.
+//!
+//! # Theory of operation
+//! - **One task per process.** Each started name gets a supervisor task
+//!   ([`supervisor`]) that owns its child processes and is the only writer
+//!   of its state. The manager keeps a registry of those tasks and forwards
+//!   start and stop requests to them, so requests on one name are handled
+//!   in order and a stop overtakes a pending start. Queries read a snapshot
+//!   the task publishes and never wait for a daemon.
+//! - **States move through a table.** [`state::next_state`] maps a state
+//!   and an occurrence (ready, failed, stop requested, group gone) to the
+//!   next state; the task only feeds occurrences into it. Every change is
+//!   broadcast as a [`ProcessEvent`].
+//! - **Events, not timers.** A child's exit is seen through `wait` on the
+//!   child; readiness through an inotify event for the socket file followed
+//!   by a connect; the end of a process group through pidfds of its
+//!   members. Timers are only deadlines: startup timeout, grace period,
+//!   health interval, restart delay.
+//! - **Whole groups.** Each daemon leads its own process group. Stopping it
+//!   signals the group (SIGTERM, SIGCONT, then SIGKILL after the grace
+//!   period) and returns the moment no live member is left; `Stopped` is
+//!   never reported while one is. A daemon that crashes has its leftover
+//!   children killed before it is restarted.
+//! - **No orphans.** Daemons are spawned from one long-lived thread
+//!   ([`spawn`]) with a parent-death signal, so a killed manager takes its
+//!   daemons with it; dropping the manager SIGKILLs what it still runs. Each
+//!   spawn is also recorded in the state directory with the PID's start
+//!   time, so the next start (or [`BackgroundProcessManager::cleanup_orphans`])
+//!   stops whatever survived — and never a process that merely reuses a
+//!   recorded PID.
+//! - **Restarts are bounded.** A daemon that fails after it was once ready
+//!   is restarted after `restart_delay`, doubling per attempt up to a cap
+//!   with a little jitter, at most `max_restart_attempts` times in a row;
+//!   then its state is `Error` with the reason in `last_error`. The counter
+//!   resets once the daemon stays `Running` for `stable_period`. A daemon
+//!   whose *first* start fails is not restarted: `start_process` returns the
+//!   reason at once.
+
+pub mod config;
+pub mod defaults;
+mod error;
+mod kill;
+pub mod logs;
+mod manager;
+pub mod orphans;
+mod probe;
+mod procfs;
+pub mod spawn;
+pub mod state;
+pub mod supervisor;
+mod watch;
+
+pub use config::{BackgroundProcessConfig, HealthCheck};
+pub use error::{ConfigProblem, ConfigProblems, Error, Result};
+pub use logs::{LogLine, Stream};
+pub use manager::{BackgroundProcessManager, ManagerBuilder, Subscription, default_state_dir};
+pub use orphans::CleanupReport;
+pub use state::{ExitStatus, ProcessEvent, ProcessInfo, ProcessState};

@@ -1,0 +1,315 @@
+//! Capturing a daemon's stdout and stderr: line by line into a bounded
+//! in-memory ring and, optionally, a size-rotated file.
+//!
+//! Capture never blocks the daemon and never grows without bound: pipes are
+//! drained continuously, lines longer than [`defaults::MAX_LOG_LINE_BYTES`]
+//! are cut, invalid UTF-8 is replaced, and the ring keeps only the newest
+//! lines. A log file that cannot be written (disk full, read-only) is
+//! reported once and then skipped; supervision goes on.
+
+use std::{
+    collections::VecDeque,
+    fs::{self, File, OpenOptions},
+    io::{self, Write},
+    path::PathBuf,
+    sync::Mutex,
+    time::SystemTime,
+};
+
+use serde::Serialize;
+use tokio::{
+    io::{AsyncRead, AsyncReadExt},
+    sync::broadcast,
+};
+
+use crate::defaults;
+
+/// Which pipe a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// One line of daemon output.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LogLine {
+    /// The pipe it came from.
+    pub stream: Stream,
+    /// When tend read it.
+    #[serde(serialize_with = "serialize_time")]
+    pub time: SystemTime,
+    /// The text, without the newline; cut at 8 KiB, invalid UTF-8 replaced.
+    pub text: String,
+}
+
+fn serialize_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    let ms = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    s.serialize_u64(ms)
+}
+
+/// The output of one process (across its incarnations).
+pub(crate) struct LogBuffer {
+    ring: Mutex<VecDeque<LogLine>>,
+    capacity: usize,
+    file: Mutex<Option<RotatingFile>>,
+    live: broadcast::Sender<LogLine>,
+}
+
+impl LogBuffer {
+    pub fn new(capacity: usize, file: Option<PathBuf>) -> Self {
+        LogBuffer {
+            ring: Mutex::new(VecDeque::with_capacity(capacity.min(64))),
+            capacity,
+            file: Mutex::new(file.map(RotatingFile::new)),
+            live: broadcast::channel(1024).0,
+        }
+    }
+
+    /// Sends further lines to `file` (or to no file).
+    pub fn set_file(&self, file: Option<PathBuf>) {
+        let mut current = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        if current.as_ref().map(|f| &f.path) != file.as_ref() {
+            *current = file.map(RotatingFile::new);
+        }
+    }
+
+    /// Stores one line.
+    pub fn push(&self, stream: Stream, text: String) {
+        let line = LogLine {
+            stream,
+            time: SystemTime::now(),
+            text,
+        };
+        if let Some(file) = self
+            .file
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            file.write_line(&line);
+        }
+        let _ = self.live.send(line.clone());
+        let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        if ring.len() == self.capacity {
+            ring.pop_front();
+        }
+        ring.push_back(line);
+    }
+
+    /// The newest `n` lines, oldest first.
+    pub fn tail(&self, n: usize) -> Vec<LogLine> {
+        let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        ring.iter().skip(ring.len().saturating_sub(n)).cloned().collect()
+    }
+
+    /// The newest `n` stderr lines joined for an error message.
+    pub fn stderr_tail(&self, n: usize) -> String {
+        let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        let mut lines: Vec<&str> = ring
+            .iter()
+            .rev()
+            .filter(|l| l.stream == Stream::Stderr)
+            .take(n)
+            .map(|l| l.text.as_str())
+            .collect();
+        lines.reverse();
+        lines.join(" | ")
+    }
+
+    /// Lines pushed from now on.
+    pub fn follow(&self) -> broadcast::Receiver<LogLine> {
+        self.live.subscribe()
+    }
+}
+
+/// Reads `pipe` to its end, pushing complete lines into `buffer`.
+pub(crate) async fn capture(mut pipe: impl AsyncRead + Unpin, stream: Stream, buffer: &LogBuffer) {
+    let mut chunk = vec![0u8; 16 * 1024];
+    let mut line: Vec<u8> = Vec::new();
+    // Set while the rest of an over-long line is being skipped.
+    let mut skipping = false;
+    loop {
+        let n = match pipe.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let mut rest = &chunk[..n];
+        while !rest.is_empty() {
+            match rest.iter().position(|&b| b == b'\n') {
+                Some(end) => {
+                    if !skipping {
+                        line.extend_from_slice(&rest[..end]);
+                        emit(buffer, stream, &mut line);
+                    }
+                    skipping = false;
+                    rest = &rest[end + 1..];
+                }
+                None => {
+                    if !skipping {
+                        let room = defaults::MAX_LOG_LINE_BYTES.saturating_sub(line.len());
+                        line.extend_from_slice(&rest[..rest.len().min(room)]);
+                        if line.len() >= defaults::MAX_LOG_LINE_BYTES {
+                            line.extend_from_slice(" …[line cut]".as_bytes());
+                            emit(buffer, stream, &mut line);
+                            skipping = true;
+                        }
+                    }
+                    rest = &[];
+                }
+            }
+        }
+    }
+    if !line.is_empty() {
+        emit(buffer, stream, &mut line);
+    }
+}
+
+fn emit(buffer: &LogBuffer, stream: Stream, line: &mut Vec<u8>) {
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    let text = String::from_utf8_lossy(line).into_owned();
+    line.clear();
+    buffer.push(stream, text);
+}
+
+/// An append-only file rotated to `.1`, `.2`, … when it grows too large.
+struct RotatingFile {
+    path: PathBuf,
+    file: Option<File>,
+    size: u64,
+    failed: bool,
+}
+
+impl RotatingFile {
+    fn new(path: PathBuf) -> Self {
+        RotatingFile {
+            path,
+            file: None,
+            size: 0,
+            failed: false,
+        }
+    }
+
+    fn write_line(&mut self, line: &LogLine) {
+        let tag = match line.stream {
+            Stream::Stdout => "out",
+            Stream::Stderr => "err",
+        };
+        let text = format!("{tag} {}\n", line.text);
+        match self.try_write(text.as_bytes()) {
+            Ok(()) => self.failed = false,
+            Err(e) => {
+                self.file = None;
+                if !self.failed {
+                    tracing::warn!(path = ?self.path, error = %e, "cannot write log file; lines are kept in memory only");
+                    self.failed = true;
+                }
+            }
+        }
+    }
+
+    fn try_write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.size + bytes.len() as u64 > defaults::LOG_FILE_MAX_BYTES && self.size > 0 {
+            self.file = None;
+            rotate(&self.path, defaults::LOG_FILE_KEEP)?;
+            self.size = 0;
+        }
+        if self.file.is_none() {
+            if let Some(dir) = self.path.parent() {
+                fs::create_dir_all(dir)?;
+            }
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?;
+            self.size = file.metadata()?.len();
+            self.file = Some(file);
+        }
+        if let Some(file) = &mut self.file {
+            file.write_all(bytes)?;
+            self.size += bytes.len() as u64;
+        }
+        Ok(())
+    }
+}
+
+/// `log` → `log.1` → `log.2` …, dropping the oldest beyond `keep`.
+fn rotate(path: &std::path::Path, keep: u32) -> io::Result<()> {
+    let numbered = |n: u32| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".{n}"));
+        PathBuf::from(name)
+    };
+    for n in (1..keep).rev() {
+        let from = numbered(n);
+        if from.exists() {
+            fs::rename(&from, numbered(n + 1))?;
+        }
+    }
+    fs::rename(path, numbered(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn captured(input: &[u8]) -> Vec<String> {
+        let buffer = LogBuffer::new(100, None);
+        capture(input, Stream::Stdout, &buffer).await;
+        buffer.tail(100).into_iter().map(|l| l.text).collect()
+    }
+
+    #[tokio::test]
+    async fn splits_lines_and_keeps_the_last_partial_one() {
+        assert_eq!(captured(b"a\nb\r\nc").await, ["a", "b", "c"]);
+    }
+
+    #[tokio::test]
+    async fn cuts_long_lines_and_replaces_invalid_utf8() {
+        let mut input = vec![b'x'; defaults::MAX_LOG_LINE_BYTES * 3];
+        input.extend_from_slice(b"\n\xff\xfeok\n");
+        let lines = captured(&input).await;
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].ends_with("[line cut]"));
+        assert!(lines[0].len() < defaults::MAX_LOG_LINE_BYTES + 32);
+        assert_eq!(lines[1], "\u{fffd}\u{fffd}ok");
+    }
+
+    #[test]
+    fn ring_keeps_the_newest() {
+        let buffer = LogBuffer::new(3, None);
+        for i in 0..5 {
+            buffer.push(Stream::Stderr, i.to_string());
+        }
+        let texts: Vec<_> = buffer.tail(10).into_iter().map(|l| l.text).collect();
+        assert_eq!(texts, ["2", "3", "4"]);
+        assert_eq!(buffer.stderr_tail(2), "3 | 4");
+    }
+
+    #[test]
+    fn rotates_by_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.log");
+        let mut file = RotatingFile::new(path.clone());
+        let line = LogLine {
+            stream: Stream::Stdout,
+            time: SystemTime::now(),
+            text: "y".repeat(1024 * 1024),
+        };
+        for _ in 0..25 {
+            file.write_line(&line);
+        }
+        assert!(path.exists());
+        assert!(dir.path().join("d.log.1").exists());
+        assert!(dir.path().join("d.log.2").exists());
+        assert!(fs::metadata(&path).unwrap().len() <= defaults::LOG_FILE_MAX_BYTES);
+    }
+}

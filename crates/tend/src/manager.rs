@@ -1,0 +1,390 @@
+//! [`BackgroundProcessManager`]: the registry of supervised processes.
+//!
+//! The manager holds no process logic. It validates requests, keeps one
+//! slot per name (the supervisor task's control channel and published
+//! snapshot), and forwards start and stop requests to the task, which
+//! serialises them. Queries read the snapshot under a short lock and never
+//! wait for a daemon.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::{
+    config::BackgroundProcessConfig,
+    defaults,
+    error::{Error, Result},
+    logs::{LogBuffer, LogLine},
+    orphans::{self, CleanupReport, OrphanRegistry},
+    spawn::Spawner,
+    state::{Occurrence, ProcessEvent, ProcessInfo, ProcessState},
+    supervisor::{Context, Control, Shared, Supervisor},
+    watch::SocketWatcher,
+};
+
+/// Capacity of the event channel; a subscriber that falls further behind
+/// is told how many events it missed.
+const EVENT_CAPACITY: usize = 4096;
+
+/// Supervises long-running daemons: starts them, waits for their socket,
+/// health-checks and restarts them, and stops them with their whole
+/// process group.
+///
+/// Cloning gives another handle to the same manager. When the last handle
+/// is dropped, every daemon still running is killed (SIGKILL to its group)
+/// and its socket removed; call [`Self::stop_all_processes`] first for a
+/// graceful shutdown.
+#[derive(Clone)]
+pub struct BackgroundProcessManager {
+    inner: Arc<Inner>,
+}
+
+struct Slot {
+    shared: Arc<Shared>,
+    control: mpsc::UnboundedSender<Control>,
+    config: BackgroundProcessConfig,
+}
+
+struct Inner {
+    state_dir: PathBuf,
+    log_ring_lines: usize,
+    slots: Mutex<HashMap<String, Slot>>,
+    events: broadcast::Sender<ProcessEvent>,
+    shutting_down: AtomicBool,
+    /// Created at the first start, inside the caller's runtime.
+    context: Mutex<Option<Context>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let slots = self.slots.get_mut().unwrap_or_else(|e| e.into_inner());
+        for slot in slots.values() {
+            slot.shared.kill_now();
+        }
+    }
+}
+
+/// Builds a [`BackgroundProcessManager`] with non-default settings.
+#[derive(Debug, Clone)]
+pub struct ManagerBuilder {
+    state_dir: Option<PathBuf>,
+    log_ring_lines: usize,
+}
+
+impl ManagerBuilder {
+    /// Directory for orphan records (created 0700 at the first start).
+    pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.state_dir = Some(dir.into());
+        self
+    }
+
+    /// Lines of output kept in memory per daemon.
+    pub fn log_ring_lines(mut self, lines: usize) -> Self {
+        self.log_ring_lines = lines.max(1);
+        self
+    }
+
+    /// Creates the manager. Nothing touches the disk or the runtime until
+    /// the first start.
+    pub fn build(self) -> BackgroundProcessManager {
+        BackgroundProcessManager {
+            inner: Arc::new(Inner {
+                state_dir: self.state_dir.unwrap_or_else(default_state_dir),
+                log_ring_lines: self.log_ring_lines,
+                slots: Mutex::new(HashMap::new()),
+                events: broadcast::channel(EVENT_CAPACITY).0,
+                shutting_down: AtomicBool::new(false),
+                context: Mutex::new(None),
+            }),
+        }
+    }
+}
+
+/// `$XDG_RUNTIME_DIR/tend`, else `<temp dir>/tend-<uid>`.
+pub fn default_state_dir() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if !dir.is_empty() => Path::new(&dir).join("tend"),
+        _ => std::env::temp_dir().join(format!("tend-{}", rustix::process::getuid().as_raw())),
+    }
+}
+
+impl Default for BackgroundProcessManager {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl BackgroundProcessManager {
+    /// A manager with the default state directory.
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// A builder for a manager with its own settings.
+    pub fn builder() -> ManagerBuilder {
+        ManagerBuilder {
+            state_dir: None,
+            log_ring_lines: defaults::LOG_RING_LINES,
+        }
+    }
+
+    /// The directory holding orphan records.
+    pub fn state_dir(&self) -> &Path {
+        &self.inner.state_dir
+    }
+
+    fn context(&self) -> Result<Context> {
+        let mut context = self.inner.context.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(context) = context.as_ref() {
+            return Ok(context.clone());
+        }
+        let dir = &self.inner.state_dir;
+        orphans::create_private_dir(dir)
+            .map_err(|e| Error::io(format!("cannot create state directory {dir:?}"), e))?;
+        restrict_to_owner(dir)?;
+        let registry = OrphanRegistry::open(dir)
+            .map_err(|e| Error::io(format!("cannot open orphan registry in {dir:?}"), e))?;
+        let spawner = Spawner::start(tokio::runtime::Handle::current())
+            .map_err(|e| Error::io("cannot start the spawning thread", e))?;
+        let watcher = match SocketWatcher::new() {
+            Ok(w) => Some(Arc::new(w)),
+            Err(e) => {
+                tracing::warn!(error = %e, "inotify unavailable; readiness falls back to polling");
+                None
+            }
+        };
+        let created = Context {
+            spawner: Arc::new(spawner),
+            watcher,
+            orphans: Arc::new(registry),
+        };
+        *context = Some(created.clone());
+        Ok(created)
+    }
+
+    /// Starts a daemon and resolves once it is `Running` (its socket
+    /// accepted a connection), or fails with the reason: invalid config,
+    /// spawn failure, exit before readiness (with its stderr tail), startup
+    /// timeout, a stop request, or a socket already in use.
+    ///
+    /// A name that is `Starting`, `Running` or `Stopping` is refused; a
+    /// `Stopped` or `Error` one is started afresh with the new config.
+    ///
+    /// Cancel safety: dropping the future does not cancel the start; the
+    /// daemon is still supervised and can be stopped by name.
+    pub async fn start_process(&self, config: BackgroundProcessConfig) -> Result<()> {
+        config.validate()?;
+        if self.inner.shutting_down.load(Ordering::SeqCst) {
+            return Err(Error::ShuttingDown(config.name));
+        }
+        let context = self.context()?;
+        let (waiter, started) = oneshot::channel();
+        {
+            let mut slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
+            let shared = match slots.get(&config.name) {
+                Some(slot) => {
+                    let state = slot.shared.state();
+                    if state.is_active() {
+                        return Err(Error::AlreadyActive {
+                            name: config.name,
+                            state,
+                        });
+                    }
+                    slot.shared.logs.set_file(config.log_file.clone());
+                    Arc::clone(&slot.shared)
+                }
+                None => Arc::new(Shared::new(
+                    &config.name,
+                    LogBuffer::new(self.inner.log_ring_lines, config.log_file.clone()),
+                    self.inner.events.clone(),
+                )),
+            };
+            // Applied under the registry lock, so a concurrent start of the
+            // same name sees `Starting` and is refused.
+            shared.apply(Occurrence::Start, "start requested");
+            let (control, requests) = mpsc::unbounded_channel();
+            let supervisor = Supervisor::new(
+                config.clone(),
+                Arc::clone(&shared),
+                context,
+                requests,
+                waiter,
+            );
+            tokio::spawn(supervisor.run());
+            slots.insert(
+                config.name.clone(),
+                Slot {
+                    shared,
+                    control,
+                    config: config.clone(),
+                },
+            );
+        }
+        started
+            .await
+            .unwrap_or_else(|_| Err(Error::ManagerGone(config.name)))
+    }
+
+    /// Stops a daemon: SIGTERM to its process group, SIGKILL after the
+    /// grace period, and returns as soon as no member is alive. Stopping a
+    /// process that is `Starting` cancels its start. Stopping a `Stopped`
+    /// or `Error` process does nothing. An unknown name is an error.
+    pub async fn stop_process(&self, name: &str) -> Result<()> {
+        let control = {
+            let slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
+            let slot = slots
+                .get(name)
+                .ok_or_else(|| Error::UnknownProcess(name.to_owned()))?;
+            slot.control.clone()
+        };
+        let (reply, done) = oneshot::channel();
+        if control.send(Control::Stop(reply)).is_err() {
+            // The supervisor already finished: Stopped or Error.
+            return Ok(());
+        }
+        // A dropped reply means the supervisor ended (gave up) before it
+        // read the request: nothing is left to stop.
+        done.await.unwrap_or(Ok(()))
+    }
+
+    /// Stops a daemon if it is active, then starts it again with its last
+    /// config, resolving once it is `Running`.
+    pub async fn restart_process(&self, name: &str) -> Result<()> {
+        let config = {
+            let slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
+            slots
+                .get(name)
+                .map(|slot| slot.config.clone())
+                .ok_or_else(|| Error::UnknownProcess(name.to_owned()))?
+        };
+        self.stop_process(name).await?;
+        self.start_process(config).await
+    }
+
+    /// Stops every daemon in parallel and refuses later starts. Each stop
+    /// is graceful (SIGTERM, grace, SIGKILL); the call returns when all
+    /// groups are gone.
+    pub async fn stop_all_processes(&self) {
+        self.inner.shutting_down.store(true, Ordering::SeqCst);
+        let names: Vec<String> = {
+            let slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
+            slots.keys().cloned().collect()
+        };
+        let mut stops = tokio::task::JoinSet::new();
+        for name in names {
+            let manager = self.clone();
+            stops.spawn(async move {
+                if let Err(e) = manager.stop_process(&name).await {
+                    tracing::warn!(%name, error = %e, "stop failed");
+                }
+            });
+        }
+        while stops.join_next().await.is_some() {}
+    }
+
+    /// Whether the process is `Running`.
+    pub fn is_running(&self, name: &str) -> bool {
+        self.state(name) == Some(ProcessState::Running)
+    }
+
+    /// The process's state, or `None` for an unknown name.
+    pub fn state(&self, name: &str) -> Option<ProcessState> {
+        self.with_shared(name, |s| s.state())
+    }
+
+    /// PID of the process's current incarnation, while one is alive.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.with_shared(name, |s| s.pid()).flatten()
+    }
+
+    /// A snapshot of everything known about the process.
+    pub fn process_info(&self, name: &str) -> Option<ProcessInfo> {
+        self.with_shared(name, |s| s.snapshot())
+    }
+
+    /// Snapshots of every process, sorted by name.
+    pub fn list(&self) -> Vec<ProcessInfo> {
+        let slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut infos: Vec<ProcessInfo> = slots.values().map(|s| s.shared.snapshot()).collect();
+        infos.sort_by(|a, b| a.name.cmp(&b.name));
+        infos
+    }
+
+    /// The newest `n` lines the process wrote to stdout and stderr.
+    pub fn logs(&self, name: &str, n: usize) -> Result<Vec<LogLine>> {
+        self.with_shared(name, |s| s.logs.tail(n))
+            .ok_or_else(|| Error::UnknownProcess(name.to_owned()))
+    }
+
+    /// Lines the process writes from now on (for following its output).
+    pub fn follow_logs(&self, name: &str) -> Result<broadcast::Receiver<LogLine>> {
+        self.with_shared(name, |s| s.logs.follow())
+            .ok_or_else(|| Error::UnknownProcess(name.to_owned()))
+    }
+
+    /// State changes of every process from now on.
+    pub fn subscribe(&self) -> Subscription {
+        Subscription {
+            receiver: self.inner.events.subscribe(),
+        }
+    }
+
+    /// Stops daemons recorded in the state directory by managers that are
+    /// no longer alive. A record whose PID now belongs to another process,
+    /// or whose manager still runs, is left alone.
+    pub async fn cleanup_orphans(&self) -> Result<CleanupReport> {
+        let context = self.context()?;
+        Ok(context.orphans.cleanup(None).await)
+    }
+
+    fn with_shared<T>(&self, name: &str, f: impl FnOnce(&Shared) -> T) -> Option<T> {
+        let slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.get(name).map(|slot| f(&slot.shared))
+    }
+}
+
+fn restrict_to_owner(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::io(format!("cannot restrict {dir:?} to its owner"), e))
+}
+
+/// A stream of [`ProcessEvent`]s from [`BackgroundProcessManager::subscribe`].
+pub struct Subscription {
+    receiver: broadcast::Receiver<ProcessEvent>,
+}
+
+impl Subscription {
+    /// The next event; `None` once the manager is gone. A subscriber that
+    /// fell more than 4,096 events behind skips the oldest it missed (a
+    /// warning is logged).
+    pub async fn recv(&mut self) -> Option<ProcessEvent> {
+        loop {
+            match self.receiver.recv().await {
+                Ok(event) => return Some(event),
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "event subscriber fell behind");
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+
+    /// The next event if one is already waiting.
+    pub fn try_recv(&mut self) -> Option<ProcessEvent> {
+        loop {
+            match self.receiver.try_recv() {
+                Ok(event) => return Some(event),
+                Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+}

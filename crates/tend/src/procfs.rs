@@ -1,0 +1,98 @@
+//! Reading process identity from `/proc`: the facts tend uses to prove a
+//! PID is still the process it started (PIDs are reused within minutes).
+
+use std::{fs, io};
+
+/// The fields of `/proc/<pid>/stat` tend relies on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ProcStat {
+    /// One-letter state; `Z` is a zombie (dead, not yet reaped).
+    pub state: char,
+    /// Process group id.
+    pub pgid: i32,
+    /// Session id.
+    pub sid: i32,
+    /// Start time in clock ticks since boot: with the PID, a unique identity.
+    pub start_time: u64,
+}
+
+impl ProcStat {
+    /// Whether the process can still run code (zombies cannot).
+    pub fn is_alive(&self) -> bool {
+        self.state != 'Z' && self.state != 'X'
+    }
+}
+
+/// Reads `/proc/<pid>/stat`; `Ok(None)` when no such process exists.
+pub(crate) fn stat(pid: i32) -> io::Result<Option<ProcStat>> {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(text) => Ok(parse_stat(&text)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        // ESRCH: the process vanished between open and read.
+        Err(e) if e.raw_os_error() == Some(3) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Parses the text of `/proc/<pid>/stat`. The command name may contain
+/// spaces and parentheses, so fields are counted from the last `)`.
+pub(crate) fn parse_stat(text: &str) -> Option<ProcStat> {
+    let after_comm = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // Field numbers in proc(5) start at 1 with pid; state is field 3.
+    let field = |n: usize| fields.get(n - 3).copied();
+    Some(ProcStat {
+        state: field(3)?.chars().next()?,
+        pgid: field(5)?.parse().ok()?,
+        sid: field(6)?.parse().ok()?,
+        start_time: field(22)?.parse().ok()?,
+    })
+}
+
+/// PIDs of the live (non-zombie) members of process group `pgid`.
+pub(crate) fn live_group_members(pgid: i32) -> Vec<i32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| {
+            matches!(stat(pid), Ok(Some(s)) if s.pgid == pgid && s.is_alive())
+        })
+        .collect()
+}
+
+/// The identity of the calling process: its PID and start time.
+pub(crate) fn own_identity() -> (u32, u64) {
+    let pid = std::process::id();
+    let start = stat(pid as i32)
+        .ok()
+        .flatten()
+        .map(|s| s.start_time)
+        .unwrap_or(0);
+    (pid, start)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_names_with_spaces_and_parens() {
+        let text = "1234 (a (weird) name) S 1 1234 1234 0 -1 4194560 100 0 0 0 \
+                    1 2 0 0 20 0 1 0 987654 1000 100 18446744073709551615";
+        let s = parse_stat(text).unwrap();
+        assert_eq!(s.state, 'S');
+        assert_eq!(s.pgid, 1234);
+        assert_eq!(s.sid, 1234);
+        assert_eq!(s.start_time, 987654);
+    }
+
+    #[test]
+    fn reads_itself() {
+        let me = stat(std::process::id() as i32).unwrap().unwrap();
+        assert!(me.is_alive());
+        assert!(me.start_time > 0);
+        assert_eq!(stat(i32::MAX).unwrap(), None);
+    }
+}

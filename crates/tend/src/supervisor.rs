@@ -1,0 +1,652 @@
+//! The per-process supervisor: one tokio task per started process.
+//!
+//! The task owns the process's children and is the only code that changes
+//! its state; everything else talks to it through [`Control`] messages or
+//! reads the [`Shared`] snapshot it publishes. It waits on events — the
+//! child's exit, the socket appearing, control messages, deadlines — and
+//! never polls. Each incarnation (one spawned leader and its group) lives in
+//! a local variable, so an exit of an older incarnation cannot reach a newer
+//! one: by the time the next is spawned, the old group is gone.
+
+use std::{
+    os::fd::OwnedFd,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use rustix::process::{Pid, PidfdFlags, Signal};
+use tokio::{
+    process::Child,
+    sync::{broadcast, mpsc, oneshot},
+    task::JoinHandle,
+    time::Instant,
+};
+
+use crate::{
+    config::BackgroundProcessConfig,
+    defaults,
+    error::{Error, Result},
+    kill,
+    logs::{self, LogBuffer, Stream},
+    orphans::OrphanRegistry,
+    probe,
+    spawn::{self, Spawner},
+    state::{ExitStatus, Occurrence, ProcessEvent, ProcessInfo, ProcessState, next_state},
+    watch::SocketWatcher,
+};
+
+/// A request to the supervisor task.
+pub(crate) enum Control {
+    /// Stop the process; the reply comes once its group is gone.
+    Stop(oneshot::Sender<Result<()>>),
+}
+
+/// What the supervisor publishes and the manager reads.
+pub(crate) struct Shared {
+    pub name: String,
+    status: Mutex<Status>,
+    pub logs: LogBuffer,
+    /// The live leader, for the manager's synchronous kill on drop.
+    live: Mutex<Option<LiveLeader>>,
+    events: broadcast::Sender<ProcessEvent>,
+}
+
+struct Status {
+    info: ProcessInfo,
+    running_since: Option<Instant>,
+}
+
+/// The leader of the current incarnation, pinned by a pidfd so a signal can
+/// never reach a recycled PID.
+pub(crate) struct LiveLeader {
+    pidfd: OwnedFd,
+    pgid: i32,
+    socket: Option<std::path::PathBuf>,
+}
+
+impl Shared {
+    pub fn new(name: &str, logs: LogBuffer, events: broadcast::Sender<ProcessEvent>) -> Self {
+        Shared {
+            name: name.to_owned(),
+            status: Mutex::new(Status {
+                info: ProcessInfo::new(name),
+                running_since: None,
+            }),
+            logs,
+            live: Mutex::new(None),
+            events,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Status> {
+        self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A consistent snapshot, with the uptime computed now.
+    pub fn snapshot(&self) -> ProcessInfo {
+        let status = self.lock();
+        let mut info = status.info.clone();
+        info.uptime = status.running_since.map(|since| since.elapsed());
+        info
+    }
+
+    pub fn state(&self) -> ProcessState {
+        self.lock().info.state
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.lock().info.pid
+    }
+
+    /// Feeds `occurrence` through the transition table and publishes the
+    /// change, if any. Returns the new state.
+    pub fn apply(&self, occurrence: Occurrence, reason: &str) -> ProcessState {
+        let mut status = self.lock();
+        let from = status.info.state;
+        let Some(to) = next_state(from, occurrence) else {
+            return from;
+        };
+        if to == from {
+            return from;
+        }
+        status.info.state = to;
+        match to {
+            ProcessState::Running => {
+                status.info.started_at = Some(SystemTime::now());
+                status.running_since = Some(Instant::now());
+            }
+            _ => {
+                status.info.started_at = None;
+                status.running_since = None;
+            }
+        }
+        if matches!(to, ProcessState::Stopped | ProcessState::Error) {
+            status.info.pid = None;
+        }
+        // Sent under the lock so events are ordered like the states.
+        let _ = self.events.send(ProcessEvent {
+            name: self.name.clone(),
+            from,
+            to,
+            time: SystemTime::now(),
+            reason: reason.to_owned(),
+            pid: status.info.pid,
+        });
+        to
+    }
+
+    fn update(&self, change: impl FnOnce(&mut ProcessInfo)) {
+        change(&mut self.lock().info);
+    }
+
+    /// SIGKILLs the live group, if any, without waiting (used on drop).
+    pub fn kill_now(&self) {
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(leader) = live {
+            // Signal 0 through the pidfd fails once the leader is reaped;
+            // while it succeeds the group id cannot have been reused.
+            if rustix::process::pidfd_send_signal(&leader.pidfd, Signal::KILL).is_ok() {
+                let _ = kill::signal_group(leader.pgid, Signal::KILL);
+            }
+            if let Some(socket) = leader.socket {
+                let _ = std::fs::remove_file(socket);
+            }
+        }
+    }
+
+    fn set_live(&self, live: Option<LiveLeader>) {
+        *self.live.lock().unwrap_or_else(|e| e.into_inner()) = live;
+    }
+}
+
+/// What every supervisor of one manager shares.
+#[derive(Clone)]
+pub(crate) struct Context {
+    pub spawner: Arc<Spawner>,
+    pub watcher: Option<Arc<SocketWatcher>>,
+    pub orphans: Arc<OrphanRegistry>,
+}
+
+/// One spawned leader and its output readers.
+struct Incarnation {
+    child: Child,
+    pid: u32,
+    pgid: i32,
+    readers: Vec<JoinHandle<()>>,
+}
+
+/// Why an incarnation ended without being asked to.
+struct Failure {
+    /// For `last_error` and events: "exited with code 1".
+    summary: String,
+    /// The error handed to a pending `start_process`.
+    error: Error,
+    exit: Option<ExitStatus>,
+}
+
+/// How a wait inside the supervisor ended.
+enum Interrupt {
+    Failed(Failure),
+    Stop(oneshot::Sender<Result<()>>),
+    ManagerGone,
+}
+
+/// The supervisor task of one process.
+pub(crate) struct Supervisor {
+    config: BackgroundProcessConfig,
+    shared: Arc<Shared>,
+    ctx: Context,
+    control: mpsc::UnboundedReceiver<Control>,
+    /// The pending `start_process`, answered at the first readiness.
+    start_waiter: Option<oneshot::Sender<Result<()>>>,
+}
+
+impl Supervisor {
+    pub fn new(
+        config: BackgroundProcessConfig,
+        shared: Arc<Shared>,
+        ctx: Context,
+        control: mpsc::UnboundedReceiver<Control>,
+        start_waiter: oneshot::Sender<Result<()>>,
+    ) -> Self {
+        Supervisor {
+            config,
+            shared,
+            ctx,
+            control,
+            start_waiter: Some(start_waiter),
+        }
+    }
+
+    /// Runs until the process is `Stopped` or in `Error`. The caller has
+    /// already applied [`Occurrence::Start`].
+    pub async fn run(mut self) {
+        self.ctx.orphans.cleanup(Some(&self.config.name)).await;
+        loop {
+            let interrupt = match self.bring_up().await {
+                Ok(mut incarnation) => {
+                    let interrupt = self.supervise(&mut incarnation).await;
+                    self.wind_down(incarnation, interrupt).await
+                }
+                Err(interrupt) => interrupt,
+            };
+            match interrupt {
+                Interrupt::Failed(failure) => {
+                    if !self.schedule_restart(failure).await {
+                        return;
+                    }
+                }
+                Interrupt::Stop(reply) => {
+                    self.shared.apply(Occurrence::StopRequested, "stop requested");
+                    self.finish_stop(reply, Ok(()));
+                    return;
+                }
+                Interrupt::ManagerGone => return,
+            }
+        }
+    }
+
+    /// Spawns an incarnation and waits for readiness.
+    async fn bring_up(&mut self) -> Result<Incarnation, Interrupt> {
+        let socket = self.config.socket_path.clone();
+        if let Some(path) = &socket {
+            if let Err(blocked) = probe::prepare_socket(path).await {
+                let error = match blocked {
+                    probe::SocketBlocked::InUse => Error::SocketInUse {
+                        name: self.config.name.clone(),
+                        path: path.clone(),
+                    },
+                    probe::SocketBlocked::Io(source) => {
+                        Error::io(format!("cannot prepare socket {path:?}"), source)
+                    }
+                };
+                return Err(Interrupt::Failed(Failure {
+                    summary: error.to_string(),
+                    error,
+                    exit: None,
+                }));
+            }
+        }
+        let mut incarnation = self.spawn_incarnation().await?;
+        let ready = match &socket {
+            None => Ok(()),
+            Some(path) => self.await_ready(&mut incarnation, path).await,
+        };
+        match ready {
+            Ok(()) => {
+                self.shared.update(|info| info.failed_health_checks = 0);
+                self.shared.apply(Occurrence::Ready, "ready");
+                if let Some(waiter) = self.start_waiter.take() {
+                    let _ = waiter.send(Ok(()));
+                }
+                Ok(incarnation)
+            }
+            Err(interrupt) => Err(self.wind_down(incarnation, interrupt).await),
+        }
+    }
+
+    async fn spawn_incarnation(&mut self) -> Result<Incarnation, Interrupt> {
+        let command = spawn::build_command(&self.config, self.config.socket_path.as_deref());
+        let mut child = match self.ctx.spawner.spawn(command).await {
+            Ok(child) => child,
+            Err(source) => {
+                let error = Error::Spawn {
+                    name: self.config.name.clone(),
+                    command: self.config.command.clone(),
+                    source,
+                };
+                return Err(Interrupt::Failed(Failure {
+                    summary: error.to_string(),
+                    error,
+                    exit: None,
+                }));
+            }
+        };
+        let pid = child.id().unwrap_or_default();
+        let pgid = pid as i32;
+        // Recorded before readiness: a manager killed while its daemon
+        // starts must still leave a trace of it.
+        if let Some(record) = self.ctx.orphans.record_for(
+            &self.config.name,
+            pid,
+            self.config.socket_path.as_deref(),
+            self.config.shutdown_grace_period,
+        ) {
+            if let Err(e) = self.ctx.orphans.write(&record) {
+                tracing::warn!(name = %self.config.name, error = %e, "cannot write orphan record");
+            }
+        }
+        if let Some(pidfd) = Pid::from_raw(pid as i32)
+            .and_then(|p| rustix::process::pidfd_open(p, PidfdFlags::empty()).ok())
+        {
+            self.shared.set_live(Some(LiveLeader {
+                pidfd,
+                pgid,
+                socket: self.config.socket_path.clone(),
+            }));
+        }
+        let mut readers = Vec::with_capacity(2);
+        if let Some(out) = child.stdout.take() {
+            let shared = Arc::clone(&self.shared);
+            readers.push(tokio::spawn(async move {
+                logs::capture(out, Stream::Stdout, &shared.logs).await
+            }));
+        }
+        if let Some(err) = child.stderr.take() {
+            let shared = Arc::clone(&self.shared);
+            readers.push(tokio::spawn(async move {
+                logs::capture(err, Stream::Stderr, &shared.logs).await
+            }));
+        }
+        self.shared.update(|info| info.pid = Some(pid));
+        tracing::debug!(name = %self.config.name, pid, "spawned");
+        Ok(Incarnation {
+            child,
+            pid,
+            pgid,
+            readers,
+        })
+    }
+
+    async fn await_ready(
+        &mut self,
+        incarnation: &mut Incarnation,
+        socket: &std::path::Path,
+    ) -> Result<(), Interrupt> {
+        let deadline = Instant::now() + self.config.startup_timeout;
+        let watcher = self.ctx.watcher.as_deref();
+        tokio::select! {
+            biased;
+            control = self.control.recv() => Err(control_interrupt(control)),
+            status = incarnation.child.wait() => {
+                let exit = status.ok().map(ExitStatus::from_std);
+                Err(Interrupt::Failed(Failure {
+                    summary: exit.map_or_else(|| "exited".to_owned(), |e| e.to_string()),
+                    error: Error::ExitedBeforeReady {
+                        name: self.config.name.clone(),
+                        status: exit.unwrap_or(ExitStatus::Code(-1)),
+                        stderr_tail: String::new(),
+                    },
+                    exit,
+                }))
+            }
+            () = probe::wait_ready(watcher, socket) => Ok(()),
+            () = tokio::time::sleep_until(deadline) => {
+                let timeout = self.config.startup_timeout;
+                Err(Interrupt::Failed(Failure {
+                    summary: format!("did not accept connections within {timeout:?}"),
+                    error: Error::StartupTimeout {
+                        name: self.config.name.clone(),
+                        socket: socket.to_path_buf(),
+                        timeout,
+                        stderr_tail: String::new(),
+                    },
+                    exit: None,
+                }))
+            }
+        }
+    }
+
+    /// Watches a running incarnation: its exit, health checks, the stable
+    /// period, and control messages.
+    async fn supervise(&mut self, incarnation: &mut Incarnation) -> Interrupt {
+        let stable_at = Instant::now() + self.config.stable_period;
+        let mut counter_reset = self.shared.snapshot().restart_attempts == 0;
+        let health = self.config.healthcheck;
+        let socket = self.config.socket_path.clone();
+        let mut next_check = health.map(|h| Instant::now() + h.interval);
+        let mut failures = 0u32;
+        loop {
+            let check = async {
+                match (next_check, health, &socket) {
+                    (Some(at), Some(h), Some(path)) => {
+                        tokio::time::sleep_until(at).await;
+                        probe::health_check(path, h.timeout).await
+                    }
+                    _ => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                control = self.control.recv() => return control_interrupt(control),
+                status = incarnation.child.wait() => {
+                    let exit = status.ok().map(ExitStatus::from_std);
+                    let summary = exit.map_or_else(|| "exited".to_owned(), |e| e.to_string());
+                    return Interrupt::Failed(Failure {
+                        error: Error::Failed { name: self.config.name.clone(), reason: summary.clone() },
+                        summary,
+                        exit,
+                    });
+                }
+                () = tokio::time::sleep_until(stable_at), if !counter_reset => {
+                    counter_reset = true;
+                    self.shared.update(|info| info.restart_attempts = 0);
+                }
+                result = check => {
+                    let interval = health.map_or(Duration::MAX, |h| h.interval);
+                    next_check = Some(Instant::now() + interval);
+                    match result {
+                        Ok(()) => failures = 0,
+                        Err(reason) => {
+                            failures += 1;
+                            tracing::debug!(name = %self.config.name, failures, %reason, "health check failed");
+                            if health.is_some_and(|h| failures >= h.retries) {
+                                let summary = format!("failed {failures} health checks in a row ({reason})");
+                                self.shared.update(|info| info.failed_health_checks = failures);
+                                return Interrupt::Failed(Failure {
+                                    error: Error::Failed { name: self.config.name.clone(), reason: summary.clone() },
+                                    summary,
+                                    exit: None,
+                                });
+                            }
+                        }
+                    }
+                    self.shared.update(|info| info.failed_health_checks = failures);
+                }
+            }
+        }
+    }
+
+    /// Ends an incarnation: terminates what is left of its group, removes
+    /// its socket and record, collects its output, and fills in the exit
+    /// status and stderr tail of a failure.
+    async fn wind_down(&mut self, mut incarnation: Incarnation, interrupt: Interrupt) -> Interrupt {
+        if matches!(interrupt, Interrupt::Stop(_)) {
+            self.shared.apply(Occurrence::StopRequested, "stop requested");
+        }
+        let grace = self.config.shutdown_grace_period;
+        let terminated =
+            kill::terminate_group(incarnation.pgid, Some(&mut incarnation.child), grace).await;
+        self.shared.set_live(None);
+        if let Some(path) = &self.config.socket_path {
+            let _ = std::fs::remove_file(path);
+        }
+        drain(&mut incarnation.readers).await;
+        let exit = match &terminated {
+            Ok(t) => t.leader_status.map(ExitStatus::from_std),
+            Err(_) => None,
+        };
+        self.shared.update(|info| {
+            info.last_exit = exit.or(info.last_exit);
+            info.pid = None;
+        });
+        tracing::debug!(name = %self.config.name, pid = incarnation.pid, ?exit, "incarnation ended");
+        match terminated {
+            Err(reason) => {
+                // Survivors: keep the orphan record so a later cleanup can
+                // still find them.
+                let error = Error::StopFailed {
+                    name: self.config.name.clone(),
+                    reason: reason.clone(),
+                };
+                match interrupt {
+                    Interrupt::Stop(reply) => {
+                        self.shared.update(|info| info.last_error = Some(reason.clone()));
+                        self.shared
+                            .apply(Occurrence::Failed { will_restart: false }, &reason);
+                        let _ = reply.send(Err(error));
+                        self.fail_start_waiter(Error::Stopped(self.config.name.clone()));
+                        Interrupt::ManagerGone
+                    }
+                    _ => Interrupt::Failed(Failure {
+                        summary: reason,
+                        error,
+                        exit,
+                    }),
+                }
+            }
+            Ok(_) => {
+                self.ctx.orphans.remove(&self.config.name);
+                match interrupt {
+                    Interrupt::Failed(failure) => Interrupt::Failed(self.with_tail(failure, exit)),
+                    other => other,
+                }
+            }
+        }
+    }
+
+    fn with_tail(&self, mut failure: Failure, exit: Option<ExitStatus>) -> Failure {
+        let tail = self.shared.logs.stderr_tail(defaults::STDERR_TAIL_LINES);
+        if failure.exit.is_none() {
+            failure.exit = exit;
+        }
+        match &mut failure.error {
+            Error::ExitedBeforeReady {
+                status,
+                stderr_tail,
+                ..
+            } => {
+                if let Some(exit) = failure.exit {
+                    *status = exit;
+                    failure.summary = exit.to_string();
+                }
+                *stderr_tail = tail;
+            }
+            Error::StartupTimeout { stderr_tail, .. } => *stderr_tail = tail,
+            Error::Failed { reason, .. } if !tail.is_empty() => {
+                *reason = format!("{}: {tail}", failure.summary);
+            }
+            _ => {}
+        }
+        failure
+    }
+
+    /// After a failure: either gives up (`Error`) or waits out the restart
+    /// delay. Returns whether to bring the process up again.
+    async fn schedule_restart(&mut self, failure: Failure) -> bool {
+        let tail = self.shared.logs.stderr_tail(defaults::STDERR_TAIL_LINES);
+        let with_tail = |text: String| {
+            if tail.is_empty() {
+                text
+            } else {
+                format!("{text}: {tail}")
+            }
+        };
+        if let Some(waiter) = self.start_waiter.take() {
+            // The first start never became ready: fail fast, no restart.
+            let message = failure.error.to_string();
+            self.shared
+                .update(|info| info.last_error = Some(message.clone()));
+            self.shared
+                .apply(Occurrence::Failed { will_restart: false }, &message);
+            let _ = waiter.send(Err(failure.error));
+            return false;
+        }
+        let attempts = self.shared.snapshot().restart_attempts;
+        if attempts >= self.config.max_restart_attempts {
+            let message = with_tail(format!("{} ({attempts} restarts)", failure.summary));
+            self.shared
+                .update(|info| info.last_error = Some(message.clone()));
+            self.shared
+                .apply(Occurrence::Failed { will_restart: false }, &message);
+            tracing::warn!(name = %self.config.name, %message, "giving up");
+            return false;
+        }
+        let attempt = attempts + 1;
+        let message = with_tail(failure.summary);
+        self.shared.update(|info| {
+            info.restart_attempts = attempt;
+            info.last_error = Some(message.clone());
+        });
+        self.shared
+            .apply(Occurrence::Failed { will_restart: true }, &message);
+        let delay = restart_backoff(self.config.restart_delay, attempt, fastrand::f64());
+        tracing::info!(name = %self.config.name, attempt, ?delay, %message, "restarting");
+        tokio::select! {
+            biased;
+            control = self.control.recv() => match control_interrupt(control) {
+                Interrupt::Stop(reply) => {
+                    self.shared.apply(Occurrence::StopRequested, "stop requested");
+                    self.finish_stop(reply, Ok(()));
+                    false
+                }
+                _ => false,
+            },
+            () = tokio::time::sleep(delay) => true,
+        }
+    }
+
+    fn finish_stop(&mut self, reply: oneshot::Sender<Result<()>>, result: Result<()>) {
+        self.shared.apply(Occurrence::GroupGone, "stopped");
+        self.fail_start_waiter(Error::Stopped(self.config.name.clone()));
+        let _ = reply.send(result);
+    }
+
+    fn fail_start_waiter(&mut self, error: Error) {
+        if let Some(waiter) = self.start_waiter.take() {
+            let _ = waiter.send(Err(error));
+        }
+    }
+}
+
+fn control_interrupt(control: Option<Control>) -> Interrupt {
+    match control {
+        Some(Control::Stop(reply)) => Interrupt::Stop(reply),
+        None => Interrupt::ManagerGone,
+    }
+}
+
+/// Waits briefly for the output readers to reach end of file, so the last
+/// lines a daemon wrote before dying are in the ring. A descendant that
+/// escaped the group may hold the pipes open; then tend stops waiting.
+async fn drain(readers: &mut Vec<JoinHandle<()>>) {
+    let all = async {
+        for reader in readers.iter_mut() {
+            let _ = reader.await;
+        }
+    };
+    if tokio::time::timeout(defaults::OUTPUT_DRAIN_TIMEOUT, all).await.is_err() {
+        for reader in readers.iter() {
+            reader.abort();
+        }
+    }
+}
+
+/// The delay before restart number `attempt` (1-based): `base` doubled per
+/// attempt, capped at [`defaults::MAX_RESTART_DELAY`] (or `base` if that is
+/// larger), plus up to [`defaults::RESTART_JITTER`] of itself; `jitter` is
+/// a sample from `[0, 1)`.
+pub(crate) fn restart_backoff(base: Duration, attempt: u32, jitter: f64) -> Duration {
+    let doublings = attempt.saturating_sub(1).min(16);
+    let grown = base.saturating_mul(1 << doublings);
+    let capped = grown.min(defaults::MAX_RESTART_DELAY.max(base));
+    capped + capped.mul_f64(defaults::RESTART_JITTER * jitter.clamp(0.0, 1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_caps_and_jitters() {
+        let s = Duration::from_secs;
+        assert_eq!(restart_backoff(s(5), 1, 0.0), s(5));
+        assert_eq!(restart_backoff(s(5), 2, 0.0), s(10));
+        assert_eq!(restart_backoff(s(5), 3, 0.0), s(20));
+        assert_eq!(restart_backoff(s(5), 10, 0.0), s(60));
+        assert_eq!(restart_backoff(s(120), 3, 0.0), s(120));
+        assert_eq!(restart_backoff(s(5), 1, 0.999), s(5).mul_f64(1.0999));
+        assert_eq!(restart_backoff(Duration::ZERO, 7, 0.5), Duration::ZERO);
+        assert_eq!(restart_backoff(s(1), u32::MAX, 0.0), s(60));
+    }
+}
