@@ -342,7 +342,17 @@ mod tests {
         for good in ["a", "my-plugin", "x.y_z-1", "..a", &"n".repeat(64)] {
             assert!(validate_name(good).is_ok(), "{good:?}");
         }
-        for bad in ["", ".", "..", "a/b", "../x", "a\0b", "sp ace", "é", &"n".repeat(65)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "../x",
+            "a\0b",
+            "sp ace",
+            "é",
+            &"n".repeat(65),
+        ] {
             assert!(validate_name(bad).is_err(), "{bad:?}");
         }
     }

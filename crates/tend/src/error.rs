@@ -88,7 +88,10 @@ pub enum Error {
         stderr_tail: String,
     },
     /// Nothing accepted on the socket within the startup timeout.
-    #[error("{name:?} did not accept connections on {socket:?} within {timeout:?}; its process group was killed{}", tail_suffix(stderr_tail))]
+    #[error(
+        "{name:?} did not accept connections on {socket:?} within {timeout:?}; its process group was killed{}",
+        tail_suffix(stderr_tail)
+    )]
     StartupTimeout {
         /// The process name.
         name: String,

@@ -12,11 +12,7 @@
 //! id, so tend signals the group only while the leader is unreaped or while
 //! it has just seen live members of the group in `/proc`.
 
-use std::{
-    io,
-    os::fd::OwnedFd,
-    time::Duration,
-};
+use std::{io, os::fd::OwnedFd, time::Duration};
 
 use rustix::process::{Pid, PidfdFlags, Signal};
 use tokio::{
@@ -148,8 +144,8 @@ pub(crate) async fn wait_members_gone(pgid: i32, deadline: Instant) -> bool {
         let pidfds: Vec<AsyncFd<OwnedFd>> = members
             .iter()
             .filter_map(|&pid| {
-                let fd = rustix::process::pidfd_open(Pid::from_raw(pid)?, PidfdFlags::NONBLOCK)
-                    .ok()?;
+                let fd =
+                    rustix::process::pidfd_open(Pid::from_raw(pid)?, PidfdFlags::NONBLOCK).ok()?;
                 // SAFETY: the OwnedFd is moved into the AsyncFd, which owns
                 // it until drop; nothing else can close or replace it.
                 unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.ok()

@@ -82,6 +82,7 @@ mod probe;
 mod procfs;
 pub mod spawn;
 pub mod state;
+pub mod subreaper;
 pub mod supervisor;
 mod watch;
 

@@ -87,12 +87,7 @@ impl LogBuffer {
             time: SystemTime::now(),
             text,
         };
-        if let Some(file) = self
-            .file
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_mut()
-        {
+        if let Some(file) = self.file.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
             file.write_line(&line);
         }
         let _ = self.live.send(line.clone());
@@ -106,7 +101,10 @@ impl LogBuffer {
     /// The newest `n` lines, oldest first.
     pub fn tail(&self, n: usize) -> Vec<LogLine> {
         let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
-        ring.iter().skip(ring.len().saturating_sub(n)).cloned().collect()
+        ring.iter()
+            .skip(ring.len().saturating_sub(n))
+            .cloned()
+            .collect()
     }
 
     /// The newest `n` stderr lines joined for an error message.

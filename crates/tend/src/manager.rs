@@ -229,7 +229,7 @@ impl BackgroundProcessManager {
         }
         started
             .await
-            .unwrap_or_else(|_| Err(Error::ManagerGone(config.name)))
+            .unwrap_or(Err(Error::ManagerGone(config.name)))
     }
 
     /// Stops a daemon: SIGTERM to its process group, SIGKILL after the

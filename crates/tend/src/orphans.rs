@@ -175,12 +175,14 @@ async fn clean_record(record: &OrphanRecord) -> Result<bool, String> {
         Some(leader) if leader.is_alive() => {
             leader.start_time == record.start_time && leader.pgid == record.pgid
         }
-        _ => procfs::live_group_members(record.pgid).into_iter().any(|pid| {
-            matches!(
-                procfs::stat(pid),
-                Ok(Some(s)) if s.sid == record.sid && s.start_time >= record.start_time
-            )
-        }),
+        _ => procfs::live_group_members(record.pgid)
+            .into_iter()
+            .any(|pid| {
+                matches!(
+                    procfs::stat(pid),
+                    Ok(Some(s)) if s.sid == record.sid && s.start_time >= record.start_time
+                )
+            }),
     };
     if !ours {
         return Ok(false);

@@ -49,6 +49,15 @@ pub(crate) fn parse_stat(text: &str) -> Option<ProcStat> {
     })
 }
 
+/// The parent PID from the text of `/proc/<pid>/stat`.
+pub(crate) fn parse_ppid(text: &str) -> Option<i32> {
+    text[text.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// PIDs of the live (non-zombie) members of process group `pgid`.
 pub(crate) fn live_group_members(pgid: i32) -> Vec<i32> {
     let Ok(entries) = fs::read_dir("/proc") else {
@@ -56,9 +65,7 @@ pub(crate) fn live_group_members(pgid: i32) -> Vec<i32> {
     };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| {
-            matches!(stat(pid), Ok(Some(s)) if s.pgid == pgid && s.is_alive())
-        })
+        .filter(|&pid| matches!(stat(pid), Ok(Some(s)) if s.pgid == pgid && s.is_alive()))
         .collect()
 }
 

@@ -9,16 +9,31 @@
 //! spawn holds it.
 
 use std::{
+    collections::BTreeMap,
     io,
     path::Path,
     process::Stdio,
-    sync::mpsc,
+    sync::{Mutex, MutexGuard, mpsc},
     thread,
 };
 
 use tokio::{process::Child, process::Command, runtime::Handle, sync::oneshot};
 
 use crate::config::BackgroundProcessConfig;
+
+/// PIDs (with start times) of the leaders tend spawned and has not yet
+/// seen exit. The subreaper reaps only zombies that are *not* in here.
+static OWN_CHILDREN: Mutex<BTreeMap<i32, Option<u64>>> = Mutex::new(BTreeMap::new());
+
+/// Locks the registry of tend's own children.
+pub(crate) fn own_children() -> MutexGuard<'static, BTreeMap<i32, Option<u64>>> {
+    OWN_CHILDREN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Forgets a leader once it has been reaped.
+pub(crate) fn forget_child(pid: u32) {
+    own_children().remove(&(pid as i32));
+}
 
 /// The environment variable that tells a daemon where to listen.
 pub const SOCKET_PATH_ENV: &str = "SOCKET_PATH";
@@ -45,7 +60,21 @@ impl Spawner {
                 let _runtime = runtime.enter();
                 for request in incoming {
                     let mut command = request.command;
-                    let _ = request.reply.send(command.spawn());
+                    let spawned = {
+                        // Registered under the lock the subreaper takes, so
+                        // it never mistakes a fresh child for an adopted one.
+                        let mut children = own_children();
+                        let spawned = command.spawn();
+                        if let Some(pid) = spawned.as_ref().ok().and_then(Child::id) {
+                            let start = crate::procfs::stat(pid as i32)
+                                .ok()
+                                .flatten()
+                                .map(|s| s.start_time);
+                            children.insert(pid as i32, start);
+                        }
+                        spawned
+                    };
+                    let _ = request.reply.send(spawned);
                 }
             })?;
         Ok(Spawner { requests })
@@ -97,9 +126,7 @@ fn arm_parent_death_signal(command: &mut Command) {
     // lock.
     unsafe {
         command.pre_exec(move || {
-            rustix::process::set_parent_process_death_signal(Some(
-                rustix::process::Signal::TERM,
-            ))?;
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))?;
             // The parent may have died between fork and prctl; then the
             // signal will never come, so give up on this child now.
             if rustix::process::getppid() != Some(parent) {

@@ -96,11 +96,21 @@ pub fn next_state(from: ProcessState, occurrence: Occurrence) -> Option<ProcessS
         (S::Stopped | S::Error, O::Start) => Some(S::Starting),
         (S::Starting, O::Ready) => Some(S::Running),
         (S::Starting | S::Running, O::Failed { will_restart: true }) => Some(S::Starting),
-        (S::Starting | S::Running, O::Failed { will_restart: false }) => Some(S::Error),
+        (
+            S::Starting | S::Running,
+            O::Failed {
+                will_restart: false,
+            },
+        ) => Some(S::Error),
         (S::Starting | S::Running, O::StopRequested) => Some(S::Stopping),
         (S::Stopping, O::GroupGone) => Some(S::Stopped),
         // The group survived SIGKILL: tend cannot honestly say `Stopped`.
-        (S::Stopping, O::Failed { will_restart: false }) => Some(S::Error),
+        (
+            S::Stopping,
+            O::Failed {
+                will_restart: false,
+            },
+        ) => Some(S::Error),
         _ => None,
     }
 }

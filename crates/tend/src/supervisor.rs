@@ -237,7 +237,8 @@ impl Supervisor {
                     }
                 }
                 Interrupt::Stop(reply) => {
-                    self.shared.apply(Occurrence::StopRequested, "stop requested");
+                    self.shared
+                        .apply(Occurrence::StopRequested, "stop requested");
                     self.finish_stop(reply, Ok(()));
                     return;
                 }
@@ -452,12 +453,16 @@ impl Supervisor {
     /// status and stderr tail of a failure.
     async fn wind_down(&mut self, mut incarnation: Incarnation, interrupt: Interrupt) -> Interrupt {
         if matches!(interrupt, Interrupt::Stop(_)) {
-            self.shared.apply(Occurrence::StopRequested, "stop requested");
+            self.shared
+                .apply(Occurrence::StopRequested, "stop requested");
         }
         let grace = self.config.shutdown_grace_period;
         let terminated =
             kill::terminate_group(incarnation.pgid, Some(&mut incarnation.child), grace).await;
         self.shared.set_live(None);
+        if terminated.as_ref().is_ok_and(|t| t.leader_status.is_some()) {
+            spawn::forget_child(incarnation.pid);
+        }
         if let Some(path) = &self.config.socket_path {
             let _ = std::fs::remove_file(path);
         }
@@ -481,9 +486,14 @@ impl Supervisor {
                 };
                 match interrupt {
                     Interrupt::Stop(reply) => {
-                        self.shared.update(|info| info.last_error = Some(reason.clone()));
                         self.shared
-                            .apply(Occurrence::Failed { will_restart: false }, &reason);
+                            .update(|info| info.last_error = Some(reason.clone()));
+                        self.shared.apply(
+                            Occurrence::Failed {
+                                will_restart: false,
+                            },
+                            &reason,
+                        );
                         let _ = reply.send(Err(error));
                         self.fail_start_waiter(Error::Stopped(self.config.name.clone()));
                         Interrupt::ManagerGone
@@ -547,8 +557,12 @@ impl Supervisor {
             let message = failure.error.to_string();
             self.shared
                 .update(|info| info.last_error = Some(message.clone()));
-            self.shared
-                .apply(Occurrence::Failed { will_restart: false }, &message);
+            self.shared.apply(
+                Occurrence::Failed {
+                    will_restart: false,
+                },
+                &message,
+            );
             let _ = waiter.send(Err(failure.error));
             return false;
         }
@@ -557,8 +571,12 @@ impl Supervisor {
             let message = with_tail(format!("{} ({attempts} restarts)", failure.summary));
             self.shared
                 .update(|info| info.last_error = Some(message.clone()));
-            self.shared
-                .apply(Occurrence::Failed { will_restart: false }, &message);
+            self.shared.apply(
+                Occurrence::Failed {
+                    will_restart: false,
+                },
+                &message,
+            );
             tracing::warn!(name = %self.config.name, %message, "giving up");
             return false;
         }
@@ -609,13 +627,16 @@ fn control_interrupt(control: Option<Control>) -> Interrupt {
 /// Waits briefly for the output readers to reach end of file, so the last
 /// lines a daemon wrote before dying are in the ring. A descendant that
 /// escaped the group may hold the pipes open; then tend stops waiting.
-async fn drain(readers: &mut Vec<JoinHandle<()>>) {
+async fn drain(readers: &mut [JoinHandle<()>]) {
     let all = async {
         for reader in readers.iter_mut() {
             let _ = reader.await;
         }
     };
-    if tokio::time::timeout(defaults::OUTPUT_DRAIN_TIMEOUT, all).await.is_err() {
+    if tokio::time::timeout(defaults::OUTPUT_DRAIN_TIMEOUT, all)
+        .await
+        .is_err()
+    {
         for reader in readers.iter() {
             reader.abort();
         }

@@ -55,7 +55,11 @@ impl Watch {
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        let mut waiters = self.shared.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        let mut waiters = self
+            .shared
+            .waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if waiters
             .get(&self.key)
             .is_some_and(|n| Arc::ptr_eq(n, &self.notify))
@@ -94,7 +98,9 @@ impl SocketWatcher {
         let wd = inotify::add_watch(
             &self.shared.fd,
             dir,
-            inotify::WatchFlags::CREATE | inotify::WatchFlags::MOVED_TO | inotify::WatchFlags::ONLYDIR,
+            inotify::WatchFlags::CREATE
+                | inotify::WatchFlags::MOVED_TO
+                | inotify::WatchFlags::ONLYDIR,
         )?;
         let key = (wd, name.to_owned());
         let notify = Arc::new(Notify::new());

@@ -1,0 +1,177 @@
+//! Child-subreaper support for a supervisor process (`tend up`).
+//!
+//! A daemon that double-forks (`fork`, `setsid`, `fork`) leaves a
+//! descendant outside its process group, where stopping the group cannot
+//! reach it. As a child subreaper, the supervisor adopts such descendants
+//! when their parent exits, so it can find them (their parent is now the
+//! supervisor) and kill them on shutdown.
+//!
+//! Adopted children must be reaped, or they stay zombies. The reaper must
+//! not reap tend's own daemons, though: tokio waits on those, and stealing
+//! their exit status would break supervision. So on every SIGCHLD the
+//! reaper looks for zombie children in `/proc` and reaps only those that
+//! are not in the spawner's registry of own children; the registry is
+//! locked while it looks, and the spawner holds the same lock while it
+//! forks, so a fresh child cannot be taken for an adopted one.
+
+use std::{collections::HashMap, io, os::fd::OwnedFd, time::Duration};
+
+use rustix::process::{Pid, PidfdFlags, Signal, WaitOptions};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+    task::JoinHandle,
+    time::Instant,
+};
+
+use crate::{procfs, spawn};
+
+/// Marks the calling process as a child subreaper and reaps adopted
+/// zombies until dropped.
+pub struct Subreaper {
+    reaper: JoinHandle<()>,
+}
+
+/// Makes this process a child subreaper and starts reaping adopted
+/// children. Must be called inside a tokio runtime.
+pub fn enable() -> io::Result<Subreaper> {
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid()))?;
+    let mut sigchld = signal(SignalKind::child())?;
+    let reaper = tokio::spawn(async move {
+        reap_adopted();
+        while sigchld.recv().await.is_some() {
+            reap_adopted();
+        }
+    });
+    Ok(Subreaper { reaper })
+}
+
+impl Drop for Subreaper {
+    fn drop(&mut self) {
+        self.reaper.abort();
+    }
+}
+
+impl Subreaper {
+    /// Terminates every adopted descendant still alive (and their own
+    /// descendants): SIGTERM, up to `grace`, then SIGKILL. Returns how many
+    /// processes were signalled. Call it after the manager stopped its
+    /// daemons, when every remaining child is an adopted one.
+    pub async fn kill_adopted(&self, grace: Duration) -> usize {
+        let targets = adopted_descendants();
+        if targets.is_empty() {
+            return 0;
+        }
+        tracing::info!(
+            count = targets.len(),
+            "stopping descendants that escaped their daemon's process group"
+        );
+        let pidfds: Vec<OwnedFd> = targets
+            .iter()
+            .filter_map(|&pid| {
+                rustix::process::pidfd_open(Pid::from_raw(pid)?, PidfdFlags::NONBLOCK).ok()
+            })
+            .collect();
+        signal_all(&pidfds, Signal::TERM);
+        signal_all(&pidfds, Signal::CONT);
+        if !wait_all_exit(&pidfds, Instant::now() + grace).await {
+            signal_all(&pidfds, Signal::KILL);
+            wait_all_exit(&pidfds, Instant::now() + crate::defaults::KILL_TIMEOUT).await;
+        }
+        reap_adopted();
+        pidfds.len()
+    }
+}
+
+fn signal_all(pidfds: &[OwnedFd], sig: Signal) {
+    for fd in pidfds {
+        let _ = rustix::process::pidfd_send_signal(fd, sig);
+    }
+}
+
+async fn wait_all_exit(pidfds: &[OwnedFd], deadline: Instant) -> bool {
+    let waits = async {
+        for fd in pidfds {
+            let Ok(dup) = fd.try_clone() else { continue };
+            // SAFETY: `dup` is a fresh descriptor owned by the AsyncFd until
+            // it is dropped at the end of this iteration.
+            let Ok(async_fd) =
+                (unsafe { AsyncFd::register_with_interest(dup, Interest::READABLE) })
+            else {
+                continue;
+            };
+            let _ = async_fd.readable().await;
+        }
+    };
+    tokio::time::timeout_at(deadline, waits).await.is_ok()
+}
+
+/// Reaps zombie children that tend did not spawn itself.
+fn reap_adopted() {
+    let own = spawn::own_children();
+    let me = std::process::id() as i32;
+    for (pid, stat) in children_of(me) {
+        if stat.is_alive() {
+            continue;
+        }
+        if own
+            .get(&pid)
+            .is_some_and(|start| start.is_none_or(|s| s == stat.start_time))
+        {
+            continue;
+        }
+        if let Some(pid) = Pid::from_raw(pid) {
+            let _ = rustix::process::waitpid(Some(pid), WaitOptions::NOHANG);
+        }
+    }
+}
+
+/// Live children of this process that tend did not spawn, and all their
+/// descendants.
+fn adopted_descendants() -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let table = process_table();
+    let own = spawn::own_children();
+    let mut frontier: Vec<i32> = table
+        .iter()
+        .filter(|(_, (ppid, stat))| *ppid == me && stat.is_alive())
+        .map(|(&pid, _)| pid)
+        .filter(|pid| !own.contains_key(pid))
+        .collect();
+    drop(own);
+    let mut found = Vec::new();
+    while let Some(pid) = frontier.pop() {
+        found.push(pid);
+        frontier.extend(
+            table
+                .iter()
+                .filter(|(_, (ppid, stat))| *ppid == pid && stat.is_alive())
+                .map(|(&child, _)| child),
+        );
+    }
+    found
+}
+
+fn children_of(parent: i32) -> Vec<(i32, procfs::ProcStat)> {
+    process_table()
+        .into_iter()
+        .filter(|(_, (ppid, _))| *ppid == parent)
+        .map(|(pid, (_, stat))| (pid, stat))
+        .collect()
+}
+
+/// Every process's parent and stat, read from `/proc`.
+fn process_table() -> HashMap<i32, (i32, procfs::ProcStat)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return HashMap::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let stat = procfs::parse_stat(&text)?;
+            let ppid = procfs::parse_ppid(&text)?;
+            Some((pid, (ppid, stat)))
+        })
+        .collect()
+}
