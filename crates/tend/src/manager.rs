@@ -208,6 +208,7 @@ impl BackgroundProcessManager {
             };
             // Applied under the registry lock, so a concurrent start of the
             // same name sees `Starting` and is refused.
+            shared.begin_start();
             shared.apply(Occurrence::Start, "start requested");
             let (control, requests) = mpsc::unbounded_channel();
             let supervisor = Supervisor::new(

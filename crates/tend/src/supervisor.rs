@@ -90,6 +90,15 @@ impl Shared {
         info
     }
 
+    /// Prepares the snapshot for a start requested by the user: the
+    /// counters and the last error belong to the previous run.
+    pub fn begin_start(&self) {
+        let mut status = self.lock();
+        status.info.restart_attempts = 0;
+        status.info.failed_health_checks = 0;
+        status.info.last_error = None;
+    }
+
     pub fn state(&self) -> ProcessState {
         self.lock().info.state
     }
@@ -237,9 +246,7 @@ impl Supervisor {
                     }
                 }
                 Interrupt::Stop(reply) => {
-                    self.shared
-                        .apply(Occurrence::StopRequested, "stop requested");
-                    self.finish_stop(reply, Ok(()));
+                    self.finish_stop(reply);
                     return;
                 }
                 Interrupt::ManagerGone => return,
@@ -590,24 +597,39 @@ impl Supervisor {
             .apply(Occurrence::Failed { will_restart: true }, &message);
         let delay = restart_backoff(self.config.restart_delay, attempt, fastrand::f64());
         tracing::info!(name = %self.config.name, attempt, ?delay, %message, "restarting");
-        tokio::select! {
-            biased;
-            control = self.control.recv() => match control_interrupt(control) {
-                Interrupt::Stop(reply) => {
-                    self.shared.apply(Occurrence::StopRequested, "stop requested");
-                    self.finish_stop(reply, Ok(()));
-                    false
-                }
-                _ => false,
-            },
-            () = tokio::time::sleep(delay) => true,
+        // `None`: the delay passed; `Some(None)`: the manager is gone.
+        let control = if delay.is_zero() {
+            // The timer wheel ticks in milliseconds; do not wait for a tick.
+            match self.control.try_recv() {
+                Ok(control) => Some(Some(control)),
+                Err(mpsc::error::TryRecvError::Disconnected) => Some(None),
+                Err(mpsc::error::TryRecvError::Empty) => None,
+            }
+        } else {
+            tokio::select! {
+                biased;
+                control = self.control.recv() => Some(control),
+                () = tokio::time::sleep(delay) => None,
+            }
+        };
+        match control {
+            None => true,
+            Some(Some(Control::Stop(reply))) => {
+                self.finish_stop(reply);
+                false
+            }
+            Some(None) => false,
         }
     }
 
-    fn finish_stop(&mut self, reply: oneshot::Sender<Result<()>>, result: Result<()>) {
+    /// Completes a stop once no member of the group is left.
+    fn finish_stop(&mut self, reply: oneshot::Sender<Result<()>>) {
+        // A no-op when already `Stopping` (the group was terminated first).
+        self.shared
+            .apply(Occurrence::StopRequested, "stop requested");
         self.shared.apply(Occurrence::GroupGone, "stopped");
         self.fail_start_waiter(Error::Stopped(self.config.name.clone()));
-        let _ = reply.send(result);
+        let _ = reply.send(Ok(()));
     }
 
     fn fail_start_waiter(&mut self, error: Error) {
