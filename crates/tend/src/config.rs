@@ -35,6 +35,18 @@ impl Default for HealthCheck {
     }
 }
 
+/// What a health check does over the socket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HealthProbe {
+    /// Connect and hang up: proves the daemon's listener is alive.
+    #[default]
+    Connect,
+    /// Send a JSON-RPC `ping` request and wait for any JSON-RPC reply:
+    /// also proves the daemon's event loop answers, so a daemon whose
+    /// socket accepts but which never replies is restarted.
+    Ping,
+}
+
 /// How to run and supervise one daemon. Build it with [`Self::new`] and the
 /// chained setters; every setting not given takes its value from
 /// [`crate::defaults`].
@@ -61,6 +73,8 @@ pub struct BackgroundProcessConfig {
     pub shutdown_grace_period: Duration,
     /// Periodic health check, if any (needs a socket).
     pub healthcheck: Option<HealthCheck>,
+    /// What each health check does.
+    pub health_probe: HealthProbe,
     /// Restarts in a row before giving up.
     pub max_restart_attempts: u32,
     /// Delay before the first restart; each further one doubles it, up to
@@ -85,6 +99,7 @@ impl BackgroundProcessConfig {
             startup_timeout: defaults::STARTUP_TIMEOUT,
             shutdown_grace_period: defaults::SHUTDOWN_GRACE_PERIOD,
             healthcheck: None,
+            health_probe: HealthProbe::Connect,
             max_restart_attempts: defaults::MAX_RESTART_ATTEMPTS,
             restart_delay: defaults::RESTART_DELAY,
             stable_period: defaults::STABLE_PERIOD,
@@ -147,6 +162,12 @@ impl BackgroundProcessConfig {
     /// Enables periodic health checks.
     pub fn healthcheck(mut self, check: HealthCheck) -> Self {
         self.healthcheck = Some(check);
+        self
+    }
+
+    /// Chooses what a health check does (a plain connect by default).
+    pub fn health_probe(mut self, probe: HealthProbe) -> Self {
+        self.health_probe = probe;
         self
     }
 

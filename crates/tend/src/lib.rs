@@ -86,7 +86,7 @@ pub mod subreaper;
 pub mod supervisor;
 mod watch;
 
-pub use config::{BackgroundProcessConfig, HealthCheck};
+pub use config::{BackgroundProcessConfig, HealthCheck, HealthProbe};
 pub use error::{ConfigProblem, ConfigProblems, Error, Result};
 pub use logs::{LogLine, Stream};
 pub use manager::{BackgroundProcessManager, ManagerBuilder, Subscription, default_state_dir};

@@ -10,7 +10,7 @@ use std::{io, path::Path, time::Duration};
 
 use tokio::{net::UnixStream, time::Instant};
 
-use crate::watch::SocketWatcher;
+use crate::{config::HealthProbe, watch::SocketWatcher};
 
 /// What a connect attempt says about a socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,18 +89,65 @@ pub(crate) async fn wait_ready(watcher: Option<&SocketWatcher>, path: &Path) {
     }
 }
 
-/// One health check: connect within `timeout`.
-pub(crate) async fn health_check(path: &Path, timeout: Duration) -> Result<(), String> {
+/// One health check within `timeout`: a connect, and for
+/// [`HealthProbe::Ping`] a `ping` request answered by a JSON-RPC reply.
+pub(crate) async fn health_check(
+    path: &Path,
+    probe: HealthProbe,
+    timeout: Duration,
+) -> Result<(), String> {
     let started = Instant::now();
-    match tokio::time::timeout(timeout, UnixStream::connect(path)).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => Err(format!(
-            "socket {path:?} backlog is full (the daemon is not accepting)"
-        )),
-        Ok(Err(e)) => Err(format!("connect to {path:?} failed: {e}")),
+    let check = async {
+        let stream = match UnixStream::connect(path).await {
+            Ok(stream) => stream,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(format!(
+                    "socket {path:?} backlog is full (the daemon is not accepting)"
+                ));
+            }
+            Err(e) => return Err(format!("connect to {path:?} failed: {e}")),
+        };
+        match probe {
+            HealthProbe::Connect => Ok(()),
+            HealthProbe::Ping => ping(stream).await,
+        }
+    };
+    match tokio::time::timeout(timeout, check).await {
+        Ok(result) => result,
         Err(_) => Err(format!(
-            "connect to {path:?} timed out after {:?}",
+            "{} {path:?} timed out after {:?}",
+            match probe {
+                HealthProbe::Connect => "connect to",
+                HealthProbe::Ping => "ping over",
+            },
             started.elapsed()
+        )),
+    }
+}
+
+/// Longest ping reply read; a daemon answering more is not healthy.
+const MAX_PING_REPLY_BYTES: u64 = 64 * 1024;
+
+async fn ping(stream: UnixStream) -> Result<(), String> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let (read, mut write) = stream.into_split();
+    write
+        .write_all(b"{\"jsonrpc\":\"2.0\",\"id\":\"tend-health\",\"method\":\"ping\"}\n")
+        .await
+        .map_err(|e| format!("sending ping failed: {e}"))?;
+    let mut line = String::new();
+    BufReader::new(read.take(MAX_PING_REPLY_BYTES))
+        .read_line(&mut line)
+        .await
+        .map_err(|e| format!("reading the ping reply failed: {e}"))?;
+    if line.is_empty() {
+        return Err("the daemon closed the connection without answering ping".into());
+    }
+    match serde_json::from_str::<serde_json::Value>(&line) {
+        Ok(reply) if reply.get("jsonrpc").and_then(|v| v.as_str()) == Some("2.0") => Ok(()),
+        _ => Err(format!(
+            "ping reply is not JSON-RPC 2.0: {:?}",
+            line.trim_end()
         )),
     }
 }

@@ -401,6 +401,7 @@ impl Supervisor {
         let stable_at = Instant::now() + self.config.stable_period;
         let mut counter_reset = self.shared.snapshot().restart_attempts == 0;
         let health = self.config.healthcheck;
+        let health_probe = self.config.health_probe;
         let socket = self.config.socket_path.clone();
         let mut next_check = health.map(|h| Instant::now() + h.interval);
         let mut failures = 0u32;
@@ -409,7 +410,7 @@ impl Supervisor {
                 match (next_check, health, &socket) {
                     (Some(at), Some(h), Some(path)) => {
                         tokio::time::sleep_until(at).await;
-                        probe::health_check(path, h.timeout).await
+                        probe::health_check(path, health_probe, h.timeout).await
                     }
                     _ => std::future::pending().await,
                 }
