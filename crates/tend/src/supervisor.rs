@@ -333,19 +333,26 @@ impl Supervisor {
                 socket: self.config.socket_path.clone(),
             }));
         }
-        let mut readers = Vec::with_capacity(2);
-        if let Some(out) = child.stdout.take() {
-            let shared = Arc::clone(&self.shared);
-            readers.push(tokio::spawn(async move {
-                logs::capture(out, Stream::Stdout, &shared.logs).await
-            }));
-        }
-        if let Some(err) = child.stderr.take() {
-            let shared = Arc::clone(&self.shared);
-            readers.push(tokio::spawn(async move {
-                logs::capture(err, Stream::Stderr, &shared.logs).await
-            }));
-        }
+        let pipes = [
+            (
+                child.stdout.take().map(|p| p.into_owned_fd()),
+                Stream::Stdout,
+            ),
+            (
+                child.stderr.take().map(|p| p.into_owned_fd()),
+                Stream::Stderr,
+            ),
+        ];
+        let readers = pipes
+            .into_iter()
+            .filter_map(|(pipe, stream)| {
+                let pipe = pipe?.ok()?;
+                let shared = Arc::clone(&self.shared);
+                Some(tokio::spawn(async move {
+                    logs::capture(pipe, stream, &shared.logs).await
+                }))
+            })
+            .collect();
         self.shared.update(|info| info.pid = Some(pid));
         tracing::debug!(name = %self.config.name, pid, "spawned");
         Ok(Incarnation {
