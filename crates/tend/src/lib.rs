@@ -73,6 +73,7 @@
 
 pub mod config;
 pub mod defaults;
+pub mod envs;
 mod error;
 mod kill;
 pub mod logs;
@@ -80,6 +81,7 @@ mod manager;
 pub mod orphans;
 mod probe;
 mod procfs;
+pub mod rpc;
 pub mod spawn;
 pub mod state;
 pub mod subreaper;
