@@ -84,6 +84,9 @@ pub struct BackgroundProcessConfig {
     pub stable_period: Duration,
     /// File the daemon's stdout and stderr are appended to, rotated by size.
     pub log_file: Option<PathBuf>,
+    /// Events the daemon is subscribed to when it starts (see
+    /// [`crate::BackgroundProcessManager::publish`]).
+    pub events: Vec<String>,
 }
 
 impl BackgroundProcessConfig {
@@ -104,6 +107,7 @@ impl BackgroundProcessConfig {
             restart_delay: defaults::RESTART_DELAY,
             stable_period: defaults::STABLE_PERIOD,
             log_file: None,
+            events: Vec::new(),
         }
     }
 
@@ -195,6 +199,16 @@ impl BackgroundProcessConfig {
         self
     }
 
+    /// Subscribes the daemon to these events when it starts.
+    pub fn events<I, S>(mut self, events: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.events.extend(events.into_iter().map(Into::into));
+        self
+    }
+
     /// Checks the config and returns every problem found.
     pub fn validate(&self) -> Result<(), Error> {
         let mut problems = Vec::new();
@@ -264,6 +278,16 @@ impl BackgroundProcessConfig {
             if log.as_os_str().is_empty() || log.file_name().is_none() {
                 problem("log_file", format!("{log:?} does not name a file"));
             }
+        }
+
+        if !self.events.is_empty() && self.socket_path.is_none() {
+            problem(
+                "events",
+                "events are delivered over the socket; set socket_path".into(),
+            );
+        }
+        if self.events.iter().any(|e| e.is_empty()) {
+            problem("events", "event names must not be empty".into());
         }
 
         if problems.is_empty() {

@@ -50,3 +50,8 @@ pub const OUTPUT_DRAIN_TIMEOUT: Duration = Duration::from_millis(200);
 pub const MAX_SOCKET_PATH_BYTES: usize = 107;
 /// Longest process name.
 pub const MAX_NAME_BYTES: usize = 64;
+
+/// Largest event `publish` accepts, as serialized JSON.
+pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
+/// Events queued per daemon while it is not reachable.
+pub const EVENT_QUEUE_CAPACITY: usize = 1024;

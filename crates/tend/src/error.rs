@@ -129,6 +129,19 @@ pub enum Error {
         /// What is still alive.
         reason: String,
     },
+    /// The operation needs the daemon's socket, and it has none.
+    #[error("{0:?} has no socket_path; it cannot be called or sent events")]
+    NoSocket(String),
+    /// An event is larger than the manager accepts.
+    #[error("event {event:?} is {size} bytes as JSON; at most {limit} allowed")]
+    EventTooLarge {
+        /// The event name.
+        event: String,
+        /// Its serialized size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// The manager was dropped while the operation was pending.
     #[error("the manager was dropped while {0:?} was being handled")]
     ManagerGone(String),

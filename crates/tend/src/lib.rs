@@ -73,6 +73,7 @@
 
 pub mod config;
 pub mod defaults;
+mod delivery;
 pub mod envs;
 mod error;
 mod kill;
@@ -82,6 +83,7 @@ pub mod orphans;
 mod probe;
 mod procfs;
 pub mod rpc;
+mod shared;
 pub mod spawn;
 pub mod state;
 pub mod subreaper;

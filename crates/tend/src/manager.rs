@@ -20,12 +20,15 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::{
     config::BackgroundProcessConfig,
     defaults,
+    delivery::{EventDelivery, PublishedEvent},
     error::{Error, Result},
     logs::{LogBuffer, LogLine},
     orphans::{self, CleanupReport, OrphanRegistry},
+    rpc,
+    shared::Shared,
     spawn::Spawner,
     state::{Occurrence, ProcessEvent, ProcessInfo, ProcessState},
-    supervisor::{Context, Control, Shared, Supervisor},
+    supervisor::{Context, Control, Supervisor},
     watch::SocketWatcher,
 };
 
@@ -219,6 +222,11 @@ impl BackgroundProcessManager {
                 waiter,
             );
             tokio::spawn(supervisor.run());
+            if let Some(socket) = &config.socket_path {
+                if !config.events.is_empty() {
+                    subscribe_shared(&shared, socket, config.events.iter().cloned());
+                }
+            }
             slots.insert(
                 config.name.clone(),
                 Slot {
@@ -337,6 +345,79 @@ impl BackgroundProcessManager {
         }
     }
 
+    /// The persistent JSON-RPC client of a daemon: one connection,
+    /// multiplexed, reconnecting after restarts. Clones share it.
+    pub fn rpc_client(&self, name: &str) -> Result<rpc::Client> {
+        let slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = slots
+            .get(name)
+            .ok_or_else(|| Error::UnknownProcess(name.to_owned()))?;
+        let socket = slot
+            .config
+            .socket_path
+            .as_deref()
+            .ok_or_else(|| Error::NoSocket(name.to_owned()))?;
+        Ok(slot.shared.rpc_client(socket))
+    }
+
+    /// Subscribes a daemon to named events: each [`Self::publish`]ed event
+    /// of those names reaches it as an `on_event` notification with params
+    /// `{"event": name, "data": data}`, in publish order, over its RPC
+    /// connection. Subscriptions survive restarts.
+    pub fn subscribe_daemon<I, S>(&self, name: &str, events: I) -> Result<()>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = slots
+            .get(name)
+            .ok_or_else(|| Error::UnknownProcess(name.to_owned()))?;
+        let socket = slot
+            .config
+            .socket_path
+            .as_deref()
+            .ok_or_else(|| Error::NoSocket(name.to_owned()))?;
+        subscribe_shared(&slot.shared, socket, events.into_iter().map(Into::into));
+        Ok(())
+    }
+
+    /// Publishes an event to every daemon subscribed to it; returns how
+    /// many daemons it was queued for. A daemon that is not `Running`
+    /// receives it once it is ready again. Fails for an event larger than
+    /// [`defaults::MAX_EVENT_BYTES`] as JSON.
+    pub fn publish(&self, event: &str, data: serde_json::Value) -> Result<usize> {
+        let size = serde_json::to_vec(&data).map_or(0, |v| v.len()) + event.len();
+        if size > defaults::MAX_EVENT_BYTES {
+            return Err(Error::EventTooLarge {
+                event: event.to_owned(),
+                size,
+                limit: defaults::MAX_EVENT_BYTES,
+            });
+        }
+        let published = Arc::new(PublishedEvent {
+            name: event.to_owned(),
+            data,
+        });
+        let slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut queued = 0;
+        for slot in slots.values() {
+            let delivered = slot.shared.existing_delivery(|d| {
+                d.wants(event) && {
+                    let ok = d.enqueue(Arc::clone(&published));
+                    if !ok {
+                        tracing::warn!(name = %slot.shared.name, %event, "event queue full; event dropped");
+                    }
+                    ok
+                }
+            });
+            if delivered == Some(true) {
+                queued += 1;
+            }
+        }
+        Ok(queued)
+    }
+
     /// Stops daemons recorded in the state directory by managers that are
     /// no longer alive. A record whose PID now belongs to another process,
     /// or whose manager still runs, is left alone.
@@ -349,6 +430,19 @@ impl BackgroundProcessManager {
         let slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
         slots.get(name).map(|slot| f(&slot.shared))
     }
+}
+
+fn subscribe_shared(shared: &Shared, socket: &Path, events: impl Iterator<Item = String>) {
+    shared.delivery(
+        || {
+            EventDelivery::start(
+                shared.rpc_client(socket),
+                shared.readiness(),
+                defaults::EVENT_QUEUE_CAPACITY,
+            )
+        },
+        |delivery| delivery.subscribe(events),
+    );
 }
 
 fn restrict_to_owner(dir: &Path) -> Result<()> {

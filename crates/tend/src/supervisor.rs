@@ -8,16 +8,12 @@
 //! a local variable, so an exit of an older incarnation cannot reach a newer
 //! one: by the time the next is spawned, the old group is gone.
 
-use std::{
-    os::fd::OwnedFd,
-    sync::{Arc, Mutex},
-    time::{Duration, SystemTime},
-};
+use std::{sync::Arc, time::Duration};
 
-use rustix::process::{Pid, PidfdFlags, Signal};
+use rustix::process::{Pid, PidfdFlags};
 use tokio::{
     process::Child,
-    sync::{broadcast, mpsc, oneshot},
+    sync::{mpsc, oneshot},
     task::JoinHandle,
     time::Instant,
 };
@@ -27,11 +23,12 @@ use crate::{
     defaults,
     error::{Error, Result},
     kill,
-    logs::{self, LogBuffer, Stream},
+    logs::{self, Stream},
     orphans::OrphanRegistry,
     probe,
+    shared::{LiveLeader, Shared},
     spawn::{self, Spawner},
-    state::{ExitStatus, Occurrence, ProcessEvent, ProcessInfo, ProcessState, next_state},
+    state::{ExitStatus, Occurrence},
     watch::SocketWatcher,
 };
 
@@ -39,133 +36,6 @@ use crate::{
 pub(crate) enum Control {
     /// Stop the process; the reply comes once its group is gone.
     Stop(oneshot::Sender<Result<()>>),
-}
-
-/// What the supervisor publishes and the manager reads.
-pub(crate) struct Shared {
-    pub name: String,
-    status: Mutex<Status>,
-    pub logs: LogBuffer,
-    /// The live leader, for the manager's synchronous kill on drop.
-    live: Mutex<Option<LiveLeader>>,
-    events: broadcast::Sender<ProcessEvent>,
-}
-
-struct Status {
-    info: ProcessInfo,
-    running_since: Option<Instant>,
-}
-
-/// The leader of the current incarnation, pinned by a pidfd so a signal can
-/// never reach a recycled PID.
-pub(crate) struct LiveLeader {
-    pidfd: OwnedFd,
-    pgid: i32,
-    socket: Option<std::path::PathBuf>,
-}
-
-impl Shared {
-    pub fn new(name: &str, logs: LogBuffer, events: broadcast::Sender<ProcessEvent>) -> Self {
-        Shared {
-            name: name.to_owned(),
-            status: Mutex::new(Status {
-                info: ProcessInfo::new(name),
-                running_since: None,
-            }),
-            logs,
-            live: Mutex::new(None),
-            events,
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Status> {
-        self.status.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// A consistent snapshot, with the uptime computed now.
-    pub fn snapshot(&self) -> ProcessInfo {
-        let status = self.lock();
-        let mut info = status.info.clone();
-        info.uptime = status.running_since.map(|since| since.elapsed());
-        info
-    }
-
-    /// Prepares the snapshot for a start requested by the user: the
-    /// counters and the last error belong to the previous run.
-    pub fn begin_start(&self) {
-        let mut status = self.lock();
-        status.info.restart_attempts = 0;
-        status.info.failed_health_checks = 0;
-        status.info.last_error = None;
-    }
-
-    pub fn state(&self) -> ProcessState {
-        self.lock().info.state
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.lock().info.pid
-    }
-
-    /// Feeds `occurrence` through the transition table and publishes the
-    /// change, if any. Returns the new state.
-    pub fn apply(&self, occurrence: Occurrence, reason: &str) -> ProcessState {
-        let mut status = self.lock();
-        let from = status.info.state;
-        let Some(to) = next_state(from, occurrence) else {
-            return from;
-        };
-        if to == from {
-            return from;
-        }
-        status.info.state = to;
-        match to {
-            ProcessState::Running => {
-                status.info.started_at = Some(SystemTime::now());
-                status.running_since = Some(Instant::now());
-            }
-            _ => {
-                status.info.started_at = None;
-                status.running_since = None;
-            }
-        }
-        if matches!(to, ProcessState::Stopped | ProcessState::Error) {
-            status.info.pid = None;
-        }
-        // Sent under the lock so events are ordered like the states.
-        let _ = self.events.send(ProcessEvent {
-            name: self.name.clone(),
-            from,
-            to,
-            time: SystemTime::now(),
-            reason: reason.to_owned(),
-            pid: status.info.pid,
-        });
-        to
-    }
-
-    fn update(&self, change: impl FnOnce(&mut ProcessInfo)) {
-        change(&mut self.lock().info);
-    }
-
-    /// SIGKILLs the live group, if any, without waiting (used on drop).
-    pub fn kill_now(&self) {
-        let live = self.live.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(leader) = live {
-            // Signal 0 through the pidfd fails once the leader is reaped;
-            // while it succeeds the group id cannot have been reused.
-            if rustix::process::pidfd_send_signal(&leader.pidfd, Signal::KILL).is_ok() {
-                let _ = kill::signal_group(leader.pgid, Signal::KILL);
-            }
-            if let Some(socket) = leader.socket {
-                let _ = std::fs::remove_file(socket);
-            }
-        }
-    }
-
-    fn set_live(&self, live: Option<LiveLeader>) {
-        *self.live.lock().unwrap_or_else(|e| e.into_inner()) = live;
-    }
 }
 
 /// What every supervisor of one manager shares.
@@ -327,11 +197,11 @@ impl Supervisor {
         if let Some(pidfd) = Pid::from_raw(pid as i32)
             .and_then(|p| rustix::process::pidfd_open(p, PidfdFlags::empty()).ok())
         {
-            self.shared.set_live(Some(LiveLeader {
+            self.shared.set_live(Some(LiveLeader::new(
                 pidfd,
                 pgid,
-                socket: self.config.socket_path.clone(),
-            }));
+                self.config.socket_path.clone(),
+            )));
         }
         let pipes = [
             (

@@ -1,0 +1,224 @@
+//! The published side of one supervised process: its state snapshot,
+//! output, live leader, RPC client and event subscriptions. The supervisor
+//! task writes it; the manager reads it without waiting for any daemon.
+
+use std::{
+    os::fd::OwnedFd,
+    path::{Path, PathBuf},
+    sync::{Mutex, MutexGuard},
+    time::SystemTime,
+};
+
+use rustix::process::Signal;
+use tokio::{
+    sync::{broadcast, watch},
+    time::Instant,
+};
+
+use crate::{
+    delivery::EventDelivery,
+    kill,
+    logs::LogBuffer,
+    rpc,
+    state::{Occurrence, ProcessEvent, ProcessInfo, ProcessState, next_state},
+};
+
+/// What the supervisor publishes and the manager reads.
+pub(crate) struct Shared {
+    pub name: String,
+    status: Mutex<Status>,
+    pub logs: LogBuffer,
+    /// The live leader, for the manager's synchronous kill on drop.
+    live: Mutex<Option<LiveLeader>>,
+    events: broadcast::Sender<ProcessEvent>,
+    /// The state and the number of times the process became ready, for
+    /// tasks that wait for a (new) incarnation to be `Running`.
+    readiness: watch::Sender<Readiness>,
+    /// The persistent RPC connection to the daemon, made on first use.
+    rpc: Mutex<Option<rpc::Client>>,
+    /// Events this daemon subscribed to, and their delivery task.
+    delivery: Mutex<Option<EventDelivery>>,
+}
+
+/// The state, and how many incarnations have become ready so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Readiness {
+    pub state: ProcessState,
+    pub incarnation: u64,
+}
+
+struct Status {
+    info: ProcessInfo,
+    running_since: Option<Instant>,
+}
+
+/// The leader of the current incarnation, pinned by a pidfd so a signal can
+/// never reach a recycled PID.
+pub(crate) struct LiveLeader {
+    pidfd: OwnedFd,
+    pub pgid: i32,
+    pub socket: Option<PathBuf>,
+}
+
+impl LiveLeader {
+    pub fn new(pidfd: OwnedFd, pgid: i32, socket: Option<PathBuf>) -> Self {
+        LiveLeader {
+            pidfd,
+            pgid,
+            socket,
+        }
+    }
+}
+
+impl Shared {
+    pub fn new(name: &str, logs: LogBuffer, events: broadcast::Sender<ProcessEvent>) -> Self {
+        Shared {
+            name: name.to_owned(),
+            status: Mutex::new(Status {
+                info: ProcessInfo::new(name),
+                running_since: None,
+            }),
+            logs,
+            live: Mutex::new(None),
+            events,
+            readiness: watch::channel(Readiness {
+                state: ProcessState::Stopped,
+                incarnation: 0,
+            })
+            .0,
+            rpc: Mutex::new(None),
+            delivery: Mutex::new(None),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Status> {
+        self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A consistent snapshot, with the uptime computed now.
+    pub fn snapshot(&self) -> ProcessInfo {
+        let status = self.lock();
+        let mut info = status.info.clone();
+        info.uptime = status.running_since.map(|since| since.elapsed());
+        info
+    }
+
+    /// Prepares the snapshot for a start requested by the user: the
+    /// counters and the last error belong to the previous run.
+    pub fn begin_start(&self) {
+        let mut status = self.lock();
+        status.info.restart_attempts = 0;
+        status.info.failed_health_checks = 0;
+        status.info.last_error = None;
+    }
+
+    pub fn state(&self) -> ProcessState {
+        self.lock().info.state
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.lock().info.pid
+    }
+
+    /// Feeds `occurrence` through the transition table and publishes the
+    /// change, if any. Returns the new state.
+    pub fn apply(&self, occurrence: Occurrence, reason: &str) -> ProcessState {
+        let mut status = self.lock();
+        let from = status.info.state;
+        let Some(to) = next_state(from, occurrence) else {
+            return from;
+        };
+        if to == from {
+            return from;
+        }
+        status.info.state = to;
+        match to {
+            ProcessState::Running => {
+                status.info.started_at = Some(SystemTime::now());
+                status.running_since = Some(Instant::now());
+            }
+            _ => {
+                status.info.started_at = None;
+                status.running_since = None;
+            }
+        }
+        if matches!(to, ProcessState::Stopped | ProcessState::Error) {
+            status.info.pid = None;
+        }
+        self.readiness.send_modify(|r| {
+            r.state = to;
+            if to == ProcessState::Running {
+                r.incarnation += 1;
+            }
+        });
+        // Sent under the lock so events are ordered like the states.
+        let _ = self.events.send(ProcessEvent {
+            name: self.name.clone(),
+            from,
+            to,
+            time: SystemTime::now(),
+            reason: reason.to_owned(),
+            pid: status.info.pid,
+        });
+        to
+    }
+
+    pub fn update(&self, change: impl FnOnce(&mut ProcessInfo)) {
+        change(&mut self.lock().info);
+    }
+
+    /// SIGKILLs the live group, if any, without waiting (used on drop).
+    pub fn kill_now(&self) {
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(leader) = live {
+            // A signal through the pidfd reaches exactly the leader and fails
+            // once it is reaped; while it succeeds, the group id cannot have
+            // been reused, so signalling the group is safe.
+            if rustix::process::pidfd_send_signal(&leader.pidfd, Signal::KILL).is_ok() {
+                let _ = kill::signal_group(leader.pgid, Signal::KILL);
+            }
+            if let Some(socket) = leader.socket {
+                let _ = std::fs::remove_file(socket);
+            }
+        }
+    }
+
+    pub fn set_live(&self, live: Option<LiveLeader>) {
+        *self.live.lock().unwrap_or_else(|e| e.into_inner()) = live;
+    }
+
+    /// A receiver of state and incarnation changes.
+    pub fn readiness(&self) -> watch::Receiver<Readiness> {
+        self.readiness.subscribe()
+    }
+
+    /// The persistent RPC client for `socket`, created on first use (and
+    /// again if the socket path changed with a new config).
+    pub fn rpc_client(&self, socket: &Path) -> rpc::Client {
+        let mut rpc = self.rpc.lock().unwrap_or_else(|e| e.into_inner());
+        match rpc.as_ref() {
+            Some(client) if client.socket_path() == socket => client.clone(),
+            _ => {
+                let client = rpc::Client::new(socket);
+                *rpc = Some(client.clone());
+                client
+            }
+        }
+    }
+
+    /// The event delivery of this daemon, started by `start` on first use.
+    pub fn delivery<T>(
+        &self,
+        start: impl FnOnce() -> EventDelivery,
+        with: impl FnOnce(&EventDelivery) -> T,
+    ) -> T {
+        let mut delivery = self.delivery.lock().unwrap_or_else(|e| e.into_inner());
+        with(delivery.get_or_insert_with(start))
+    }
+
+    /// Runs `with` on the event delivery, if this daemon has one.
+    pub fn existing_delivery<T>(&self, with: impl FnOnce(&EventDelivery) -> T) -> Option<T> {
+        let delivery = self.delivery.lock().unwrap_or_else(|e| e.into_inner());
+        delivery.as_ref().map(with)
+    }
+}
