@@ -8,8 +8,7 @@ use std::time::Duration;
 const UNITS: [(&str, u64); 4] = [("ms", 1), ("s", 1_000), ("m", 60_000), ("h", 3_600_000)];
 
 /// What a duration value should look like, for error messages.
-pub const DURATION_HINT: &str =
-    "expected a duration such as \"250ms\", \"5s\", \"1m\" or \"1m30s\", or an integer of milliseconds";
+pub const DURATION_HINT: &str = "expected a duration such as \"250ms\", \"5s\", \"1m\" or \"1m30s\", or an integer of milliseconds";
 
 /// Parses a duration string: one or more `<digits><unit>` parts with unit
 /// `ms`, `s`, `m` or `h`.
@@ -95,7 +94,10 @@ mod tests {
 
     #[test]
     fn bare_integers_are_milliseconds() {
-        assert_eq!(duration_from_millis(1500).unwrap(), Duration::from_millis(1500));
+        assert_eq!(
+            duration_from_millis(1500).unwrap(),
+            Duration::from_millis(1500)
+        );
         assert!(duration_from_millis(-1).is_err());
     }
 }

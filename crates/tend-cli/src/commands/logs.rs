@@ -1,0 +1,56 @@
+//! `tend logs NAME [-n N] [-f]`: a daemon's recent output, and with `-f`
+//! new output as it comes, until the supervisor stops or the user hits
+//! Ctrl-C.
+
+use std::io::Write;
+
+use anyhow::anyhow;
+
+use super::connect;
+use crate::{
+    SupervisorArgs,
+    failure::CommandResult,
+    protocol::{LogEntry, Request},
+};
+
+/// Runs the command.
+pub async fn run(target: &SupervisorArgs, name: &str, lines: usize, follow: bool) -> CommandResult {
+    let mut client = connect(target).await?;
+    let request = Request::Logs {
+        name: name.into(),
+        lines,
+        follow,
+    };
+    let first = client.call(&request).await?;
+    if !first.ok {
+        let reason = first.error.unwrap_or_else(|| "no reason given".into());
+        return Err(anyhow!(reason).into());
+    }
+    let mut out = std::io::stdout().lock();
+    for line in first.lines.unwrap_or_default() {
+        print_line(&mut out, &line)?;
+    }
+    out.flush()?;
+    drop(out);
+    if !follow {
+        return Ok(());
+    }
+    while let Some(response) = client.receive().await? {
+        let mut out = std::io::stdout().lock();
+        if let Some(line) = response.line {
+            print_line(&mut out, &line)?;
+        }
+        if let Some(missed) = response.missed {
+            eprintln!("tend: {missed} lines skipped (output came faster than it was read)");
+        }
+        if let Some(error) = response.error {
+            return Err(anyhow!(error).into());
+        }
+        out.flush()?;
+    }
+    Ok(())
+}
+
+fn print_line(out: &mut impl Write, line: &LogEntry) -> std::io::Result<()> {
+    writeln!(out, "{}", line.text)
+}

@@ -1,0 +1,26 @@
+//! `tend status [NAME] [--json]`: the daemons' states, as a table or JSON.
+
+use std::io::Write;
+
+use anyhow::anyhow;
+
+use super::connect;
+use crate::{SupervisorArgs, failure::CommandResult, protocol::Request, table};
+
+/// Runs the command.
+pub async fn run(target: &SupervisorArgs, name: Option<String>, json: bool) -> CommandResult {
+    let mut client = connect(target).await?;
+    let response = client.call(&Request::Status { name }).await?;
+    if !response.ok {
+        let reason = response.error.unwrap_or_else(|| "no reason given".into());
+        return Err(anyhow!(reason).into());
+    }
+    let processes = response.processes.unwrap_or_default();
+    let text = if json {
+        serde_json::to_string_pretty(&processes)? + "\n"
+    } else {
+        table::render(&processes)
+    };
+    std::io::stdout().lock().write_all(text.as_bytes())?;
+    Ok(())
+}

@@ -1,0 +1,103 @@
+//! Printing the daemons' state changes while `tend up` runs, one line per
+//! event: `[    0.153s] echo  starting -> running, pid 4242 (ready)`.
+//!
+//! Events are printed on the task of `tend up` itself, while it waits for
+//! something else ([`Progress::print_while`]), and the ones already queued
+//! are printed before that wait returns. So the line saying a daemon is
+//! running always comes before the status table that shows it running.
+
+use std::{future::Future, time::SystemTime};
+
+use tend::{BackgroundProcessManager, ProcessEvent, Subscription};
+
+use crate::config::TendConfig;
+
+/// The event stream and how to print it.
+pub struct Progress {
+    events: Subscription,
+    since: SystemTime,
+    name_width: usize,
+}
+
+impl Progress {
+    /// Subscribes to `manager`'s events; times are counted from now.
+    pub fn subscribe(manager: &BackgroundProcessManager, config: &TendConfig) -> Self {
+        Progress {
+            events: manager.subscribe(),
+            since: SystemTime::now(),
+            name_width: config
+                .processes
+                .iter()
+                .map(|p| p.name.len())
+                .max()
+                .unwrap_or(0),
+        }
+    }
+
+    /// Runs `work` to completion, printing events as they come, then the
+    /// events already queued, and returns what `work` returned.
+    pub async fn print_while<T>(&mut self, work: impl Future<Output = T>) -> T {
+        tokio::pin!(work);
+        let output = loop {
+            tokio::select! {
+                output = &mut work => break output,
+                Some(event) = self.events.recv() => self.print(&event),
+            }
+        };
+        while let Some(event) = self.events.try_recv() {
+            self.print(&event);
+        }
+        output
+    }
+
+    fn print(&self, event: &ProcessEvent) {
+        say!("{}", format_event(event, self.since, self.name_width));
+    }
+}
+
+/// One line for `event`, timed from `since`, the name padded to `name_width`.
+fn format_event(event: &ProcessEvent, since: SystemTime, name_width: usize) -> String {
+    let elapsed = event.time.duration_since(since).unwrap_or_default();
+    let pid = event
+        .pid
+        .map(|pid| format!(", pid {pid}"))
+        .unwrap_or_default();
+    let reason = if event.reason.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", event.reason)
+    };
+    format!(
+        "[{:>9.3}s] {:<name_width$}  {} -> {}{pid}{reason}",
+        elapsed.as_secs_f64(),
+        event.name,
+        event.from,
+        event.to,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tend::ProcessState;
+
+    use super::*;
+
+    #[test]
+    fn an_event_is_one_readable_line() {
+        let since = SystemTime::UNIX_EPOCH;
+        let event = ProcessEvent {
+            name: "echo".into(),
+            from: ProcessState::Starting,
+            to: ProcessState::Running,
+            time: since + Duration::from_millis(1_530),
+            reason: "ready".into(),
+            pid: Some(42),
+        };
+        assert_eq!(
+            format_event(&event, since, 6),
+            "[    1.530s] echo    starting -> running, pid 42 (ready)"
+        );
+    }
+}

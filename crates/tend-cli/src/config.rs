@@ -1,0 +1,511 @@
+//! The config file (`tend.toml`): reading it into the library's
+//! [`BackgroundProcessConfig`]s and the supervisor's settings.
+//!
+//! Every problem is collected — syntax aside, a bad file is read to its end
+//! — and reported with the file, the line and the dotted key, so a user
+//! fixes everything in one pass. Relative paths are resolved here: `cwd`
+//! and `state_dir` against the config file's folder, `socket` and
+//! `log_file` against the state directory, and a relative `command` that
+//! contains a `/` against `cwd`.
+
+mod duration;
+mod values;
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    fmt, fs, io,
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
+};
+
+use tend::{BackgroundProcessConfig, HealthCheck, defaults};
+use toml_edit::ImDocument;
+
+use crate::state_dir::StateDir;
+use values::{Entry, Problems, Span, entries, line_of};
+
+/// The config file used when no `-c` is given.
+pub const DEFAULT_CONFIG_FILE: &str = "tend.toml";
+
+const TOP_LEVEL_KEYS: &[&str] = &["settings", "process"];
+const SETTINGS_KEYS: &[&str] = &["state_dir"];
+const PROCESS_KEYS: &[&str] = &[
+    "command",
+    "args",
+    "cwd",
+    "socket",
+    "env",
+    "startup_timeout",
+    "shutdown_grace_period",
+    "max_restart_attempts",
+    "restart_delay",
+    "stable_period",
+    "log_file",
+    "healthcheck",
+];
+const HEALTHCHECK_KEYS: &[&str] = &["interval", "timeout", "retries"];
+
+/// A valid config file, with every path resolved.
+#[derive(Debug, Clone)]
+pub struct TendConfig {
+    /// The config file (absolute).
+    pub file: PathBuf,
+    /// Where the supervisor keeps its state.
+    pub state_dir: StateDir,
+    /// The daemons, in file order.
+    pub processes: Vec<BackgroundProcessConfig>,
+}
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// 1-based line, when the problem has a place in the file.
+    pub line: Option<usize>,
+    /// The dotted key at fault (`process.echo.startup_timeout`); empty for
+    /// a syntax error.
+    pub key: String,
+    /// What is wrong and what would be accepted.
+    pub message: String,
+}
+
+/// Why a config file could not be used.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// The file could not be read.
+    Unreadable {
+        /// The file.
+        file: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// The file was read and has problems.
+    Invalid {
+        /// The file.
+        file: PathBuf,
+        /// Every problem found, by line.
+        problems: Vec<ConfigProblem>,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Unreadable { file, source } => {
+                write!(f, "cannot read config file {}: {source}", file.display())
+            }
+            ConfigError::Invalid { file, problems } => {
+                let count = problems.len();
+                let plural = if count == 1 { "" } else { "s" };
+                write!(f, "{count} problem{plural} in {}:", file.display())?;
+                for problem in problems {
+                    write!(f, "\n  {}", file.display())?;
+                    if let Some(line) = problem.line {
+                        write!(f, ":{line}")?;
+                    }
+                    if problem.key.is_empty() {
+                        write!(f, ": {}", problem.message)?;
+                    } else {
+                        write!(f, ": {}: {}", problem.key, problem.message)?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads and validates the config file at `file`.
+pub fn load(file: &Path) -> Result<TendConfig, ConfigError> {
+    let (file, text) = read(file)?;
+    parse(&file, &text)
+}
+
+/// Reads only the state directory of the config at `file`, so a client can
+/// find a running supervisor even when the rest of the file was edited
+/// into something invalid since.
+pub fn load_state_dir(file: &Path) -> Result<StateDir, ConfigError> {
+    let (file, text) = read(file)?;
+    let document = parse_document(&file, &text)?;
+    let mut problems = Problems::new(&text);
+    let settings = document
+        .as_table()
+        .get_key_value("settings")
+        .map(|(key, item)| Entry {
+            key: "settings".into(),
+            item,
+            key_span: key.span(),
+            value_span: item.span(),
+        });
+    let state_dir = read_settings(settings.as_ref(), base_dir(&file), &mut problems);
+    if problems.is_empty() {
+        Ok(state_dir)
+    } else {
+        Err(ConfigError::Invalid {
+            file,
+            problems: problems.into_sorted(),
+        })
+    }
+}
+
+fn read(file: &Path) -> Result<(PathBuf, String), ConfigError> {
+    let file = std::path::absolute(file).unwrap_or_else(|_| file.to_owned());
+    match fs::read_to_string(&file) {
+        Ok(text) => Ok((file, text)),
+        Err(source) => Err(ConfigError::Unreadable { file, source }),
+    }
+}
+
+fn base_dir(file: &Path) -> &Path {
+    file.parent().unwrap_or(Path::new("/"))
+}
+
+fn parse_document<'text>(
+    file: &Path,
+    text: &'text str,
+) -> Result<ImDocument<&'text str>, ConfigError> {
+    ImDocument::parse(text).map_err(|error| ConfigError::Invalid {
+        file: file.to_owned(),
+        problems: vec![ConfigProblem {
+            line: error.span().map(|span| line_of(text, span.start)),
+            key: String::new(),
+            message: format!("invalid TOML: {}", error.message().trim_end()),
+        }],
+    })
+}
+
+/// Validates the config `text` of the file at `file` (an absolute path;
+/// its folder is the base of relative paths).
+pub fn parse(file: &Path, text: &str) -> Result<TendConfig, ConfigError> {
+    let document = parse_document(file, text)?;
+    let base = base_dir(file);
+    let mut problems = Problems::new(text);
+
+    let mut settings = None;
+    let mut process_tables = None;
+    for entry in entries(document.as_table(), "", &None) {
+        match entry.key.as_str() {
+            "settings" => settings = Some(entry),
+            "process" => process_tables = Some(entry),
+            _ => problems.unknown_key(&entry, TOP_LEVEL_KEYS),
+        }
+    }
+    let state_dir = read_settings(settings.as_ref(), base, &mut problems);
+
+    let mut processes = Vec::new();
+    match process_tables {
+        Some(entry) => {
+            if let Some(table) = problems.table(&entry) {
+                for process in entries(table, "process", &entry.span()) {
+                    if let Some(read) = read_process(&process, base, &state_dir, &mut problems) {
+                        processes.push(read);
+                    }
+                }
+                report_shared_paths(&processes, &state_dir, &mut problems);
+                if table.is_empty() {
+                    problems.add(entry.span(), "process", "defines no daemon");
+                }
+            }
+        }
+        None => problems.add(
+            None,
+            "process",
+            "no daemon defined; add a [process.NAME] table with a command",
+        ),
+    }
+
+    if problems.is_empty() {
+        Ok(TendConfig {
+            file: file.to_owned(),
+            state_dir,
+            processes: processes.into_iter().map(|(config, _)| config).collect(),
+        })
+    } else {
+        Err(ConfigError::Invalid {
+            file: file.to_owned(),
+            problems: problems.into_sorted(),
+        })
+    }
+}
+
+fn read_settings(
+    settings: Option<&Entry<'_>>,
+    base: &Path,
+    problems: &mut Problems<'_>,
+) -> StateDir {
+    let mut state_dir = None;
+    let mut state_dir_span = None;
+    if let Some(table) = settings.and_then(|entry| problems.table(entry)) {
+        let fallback = settings.and_then(Entry::span);
+        for entry in entries(table, "settings", &fallback) {
+            match entry.key.as_str() {
+                "settings.state_dir" => {
+                    state_dir = problems.non_empty_string(&entry).map(|dir| base.join(dir));
+                    state_dir_span = entry.span();
+                }
+                _ => problems.unknown_key(&entry, SETTINGS_KEYS),
+            }
+        }
+    }
+    let state_dir = StateDir::new(state_dir.unwrap_or_else(tend::default_state_dir));
+    let control_socket = state_dir.control_socket();
+    let length = control_socket.as_os_str().as_bytes().len();
+    if length > defaults::MAX_SOCKET_PATH_BYTES {
+        problems.add(
+            state_dir_span,
+            "settings.state_dir",
+            format!(
+                "the control socket {} would be {length} bytes long; Unix sockets allow at most {}, so choose a shorter state directory",
+                control_socket.display(),
+                defaults::MAX_SOCKET_PATH_BYTES
+            ),
+        );
+    }
+    state_dir
+}
+
+/// Where each key of one process was written, for problems found later.
+type KeySpans = HashMap<&'static str, Span>;
+
+fn read_process(
+    process: &Entry<'_>,
+    base: &Path,
+    state_dir: &StateDir,
+    problems: &mut Problems<'_>,
+) -> Option<(BackgroundProcessConfig, KeySpans)> {
+    let name = &process.key["process.".len()..];
+    let before = problems.len();
+    if let Err(message) = tend::config::validate_name(name) {
+        problems.add(
+            process.key_span.clone(),
+            &process.key,
+            format!("invalid daemon name: {message}"),
+        );
+    }
+    let table = problems.table(process)?;
+    let mut config = BackgroundProcessConfig::new(name, "");
+    let mut spans = KeySpans::new();
+    let mut command = None;
+    let mut cwd = base.to_owned();
+    let mut reported: BTreeSet<&'static str> = BTreeSet::new();
+
+    for entry in entries(table, &process.key, &process.span()) {
+        let short = &entry.key[process.key.len() + 1..];
+        let Some(&key) = PROCESS_KEYS.iter().find(|&&k| k == short) else {
+            problems.unknown_key(&entry, PROCESS_KEYS);
+            continue;
+        };
+        spans.insert(key, entry.span());
+        let before_key = problems.len();
+        match key {
+            "command" => command = problems.non_empty_string(&entry),
+            "args" => {
+                if let Some(args) = problems.string_list(&entry) {
+                    config = config.args(args);
+                }
+            }
+            "cwd" => {
+                if let Some(dir) = problems.non_empty_string(&entry) {
+                    cwd = base.join(dir);
+                }
+            }
+            "socket" => {
+                if let Some(socket) = problems.non_empty_string(&entry) {
+                    config = config.socket_path(state_dir.path().join(socket));
+                }
+            }
+            "env" => {
+                if let Some(vars) = problems.string_map(&entry) {
+                    config = config.envs(vars);
+                }
+            }
+            "startup_timeout" => {
+                if let Some(timeout) = problems.duration(&entry) {
+                    config.startup_timeout = timeout;
+                }
+            }
+            "shutdown_grace_period" => {
+                if let Some(grace) = problems.duration(&entry) {
+                    config.shutdown_grace_period = grace;
+                }
+            }
+            "restart_delay" => {
+                if let Some(delay) = problems.duration(&entry) {
+                    config.restart_delay = delay;
+                }
+            }
+            "stable_period" => {
+                if let Some(period) = problems.duration(&entry) {
+                    config.stable_period = period;
+                }
+            }
+            "max_restart_attempts" => {
+                if let Some(attempts) = problems.count(&entry) {
+                    config.max_restart_attempts = attempts;
+                }
+            }
+            "log_file" => {
+                if let Some(file) = problems.non_empty_string(&entry) {
+                    config = config.log_file(state_dir.path().join(file));
+                }
+            }
+            "healthcheck" => {
+                if let Some(check) = read_healthcheck(&entry, &mut spans, problems) {
+                    config = config.healthcheck(check);
+                }
+            }
+            _ => unreachable!("every key of PROCESS_KEYS is handled"),
+        }
+        if problems.len() > before_key {
+            reported.insert(key);
+        }
+    }
+
+    match command {
+        Some(command) => {
+            let command = PathBuf::from(command);
+            // A relative path with a slash names a file below `cwd`; a bare
+            // name is looked up in PATH.
+            config.command = if command.is_relative() && command.components().count() > 1 {
+                cwd.join(command)
+            } else {
+                command
+            };
+        }
+        None if !reported.contains("command") => {
+            problems.add(
+                process.span(),
+                format!("{}.command", process.key),
+                "is required: the program to run",
+            );
+            reported.insert("command");
+        }
+        None => {}
+    }
+    config.plugin_path = Some(cwd);
+    if config.log_file.is_none() {
+        config.log_file = Some(state_dir.default_log_file(name));
+    }
+    if config.healthcheck.is_some() && config.socket_path.is_none() {
+        problems.add(
+            spans.get("healthcheck").cloned().flatten().or(process.span()),
+            format!("{}.healthcheck", process.key),
+            "a health check connects to the daemon's socket; set `socket` too or remove the health check",
+        );
+        reported.insert("healthcheck");
+    }
+    report_library_problems(&config, process, &spans, &reported, problems);
+    (problems.len() == before).then_some((config, spans))
+}
+
+fn read_healthcheck(
+    entry: &Entry<'_>,
+    spans: &mut KeySpans,
+    problems: &mut Problems<'_>,
+) -> Option<HealthCheck> {
+    let table = problems.table(entry)?;
+    let mut check = HealthCheck::default();
+    for inner in entries(table, &entry.key, &entry.span()) {
+        let short = &inner.key[entry.key.len() + 1..];
+        match short {
+            "interval" => {
+                spans.insert("healthcheck.interval", inner.span());
+                if let Some(interval) = problems.duration(&inner) {
+                    check.interval = interval;
+                }
+            }
+            "timeout" => {
+                spans.insert("healthcheck.timeout", inner.span());
+                if let Some(timeout) = problems.duration(&inner) {
+                    check.timeout = timeout;
+                }
+            }
+            "retries" => {
+                spans.insert("healthcheck.retries", inner.span());
+                if let Some(retries) = problems.count(&inner) {
+                    check.retries = retries;
+                }
+            }
+            _ => problems.unknown_key(&inner, HEALTHCHECK_KEYS),
+        }
+    }
+    Some(check)
+}
+
+/// The config-file key for a field name of the library's validation.
+fn file_key(field: &'static str) -> Option<&'static str> {
+    Some(match field {
+        "name" => return None, // checked with the table key
+        "plugin_path" => "cwd",
+        "socket_path" => "socket",
+        other => other,
+    })
+}
+
+/// Runs the library's own validation (values in range, paths usable) and
+/// reports what it finds under the file's key names, skipping keys that
+/// already have a problem.
+fn report_library_problems(
+    config: &BackgroundProcessConfig,
+    process: &Entry<'_>,
+    spans: &KeySpans,
+    reported: &BTreeSet<&'static str>,
+    problems: &mut Problems<'_>,
+) {
+    let Err(tend::Error::InvalidConfig {
+        problems: found, ..
+    }) = config.validate()
+    else {
+        return;
+    };
+    for problem in found.0 {
+        let Some(key) = file_key(problem.field) else {
+            continue;
+        };
+        let top = key.split('.').next().unwrap_or(key);
+        if reported.contains(key) || reported.contains(top) {
+            continue;
+        }
+        let span = spans.get(key).cloned().flatten().or_else(|| process.span());
+        problems.add(span, format!("{}.{key}", process.key), problem.message);
+    }
+}
+
+/// Reports sockets and log files that two daemons share, or that collide
+/// with the control socket.
+fn report_shared_paths(
+    processes: &[(BackgroundProcessConfig, KeySpans)],
+    state_dir: &StateDir,
+    problems: &mut Problems<'_>,
+) {
+    let control = state_dir.control_socket();
+    let mut owners: HashMap<&Path, &str> = HashMap::new();
+    for (config, spans) in processes {
+        let paths = [
+            ("socket", &config.socket_path),
+            ("log_file", &config.log_file),
+        ];
+        for (key, path) in paths {
+            let Some(path) = path else { continue };
+            let span = spans.get(key).cloned().flatten();
+            let dotted = format!("process.{}.{key}", config.name);
+            if *path == control {
+                problems.add(
+                    span,
+                    dotted,
+                    format!("{} is tend's control socket", path.display()),
+                );
+            } else if let Some(owner) = owners.insert(path, &config.name) {
+                problems.add(
+                    span,
+                    dotted,
+                    format!("{} is already used by daemon {owner:?}", path.display()),
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,244 @@
+//! Unit tests of config reading; the integration tests run the same
+//! checks through `tend check`.
+
+use std::{path::Path, time::Duration};
+
+use super::*;
+
+const FILE: &str = "/usr/tend.toml";
+
+fn parsed(text: &str) -> TendConfig {
+    parse(Path::new(FILE), text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn problems(text: &str) -> Vec<ConfigProblem> {
+    match parse(Path::new(FILE), text) {
+        Ok(_) => panic!("config was accepted:\n{text}"),
+        Err(ConfigError::Invalid { problems, .. }) => problems,
+        Err(other) => panic!("unexpected error {other}"),
+    }
+}
+
+/// `(line, key)` of every problem.
+fn places(text: &str) -> Vec<(Option<usize>, String)> {
+    problems(text)
+        .into_iter()
+        .map(|p| (p.line, p.key))
+        .collect()
+}
+
+#[test]
+fn a_full_process_is_read_with_paths_resolved() {
+    let config = parsed(
+        r#"
+[settings]
+state_dir = ".tend"
+
+[process.echo]
+command = "python3"
+args = ["examples/daemons/echo_daemon.py", "-v"]
+cwd = "."
+socket = "echo.sock"
+env = { LOG_LEVEL = "debug" }
+startup_timeout = "30s"
+shutdown_grace_period = 2500
+max_restart_attempts = 4
+restart_delay = "1m30s"
+stable_period = "10s"
+log_file = "echo.log"
+
+[process.echo.healthcheck]
+interval = "30s"
+timeout = "250ms"
+retries = 2
+"#,
+    );
+    assert_eq!(config.state_dir.path(), Path::new("/usr/.tend"));
+    let echo = &config.processes[0];
+    assert_eq!(echo.name, "echo");
+    assert_eq!(echo.command, Path::new("python3"));
+    assert_eq!(echo.args, ["examples/daemons/echo_daemon.py", "-v"]);
+    assert_eq!(echo.plugin_path.as_deref(), Some(Path::new("/usr/.")));
+    assert_eq!(
+        echo.socket_path.as_deref(),
+        Some(Path::new("/usr/.tend/echo.sock"))
+    );
+    assert_eq!(echo.env, [("LOG_LEVEL".into(), "debug".into())]);
+    assert_eq!(echo.startup_timeout, Duration::from_secs(30));
+    assert_eq!(echo.shutdown_grace_period, Duration::from_millis(2500));
+    assert_eq!(echo.max_restart_attempts, 4);
+    assert_eq!(echo.restart_delay, Duration::from_secs(90));
+    assert_eq!(echo.stable_period, Duration::from_secs(10));
+    assert_eq!(
+        echo.log_file.as_deref(),
+        Some(Path::new("/usr/.tend/echo.log"))
+    );
+    let check = echo.healthcheck.expect("healthcheck");
+    assert_eq!(check.interval, Duration::from_secs(30));
+    assert_eq!(check.timeout, Duration::from_millis(250));
+    assert_eq!(check.retries, 2);
+}
+
+#[test]
+fn defaults_fill_what_is_not_given() {
+    let config = parsed(
+        r#"
+[settings]
+state_dir = "/tmp/st"
+[process.worker]
+command = "/bin/sleep"
+args = ["1000"]
+[process.web]
+command = "./bin/web"
+cwd = "lib"
+socket = "/run/web.sock"
+[process.web.healthcheck]
+"#,
+    );
+    let worker = &config.processes[0];
+    assert_eq!(worker.plugin_path.as_deref(), Some(Path::new("/usr")));
+    assert_eq!(worker.socket_path, None);
+    assert_eq!(worker.healthcheck, None);
+    assert_eq!(worker.startup_timeout, tend::defaults::STARTUP_TIMEOUT);
+    assert_eq!(
+        worker.log_file.as_deref(),
+        Some(Path::new("/tmp/st/logs/worker.log"))
+    );
+    let web = &config.processes[1];
+    assert_eq!(web.command, Path::new("/usr/lib/./bin/web"));
+    assert_eq!(web.socket_path.as_deref(), Some(Path::new("/run/web.sock")));
+    assert_eq!(web.healthcheck, Some(HealthCheck::default()));
+}
+
+#[test]
+fn processes_keep_file_order() {
+    let config = parsed(
+        "[settings]\nstate_dir = \"/tmp/st\"\n[process.b]\ncommand = \"x\"\n[process.a]\ncommand = \"y\"\n",
+    );
+    let names: Vec<&str> = config.processes.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["b", "a"]);
+}
+
+#[test]
+fn every_problem_is_reported_with_its_line_and_key() {
+    let text = r#"[settings]
+state_dir = "/tmp/st"
+colour = "blue"
+
+[process.echo]
+command = "python3"
+startup_timeout = "5x"
+retries = 3
+env = { A = 1 }
+
+[process."bad name"]
+command = ""
+
+[process.echo2]
+args = "not-a-list"
+max_restart_attempts = -1
+"#;
+    assert_eq!(
+        places(text),
+        [
+            (Some(3), "settings.colour".into()),
+            (Some(7), "process.echo.startup_timeout".into()),
+            (Some(8), "process.echo.retries".into()),
+            (Some(9), "process.echo.env.A".into()),
+            (Some(11), "process.bad name".into()),
+            (Some(12), "process.bad name.command".into()),
+            (Some(14), "process.echo2.command".into()),
+            (Some(15), "process.echo2.args".into()),
+            (Some(16), "process.echo2.max_restart_attempts".into()),
+        ]
+    );
+}
+
+#[test]
+fn library_validation_is_reported_under_file_keys() {
+    let text = r#"[settings]
+state_dir = "/tmp/st"
+[process.p]
+command = "x"
+cwd = "/definitely/not/here"
+socket = "/tmp/st/sssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssss.sock"
+startup_timeout = 0
+[process.p.healthcheck]
+retries = 0
+"#;
+    assert_eq!(
+        places(text),
+        [
+            (Some(5), "process.p.cwd".into()),
+            (Some(6), "process.p.socket".into()),
+            (Some(7), "process.p.startup_timeout".into()),
+            (Some(9), "process.p.healthcheck.retries".into()),
+        ]
+    );
+}
+
+#[test]
+fn shared_sockets_and_the_control_socket_are_refused() {
+    let text = r#"[settings]
+state_dir = "/tmp/st"
+[process.a]
+command = "x"
+socket = "same.sock"
+[process.b]
+command = "x"
+socket = "same.sock"
+[process.c]
+command = "x"
+socket = "tend.sock"
+"#;
+    assert_eq!(
+        places(text),
+        [
+            (Some(8), "process.b.socket".into()),
+            (Some(11), "process.c.socket".into()),
+        ]
+    );
+}
+
+#[test]
+fn a_health_check_needs_a_socket() {
+    let text = "[settings]\nstate_dir = \"/tmp/st\"\n[process.p]\ncommand = \"x\"\n[process.p.healthcheck]\ninterval = \"1s\"\n";
+    assert_eq!(places(text), [(Some(5), "process.p.healthcheck".into())]);
+}
+
+#[test]
+fn a_file_without_daemons_is_refused() {
+    assert_eq!(
+        places("[settings]\nstate_dir = \"/tmp/st\"\n"),
+        [(None, "process".into())]
+    );
+    assert_eq!(places("process = {}\n"), [(Some(1), "process".into())]);
+}
+
+#[test]
+fn syntax_errors_give_the_line() {
+    let problems = problems("[process.a]\ncommand = \"x\"\nargs = [\n");
+    assert_eq!(problems.len(), 1);
+    assert!(problems[0].line.is_some());
+    assert!(problems[0].message.starts_with("invalid TOML"));
+}
+
+#[test]
+fn a_long_state_dir_is_refused_for_its_control_socket() {
+    let long = format!("/tmp/{}", "d".repeat(100));
+    let text = format!("[settings]\nstate_dir = \"{long}\"\n[process.p]\ncommand = \"x\"\n");
+    assert_eq!(places(&text), [(Some(2), "settings.state_dir".into())]);
+}
+
+#[test]
+fn the_message_names_file_line_and_key() {
+    let error = parse(
+        Path::new(FILE),
+        "[settings]\nstate_dir = \"/tmp/st\"\n[process.p]\ncommand = 5\n",
+    )
+    .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "1 problem in /usr/tend.toml:\n  /usr/tend.toml:4: process.p.command: must be a string, found an integer"
+    );
+}

@@ -1,0 +1,338 @@
+//! The control protocol between `tend up` and its clients: one JSON object
+//! per line each way, over the Unix socket in the state directory.
+//! `docs/PROTOCOL.md` describes it for clients in other languages; these
+//! types are the reference.
+
+use std::{path::PathBuf, time::SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tend::{LogLine, ProcessInfo, ProcessState, Stream};
+
+/// Longest request line the supervisor reads; a longer one is answered
+/// with an error and the connection closed.
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+/// Longest response line a client reads (a status of many daemons or a
+/// long log tail is far below this).
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+/// Lines a `logs` request returns when it names no count.
+pub const DEFAULT_LOG_LINES: usize = 100;
+
+/// A request, tagged by its `cmd` field. Unknown fields are ignored, so
+/// newer clients can send optional fields to older supervisors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    /// Who is serving this socket.
+    Info,
+    /// Snapshots of every daemon, or only of `name`.
+    Status {
+        /// One daemon, or all when absent or null.
+        #[serde(default)]
+        name: Option<String>,
+    },
+    /// Start a daemon of the config; answered once it is running.
+    Start {
+        /// The daemon.
+        name: String,
+    },
+    /// Stop a daemon; answered once its process group is gone.
+    Stop {
+        /// The daemon.
+        name: String,
+    },
+    /// Stop (if active) and start a daemon; answered once it is running.
+    Restart {
+        /// The daemon.
+        name: String,
+    },
+    /// The daemon's recent output, then (with `follow`) new lines as they
+    /// come until the client disconnects.
+    Logs {
+        /// The daemon.
+        name: String,
+        /// How many recent lines to send first.
+        #[serde(default = "default_log_lines")]
+        lines: usize,
+        /// Keep sending new lines.
+        #[serde(default)]
+        follow: bool,
+    },
+    /// Stop every daemon and the supervisor. Answered at once; the
+    /// connection then stays open until the supervisor has finished, so its
+    /// end tells the client that everything is down.
+    Down,
+}
+
+fn default_log_lines() -> usize {
+    DEFAULT_LOG_LINES
+}
+
+/// A response. `ok` says whether the request succeeded; `error` says why
+/// not. The other fields are present only for the requests that fill them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    /// Whether the request succeeded.
+    pub ok: bool,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// `status`: the daemons, sorted by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processes: Option<Vec<ProcessStatus>>,
+    /// `start`, `stop`, `restart`: the daemon after the operation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessStatus>,
+    /// `logs`: the recent lines, oldest first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lines: Option<Vec<LogEntry>>,
+    /// `logs` with `follow`: one new line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<LogEntry>,
+    /// `logs` with `follow`: this many lines were dropped because the
+    /// client read too slowly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missed: Option<u64>,
+    /// `info` and `down`: the supervisor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supervisor: Option<SupervisorInfo>,
+}
+
+impl Response {
+    /// A success with no payload.
+    pub fn ok() -> Self {
+        Response {
+            ok: true,
+            ..Response::default()
+        }
+    }
+
+    /// A failure with its reason.
+    pub fn error(message: impl Into<String>) -> Self {
+        Response {
+            ok: false,
+            error: Some(message.into()),
+            ..Response::default()
+        }
+    }
+
+    /// The line to send: compact JSON and a newline.
+    pub fn to_line(&self) -> Vec<u8> {
+        let mut line = serde_json::to_vec(self).unwrap_or_else(|e| {
+            // Only a non-string map key could fail; none of these types has one.
+            format!(r#"{{"ok":false,"error":"cannot encode response: {e}"}}"#).into_bytes()
+        });
+        line.push(b'\n');
+        line
+    }
+}
+
+/// A daemon's state, as the protocol spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Being spawned, waiting for readiness, or waiting to be restarted.
+    Starting,
+    /// Up and serving.
+    Running,
+    /// Being stopped.
+    Stopping,
+    /// Stopped on request.
+    Stopped,
+    /// Failed; tend gave up (see `last_error`).
+    Error,
+}
+
+impl State {
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Running => "running",
+            State::Stopping => "stopping",
+            State::Stopped => "stopped",
+            State::Error => "error",
+        }
+    }
+}
+
+impl From<ProcessState> for State {
+    fn from(state: ProcessState) -> Self {
+        match state {
+            ProcessState::Starting => State::Starting,
+            ProcessState::Running => State::Running,
+            ProcessState::Stopping => State::Stopping,
+            ProcessState::Stopped => State::Stopped,
+            ProcessState::Error => State::Error,
+        }
+    }
+}
+
+/// One daemon, as `status` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessStatus {
+    /// The daemon's name.
+    pub name: String,
+    /// Its state.
+    pub state: State,
+    /// PID of its current incarnation, while one is alive.
+    pub pid: Option<u32>,
+    /// Restarts in a row since it last ran stably.
+    pub restart_attempts: u32,
+    /// Consecutive failed health checks of the current incarnation.
+    pub failed_health_checks: u32,
+    /// Failed checks that trigger a restart; null without a health check.
+    pub health_check_retries: Option<u32>,
+    /// Why it last failed, if it did.
+    pub last_error: Option<String>,
+    /// When the current incarnation became running (Unix milliseconds).
+    pub started_at: Option<u64>,
+    /// How long it has been running, in milliseconds.
+    pub uptime_ms: Option<u64>,
+    /// How the previous incarnation ended, in words.
+    pub last_exit: Option<String>,
+}
+
+impl ProcessStatus {
+    /// The status of `info`, with the health-check retries of its config.
+    pub fn new(info: ProcessInfo, health_check_retries: Option<u32>) -> Self {
+        ProcessStatus {
+            name: info.name,
+            state: info.state.into(),
+            pid: info.pid,
+            restart_attempts: info.restart_attempts,
+            failed_health_checks: info.failed_health_checks,
+            health_check_retries,
+            last_error: info.last_error,
+            started_at: info.started_at.map(unix_ms),
+            uptime_ms: info.uptime.map(|d| d.as_millis() as u64),
+            last_exit: info.last_exit.map(|exit| exit.to_string()),
+        }
+    }
+}
+
+/// Which output stream a log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamName {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// One line of a daemon's output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// The stream it was written to.
+    pub stream: StreamName,
+    /// When tend read it (Unix milliseconds).
+    pub time: u64,
+    /// The text, without its newline.
+    pub text: String,
+}
+
+impl From<LogLine> for LogEntry {
+    fn from(line: LogLine) -> Self {
+        LogEntry {
+            stream: match line.stream {
+                Stream::Stdout => StreamName::Stdout,
+                Stream::Stderr => StreamName::Stderr,
+            },
+            time: unix_ms(line.time),
+            text: line.text,
+        }
+    }
+}
+
+/// The supervisor answering on a control socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SupervisorInfo {
+    /// Its PID.
+    pub pid: u32,
+    /// The config file it runs.
+    pub config_file: PathBuf,
+    /// Its state directory.
+    pub state_dir: PathBuf,
+    /// The tend version.
+    pub version: String,
+}
+
+fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(line: &str) -> Result<Request, serde_json::Error> {
+        serde_json::from_str(line)
+    }
+
+    #[test]
+    fn requests_as_documented() {
+        assert_eq!(
+            parse(r#"{"cmd":"status"}"#).unwrap(),
+            Request::Status { name: None }
+        );
+        assert_eq!(
+            parse(r#"{"cmd":"status","name":null}"#).unwrap(),
+            Request::Status { name: None }
+        );
+        assert_eq!(
+            parse(r#"{"cmd":"stop","name":"echo"}"#).unwrap(),
+            Request::Stop {
+                name: "echo".into()
+            }
+        );
+        assert_eq!(
+            parse(r#"{"cmd":"logs","name":"echo"}"#).unwrap(),
+            Request::Logs {
+                name: "echo".into(),
+                lines: DEFAULT_LOG_LINES,
+                follow: false
+            }
+        );
+        assert_eq!(parse(r#"{"cmd":"down","extra":1}"#).unwrap(), Request::Down);
+    }
+
+    #[test]
+    fn bad_requests_are_errors() {
+        for bad in [
+            r#"{"cmd":"reboot"}"#,
+            r#"{"cmd":"start"}"#,
+            r#"{"cmd":"start","name":7}"#,
+            r#"{"name":"x"}"#,
+            r#"[1,2]"#,
+            "not json",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn responses_omit_empty_fields() {
+        assert_eq!(
+            String::from_utf8(Response::ok().to_line()).unwrap(),
+            "{\"ok\":true}\n"
+        );
+        assert_eq!(
+            String::from_utf8(Response::error("no").to_line()).unwrap(),
+            "{\"ok\":false,\"error\":\"no\"}\n"
+        );
+    }
+
+    #[test]
+    fn states_are_lowercase() {
+        for state in ProcessState::ALL {
+            let ours = State::from(state);
+            assert_eq!(ours.as_str(), state.as_str());
+            assert_eq!(
+                serde_json::to_string(&ours).unwrap(),
+                format!("\"{}\"", state.as_str())
+            );
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! The control socket of `tend up`: accepts local clients and answers their
+//! requests (see [`crate::protocol`] and `docs/PROTOCOL.md`).
+//!
+//! Each connection is its own task, so a slow operation (a `start` waiting
+//! for readiness, a `stop` waiting out a grace period) never delays another
+//! client, and `status` is answered at once from the library's snapshots.
+//! A connection is refused unless its peer runs as the supervisor's user
+//! (`SO_PEERCRED`). A request line longer than
+//! [`MAX_REQUEST_BYTES`](crate::protocol::MAX_REQUEST_BYTES) is answered
+//! with an error and the connection closed; a malformed or unknown request
+//! is answered with an error and the connection goes on. A client that
+//! sends nothing for [`IDLE_TIMEOUT`] or does not read its responses for
+//! [`WRITE_TIMEOUT`] is disconnected, and at most [`MAX_CONNECTIONS`] are
+//! served at once, so no client can hold the supervisor's resources.
+
+mod handlers;
+
+use std::{
+    fs, io,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tend::BackgroundProcessManager;
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{
+        UnixListener, UnixStream,
+        unix::{ReadHalf, WriteHalf},
+    },
+    sync::{OwnedSemaphorePermit, Semaphore, watch},
+    task::{JoinHandle, JoinSet},
+};
+
+use crate::{
+    config::TendConfig,
+    protocol::{MAX_REQUEST_BYTES, Request, Response},
+};
+
+/// How long a connection may stay silent before a request line is complete.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long writing one response may take before the client is dropped.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; more are answered with an error and closed.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Pause after a failed `accept` (out of file descriptors), so the loop
+/// does not spin while the condition lasts.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// What request handlers can reach: the running supervisor.
+pub struct ServerContext {
+    /// The library's manager of the daemons.
+    pub manager: BackgroundProcessManager,
+    /// The config `tend up` runs.
+    pub config: TendConfig,
+    /// Set to `true` to make `tend up` stop everything and exit.
+    shutdown: watch::Sender<bool>,
+    /// Connections of `down` clients, kept open until the supervisor is
+    /// finished: their closing tells the client that everything is down.
+    down_clients: Mutex<Vec<UnixStream>>,
+}
+
+impl ServerContext {
+    /// The context of a supervisor running `config` with `manager`.
+    pub fn new(manager: BackgroundProcessManager, config: TendConfig) -> Self {
+        ServerContext {
+            manager,
+            config,
+            shutdown: watch::channel(false).0,
+            down_clients: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Asks `tend up` to stop everything and exit.
+    pub fn request_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Resolves once a shutdown was requested.
+    pub async fn shutdown_requested(&self) {
+        let mut requested = self.shutdown.subscribe();
+        // The sender lives in `self`, so the channel cannot close here.
+        let _ = requested.wait_for(|&requested| requested).await;
+    }
+
+    /// Closes the connections of `down` clients: call it last, when the
+    /// supervisor has finished.
+    pub fn release_down_clients(&self) {
+        self.down_clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    fn hold_until_exit(&self, stream: UnixStream) {
+        self.down_clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(stream);
+    }
+}
+
+/// The listening control socket; closing it stops serving and removes the
+/// socket file.
+pub struct ControlServer {
+    path: PathBuf,
+    accept_loop: JoinHandle<()>,
+}
+
+impl ControlServer {
+    /// Listens on `path` (replacing a stale socket file: the caller holds
+    /// the state directory's lock, so no other supervisor serves it) with
+    /// mode 0600, and serves clients in a background task.
+    pub fn bind(path: &Path, context: Arc<ServerContext>) -> io::Result<Self> {
+        match fs::remove_file(path) {
+            Ok(()) => tracing::debug!(?path, "removed stale control socket"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let listener = UnixListener::bind(path)?;
+        // The state directory is 0700 already; this also keeps the socket
+        // private if the directory's mode is ever widened.
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+        Ok(ControlServer {
+            path: path.to_owned(),
+            accept_loop: tokio::spawn(accept_loop(listener, context)),
+        })
+    }
+
+    /// Stops accepting, ends every connection and removes the socket file.
+    pub fn close(self) {
+        self.accept_loop.abort();
+        if let Err(e) = fs::remove_file(&self.path) {
+            tracing::warn!(path = ?self.path, error = %e, "cannot remove the control socket");
+        }
+    }
+}
+
+async fn accept_loop(listener: UnixListener, context: Arc<ServerContext>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    // Dropped with this task, which aborts every connection.
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let slot = Arc::clone(&slots).try_acquire_owned().ok();
+                    connections.spawn(serve_connection(stream, Arc::clone(&context), slot));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot accept a control connection");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+/// Whether a peer running as `peer_uid` may talk to a supervisor running
+/// as `own_uid`.
+fn check_peer_uid(peer_uid: u32, own_uid: u32) -> Result<(), String> {
+    if peer_uid == own_uid {
+        Ok(())
+    } else {
+        Err(format!(
+            "permission denied: this supervisor serves uid {own_uid} only, not uid {peer_uid}"
+        ))
+    }
+}
+
+async fn serve_connection(
+    mut stream: UnixStream,
+    context: Arc<ServerContext>,
+    slot: Option<OwnedSemaphorePermit>,
+) {
+    let refusal = match (&slot, stream.peer_cred()) {
+        (None, _) => Some(format!(
+            "too many connections (at most {MAX_CONNECTIONS}); try again"
+        )),
+        (_, Err(e)) => Some(format!("cannot check the peer's credentials: {e}")),
+        (_, Ok(peer)) => check_peer_uid(peer.uid(), rustix::process::geteuid().as_raw()).err(),
+    };
+    if let Some(reason) = refusal {
+        tracing::warn!(%reason, "refused a control connection");
+        let _ = tokio::time::timeout(
+            WRITE_TIMEOUT,
+            stream.write_all(&Response::error(reason).to_line()),
+        )
+        .await;
+        return;
+    }
+    let outcome = {
+        let mut connection = Connection::new(&mut stream);
+        connection.serve(&context).await
+    };
+    if let Ok(After::HoldUntilExit) = outcome {
+        context.hold_until_exit(stream);
+    }
+    drop(slot);
+}
+
+/// What the connection does after a request was handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    /// Read the next request.
+    Continue,
+    /// Close the connection.
+    Close,
+    /// Keep the connection open, unread, until the supervisor exits.
+    HoldUntilExit,
+}
+
+/// One client connection: a line reader and a response writer.
+pub struct Connection<'s> {
+    reader: BufReader<ReadHalf<'s>>,
+    writer: WriteHalf<'s>,
+}
+
+/// What reading one request line gave.
+enum ReadLine {
+    Line,
+    TooLong,
+    End,
+}
+
+impl<'s> Connection<'s> {
+    fn new(stream: &'s mut UnixStream) -> Self {
+        let (reader, writer) = stream.split();
+        Connection {
+            reader: BufReader::new(reader),
+            writer,
+        }
+    }
+
+    async fn serve(&mut self, context: &ServerContext) -> io::Result<After> {
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let read = tokio::time::timeout(IDLE_TIMEOUT, self.read_line(&mut line)).await;
+            match read {
+                Err(_) | Ok(Ok(ReadLine::End)) => return Ok(After::Close),
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(ReadLine::TooLong)) => {
+                    self.send(&Response::error(format!(
+                        "request longer than {MAX_REQUEST_BYTES} bytes; closing the connection"
+                    )))
+                    .await?;
+                    return Ok(After::Close);
+                }
+                Ok(Ok(ReadLine::Line)) => {}
+            }
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let after = match serde_json::from_slice::<Request>(&line) {
+                Ok(request) => {
+                    tracing::debug!(?request, "control request");
+                    handlers::handle(context, request, self).await?
+                }
+                Err(e) => {
+                    self.send(&Response::error(format!("invalid request: {e}")))
+                        .await?;
+                    After::Continue
+                }
+            };
+            if after != After::Continue {
+                return Ok(after);
+            }
+        }
+    }
+
+    /// Reads one line (without its newline) into `line`, at most
+    /// `MAX_REQUEST_BYTES` long.
+    async fn read_line(&mut self, line: &mut Vec<u8>) -> io::Result<ReadLine> {
+        let limit = MAX_REQUEST_BYTES as u64 + 1;
+        let read = (&mut self.reader)
+            .take(limit)
+            .read_until(b'\n', line)
+            .await?;
+        if line.last() == Some(&b'\n') {
+            line.pop();
+            return Ok(ReadLine::Line);
+        }
+        if line.len() > MAX_REQUEST_BYTES {
+            return Ok(ReadLine::TooLong);
+        }
+        if read == 0 {
+            return Ok(ReadLine::End);
+        }
+        // The client closed after an unterminated line: serve it anyway.
+        Ok(ReadLine::Line)
+    }
+
+    /// Writes one response line.
+    pub async fn send(&mut self, response: &Response) -> io::Result<()> {
+        let line = response.to_line();
+        tokio::time::timeout(WRITE_TIMEOUT, self.writer.write_all(&line))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client does not read"))?
+    }
+
+    /// Resolves when the client closes its end (anything it sends
+    /// meanwhile is discarded). Cancel-safe.
+    pub async fn closed(&mut self) {
+        let mut discard = [0u8; 512];
+        loop {
+            match self.reader.read(&mut discard).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_same_uid_is_served() {
+        assert!(check_peer_uid(1000, 1000).is_ok());
+        let refusal = check_peer_uid(1001, 1000).unwrap_err();
+        assert!(refusal.contains("permission denied"), "{refusal}");
+        assert!(
+            check_peer_uid(0, 1000).is_err(),
+            "root is not let in either"
+        );
+    }
+}

@@ -1,0 +1,167 @@
+//! The status table: name, state, pid, uptime, restarts, health, last error.
+
+use std::time::Duration;
+
+use crate::protocol::{ProcessStatus, State};
+
+/// Longest last-error text shown in the table; `--json` has all of it.
+const MAX_ERROR_CHARS: usize = 70;
+
+const HEADERS: [&str; 7] = [
+    "NAME",
+    "STATE",
+    "PID",
+    "UPTIME",
+    "RESTARTS",
+    "HEALTH",
+    "LAST ERROR",
+];
+
+/// The table for `processes`, one line each under a header line.
+pub fn render(processes: &[ProcessStatus]) -> String {
+    let rows: Vec<[String; 7]> = processes.iter().map(row).collect();
+    let mut widths = HEADERS.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for cells in std::iter::once(HEADERS.map(String::from)).chain(rows) {
+        let mut line = String::new();
+        for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == cells.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                line.extend(std::iter::repeat_n(' ', width - cell.chars().count() + 2));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn row(process: &ProcessStatus) -> [String; 7] {
+    [
+        process.name.clone(),
+        process.state.as_str().to_owned(),
+        process.pid.map_or("-".into(), |pid| pid.to_string()),
+        process
+            .uptime_ms
+            .map_or("-".into(), |ms| format_uptime(Duration::from_millis(ms))),
+        process.restart_attempts.to_string(),
+        health(process),
+        process
+            .last_error
+            .as_deref()
+            .map_or("-".into(), |error| shorten(error, MAX_ERROR_CHARS)),
+    ]
+}
+
+/// `ok`, `2/3 failed`, or `-` without a health check or while not running.
+fn health(process: &ProcessStatus) -> String {
+    match (process.health_check_retries, process.state) {
+        (Some(retries), State::Running) if process.failed_health_checks > 0 => {
+            format!("{}/{retries} failed", process.failed_health_checks)
+        }
+        (Some(_), State::Running) => "ok".into(),
+        _ => "-".into(),
+    }
+}
+
+/// `42s`, `5m03s`, `2h07m`, `3d04h`.
+pub fn format_uptime(uptime: Duration) -> String {
+    let secs = uptime.as_secs();
+    let (days, hours, minutes, seconds) =
+        (secs / 86_400, secs / 3_600 % 24, secs / 60 % 60, secs % 60);
+    if days > 0 {
+        format!("{days}d{hours:02}h")
+    } else if hours > 0 {
+        format!("{hours}h{minutes:02}m")
+    } else if minutes > 0 {
+        format!("{minutes}m{seconds:02}s")
+    } else {
+        format!("{seconds}s")
+    }
+}
+
+/// `text` on one line, cut to `max` characters with an ellipsis.
+fn shorten(text: &str, max: usize) -> String {
+    let one_line: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if one_line.chars().count() <= max {
+        return one_line;
+    }
+    let mut cut: String = one_line.chars().take(max - 1).collect();
+    cut.push('…');
+    cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(name: &str, state: State) -> ProcessStatus {
+        ProcessStatus {
+            name: name.into(),
+            state,
+            pid: None,
+            restart_attempts: 0,
+            failed_health_checks: 0,
+            health_check_retries: None,
+            last_error: None,
+            started_at: None,
+            uptime_ms: None,
+            last_exit: None,
+        }
+    }
+
+    #[test]
+    fn uptimes() {
+        assert_eq!(format_uptime(Duration::from_millis(999)), "0s");
+        assert_eq!(format_uptime(Duration::from_secs(42)), "42s");
+        assert_eq!(format_uptime(Duration::from_secs(303)), "5m03s");
+        assert_eq!(format_uptime(Duration::from_secs(7_620)), "2h07m");
+        assert_eq!(
+            format_uptime(Duration::from_secs(3 * 86_400 + 4 * 3_600)),
+            "3d04h"
+        );
+    }
+
+    #[test]
+    fn columns_line_up() {
+        let mut echo = status("echo", State::Running);
+        echo.pid = Some(1234);
+        echo.uptime_ms = Some(65_000);
+        echo.health_check_retries = Some(3);
+        let mut broken = status("a-long-name", State::Error);
+        broken.last_error = Some("exited with code 1\nbefore it was ready".into());
+        broken.restart_attempts = 3;
+        let table = render(&[echo, broken]);
+        let expected = "\
+NAME         STATE    PID   UPTIME  RESTARTS  HEALTH  LAST ERROR
+echo         running  1234  1m05s   0         ok      -
+a-long-name  error    -     -       3         -       exited with code 1 before it was ready
+";
+        assert_eq!(table, expected);
+    }
+
+    #[test]
+    fn failing_health_checks_are_counted() {
+        let mut echo = status("echo", State::Running);
+        echo.health_check_retries = Some(3);
+        echo.failed_health_checks = 2;
+        assert_eq!(health(&echo), "2/3 failed");
+    }
+
+    #[test]
+    fn long_errors_are_cut() {
+        let cut = shorten(&"x".repeat(100), 10);
+        assert_eq!(cut.chars().count(), 10);
+        assert!(cut.ends_with('…'));
+    }
+}

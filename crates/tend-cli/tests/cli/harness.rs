@@ -1,0 +1,369 @@
+//! Shared helpers: a short temp dir per test, the `tend` and `testd`
+//! binaries, running `tend` with a deadline, a `tend up` child, and
+//! waiting on conditions with deadlines.
+//!
+//! Every process a test starts carries the environment variable
+//! [`SANDBOX_ENV`] naming its sandbox (daemons inherit it from `tend up`,
+//! and their children from them), so dropping the [`Sandbox`] — also when
+//! the test panics — finds and kills every one of them, escaped
+//! grandchildren included.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use rustix::process::{Pid, Signal};
+use serde_json::Value;
+
+/// Deadline for anything that should happen promptly, generous enough for
+/// debug builds on a loaded two-core machine.
+pub const SOON: Duration = Duration::from_secs(30);
+
+/// Marks processes started by a test with their sandbox's path.
+pub const SANDBOX_ENV: &str = "TEND_CLI_TEST_SANDBOX";
+
+/// The `tend` binary under test.
+pub fn tend_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_tend"))
+}
+
+/// The `testd` daemon, built next to `tend` by `cargo test --workspace`.
+pub fn testd() -> PathBuf {
+    let path = tend_bin()
+        .parent()
+        .expect("the tend binary has a folder")
+        .join("testd");
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` (or `cargo build -p testd` first) so the test daemon is built",
+        path.display()
+    );
+    path
+}
+
+/// The repository's example daemons folder.
+pub fn example_daemons() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/daemons")
+}
+
+/// A process identified by PID and start time, so a reused PID is not
+/// taken for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tracked {
+    pub pid: u32,
+    start_time: Option<u64>,
+}
+
+impl Tracked {
+    pub fn new(pid: u32) -> Self {
+        Tracked {
+            pid,
+            start_time: proc_stat(pid).map(|(_, start)| start),
+        }
+    }
+
+    /// Whether the process still runs (a zombie does not).
+    pub fn alive(&self) -> bool {
+        match proc_stat(self.pid) {
+            Some((state, start)) => state != 'Z' && state != 'X' && Some(start) == self.start_time,
+            None => false,
+        }
+    }
+}
+
+/// `(state, start time)` from `/proc/<pid>/stat`.
+fn proc_stat(pid: u32) -> Option<(char, u64)> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = text[text.rfind(')')? + 1..].split_whitespace().collect();
+    Some((
+        fields.first()?.chars().next()?,
+        fields.get(19)?.parse().ok()?,
+    ))
+}
+
+/// A per-test folder under /tmp with a short path (socket paths must stay
+/// under 108 bytes). Dropping it kills every process the test started.
+pub struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Self {
+        Sandbox {
+            dir: tempfile::Builder::new()
+                .prefix("tc")
+                .tempdir_in("/tmp")
+                .expect("temp dir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The state directory the generated configs use.
+    pub fn state_dir(&self) -> PathBuf {
+        self.path().join("st")
+    }
+
+    /// Writes `tend.toml` with the sandbox's state directory and `body`.
+    pub fn config(&self, body: &str) -> PathBuf {
+        self.config_named(
+            "tend.toml",
+            &format!("[settings]\nstate_dir = \"st\"\n\n{body}"),
+        )
+    }
+
+    /// Writes `text` as file `name` in the sandbox.
+    pub fn config_named(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path().join(name);
+        fs::write(&path, text).expect("write config");
+        path
+    }
+
+    /// A `tend` command marked with this sandbox.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(tend_bin());
+        command
+            .args(args)
+            .current_dir(self.path())
+            .env(SANDBOX_ENV, self.path())
+            .env_remove("TEND_LOG")
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Runs `tend ARGS` to its end (killing it at the deadline).
+    pub fn run(&self, args: &[&str]) -> Run {
+        let child = self
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tend");
+        let pid = child.id();
+        let (done, result) = mpsc::channel();
+        thread::spawn(move || {
+            let _ = done.send(child.wait_with_output());
+        });
+        match result.recv_timeout(SOON) {
+            Ok(output) => Run::new(args, output.expect("wait for tend")),
+            Err(_) => {
+                kill(pid, Signal::KILL);
+                panic!("`tend {}` did not finish within {SOON:?}", args.join(" "));
+            }
+        }
+    }
+
+    /// Starts `tend up -c CONFIG` with its output going to files.
+    pub fn up(&self, config: &Path) -> Up {
+        let index = fs::read_dir(self.path()).map(|d| d.count()).unwrap_or(0);
+        let stdout = self.path().join(format!("up{index}.out"));
+        let stderr = self.path().join(format!("up{index}.err"));
+        let child = self
+            .command(&["up", "-c", config.to_str().expect("utf-8 path")])
+            .stdout(fs::File::create(&stdout).expect("stdout file"))
+            .stderr(fs::File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .expect("spawn tend up");
+        Up {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Processes carrying this sandbox's marker.
+    pub fn marked_processes(&self) -> Vec<u32> {
+        let marker = format!("{SANDBOX_ENV}={}", self.path().display());
+        let Ok(entries) = fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|env| env.split(|&b| b == 0).any(|var| var == marker.as_bytes()))
+            })
+            .filter(|&pid| Tracked::new(pid).alive())
+            .collect()
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        // Twice, in case a process forked while the first pass ran.
+        for _ in 0..2 {
+            for pid in self.marked_processes() {
+                kill(pid, Signal::KILL);
+            }
+        }
+    }
+}
+
+/// Sends `signal` to `pid`, ignoring a process that is already gone.
+pub fn kill(pid: u32, signal: Signal) {
+    if let Some(pid) = Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(pid, signal);
+    }
+}
+
+/// The outcome of one `tend` run.
+pub struct Run {
+    pub command: String,
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn new(args: &[&str], output: Output) -> Self {
+        Run {
+            command: format!("tend {}", args.join(" ")),
+            status: output.status,
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Panics unless the exit code is `code`.
+    #[track_caller]
+    pub fn expect_code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.status.code(),
+            Some(code),
+            "`{}` exited with {:?}, expected {code}\nstdout:\n{}\nstderr:\n{}",
+            self.command,
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn expect_success(&self) -> &Self {
+        self.expect_code(0)
+    }
+}
+
+/// A running `tend up`.
+pub struct Up {
+    pub child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Up {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What it printed so far.
+    pub fn stdout(&self) -> String {
+        fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Waits for it to exit.
+    #[track_caller]
+    pub fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + SOON;
+        wait_until("tend up to exit", deadline, || {
+            self.child.try_wait().expect("try_wait").is_some()
+        });
+        self.child.wait().expect("wait")
+    }
+
+    /// Sends a signal to it.
+    pub fn signal(&self, signal: Signal) {
+        kill(self.pid(), signal);
+    }
+}
+
+/// Waits until `condition` holds, checking it with a short backoff, or
+/// panics with `what` at `deadline`.
+#[track_caller]
+pub fn wait_until(what: &str, deadline: Instant, mut condition: impl FnMut() -> bool) {
+    let mut pause = Duration::from_millis(2);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// `tend status --json` of the supervisor of `config`, or `None` while
+/// none answers.
+pub fn status(sandbox: &Sandbox, config: &Path) -> Option<Vec<Value>> {
+    let run = sandbox.run(&["status", "--json", "-c", config.to_str()?]);
+    if !run.status.success() {
+        return None;
+    }
+    serde_json::from_str::<Vec<Value>>(&run.stdout).ok()
+}
+
+/// The status object of `name`.
+pub fn process<'a>(processes: &'a [Value], name: &str) -> &'a Value {
+    processes
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("{name} missing from {processes:?}"))
+}
+
+/// Waits until every daemon in `names` is in `state` and returns the
+/// status then.
+#[track_caller]
+pub fn wait_for_states(sandbox: &Sandbox, config: &Path, names: &[(&str, &str)]) -> Vec<Value> {
+    let mut last = Vec::new();
+    let deadline = Instant::now() + SOON;
+    let what = format!("states {names:?}");
+    wait_until(&what, deadline, || {
+        let Some(processes) = status(sandbox, config) else {
+            return false;
+        };
+        last = processes;
+        names.iter().all(|(name, state)| {
+            last.iter()
+                .any(|p| p["name"] == *name && p["state"] == *state)
+        })
+    });
+    last
+}
+
+/// The PID in a status object.
+pub fn pid_of(process: &Value) -> u32 {
+    process["pid"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no pid in {process}")) as u32
+}
+
+/// Reads lines from `reader` on a thread, handing them over a channel.
+pub fn line_channel(reader: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (send, receive) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(reader).lines() {
+            let Ok(line) = line else { return };
+            if send.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    receive
+}
+
+/// PIDs from lines `<prefix> <pid>` in `text`.
+pub fn pids_in(text: &str, prefix: &str) -> Vec<u32> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(prefix)?.trim().parse().ok())
+        .collect()
+}

@@ -1,0 +1,15 @@
+//! Integration tests of the `tend` binary against real daemons: the Python
+//! example daemon and `testd` (built by `cargo test --workspace`).
+//!
+//! Each test has its own short temp dir and state directory, so the tests
+//! run in parallel; every process a test starts is killed when its
+//! sandbox is dropped, also on panic (see `harness`).
+
+mod client_errors;
+mod config_errors;
+mod control_socket;
+mod harness;
+mod kill9;
+mod lifecycle;
+mod lock;
+mod signals;
