@@ -173,3 +173,46 @@ pub(crate) async fn wait_members_gone(pgid: i32, deadline: Instant) -> bool {
         }
     }
 }
+
+/// Terminates individual processes (not groups): SIGTERM and SIGCONT, up to
+/// `grace` for them to exit, then SIGKILL. Each is addressed through a
+/// pidfd, so a PID that is reused meanwhile is never signalled.
+pub(crate) async fn terminate_pids(pids: &[i32], grace: Duration) {
+    let pidfds: Vec<OwnedFd> = pids
+        .iter()
+        .filter_map(|&pid| {
+            rustix::process::pidfd_open(Pid::from_raw(pid)?, PidfdFlags::NONBLOCK).ok()
+        })
+        .collect();
+    signal_pidfds(&pidfds, Signal::TERM);
+    signal_pidfds(&pidfds, Signal::CONT);
+    if !wait_pidfds_exit(&pidfds, Instant::now() + grace).await {
+        signal_pidfds(&pidfds, Signal::KILL);
+        wait_pidfds_exit(&pidfds, Instant::now() + defaults::KILL_TIMEOUT).await;
+    }
+}
+
+fn signal_pidfds(pidfds: &[OwnedFd], signal: Signal) {
+    for fd in pidfds {
+        let _ = rustix::process::pidfd_send_signal(fd, signal);
+    }
+}
+
+/// Waits until every process behind `pidfds` has exited; false at the
+/// deadline.
+async fn wait_pidfds_exit(pidfds: &[OwnedFd], deadline: Instant) -> bool {
+    let waits = async {
+        for fd in pidfds {
+            let Ok(dup) = fd.try_clone() else { continue };
+            // SAFETY: `dup` is a fresh descriptor moved into the AsyncFd,
+            // which owns it until it is dropped at the end of this iteration.
+            let Ok(fd) = (unsafe { AsyncFd::register_with_interest(dup, Interest::READABLE) })
+            else {
+                continue;
+            };
+            // A pidfd becomes readable when its process exits.
+            let _ = fd.readable().await;
+        }
+    };
+    tokio::time::timeout_at(deadline, waits).await.is_ok()
+}

@@ -14,6 +14,7 @@
 //! A PID that now belongs to another process is left alone.
 
 use std::{
+    collections::BTreeSet,
     fs, io,
     os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Path, PathBuf},
@@ -22,7 +23,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{kill, procfs};
+use crate::{kill, procfs, spawn};
 
 /// What tend knows about one spawned daemon.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +49,10 @@ pub struct CleanupReport {
     pub stale: Vec<String>,
     /// Records left alone because their manager is still alive.
     pub owned_by_live_manager: Vec<String>,
+    /// PIDs of descendants of dead managers' daemons that had escaped
+    /// their process group (found by their `TEND_MANAGER_ID`) and were
+    /// killed.
+    pub escaped: Vec<u32>,
 }
 
 pub(crate) struct OrphanRegistry {
@@ -64,6 +69,11 @@ impl OrphanRegistry {
             dir,
             owner: procfs::own_identity(),
         })
+    }
+
+    /// This manager's identity as daemons see it in `TEND_MANAGER_ID`.
+    pub fn manager_id(&self) -> String {
+        format!("{}.{}", self.owner.0, self.owner.1)
     }
 
     fn path_for(&self, name: &str, owner_pid: u32) -> PathBuf {
@@ -112,11 +122,26 @@ impl OrphanRegistry {
         let _ = fs::remove_file(self.path_for(name, self.owner.0));
     }
 
-    /// Cleans the records of dead managers, for one name or all.
+    /// Cleans the records of dead managers, for one name or all. A full
+    /// cleanup also stops escaped descendants of those managers' daemons.
     pub async fn cleanup(&self, only: Option<&str>) -> CleanupReport {
         let mut report = CleanupReport::default();
+        let dead_owners = self.clean_records(only, &mut report).await;
+        if !dead_owners.is_empty() {
+            report.escaped = clean_escaped(dead_owners).await;
+        }
+        report
+    }
+
+    /// Cleans the records; returns the dead managers they named.
+    async fn clean_records(
+        &self,
+        only: Option<&str>,
+        report: &mut CleanupReport,
+    ) -> BTreeSet<(u32, u64)> {
+        let mut dead_owners = BTreeSet::new();
         let Ok(entries) = fs::read_dir(&self.dir) else {
-            return report;
+            return dead_owners;
         };
         for entry in entries.flatten() {
             let path = entry.path();
@@ -145,6 +170,7 @@ impl OrphanRegistry {
                 report.owned_by_live_manager.push(record.name);
                 continue;
             }
+            dead_owners.insert((record.owner_pid, record.owner_start_time));
             match clean_record(&record).await {
                 Ok(true) => report.killed.push(record.name.clone()),
                 Ok(false) => report.stale.push(record.name.clone()),
@@ -155,7 +181,7 @@ impl OrphanRegistry {
             }
             let _ = fs::remove_file(&path);
         }
-        report
+        dead_owners
     }
 
     fn owner_alive(&self, record: &OrphanRecord) -> bool {
@@ -167,6 +193,35 @@ impl OrphanRegistry {
             Ok(Some(s)) if s.start_time == record.owner_start_time && s.is_alive()
         )
     }
+}
+
+/// Kills processes whose environment names one of `dead_managers`. Such a
+/// process descends from one of their daemons (it inherited the marker)
+/// but left the daemon's process group, typically by double-forking. Only
+/// managers whose records were found dead are considered, and only
+/// processes that started after them.
+async fn clean_escaped(dead_managers: BTreeSet<(u32, u64)>) -> Vec<u32> {
+    let mut killed = Vec::new();
+    for (owner_pid, owner_start) in dead_managers {
+        let marker = format!("{}={owner_pid}.{owner_start}", spawn::MANAGER_ID_ENV);
+        for pid in procfs::all_pids() {
+            let Ok(Some(stat)) = procfs::stat(pid) else {
+                continue;
+            };
+            // Started after its manager, alive, and carrying its marker.
+            if !stat.is_alive() || stat.start_time < owner_start {
+                continue;
+            }
+            if procfs::environ_contains(pid, marker.as_bytes()) {
+                killed.push(pid);
+            }
+        }
+    }
+    if !killed.is_empty() {
+        tracing::info!(pids = ?killed, "stopping escaped descendants of a dead manager's daemons");
+        kill::terminate_pids(&killed, crate::defaults::SHUTDOWN_GRACE_PERIOD).await;
+    }
+    killed.into_iter().map(|p| p as u32).collect()
 }
 
 /// Kills what is left of a dead manager's daemon; true if anything was.

@@ -69,6 +69,24 @@ pub(crate) fn live_group_members(pgid: i32) -> Vec<i32> {
         .collect()
 }
 
+/// Whether the environment of `pid` holds exactly `entry` (`NAME=value`).
+/// Unreadable environments (another user's process) never match.
+pub(crate) fn environ_contains(pid: i32, entry: &[u8]) -> bool {
+    fs::read(format!("/proc/{pid}/environ"))
+        .map(|env| env.split(|&b| b == 0).any(|e| e == entry))
+        .unwrap_or(false)
+}
+
+/// PIDs of every process, from `/proc`.
+pub(crate) fn all_pids() -> Vec<i32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .collect()
+}
+
 /// The identity of the calling process: its PID and start time.
 pub(crate) fn own_identity() -> (u32, u64) {
     let pid = std::process::id();

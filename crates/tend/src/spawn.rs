@@ -38,6 +38,12 @@ pub(crate) fn forget_child(pid: u32) {
 /// The environment variable that tells a daemon where to listen.
 pub const SOCKET_PATH_ENV: &str = "SOCKET_PATH";
 
+/// The environment variable that marks every daemon, and every descendant
+/// that inherits its environment, with the identity of its manager
+/// (`<pid>.<start time>`). A descendant that escaped its process group is
+/// found through it after the manager died.
+pub const MANAGER_ID_ENV: &str = "TEND_MANAGER_ID";
+
 struct SpawnRequest {
     command: Command,
     reply: oneshot::Sender<io::Result<Child>>,
@@ -95,7 +101,11 @@ impl Spawner {
 /// Builds the command for one incarnation of `config`: no shell, its own
 /// process group, stdin from /dev/null, stdout and stderr piped to tend,
 /// `SOCKET_PATH` set, and the parent-death signal armed.
-pub(crate) fn build_command(config: &BackgroundProcessConfig, socket: Option<&Path>) -> Command {
+pub(crate) fn build_command(
+    config: &BackgroundProcessConfig,
+    socket: Option<&Path>,
+    manager_id: &str,
+) -> Command {
     let mut command = Command::new(&config.command);
     command
         .args(&config.args)
@@ -113,6 +123,7 @@ pub(crate) fn build_command(config: &BackgroundProcessConfig, socket: Option<&Pa
     if let Some(socket) = socket {
         command.env(SOCKET_PATH_ENV, socket);
     }
+    command.env(MANAGER_ID_ENV, manager_id);
     arm_parent_death_signal(&mut command);
     command
 }

@@ -14,17 +14,15 @@
 //! locked while it looks, and the spawner holds the same lock while it
 //! forks, so a fresh child cannot be taken for an adopted one.
 
-use std::{collections::HashMap, io, os::fd::OwnedFd, time::Duration};
+use std::{collections::HashMap, io, time::Duration};
 
-use rustix::process::{Pid, PidfdFlags, Signal, WaitOptions};
+use rustix::process::{Pid, WaitOptions};
 use tokio::{
-    io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
     task::JoinHandle,
-    time::Instant,
 };
 
-use crate::{procfs, spawn};
+use crate::{kill, procfs, spawn};
 
 /// Marks the calling process as a child subreaper and reaps adopted
 /// zombies until dropped.
@@ -66,44 +64,10 @@ impl Subreaper {
             count = targets.len(),
             "stopping descendants that escaped their daemon's process group"
         );
-        let pidfds: Vec<OwnedFd> = targets
-            .iter()
-            .filter_map(|&pid| {
-                rustix::process::pidfd_open(Pid::from_raw(pid)?, PidfdFlags::NONBLOCK).ok()
-            })
-            .collect();
-        signal_all(&pidfds, Signal::TERM);
-        signal_all(&pidfds, Signal::CONT);
-        if !wait_all_exit(&pidfds, Instant::now() + grace).await {
-            signal_all(&pidfds, Signal::KILL);
-            wait_all_exit(&pidfds, Instant::now() + crate::defaults::KILL_TIMEOUT).await;
-        }
+        kill::terminate_pids(&targets, grace).await;
         reap_adopted();
-        pidfds.len()
+        targets.len()
     }
-}
-
-fn signal_all(pidfds: &[OwnedFd], sig: Signal) {
-    for fd in pidfds {
-        let _ = rustix::process::pidfd_send_signal(fd, sig);
-    }
-}
-
-async fn wait_all_exit(pidfds: &[OwnedFd], deadline: Instant) -> bool {
-    let waits = async {
-        for fd in pidfds {
-            let Ok(dup) = fd.try_clone() else { continue };
-            // SAFETY: `dup` is a fresh descriptor owned by the AsyncFd until
-            // it is dropped at the end of this iteration.
-            let Ok(async_fd) =
-                (unsafe { AsyncFd::register_with_interest(dup, Interest::READABLE) })
-            else {
-                continue;
-            };
-            let _ = async_fd.readable().await;
-        }
-    };
-    tokio::time::timeout_at(deadline, waits).await.is_ok()
 }
 
 /// Reaps zombie children that tend did not spawn itself.

@@ -164,7 +164,11 @@ impl Supervisor {
     }
 
     async fn spawn_incarnation(&mut self) -> Result<Incarnation, Interrupt> {
-        let command = spawn::build_command(&self.config, self.config.socket_path.as_deref());
+        let command = spawn::build_command(
+            &self.config,
+            self.config.socket_path.as_deref(),
+            &self.ctx.orphans.manager_id(),
+        );
         let mut child = match self.ctx.spawner.spawn(command).await {
             Ok(child) => child,
             Err(source) => {
