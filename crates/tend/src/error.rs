@@ -1,5 +1,5 @@
-//! The library's error type: every variant names the process and says what
-//! to fix or what happened.
+//! The library's error type: each variant says what to fix or what
+//! happened, and names the process it concerns where there is one.
 
 use std::{fmt, io, path::PathBuf, time::Duration};
 

@@ -58,16 +58,26 @@ fn serialize_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S
 
 /// The output of one process (across its incarnations).
 pub(crate) struct LogBuffer {
-    ring: Mutex<VecDeque<LogLine>>,
+    ring: Mutex<Ring>,
     capacity: usize,
     file: Mutex<Option<RotatingFile>>,
     live: broadcast::Sender<LogLine>,
 }
 
+/// The newest lines, each with its sequence number.
+struct Ring {
+    lines: VecDeque<(u64, LogLine)>,
+    /// Sequence number of the next line pushed.
+    next: u64,
+}
+
 impl LogBuffer {
     pub fn new(capacity: usize, file: Option<PathBuf>) -> Self {
         LogBuffer {
-            ring: Mutex::new(VecDeque::with_capacity(capacity.min(64))),
+            ring: Mutex::new(Ring {
+                lines: VecDeque::with_capacity(capacity.min(64)),
+                next: 0,
+            }),
             capacity,
             file: Mutex::new(file.map(RotatingFile::new)),
             live: broadcast::channel(1024).0,
@@ -94,30 +104,43 @@ impl LogBuffer {
         }
         let _ = self.live.send(line.clone());
         let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
-        if ring.len() == self.capacity {
-            ring.pop_front();
+        if ring.lines.len() == self.capacity {
+            ring.lines.pop_front();
         }
-        ring.push_back(line);
+        let seq = ring.next;
+        ring.next += 1;
+        ring.lines.push_back((seq, line));
+    }
+
+    /// The sequence number the next line will get: a mark to ask later for
+    /// the lines written since.
+    pub fn mark(&self) -> u64 {
+        self.ring.lock().unwrap_or_else(|e| e.into_inner()).next
     }
 
     /// The newest `n` lines, oldest first.
     pub fn tail(&self, n: usize) -> Vec<LogLine> {
         let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
-        ring.iter()
-            .skip(ring.len().saturating_sub(n))
-            .cloned()
+        let skip = ring.lines.len().saturating_sub(n);
+        ring.lines
+            .iter()
+            .skip(skip)
+            .map(|(_, l)| l.clone())
             .collect()
     }
 
-    /// The newest `n` stderr lines joined for an error message.
-    pub fn stderr_tail(&self, n: usize) -> String {
+    /// The newest `n` stderr lines written since `mark`, joined for an
+    /// error message.
+    pub fn stderr_tail_since(&self, mark: u64, n: usize) -> String {
         let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
         let mut lines: Vec<&str> = ring
+            .lines
             .iter()
             .rev()
-            .filter(|l| l.stream == Stream::Stderr)
+            .take_while(|(seq, _)| *seq >= mark)
+            .filter(|(_, l)| l.stream == Stream::Stderr)
             .take(n)
-            .map(|l| l.text.as_str())
+            .map(|(_, l)| l.text.as_str())
             .collect();
         lines.reverse();
         lines.join(" | ")
@@ -428,7 +451,9 @@ mod tests {
         }
         let texts: Vec<_> = buffer.tail(10).into_iter().map(|l| l.text).collect();
         assert_eq!(texts, ["2", "3", "4"]);
-        assert_eq!(buffer.stderr_tail(2), "3 | 4");
+        assert_eq!(buffer.stderr_tail_since(0, 2), "3 | 4");
+        assert_eq!(buffer.stderr_tail_since(4, 2), "4");
+        assert_eq!(buffer.mark(), 5);
     }
 
     #[test]

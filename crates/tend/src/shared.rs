@@ -128,9 +128,9 @@ impl Shared {
         let Some(to) = next_state(from, occurrence) else {
             return from;
         };
-        if to == from {
-            return from;
-        }
+        // The event names the incarnation concerned, even when the change
+        // ends it.
+        let pid = status.info.pid;
         status.info.state = to;
         match to {
             ProcessState::Running => {
@@ -142,7 +142,9 @@ impl Shared {
                 status.running_since = None;
             }
         }
-        if matches!(to, ProcessState::Stopped | ProcessState::Error) {
+        if matches!(occurrence, Occurrence::Failed { .. })
+            || matches!(to, ProcessState::Stopped | ProcessState::Error)
+        {
             status.info.pid = None;
         }
         self.readiness.send_modify(|r| {
@@ -151,14 +153,15 @@ impl Shared {
                 r.incarnation += 1;
             }
         });
-        // Sent under the lock so events are ordered like the states.
+        // Sent under the lock so events are ordered like the states. A
+        // failed restart attempt is a `starting → starting` event.
         let _ = self.events.send(ProcessEvent {
             name: self.name.clone(),
             from,
             to,
             time: SystemTime::now(),
             reason: reason.to_owned(),
-            pid: status.info.pid,
+            pid,
         });
         to
     }

@@ -52,6 +52,8 @@ struct Incarnation {
     pid: u32,
     pgid: i32,
     readers: Vec<JoinHandle<()>>,
+    /// Position in the log ring where this incarnation's output starts.
+    log_mark: u64,
 }
 
 /// Why an incarnation ended without being asked to.
@@ -60,14 +62,49 @@ struct Failure {
     summary: String,
     /// The error handed to a pending `start_process`.
     error: Error,
-    exit: Option<ExitStatus>,
+    /// The incarnation's last lines of stderr, filled in by `wind_down`.
+    tail: String,
+    /// Set when members of the group survived SIGKILL: restarting would
+    /// put two incarnations side by side, so tend gives up instead.
+    fatal: bool,
+}
+
+impl Failure {
+    fn new(summary: String, error: Error) -> Self {
+        Failure {
+            summary,
+            error,
+            tail: String::new(),
+            fatal: false,
+        }
+    }
+
+    /// The failure from an error that says it all.
+    fn from_error(error: Error) -> Self {
+        Failure::new(error.to_string(), error)
+    }
+
+    /// `summary`, then `note` in parentheses, then the stderr tail.
+    fn describe(&self, note: Option<String>) -> String {
+        let mut text = self.summary.clone();
+        if let Some(note) = note {
+            text.push_str(&format!(" ({note})"));
+        }
+        if !self.tail.is_empty() {
+            text.push_str(": ");
+            text.push_str(&self.tail);
+        }
+        text
+    }
 }
 
 /// How a wait inside the supervisor ended.
 enum Interrupt {
     Failed(Failure),
     Stop(oneshot::Sender<Result<()>>),
-    ManagerGone,
+    /// Nothing more to do: the manager is gone, or the outcome was already
+    /// published.
+    Finished,
 }
 
 /// The supervisor task of one process.
@@ -119,7 +156,7 @@ impl Supervisor {
                     self.finish_stop(reply);
                     return;
                 }
-                Interrupt::ManagerGone => return,
+                Interrupt::Finished => return,
             }
         }
     }
@@ -138,11 +175,7 @@ impl Supervisor {
                         Error::io(format!("cannot prepare socket {path:?}"), source)
                     }
                 };
-                return Err(Interrupt::Failed(Failure {
-                    summary: error.to_string(),
-                    error,
-                    exit: None,
-                }));
+                return Err(Interrupt::Failed(Failure::from_error(error)));
             }
         }
         let mut incarnation = self.spawn_incarnation().await?;
@@ -177,15 +210,12 @@ impl Supervisor {
                     command: self.config.command.clone(),
                     source,
                 };
-                return Err(Interrupt::Failed(Failure {
-                    summary: error.to_string(),
-                    error,
-                    exit: None,
-                }));
+                return Err(Interrupt::Failed(Failure::from_error(error)));
             }
         };
         let pid = child.id().unwrap_or_default();
         let pgid = pid as i32;
+        let log_mark = self.shared.logs.mark();
         // Recorded before readiness: a manager killed while its daemon
         // starts must still leave a trace of it.
         if let Some(record) = self.ctx.orphans.record_for(
@@ -234,6 +264,7 @@ impl Supervisor {
             pid,
             pgid,
             readers,
+            log_mark,
         })
     }
 
@@ -249,29 +280,27 @@ impl Supervisor {
             control = self.control.recv() => Err(control_interrupt(control)),
             status = incarnation.child.wait() => {
                 let exit = status.ok().map(ExitStatus::from_std);
-                Err(Interrupt::Failed(Failure {
-                    summary: exit.map_or_else(|| "exited".to_owned(), |e| e.to_string()),
-                    error: Error::ExitedBeforeReady {
+                Err(Interrupt::Failed(Failure::new(
+                    exit.map_or_else(|| "exited".to_owned(), |e| e.to_string()),
+                    Error::ExitedBeforeReady {
                         name: self.config.name.clone(),
                         status: exit.unwrap_or(ExitStatus::Code(-1)),
                         stderr_tail: String::new(),
                     },
-                    exit,
-                }))
+                )))
             }
             () = probe::wait_ready(watcher, socket) => Ok(()),
             () = tokio::time::sleep_until(deadline) => {
                 let timeout = self.config.startup_timeout;
-                Err(Interrupt::Failed(Failure {
-                    summary: format!("did not accept connections within {timeout:?}"),
-                    error: Error::StartupTimeout {
+                Err(Interrupt::Failed(Failure::new(
+                    format!("did not accept connections within {timeout:?}"),
+                    Error::StartupTimeout {
                         name: self.config.name.clone(),
                         socket: socket.to_path_buf(),
                         timeout,
                         stderr_tail: String::new(),
                     },
-                    exit: None,
-                }))
+                )))
             }
         }
     }
@@ -302,11 +331,7 @@ impl Supervisor {
                 status = incarnation.child.wait() => {
                     let exit = status.ok().map(ExitStatus::from_std);
                     let summary = exit.map_or_else(|| "exited".to_owned(), |e| e.to_string());
-                    return Interrupt::Failed(Failure {
-                        error: Error::Failed { name: self.config.name.clone(), reason: summary.clone() },
-                        summary,
-                        exit,
-                    });
+                    return Interrupt::Failed(self.failure(summary));
                 }
                 () = tokio::time::sleep_until(stable_at), if !counter_reset => {
                     counter_reset = true;
@@ -323,11 +348,7 @@ impl Supervisor {
                             if health.is_some_and(|h| failures >= h.retries) {
                                 let summary = format!("failed {failures} health checks in a row ({reason})");
                                 self.shared.update(|info| info.failed_health_checks = failures);
-                                return Interrupt::Failed(Failure {
-                                    error: Error::Failed { name: self.config.name.clone(), reason: summary.clone() },
-                                    summary,
-                                    exit: None,
-                                });
+                                return Interrupt::Failed(self.failure(summary));
                             }
                         }
                     }
@@ -349,128 +370,88 @@ impl Supervisor {
         let terminated =
             kill::terminate_group(incarnation.pgid, Some(&mut incarnation.child), grace).await;
         self.shared.set_live(None);
-        if terminated.as_ref().is_ok_and(|t| t.leader_status.is_some()) {
-            spawn::forget_child(incarnation.pid);
-        }
         if let Some(path) = &self.config.socket_path {
             let _ = std::fs::remove_file(path);
         }
         drain(&mut incarnation.readers).await;
         let exit = match &terminated {
-            Ok(t) => t.leader_status.map(ExitStatus::from_std),
+            Ok(t) => {
+                if t.leader_status.is_some() {
+                    spawn::forget_child(incarnation.pid);
+                }
+                // Gone for good: nothing left for a later cleanup to find.
+                self.ctx.orphans.remove(&self.config.name);
+                t.leader_status.map(ExitStatus::from_std)
+            }
+            // Survivors: the orphan record stays, so a later cleanup can
+            // still find them.
             Err(_) => None,
         };
-        self.shared.update(|info| {
-            info.last_exit = exit.or(info.last_exit);
-            info.pid = None;
-        });
+        if exit.is_some() {
+            self.shared.update(|info| info.last_exit = exit);
+        }
         tracing::debug!(name = %self.config.name, pid = incarnation.pid, ?exit, "incarnation ended");
-        match terminated {
-            Err(reason) => {
-                // Survivors: keep the orphan record so a later cleanup can
-                // still find them.
-                let error = Error::StopFailed {
+        let tail = self
+            .shared
+            .logs
+            .stderr_tail_since(incarnation.log_mark, defaults::STDERR_TAIL_LINES);
+        match (interrupt, terminated) {
+            (Interrupt::Stop(reply), Err(reason)) => {
+                self.shared
+                    .update(|info| info.last_error = Some(reason.clone()));
+                self.shared.apply(
+                    Occurrence::Failed {
+                        will_restart: false,
+                    },
+                    &reason,
+                );
+                let _ = reply.send(Err(Error::StopFailed {
                     name: self.config.name.clone(),
-                    reason: reason.clone(),
-                };
-                match interrupt {
-                    Interrupt::Stop(reply) => {
-                        self.shared
-                            .update(|info| info.last_error = Some(reason.clone()));
-                        self.shared.apply(
-                            Occurrence::Failed {
-                                will_restart: false,
-                            },
-                            &reason,
-                        );
-                        let _ = reply.send(Err(error));
-                        self.fail_start_waiter(Error::Stopped(self.config.name.clone()));
-                        Interrupt::ManagerGone
-                    }
-                    _ => Interrupt::Failed(Failure {
-                        summary: reason,
-                        error,
-                        exit,
-                    }),
-                }
+                    reason,
+                }));
+                self.fail_start_waiter(Error::Stopped(self.config.name.clone()));
+                Interrupt::Finished
             }
-            Ok(_) => {
-                self.ctx.orphans.remove(&self.config.name);
-                match interrupt {
-                    Interrupt::Failed(failure) => Interrupt::Failed(self.with_tail(failure, exit)),
-                    other => other,
-                }
+            (Interrupt::Failed(failure), Err(reason)) => {
+                let mut failure = Failure::new(
+                    format!("{}; {reason}", failure.summary),
+                    Error::StopFailed {
+                        name: self.config.name.clone(),
+                        reason,
+                    },
+                );
+                failure.fatal = true;
+                failure.tail = tail;
+                Interrupt::Failed(failure)
             }
+            (Interrupt::Failed(failure), Ok(_)) => {
+                Interrupt::Failed(complete_failure(failure, exit, tail))
+            }
+            (other, _) => other,
         }
-    }
-
-    fn with_tail(&self, mut failure: Failure, exit: Option<ExitStatus>) -> Failure {
-        let tail = self.shared.logs.stderr_tail(defaults::STDERR_TAIL_LINES);
-        if failure.exit.is_none() {
-            failure.exit = exit;
-        }
-        match &mut failure.error {
-            Error::ExitedBeforeReady {
-                status,
-                stderr_tail,
-                ..
-            } => {
-                if let Some(exit) = failure.exit {
-                    *status = exit;
-                    failure.summary = exit.to_string();
-                }
-                *stderr_tail = tail;
-            }
-            Error::StartupTimeout { stderr_tail, .. } => *stderr_tail = tail,
-            Error::Failed { reason, .. } if !tail.is_empty() => {
-                *reason = format!("{}: {tail}", failure.summary);
-            }
-            _ => {}
-        }
-        failure
     }
 
     /// After a failure: either gives up (`Error`) or waits out the restart
     /// delay. Returns whether to bring the process up again.
     async fn schedule_restart(&mut self, failure: Failure) -> bool {
-        let tail = self.shared.logs.stderr_tail(defaults::STDERR_TAIL_LINES);
-        let with_tail = |text: String| {
-            if tail.is_empty() {
-                text
-            } else {
-                format!("{text}: {tail}")
-            }
-        };
         if let Some(waiter) = self.start_waiter.take() {
             // The first start never became ready: fail fast, no restart.
             let message = failure.error.to_string();
-            self.shared
-                .update(|info| info.last_error = Some(message.clone()));
-            self.shared.apply(
-                Occurrence::Failed {
-                    will_restart: false,
-                },
-                &message,
-            );
+            self.give_up(&message);
             let _ = waiter.send(Err(failure.error));
             return false;
         }
         let attempts = self.shared.snapshot().restart_attempts;
-        if attempts >= self.config.max_restart_attempts {
-            let message = with_tail(format!("{} ({attempts} restarts)", failure.summary));
-            self.shared
-                .update(|info| info.last_error = Some(message.clone()));
-            self.shared.apply(
-                Occurrence::Failed {
-                    will_restart: false,
-                },
-                &message,
-            );
-            tracing::warn!(name = %self.config.name, %message, "giving up");
+        if failure.fatal || attempts >= self.config.max_restart_attempts {
+            let restarts = match attempts {
+                1 => "1 restart".to_owned(),
+                n => format!("{n} restarts"),
+            };
+            self.give_up(&failure.describe(Some(restarts)));
             return false;
         }
         let attempt = attempts + 1;
-        let message = with_tail(failure.summary);
+        let message = failure.describe(None);
         self.shared.update(|info| {
             info.restart_attempts = attempt;
             info.last_error = Some(message.clone());
@@ -504,6 +485,28 @@ impl Supervisor {
         }
     }
 
+    /// A failure of a running incarnation, described by `summary`.
+    fn failure(&self, summary: String) -> Failure {
+        let error = Error::Failed {
+            name: self.config.name.clone(),
+            reason: summary.clone(),
+        };
+        Failure::new(summary, error)
+    }
+
+    /// Enters `Error` for good, with `message` as the last error.
+    fn give_up(&self, message: &str) {
+        self.shared
+            .update(|info| info.last_error = Some(message.to_owned()));
+        self.shared.apply(
+            Occurrence::Failed {
+                will_restart: false,
+            },
+            message,
+        );
+        tracing::warn!(name = %self.config.name, %message, "giving up");
+    }
+
     /// Completes a stop once no member of the group is left.
     fn finish_stop(&mut self, reply: oneshot::Sender<Result<()>>) {
         // A no-op when already `Stopping` (the group was terminated first).
@@ -521,10 +524,36 @@ impl Supervisor {
     }
 }
 
+/// Adds what is known once the group is gone: the exit status and the
+/// stderr tail, also into the error a pending `start_process` receives.
+fn complete_failure(mut failure: Failure, exit: Option<ExitStatus>, tail: String) -> Failure {
+    match &mut failure.error {
+        Error::ExitedBeforeReady {
+            status,
+            stderr_tail,
+            ..
+        } => {
+            if let Some(exit) = exit {
+                *status = exit;
+                failure.summary = exit.to_string();
+            }
+            *stderr_tail = tail.clone();
+        }
+        Error::StartupTimeout { stderr_tail, .. } => *stderr_tail = tail.clone(),
+        _ => {}
+    }
+    failure.tail = tail;
+    let described = failure.describe(None);
+    if let Error::Failed { reason, .. } = &mut failure.error {
+        *reason = described;
+    }
+    failure
+}
+
 fn control_interrupt(control: Option<Control>) -> Interrupt {
     match control {
         Some(Control::Stop(reply)) => Interrupt::Stop(reply),
-        None => Interrupt::ManagerGone,
+        None => Interrupt::Finished,
     }
 }
 

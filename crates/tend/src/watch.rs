@@ -29,7 +29,24 @@ type Key = (i32, OsString);
 
 struct Shared {
     fd: AsyncFd<OwnedFd>,
-    waiters: Mutex<HashMap<Key, Arc<Notify>>>,
+    watches: Mutex<Watches>,
+}
+
+#[derive(Default)]
+struct Watches {
+    /// Who waits for which name in which watched directory.
+    waiters: HashMap<Key, Arc<Notify>>,
+    /// Per watch descriptor: a generation and how many waiters use it. The
+    /// kernel reuses descriptor numbers after a directory is deleted, so a
+    /// waiter only releases the generation it registered with.
+    directories: HashMap<i32, (u64, usize)>,
+    next_generation: u64,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Watches> {
+        self.watches.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Shared watcher of directories for newly created or renamed-in files.
@@ -42,6 +59,7 @@ pub(crate) struct SocketWatcher {
 pub(crate) struct Watch {
     shared: Arc<Shared>,
     key: Key,
+    generation: u64,
     notify: Arc<Notify>,
 }
 
@@ -55,16 +73,24 @@ impl Watch {
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        let mut waiters = self
-            .shared
+        let mut watches = self.shared.lock();
+        if watches
             .waiters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if waiters
             .get(&self.key)
             .is_some_and(|n| Arc::ptr_eq(n, &self.notify))
         {
-            waiters.remove(&self.key);
+            watches.waiters.remove(&self.key);
+        }
+        let wd = self.key.0;
+        if let Some((generation, users)) = watches.directories.get_mut(&wd) {
+            if *generation == self.generation {
+                *users -= 1;
+                if *users == 0 {
+                    watches.directories.remove(&wd);
+                    // Fails harmlessly if the directory is already gone.
+                    let _ = inotify::remove_watch(&self.shared.fd, wd);
+                }
+            }
         }
     }
 }
@@ -78,7 +104,7 @@ impl SocketWatcher {
             // SAFETY: the OwnedFd is moved into the AsyncFd, which owns it
             // until drop; nothing else can close or replace it.
             fd: unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }?,
-            waiters: Mutex::new(HashMap::new()),
+            watches: Mutex::new(Watches::default()),
         });
         let reader = tokio::spawn(read_events(Arc::clone(&shared)));
         Ok(SocketWatcher { shared, reader })
@@ -93,8 +119,10 @@ impl SocketWatcher {
         let name = path
             .file_name()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-        // add_watch on a directory already watched returns the same
-        // descriptor, so no bookkeeping of directories is needed.
+        // Under the lock, so a concurrent drop cannot remove the watch
+        // between add_watch and the count going up. add_watch on a
+        // directory already watched returns the same descriptor.
+        let mut watches = self.shared.lock();
         let wd = inotify::add_watch(
             &self.shared.fd,
             dir,
@@ -104,14 +132,22 @@ impl SocketWatcher {
         )?;
         let key = (wd, name.to_owned());
         let notify = Arc::new(Notify::new());
-        self.shared
-            .waiters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key.clone(), Arc::clone(&notify));
+        let next_generation = watches.next_generation;
+        let (generation, users) = watches
+            .directories
+            .entry(wd)
+            .or_insert((next_generation, 0));
+        let generation = *generation;
+        *users += 1;
+        if generation == next_generation {
+            watches.next_generation += 1;
+        }
+        watches.waiters.insert(key.clone(), Arc::clone(&notify));
+        drop(watches);
         Ok(Watch {
             shared: Arc::clone(&self.shared),
             key,
+            generation,
             notify,
         })
     }
@@ -133,12 +169,17 @@ async fn read_events(shared: Arc<Shared>) {
         loop {
             match reader.next() {
                 Ok(event) => {
+                    let mut watches = shared.lock();
+                    if event.events().contains(inotify::ReadFlags::IGNORED) {
+                        // The directory is gone and the kernel dropped the
+                        // watch; its descriptor may be handed out again.
+                        watches.directories.remove(&event.wd());
+                        continue;
+                    }
                     let Some(name) = event.file_name() else {
                         continue;
                     };
-                    let key = (event.wd(), name_of(name));
-                    let waiters = shared.waiters.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Some(notify) = waiters.get(&key) {
+                    if let Some(notify) = watches.waiters.get(&(event.wd(), name_of(name))) {
                         notify.notify_one();
                     }
                 }
