@@ -13,6 +13,7 @@ use std::{
     fs::{self, File, OpenOptions},
     io::{self, Write},
     os::fd::OwnedFd,
+    os::unix::fs::OpenOptionsExt,
     path::PathBuf,
     sync::Mutex,
     time::SystemTime,
@@ -321,11 +322,15 @@ impl RotatingFile {
         }
         if self.file.is_none() {
             if let Some(dir) = self.path.parent() {
-                fs::create_dir_all(dir)?;
+                if !dir.as_os_str().is_empty() && !dir.exists() {
+                    crate::orphans::create_private_dir(dir)?;
+                }
             }
+            // Daemon output may hold secrets: readable by its owner only.
             let file = OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(0o600)
                 .open(&self.path)?;
             self.size = file.metadata()?.len();
             self.file = Some(file);
