@@ -120,9 +120,11 @@ pub(crate) fn build_command(
     for (key, value) in &config.env {
         command.env(key, value);
     }
-    if let Some(socket) = socket {
-        command.env(SOCKET_PATH_ENV, socket);
-    }
+    match socket {
+        Some(socket) => command.env(SOCKET_PATH_ENV, socket),
+        // A worker without a socket must not inherit the app's own.
+        None => command.env_remove(SOCKET_PATH_ENV),
+    };
     command.env(MANAGER_ID_ENV, manager_id);
     arm_parent_death_signal(&mut command);
     command

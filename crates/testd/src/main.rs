@@ -56,6 +56,11 @@
 //! - `--abort-after MS`: call `abort()` (SIGABRT, no core dump) after MS.
 //! - `--stop-accepting-after MS`: close the listener after MS, keeping the
 //!   socket file, so connects are refused.
+//! - `--faults-once PATH`: only the first process started with this PATH
+//!   misbehaves: it creates PATH (exclusively) and keeps `--exit-after`,
+//!   `--abort-after`, `--stop-accepting-after`, `--never-accept` and
+//!   `--wedge`; a process that finds PATH already there ignores those five
+//!   flags, so a restarted daemon stays healthy.
 //!
 //! Serving:
 //! - `--never-accept`: listen but never accept; connections queue up until
@@ -88,6 +93,7 @@ usage: testd [--socket PATH] [--bind-delay MS] [--listen-delay MS] [--never-bind
              [--fork-children N] [--children-ignore-sigterm] [--double-fork]
              [--stop-accepting-after MS] [--never-accept] [--backlog N] [--wedge]
              [--pid-file PATH] [--timestamps PATH] [--record-start PATH]
+             [--faults-once PATH]
              [--flood BYTES] [--flood-no-newline] [--flood-invalid-utf8]
              [--close-stdio] [--print-env NAME]... [--print-cwd]
 The socket path defaults to $SOCKET_PATH; durations are in milliseconds.";
@@ -130,6 +136,7 @@ struct Opts {
     pid_file: Option<PathBuf>,
     timestamps: Option<PathBuf>,
     record_start: Option<PathBuf>,
+    faults_once: Option<PathBuf>,
     flood: Option<u64>,
     flood_no_newline: bool,
     flood_invalid_utf8: bool,
@@ -160,6 +167,7 @@ impl Default for Opts {
             pid_file: None,
             timestamps: None,
             record_start: None,
+            faults_once: None,
             flood: None,
             flood_no_newline: false,
             flood_invalid_utf8: false,
@@ -226,6 +234,7 @@ fn parse_args(args: impl Iterator<Item = OsString>) -> Opts {
             "--pid-file" => o.pid_file = Some(value().into()),
             "--timestamps" => o.timestamps = Some(value().into()),
             "--record-start" => o.record_start = Some(value().into()),
+            "--faults-once" => o.faults_once = Some(value().into()),
             "--flood" => o.flood = Some(parse_num(&flag, value())),
             "--flood-no-newline" => o.flood_no_newline = true,
             "--flood-invalid-utf8" => o.flood_invalid_utf8 = true,
@@ -241,6 +250,26 @@ fn parse_args(args: impl Iterator<Item = OsString>) -> Opts {
         }
     }
     o
+}
+
+/// Applies `--faults-once`: the first process to create the file keeps its
+/// faults; every later one drops them.
+fn apply_faults_once(o: &mut Opts) {
+    let Some(path) = &o.faults_once else {
+        return;
+    };
+    let first = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .is_ok();
+    if !first {
+        o.exit_after = None;
+        o.abort_after = None;
+        o.stop_accepting_after = None;
+        o.never_accept = false;
+        o.wedge = false;
+    }
 }
 
 /// Writes one line to stdout and flushes it; errors (closed pipe) are ignored.
@@ -885,7 +914,8 @@ fn parse_request(line: &[u8]) -> Result<Request<'_>, JsonError> {
 
 fn main() {
     let start_ns = now_ns();
-    let opts = parse_args(std::env::args_os().skip(1));
+    let mut opts = parse_args(std::env::args_os().skip(1));
+    apply_faults_once(&mut opts);
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };
     if let Some(path) = &opts.record_start {

@@ -1,4 +1,15 @@
-//! Integration tests of the tend library against real `testd` daemons.
+//! Integration tests of the tend library against real `testd` daemons:
+//! every test runs real processes in its own temp dir and kills whatever
+//! it started, even when it fails.
 
 mod harness;
-mod smoke;
+
+mod crash;
+mod events;
+mod health;
+mod input;
+mod lifetime;
+mod logs;
+mod orphans;
+mod start;
+mod stop;

@@ -1,0 +1,131 @@
+//! The event stream: every state change, in order, with a reason, and
+//! only moves the transition table allows.
+
+use rustix::process::Signal;
+use tend::{
+    ProcessEvent, ProcessState,
+    ProcessState::{Error, Running, Starting, Stopped, Stopping},
+    Subscription,
+    state::is_legal_transition,
+};
+
+use crate::harness::*;
+
+/// The events already delivered for `name`, checked to be legal moves
+/// with a reason.
+fn drain(events: &mut Subscription, name: &str) -> Vec<ProcessEvent> {
+    let mut seen = Vec::new();
+    while let Some(event) = events.try_recv() {
+        if event.name != name {
+            continue;
+        }
+        assert!(
+            is_legal_transition(event.from, event.to),
+            "illegal transition in {event:?}"
+        );
+        assert!(!event.reason.is_empty(), "no reason in {event:?}");
+        seen.push(event);
+    }
+    seen
+}
+
+fn moves(events: &[ProcessEvent]) -> Vec<(ProcessState, ProcessState)> {
+    events.iter().map(|e| (e.from, e.to)).collect()
+}
+
+#[tokio::test]
+async fn start_and_stop_are_reported_in_order() {
+    let sb = Sandbox::new();
+    let mut events = sb.manager.subscribe();
+    let daemon = sb.start(sb.daemon("a", &[])).await;
+    sb.manager.stop_process("a").await.unwrap();
+    let seen = drain(&mut events, "a");
+    assert_eq!(
+        moves(&seen),
+        [
+            (Stopped, Starting),
+            (Starting, Running),
+            (Running, Stopping),
+            (Stopping, Stopped)
+        ],
+        "{seen:#?}"
+    );
+    assert_eq!(
+        seen[1].pid,
+        Some(daemon.pid),
+        "the ready event names the pid"
+    );
+    assert!(seen.windows(2).all(|w| w[0].time <= w[1].time));
+}
+
+#[tokio::test]
+async fn crash_and_restart_are_reported_with_the_exit() {
+    let sb = Sandbox::new();
+    let mut events = sb.manager.subscribe();
+    let first = sb.start(sb.daemon("a", &[])).await;
+    first.signal(Signal::KILL);
+    wait_for("a to run again", SOON, || {
+        sb.manager.is_running("a") && sb.manager.pid("a") != Some(first.pid)
+    })
+    .await;
+    let seen = drain(&mut events, "a");
+    assert_eq!(
+        moves(&seen),
+        [
+            (Stopped, Starting),
+            (Starting, Running),
+            (Running, Starting),
+            (Starting, Running)
+        ],
+        "{seen:#?}"
+    );
+    assert!(seen[2].reason.contains("signal 9"), "{:?}", seen[2].reason);
+}
+
+#[tokio::test]
+async fn giving_up_is_reported_with_the_reason() {
+    let sb = Sandbox::new();
+    let mut events = sb.manager.subscribe();
+    let config = sb
+        .daemon("a", &["--exit-after", "300", "--exit-code", "5"])
+        .max_restart_attempts(1);
+    sb.manager.start_process(config).await.unwrap();
+    wait_for("a to give up", SOON, || {
+        sb.manager.state("a") == Some(Error)
+    })
+    .await;
+    let seen = drain(&mut events, "a");
+    assert_eq!(
+        moves(&seen),
+        [
+            (Stopped, Starting),
+            (Starting, Running),
+            (Running, Starting),
+            (Starting, Running),
+            (Running, Error)
+        ],
+        "{seen:#?}"
+    );
+    let last = &seen[4].reason;
+    assert!(
+        last.contains("code 5") && last.contains("(1 restart"),
+        "{last}"
+    );
+}
+
+#[tokio::test]
+async fn failed_first_start_is_reported_as_an_error() {
+    let sb = Sandbox::new();
+    let mut events = sb.manager.subscribe();
+    sb.manager
+        .start_process(sb.daemon("a", &["--exit-immediately", "--exit-code", "3"]))
+        .await
+        .unwrap_err();
+    let seen = drain(&mut events, "a");
+    assert_eq!(
+        moves(&seen),
+        [(Stopped, Starting), (Starting, Error)],
+        "{seen:#?}"
+    );
+    assert!(seen[1].reason.contains("code 3"), "{:?}", seen[1].reason);
+}

@@ -1,0 +1,85 @@
+//! Health checks: a daemon that is alive but no longer serves its socket
+//! is restarted.
+
+use std::time::Duration;
+
+use tend::{HealthCheck, HealthProbe, ProcessState};
+
+use crate::harness::*;
+
+fn fast_checks() -> HealthCheck {
+    HealthCheck {
+        interval: Duration::from_millis(100),
+        timeout: Duration::from_millis(100),
+        retries: 2,
+    }
+}
+
+/// Starts a daemon whose first incarnation has `fault`, then waits for the
+/// health checks to replace it with a healthy one; checks the new one.
+async fn assert_replaced_by_health_checks(fault: &[&str], probe: HealthProbe) {
+    let sb = Sandbox::new();
+    let once = sb.path("once");
+    let mut args = fault.to_vec();
+    args.extend(["--faults-once", once.to_str().unwrap()]);
+    let first = sb
+        .start(
+            sb.daemon("a", &args)
+                .healthcheck(fast_checks())
+                .health_probe(probe),
+        )
+        .await;
+    let mut info = None;
+    wait_for("a to be replaced", SOON, || {
+        let now = sb.manager.process_info("a").unwrap();
+        let replaced = now.state == ProcessState::Running && now.pid != Some(first.pid);
+        info = Some(now);
+        replaced
+    })
+    .await;
+    let info = info.unwrap();
+    assert_eq!(info.restart_attempts, 1);
+    let reason = info.last_error.expect("the failure is recorded");
+    assert!(reason.contains("health check"), "{reason}");
+    assert!(!first.alive(), "the unhealthy daemon was left running");
+    ping(&sb.socket("a")).await.expect("the new daemon accepts");
+}
+
+#[tokio::test]
+async fn daemon_that_stops_accepting_is_restarted() {
+    assert_replaced_by_health_checks(&["--stop-accepting-after", "200"], HealthProbe::Connect)
+        .await;
+}
+
+#[tokio::test]
+async fn daemon_whose_backlog_is_full_is_restarted() {
+    assert_replaced_by_health_checks(&["--never-accept"], HealthProbe::Connect).await;
+}
+
+#[tokio::test]
+async fn daemon_that_accepts_but_never_answers_is_restarted_by_ping_checks() {
+    assert_replaced_by_health_checks(&["--wedge"], HealthProbe::Ping).await;
+}
+
+#[tokio::test]
+async fn failed_health_checks_are_counted() {
+    let sb = Sandbox::new();
+    // One failure short of a restart: the count shows, the pid stays.
+    let checks = HealthCheck {
+        retries: 1000,
+        ..fast_checks()
+    };
+    let daemon = sb
+        .start(
+            sb.daemon("a", &["--stop-accepting-after", "300"])
+                .healthcheck(checks),
+        )
+        .await;
+    wait_for("failed health checks to be counted", SOON, || {
+        sb.manager.process_info("a").unwrap().failed_health_checks >= 2
+    })
+    .await;
+    let info = sb.manager.process_info("a").unwrap();
+    assert_eq!(info.state, ProcessState::Running);
+    assert_eq!(info.pid, Some(daemon.pid));
+}

@@ -1,0 +1,171 @@
+//! Daemons live exactly as long as their manager: they die with a manager
+//! killed hard, a survivor is cleaned by the next manager, and they do not
+//! die with the thread that happened to start them.
+
+use std::{
+    process::Stdio,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+
+use crate::harness::*;
+
+/// An app embedding tend (`tend-embedder`), killed on drop.
+struct Embedder {
+    child: Child,
+    /// Its daemons by name, tracked.
+    daemons: Vec<(String, Tracked)>,
+}
+
+impl Embedder {
+    /// Runs the embedder on `sb`'s state directory with the daemon `specs`
+    /// and waits until it reports them all started.
+    async fn start(sb: &Sandbox, specs: &[&str]) -> Self {
+        let mut child = Command::new(embedder())
+            .arg(sb.state_dir())
+            .arg(sb.dir.path())
+            .arg(testd())
+            .args(specs)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn tend-embedder");
+        let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut daemons = Vec::new();
+        loop {
+            let line = within("tend-embedder to start its daemons", SOON, out.next_line())
+                .await
+                .unwrap()
+                .expect("tend-embedder exited before it was ready (see stderr)");
+            if line == "ready" {
+                break;
+            }
+            let mut words = line.strip_prefix("started ").unwrap().split(' ');
+            let name = words.next().unwrap().to_owned();
+            let pid = words.next().unwrap().parse().unwrap();
+            daemons.push((name, Tracked::new(pid)));
+        }
+        Embedder { child, daemons }
+    }
+
+    fn daemon(&self, name: &str) -> &Tracked {
+        &self.daemons.iter().find(|(n, _)| n == name).unwrap().1
+    }
+
+    /// SIGKILLs the embedder: no destructor of it runs.
+    async fn kill(&mut self) {
+        self.child.kill().await.expect("kill tend-embedder");
+    }
+}
+
+#[tokio::test]
+async fn daemons_die_with_a_manager_killed_by_sigkill() {
+    let sb = Sandbox::new();
+    let mut app = Embedder::start(&sb, &["a", "b"]).await;
+    assert!(app.daemons.iter().all(|(_, d)| d.alive()));
+    app.kill().await;
+    for (name, daemon) in &app.daemons {
+        daemon
+            .wait_dead(&format!("daemon {name} of a killed manager"))
+            .await;
+    }
+}
+
+#[tokio::test]
+async fn children_left_by_a_killed_manager_are_stopped_by_the_next_managers_cleanup() {
+    let sb = Sandbox::new();
+    let mut app = Embedder::start(&sb, &["a --fork-children 1"]).await;
+    let leader = app.daemon("a").pid;
+    let mut members = Vec::new();
+    wait_for("a's child to be forked", SOON, || {
+        members = group_members(leader);
+        members.len() == 2
+    })
+    .await;
+    let child = Tracked::new(members.into_iter().find(|&p| p != leader).unwrap());
+    app.kill().await;
+    // The parent-death signal reaches the daemon only; its child lives on
+    // in the group the dead manager recorded.
+    app.daemon("a")
+        .wait_dead("the daemon of a killed manager")
+        .await;
+    assert!(child.alive());
+    let report = sb.manager.cleanup_orphans().await.unwrap();
+    assert_eq!(report.killed, ["a"]);
+    assert!(!child.alive(), "the daemon's child survived the cleanup");
+}
+
+#[tokio::test]
+async fn daemon_that_survives_a_killed_manager_is_stopped_by_the_next_managers_cleanup() {
+    let sb = Sandbox::new();
+    let mut app = Embedder::start(&sb, &["meek", "stubborn --ignore-sigterm"]).await;
+    app.kill().await;
+    // Once meek died of its parent-death signal, stubborn got (and ignored)
+    // the same signal.
+    app.daemon("meek").wait_dead("meek").await;
+    let stubborn = app.daemon("stubborn");
+    assert!(
+        stubborn.alive(),
+        "stubborn should ignore its parent-death SIGTERM"
+    );
+    let report = sb.manager.cleanup_orphans().await.unwrap();
+    assert_eq!(report.killed, ["stubborn"]);
+    assert_eq!(report.stale, ["meek"]);
+    assert!(!stubborn.alive(), "cleanup returned before stubborn died");
+    assert!(
+        !sb.socket("stubborn").exists(),
+        "its socket was left behind"
+    );
+}
+
+#[test]
+fn daemon_survives_the_exit_of_the_thread_that_started_it() {
+    let retired = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&retired);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_keep_alive(Duration::from_millis(100))
+        .on_thread_stop(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+        })
+        .enable_all()
+        .build()
+        .unwrap();
+    let sb = Sandbox::new();
+    runtime.block_on(async {
+        let manager = sb.manager.clone();
+        let config = sb.daemon("a", &[]);
+        let handle = tokio::runtime::Handle::current();
+        let pid = tokio::task::spawn_blocking(move || {
+            handle.block_on(manager.start_process(config)).unwrap();
+            manager.pid("a").unwrap()
+        })
+        .await
+        .unwrap();
+        let daemon = Tracked::new(pid);
+        wait_for("the blocking thread to retire", SOON, || {
+            retired.load(Ordering::SeqCst) >= 1
+        })
+        .await;
+        // The point of this test is time passing: had the daemon's
+        // parent-death signal been tied to the retired thread, it would
+        // have been sent as that thread exited; give it ample time to be
+        // delivered and acted upon before looking.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            daemon.alive(),
+            "the daemon died with the thread that started it"
+        );
+        assert!(sb.manager.is_running("a"));
+    });
+}

@@ -1,0 +1,376 @@
+//! Starting: readiness on the socket, what the daemon is given, failing
+//! fast, startup timeout, and refusing a second start.
+
+use std::{os::unix::fs::PermissionsExt, time::Duration};
+
+use tend::{BackgroundProcessConfig, Error, ExitStatus, ProcessState};
+use tokio::time::Instant;
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn start_resolves_running_with_a_live_pid_once_the_socket_accepts() {
+    let sb = Sandbox::new();
+    let daemon = sb.start(sb.daemon("a", &[])).await;
+    assert_eq!(sb.manager.state("a"), Some(ProcessState::Running));
+    assert!(daemon.alive());
+    let info = sb.manager.process_info("a").unwrap();
+    assert_eq!(info.pid, Some(daemon.pid));
+    assert_eq!(info.restart_attempts, 0);
+    assert!(info.started_at.is_some());
+    let reply = ping(&sb.socket("a")).await.expect("the socket accepts");
+    assert!(reply.contains("pong"), "{reply}");
+}
+
+#[tokio::test]
+async fn daemon_is_told_its_socket_path_in_the_environment() {
+    let sb = Sandbox::new();
+    let _daemon = sb
+        .start(sb.daemon("a", &["--print-env", "SOCKET_PATH"]))
+        .await;
+    let expected = format!("env SOCKET_PATH={}", sb.socket("a").display());
+    sb.wait_for_stdout("a", &expected).await;
+}
+
+#[tokio::test]
+async fn configured_environment_variables_reach_the_daemon() {
+    let sb = Sandbox::new();
+    let config = sb
+        .daemon("a", &["--print-env", "ONE", "--print-env", "TWO"])
+        .env("ONE", "1")
+        .env("TWO", "two words")
+        .env("ONE", "later wins");
+    let _daemon = sb.start(config).await;
+    sb.wait_for_stdout("a", "env ONE=later wins").await;
+    sb.wait_for_stdout("a", "env TWO=two words").await;
+}
+
+#[tokio::test]
+async fn daemon_runs_in_its_plugin_path() {
+    let sb = Sandbox::new();
+    let plugin = sb.path("plugin");
+    std::fs::create_dir(&plugin).unwrap();
+    let _daemon = sb
+        .start(sb.daemon("a", &["--print-cwd"]).plugin_path(&plugin))
+        .await;
+    sb.wait_for_stdout("a", &format!("cwd {}", plugin.display()))
+        .await;
+}
+
+#[tokio::test]
+async fn daemon_that_binds_late_still_becomes_ready() {
+    let sb = Sandbox::new();
+    let daemon = sb.start(sb.daemon("a", &["--bind-delay", "300"])).await;
+    assert!(sb.manager.is_running("a"));
+    assert!(daemon.alive());
+    ping(&sb.socket("a")).await.expect("the socket accepts");
+}
+
+#[tokio::test]
+async fn daemon_that_listens_late_after_binding_still_becomes_ready() {
+    let sb = Sandbox::new();
+    let daemon = sb.start(sb.daemon("a", &["--listen-delay", "300"])).await;
+    assert!(sb.manager.is_running("a"));
+    assert!(daemon.alive());
+    ping(&sb.socket("a")).await.expect("the socket accepts");
+}
+
+#[tokio::test]
+async fn early_exit_fails_the_start_at_once_with_exit_code_and_stderr() {
+    let sb = Sandbox::new();
+    let config = sb
+        .daemon(
+            "a",
+            &["--exit-immediately", "--exit-code", "3", "--stderr", "boom"],
+        )
+        .startup_timeout(Duration::from_secs(60));
+    let began = Instant::now();
+    let error = sb.manager.start_process(config).await.unwrap_err();
+    assert!(
+        began.elapsed() < Duration::from_secs(10),
+        "waited {:?}, as if for the 60 s startup timeout",
+        began.elapsed()
+    );
+    match &error {
+        Error::ExitedBeforeReady {
+            status,
+            stderr_tail,
+            ..
+        } => {
+            assert_eq!(*status, ExitStatus::Code(3));
+            assert!(stderr_tail.contains("boom"), "{stderr_tail:?}");
+        }
+        other => panic!("expected ExitedBeforeReady, got {other:?}"),
+    }
+    let message = error.to_string();
+    assert!(message.contains("code 3"), "{message}");
+    assert!(message.contains("boom"), "{message}");
+    let info = sb.manager.process_info("a").unwrap();
+    assert_eq!(info.state, ProcessState::Error);
+    assert_eq!(info.pid, None);
+    let last_error = info.last_error.expect("last_error is set");
+    assert!(last_error.contains("code 3"), "{last_error}");
+    assert!(last_error.contains("boom"), "{last_error}");
+}
+
+#[tokio::test]
+async fn first_start_that_fails_is_not_retried() {
+    let sb = Sandbox::new();
+    let starts = sb.path("starts");
+    let config = sb
+        .daemon(
+            "a",
+            &[
+                "--exit-immediately",
+                "--record-start",
+                starts.to_str().unwrap(),
+            ],
+        )
+        .max_restart_attempts(5);
+    sb.manager.start_process(config).await.unwrap_err();
+    assert_eq!(sb.manager.state("a"), Some(ProcessState::Error));
+    assert_eq!(lines(&starts).len(), 1);
+    assert_eq!(sb.manager.process_info("a").unwrap().restart_attempts, 0);
+}
+
+/// Asserts that starting `command` fails at once with `Error::Spawn` and
+/// leaves the process in `Error`.
+async fn assert_spawn_fails(sb: &Sandbox, command: &std::path::Path) {
+    let config = BackgroundProcessConfig::new("a", command)
+        .socket_path(sb.socket("a"))
+        .startup_timeout(Duration::from_secs(60));
+    let began = Instant::now();
+    let error = sb.manager.start_process(config).await.unwrap_err();
+    assert!(began.elapsed() < Duration::from_secs(10));
+    assert!(matches!(error, Error::Spawn { .. }), "{error:?}");
+    let info = sb.manager.process_info("a").unwrap();
+    assert_eq!(info.state, ProcessState::Error);
+    assert_eq!(info.pid, None);
+    assert!(info.last_error.is_some());
+}
+
+#[tokio::test]
+async fn missing_binary_fails_the_start_with_a_spawn_error() {
+    let sb = Sandbox::new();
+    assert_spawn_fails(&sb, &sb.path("no-such-binary")).await;
+}
+
+#[tokio::test]
+async fn directory_as_command_fails_the_start_with_a_spawn_error() {
+    let sb = Sandbox::new();
+    let dir = sb.path("a-directory");
+    std::fs::create_dir(&dir).unwrap();
+    assert_spawn_fails(&sb, &dir).await;
+}
+
+#[tokio::test]
+async fn non_executable_file_fails_the_start_with_a_spawn_error() {
+    let sb = Sandbox::new();
+    let file = sb.path("not-executable");
+    std::fs::write(&file, "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert_spawn_fails(&sb, &file).await;
+}
+
+#[tokio::test]
+async fn startup_timeout_fails_the_start_and_kills_the_process_group() {
+    let sb = Sandbox::new();
+    let starts = sb.path("starts");
+    let config = sb
+        .daemon(
+            "a",
+            &[
+                "--never-bind",
+                "--fork-children",
+                "2",
+                "--record-start",
+                starts.to_str().unwrap(),
+            ],
+        )
+        .startup_timeout(Duration::from_millis(300));
+    let error = sb.manager.start_process(config).await.unwrap_err();
+    match &error {
+        Error::StartupTimeout { timeout, .. } => {
+            assert_eq!(*timeout, Duration::from_millis(300));
+        }
+        other => panic!("expected StartupTimeout, got {other:?}"),
+    }
+    assert_eq!(sb.manager.state("a"), Some(ProcessState::Error));
+    let pids = pids_in(&lines(&starts), "");
+    assert_eq!(pids.len(), 1, "spawned exactly once");
+    let leader = pids[0];
+    assert!(!alive(leader), "the daemon outlived its startup timeout");
+    assert_eq!(
+        group_members(leader),
+        Vec::<u32>::new(),
+        "group members survive"
+    );
+}
+
+#[tokio::test]
+async fn second_start_of_a_running_name_is_refused() {
+    let sb = Sandbox::new();
+    let daemon = sb.start(sb.daemon("a", &[])).await;
+    let error = sb
+        .manager
+        .start_process(sb.daemon("a", &[]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::AlreadyActive {
+                state: ProcessState::Running,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert_eq!(sb.manager.pid("a"), Some(daemon.pid));
+    assert!(daemon.alive());
+    assert!(sb.manager.is_running("a"));
+}
+
+#[tokio::test]
+async fn start_after_stop_runs_the_daemon_again() {
+    let sb = Sandbox::new();
+    let first = sb.start(sb.daemon("a", &[])).await;
+    sb.manager.stop_process("a").await.unwrap();
+    let second = sb.start(sb.daemon("a", &[])).await;
+    assert!(sb.manager.is_running("a"));
+    assert_ne!(first.pid, second.pid);
+    assert!(!first.alive());
+    assert!(second.alive());
+}
+
+#[tokio::test]
+async fn start_after_error_runs_the_daemon_again() {
+    let sb = Sandbox::new();
+    sb.manager
+        .start_process(sb.daemon("a", &["--exit-immediately"]))
+        .await
+        .unwrap_err();
+    let daemon = sb.start(sb.daemon("a", &[])).await;
+    assert!(sb.manager.is_running("a"));
+    assert!(daemon.alive());
+}
+
+#[tokio::test]
+async fn start_after_giving_up_begins_with_fresh_counters() {
+    let sb = Sandbox::new();
+    let config = sb
+        .daemon("a", &["--exit-after", "300"])
+        .max_restart_attempts(1);
+    sb.manager.start_process(config).await.unwrap();
+    wait_for("a to give up", SOON, || {
+        sb.manager.state("a") == Some(ProcessState::Error)
+    })
+    .await;
+    assert_eq!(sb.manager.process_info("a").unwrap().restart_attempts, 1);
+    let _daemon = sb.start(sb.daemon("a", &[])).await;
+    let info = sb.manager.process_info("a").unwrap();
+    assert_eq!(info.state, ProcessState::Running);
+    assert_eq!(info.restart_attempts, 0);
+    assert_eq!(info.last_error, None);
+}
+
+#[tokio::test]
+async fn concurrent_starts_of_one_name_run_one_daemon() {
+    let sb = Sandbox::new();
+    let starts = sb.path("starts");
+    let config = sb.daemon(
+        "a",
+        &[
+            "--bind-delay",
+            "200",
+            "--record-start",
+            starts.to_str().unwrap(),
+        ],
+    );
+    let (first, second) = tokio::join!(
+        sb.manager.start_process(config.clone()),
+        sb.manager.start_process(config)
+    );
+    first.unwrap();
+    let error = second.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::AlreadyActive {
+                state: ProcessState::Starting,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    let _daemon = Tracked::new(sb.manager.pid("a").unwrap());
+    assert_eq!(lines(&starts).len(), 1);
+}
+
+#[tokio::test]
+async fn daemon_without_socket_is_running_once_spawned() {
+    let sb = Sandbox::new();
+    let daemon = sb.start(sb.worker("w", &["--stdout", "hello"])).await;
+    assert_eq!(sb.manager.state("w"), Some(ProcessState::Running));
+    assert!(daemon.alive());
+    sb.wait_for_stdout("w", "hello").await;
+}
+
+#[tokio::test]
+async fn stale_socket_file_is_removed_and_the_daemon_starts() {
+    let sb = Sandbox::new();
+    let socket = sb.socket("a");
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    assert!(socket.exists(), "the stale socket file is in place");
+    let daemon = sb.start(sb.daemon("a", &[])).await;
+    assert!(sb.manager.is_running("a"));
+    assert!(daemon.alive());
+    ping(&socket).await.expect("the new daemon accepts");
+}
+
+#[tokio::test]
+async fn socket_another_process_listens_on_is_refused_and_left_alone() {
+    let sb = Sandbox::new();
+    let socket = sb.socket("a");
+    let other = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let starts = sb.path("starts");
+    let error = sb
+        .manager
+        .start_process(sb.daemon("a", &["--record-start", starts.to_str().unwrap()]))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::SocketInUse { .. }), "{error:?}");
+    assert_eq!(sb.manager.state("a"), Some(ProcessState::Error));
+    assert!(lines(&starts).is_empty(), "a daemon was spawned");
+    // The other listener still owns its socket and gets connections.
+    assert!(socket.exists());
+    let _client = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    other.set_nonblocking(true).unwrap();
+    other
+        .accept()
+        .expect("the other listener got the connection");
+}
+
+#[tokio::test]
+async fn missing_socket_directory_is_created() {
+    let sb = Sandbox::new();
+    let socket = sb.path("run/sub/a.sock");
+    let _daemon = sb.start(sb.daemon("a", &[]).socket_path(&socket)).await;
+    assert!(sb.manager.is_running("a"));
+    ping(&socket).await.expect("the daemon accepts");
+}
+
+#[tokio::test]
+async fn file_in_the_way_of_the_socket_is_refused_and_kept() {
+    let sb = Sandbox::new();
+    let socket = sb.socket("a");
+    std::fs::write(&socket, "precious").unwrap();
+    let error = sb
+        .manager
+        .start_process(sb.daemon("a", &[]))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Io { .. }), "{error:?}");
+    assert_eq!(sb.manager.state("a"), Some(ProcessState::Error));
+    assert_eq!(std::fs::read_to_string(&socket).unwrap(), "precious");
+}
