@@ -6,9 +6,9 @@
 //! fixes everything in one pass. Relative paths are resolved here: `cwd`
 //! and `state_dir` against the config file's folder, `socket` and
 //! `log_file` against the state directory, and a relative `command` that
-//! contains a `/` against `cwd`.
+//! contains a `/`, `python.requirements` and `node.package` against `cwd`.
 
-mod duration;
+pub mod duration;
 mod values;
 
 use std::{
@@ -18,7 +18,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use tend::{BackgroundProcessConfig, HealthCheck, defaults};
+use tend::{BackgroundProcessConfig, HealthCheck, HealthProbe, defaults};
 use toml_edit::ImDocument;
 
 use crate::state_dir::StateDir;
@@ -42,8 +42,21 @@ const PROCESS_KEYS: &[&str] = &[
     "stable_period",
     "log_file",
     "healthcheck",
+    "events",
+    "python",
+    "node",
 ];
-const HEALTHCHECK_KEYS: &[&str] = &["interval", "timeout", "retries"];
+const HEALTHCHECK_KEYS: &[&str] = &["interval", "timeout", "retries", "probe"];
+const PYTHON_KEYS: &[&str] = &["requirements"];
+const NODE_KEYS: &[&str] = &["package"];
+
+/// The command of a daemon with a `[python]` table and no `command`.
+const DEFAULT_PYTHON_COMMAND: &str = "python3";
+/// The command of a daemon with a `[node]` table (and no `[python]` one)
+/// and no `command`.
+const DEFAULT_NODE_COMMAND: &str = "node";
+/// The `package` of a `[node]` table that names none.
+const DEFAULT_PACKAGE_JSON: &str = "package.json";
 
 /// A valid config file, with every path resolved.
 #[derive(Debug, Clone)]
@@ -54,6 +67,34 @@ pub struct TendConfig {
     pub state_dir: StateDir,
     /// The daemons, in file order.
     pub processes: Vec<BackgroundProcessConfig>,
+    /// The environments to prepare before starting a daemon, by daemon
+    /// name; daemons without a `python` or `node` table have none.
+    pub environments: HashMap<String, PluginEnvironment>,
+}
+
+/// What to prepare before a daemon starts (`[process.NAME.python]`,
+/// `[process.NAME.node]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PluginEnvironment {
+    /// A virtualenv, with these requirements installed.
+    pub python: Option<PythonEnvironment>,
+    /// Node packages installed from this `package.json`.
+    pub node: Option<NodeEnvironment>,
+}
+
+/// `[process.NAME.python]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PythonEnvironment {
+    /// The requirements file (absolute), if any; without one the venv is
+    /// created empty.
+    pub requirements: Option<PathBuf>,
+}
+
+/// `[process.NAME.node]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeEnvironment {
+    /// The `package.json` (absolute).
+    pub package: PathBuf,
 }
 
 /// One problem in a config file.
@@ -216,10 +257,16 @@ pub fn parse(file: &Path, text: &str) -> Result<TendConfig, ConfigError> {
     }
 
     if problems.is_empty() {
+        let environments = processes
+            .iter()
+            .filter(|read| read.environment != PluginEnvironment::default())
+            .map(|read| (read.config.name.clone(), read.environment.clone()))
+            .collect();
         Ok(TendConfig {
             file: file.to_owned(),
             state_dir,
-            processes: processes.into_iter().map(|(config, _)| config).collect(),
+            processes: processes.into_iter().map(|read| read.config).collect(),
+            environments,
         })
     } else {
         Err(ConfigError::Invalid {
@@ -268,12 +315,28 @@ fn read_settings(
 /// Where each key of one process was written, for problems found later.
 type KeySpans = HashMap<&'static str, Span>;
 
+/// One valid `[process.NAME]` table.
+struct ReadProcess {
+    config: BackgroundProcessConfig,
+    environment: PluginEnvironment,
+    spans: KeySpans,
+}
+
+/// The dependency files of the `python` and `node` tables, as written
+/// (the outer `Option` says whether the table is there), until `cwd` is
+/// known.
+#[derive(Default)]
+struct EnvironmentKeys {
+    python: Option<Option<String>>,
+    node: Option<Option<String>>,
+}
+
 fn read_process(
     process: &Entry<'_>,
     base: &Path,
     state_dir: &StateDir,
     problems: &mut Problems<'_>,
-) -> Option<(BackgroundProcessConfig, KeySpans)> {
+) -> Option<ReadProcess> {
     let name = &process.key["process.".len()..];
     let before = problems.len();
     if let Err(message) = tend::config::validate_name(name) {
@@ -289,6 +352,7 @@ fn read_process(
     let mut command = None;
     let mut cwd = base.to_owned();
     let mut reported: BTreeSet<&'static str> = BTreeSet::new();
+    let mut environment_keys = EnvironmentKeys::default();
 
     for entry in entries(table, &process.key, &process.span()) {
         let short = &entry.key[process.key.len() + 1..];
@@ -351,9 +415,34 @@ fn read_process(
                 }
             }
             "healthcheck" => {
-                if let Some(check) = read_healthcheck(&entry, &mut spans, problems) {
-                    config = config.healthcheck(check);
+                if let Some((check, probe)) = read_healthcheck(&entry, &mut spans, problems) {
+                    config = config.healthcheck(check).health_probe(probe);
                 }
+            }
+            "events" => {
+                if let Some(events) = read_events(&entry, problems) {
+                    config = config.events(events);
+                }
+            }
+            // Recorded even when invalid, so that the default command
+            // applies and no second problem is reported for it.
+            "python" => {
+                environment_keys.python = Some(
+                    read_file_table(
+                        &entry,
+                        "python.requirements",
+                        PYTHON_KEYS,
+                        &mut spans,
+                        problems,
+                    )
+                    .flatten(),
+                );
+            }
+            "node" => {
+                environment_keys.node = Some(
+                    read_file_table(&entry, "node.package", NODE_KEYS, &mut spans, problems)
+                        .flatten(),
+                );
             }
             _ => unreachable!("every key of PROCESS_KEYS is handled"),
         }
@@ -362,6 +451,18 @@ fn read_process(
         }
     }
 
+    // A daemon with an environment table may leave out its interpreter.
+    let command = command.or_else(|| {
+        if reported.contains("command") {
+            None
+        } else if environment_keys.python.is_some() {
+            Some(DEFAULT_PYTHON_COMMAND.to_owned())
+        } else if environment_keys.node.is_some() {
+            Some(DEFAULT_NODE_COMMAND.to_owned())
+        } else {
+            None
+        }
+    });
     match command {
         Some(command) => {
             let command = PathBuf::from(command);
@@ -383,6 +484,35 @@ fn read_process(
         }
         None => {}
     }
+    // Dependency files are looked for only in a usable cwd (the library's
+    // validation reports one that is not) and in tables without problems.
+    let check_files = |table: &str| cwd.is_dir() && !reported.contains(table);
+    let environment = PluginEnvironment {
+        python: environment_keys
+            .python
+            .map(|requirements| PythonEnvironment {
+                requirements: requirements
+                    .filter(|_| check_files("python"))
+                    .and_then(|file| {
+                        dependency_file(
+                            &cwd,
+                            &file,
+                            process,
+                            "python.requirements",
+                            &spans,
+                            problems,
+                        )
+                    }),
+            }),
+        node: environment_keys
+            .node
+            .filter(|_| check_files("node"))
+            .and_then(|package| {
+                let package = package.as_deref().unwrap_or(DEFAULT_PACKAGE_JSON);
+                dependency_file(&cwd, package, process, "node.package", &spans, problems)
+                    .map(|package| NodeEnvironment { package })
+            }),
+    };
     config.plugin_path = Some(cwd);
     if config.log_file.is_none() {
         config.log_file = Some(state_dir.default_log_file(name));
@@ -395,17 +525,109 @@ fn read_process(
         );
         reported.insert("healthcheck");
     }
+    if !config.events.is_empty() && config.socket_path.is_none() && !reported.contains("events") {
+        problems.add(
+            spans.get("events").cloned().flatten().or(process.span()),
+            format!("{}.events", process.key),
+            "events are delivered over the daemon's socket; set `socket` too or remove `events`",
+        );
+        reported.insert("events");
+    }
     report_library_problems(&config, process, &spans, &reported, problems);
-    (problems.len() == before).then_some((config, spans))
+    (problems.len() == before).then_some(ReadProcess {
+        config,
+        environment,
+        spans,
+    })
+}
+
+/// `events`: a list of non-empty event names.
+fn read_events(entry: &Entry<'_>, problems: &mut Problems<'_>) -> Option<Vec<String>> {
+    let events = problems.string_list(entry)?;
+    let before = problems.len();
+    for (index, event) in events.iter().enumerate() {
+        if event.is_empty() {
+            let span = entry
+                .item
+                .as_array()
+                .and_then(|array| array.get(index))
+                .and_then(|value| value.span())
+                .or_else(|| entry.span());
+            problems.add(
+                span,
+                format!("{}[{index}]", entry.key),
+                "event names must not be empty",
+            );
+        }
+    }
+    (problems.len() == before).then_some(events)
+}
+
+/// A `python` or `node` table and its one key, `file_key`
+/// (`python.requirements`): the file it names, if any, or `None` if the
+/// table has problems.
+fn read_file_table(
+    entry: &Entry<'_>,
+    file_key: &'static str,
+    known: &[&str],
+    spans: &mut KeySpans,
+    problems: &mut Problems<'_>,
+) -> Option<Option<String>> {
+    let table = problems.table(entry)?;
+    let before = problems.len();
+    let mut file = None;
+    let short_key = file_key.split_once('.').map_or(file_key, |(_, key)| key);
+    for inner in entries(table, &entry.key, &entry.span()) {
+        let short = &inner.key[entry.key.len() + 1..];
+        if short == short_key {
+            spans.insert(file_key, inner.span());
+            file = problems.non_empty_string(&inner);
+        } else {
+            problems.unknown_key(&inner, known);
+        }
+    }
+    (problems.len() == before).then_some(file)
+}
+
+/// A dependency file named by `key` (`python.requirements`,
+/// `node.package`), resolved against `cwd`; it must exist.
+fn dependency_file(
+    cwd: &Path,
+    file: &str,
+    process: &Entry<'_>,
+    key: &'static str,
+    spans: &KeySpans,
+    problems: &mut Problems<'_>,
+) -> Option<PathBuf> {
+    let path = cwd.join(file);
+    if path.is_file() {
+        return Some(path);
+    }
+    // The file's key, else its table (`node = {}`), else the process.
+    let table = key.split('.').next().unwrap_or(key);
+    let span = [key, table]
+        .iter()
+        .find_map(|key| spans.get(key).cloned().flatten())
+        .or_else(|| process.span());
+    problems.add(
+        span,
+        format!("{}.{key}", process.key),
+        format!(
+            "{} does not exist or is not a file (relative paths are inside the daemon's cwd)",
+            path.display()
+        ),
+    );
+    None
 }
 
 fn read_healthcheck(
     entry: &Entry<'_>,
     spans: &mut KeySpans,
     problems: &mut Problems<'_>,
-) -> Option<HealthCheck> {
+) -> Option<(HealthCheck, HealthProbe)> {
     let table = problems.table(entry)?;
     let mut check = HealthCheck::default();
+    let mut probe = HealthProbe::default();
     for inner in entries(table, &entry.key, &entry.span()) {
         let short = &inner.key[entry.key.len() + 1..];
         match short {
@@ -427,10 +649,23 @@ fn read_healthcheck(
                     check.retries = retries;
                 }
             }
+            "probe" => {
+                spans.insert("healthcheck.probe", inner.span());
+                match problems.string(&inner).as_deref() {
+                    Some("connect") => probe = HealthProbe::Connect,
+                    Some("ping") => probe = HealthProbe::Ping,
+                    Some(other) => problems.add(
+                        inner.span(),
+                        &inner.key,
+                        format!("must be \"connect\" or \"ping\", found {other:?}"),
+                    ),
+                    None => {}
+                }
+            }
             _ => problems.unknown_key(&inner, HEALTHCHECK_KEYS),
         }
     }
-    Some(check)
+    Some((check, probe))
 }
 
 /// The config-file key for a field name of the library's validation.
@@ -475,13 +710,13 @@ fn report_library_problems(
 /// Reports sockets and log files that two daemons share, or that collide
 /// with the control socket.
 fn report_shared_paths(
-    processes: &[(BackgroundProcessConfig, KeySpans)],
+    processes: &[ReadProcess],
     state_dir: &StateDir,
     problems: &mut Problems<'_>,
 ) {
     let control = state_dir.control_socket();
     let mut owners: HashMap<&Path, &str> = HashMap::new();
-    for (config, spans) in processes {
+    for ReadProcess { config, spans, .. } in processes {
         let paths = [
             ("socket", &config.socket_path),
             ("log_file", &config.log_file),

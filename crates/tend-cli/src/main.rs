@@ -1,16 +1,34 @@
 //! `tend`: run a set of plugin daemons from one TOML file, and ask the
 //! running supervisor what is going on. See `docs/CLI.md`.
 
+/// Prints a line to stdout, ignoring errors: a closed terminal or pipe
+/// must not stop the supervisor, which still has daemons to stop.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// Like `say!`, to stderr.
+macro_rules! say_err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 mod client;
 mod commands;
 mod config;
+mod environments;
 mod failure;
 mod protocol;
 mod server;
 mod state_dir;
 mod table;
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -55,6 +73,31 @@ enum Command {
         /// Keep printing new lines as they come.
         #[arg(short, long)]
         follow: bool,
+        #[command(flatten)]
+        target: SupervisorArgs,
+    },
+    /// Call a JSON-RPC method of a daemon and print its result as JSON.
+    Call {
+        /// The daemon.
+        name: String,
+        /// The JSON-RPC method.
+        method: String,
+        /// The params: a JSON object or array; none when left out.
+        #[arg(value_name = "PARAMS_JSON")]
+        params: Option<String>,
+        /// How long to wait for the reply ("500ms", "30s", "2m").
+        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_timeout)]
+        timeout: Duration,
+        #[command(flatten)]
+        target: SupervisorArgs,
+    },
+    /// Publish an event to the daemons subscribed to it.
+    Publish {
+        /// The event name.
+        event: String,
+        /// The event's data: any JSON value; null when left out.
+        #[arg(value_name = "DATA_JSON")]
+        data: Option<String>,
         #[command(flatten)]
         target: SupervisorArgs,
     },
@@ -129,9 +172,35 @@ fn run(command: Command) -> Result<(), Failure> {
                 follow,
                 target,
             } => commands::logs::run(&target, &name, lines, follow).await,
+            Command::Call {
+                name,
+                method,
+                params,
+                timeout,
+                target,
+            } => commands::call::run(&target, &name, &method, params.as_deref(), timeout).await,
+            Command::Publish {
+                event,
+                data,
+                target,
+            } => commands::publish::run(&target, &event, data.as_deref()).await,
             Command::Down(target) => commands::down::run(&target).await,
         }
     })
+}
+
+/// A `--timeout`: a duration as the config file writes it (`"5s"`, or an
+/// integer of milliseconds), not zero.
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = match text.trim().parse::<u64>() {
+        Ok(ms) => Duration::from_millis(ms),
+        Err(_) => config::duration::parse_duration(text)?,
+    };
+    if timeout.is_zero() {
+        Err("must be greater than zero".into())
+    } else {
+        Ok(timeout)
+    }
 }
 
 /// Diagnostics go to stderr, filtered by `TEND_LOG` (default `warn`).
@@ -143,4 +212,18 @@ fn init_tracing() {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_are_durations_or_milliseconds() {
+        assert_eq!(parse_timeout("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_timeout("250"), Ok(Duration::from_millis(250)));
+        for bad in ["0", "0s", "soon", "-5", "1.5s"] {
+            assert!(parse_timeout(bad).is_err(), "{bad}");
+        }
+    }
 }

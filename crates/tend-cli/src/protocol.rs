@@ -5,7 +5,8 @@
 
 use std::{path::PathBuf, time::SystemTime};
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
 use tend::{LogLine, ProcessInfo, ProcessState, Stream};
 
 /// Longest request line the supervisor reads; a longer one is answered
@@ -61,7 +62,34 @@ pub enum Request {
     /// connection then stays open until the supervisor has finished, so its
     /// end tells the client that everything is down.
     Down,
+    /// Call a JSON-RPC method of a daemon over its persistent connection;
+    /// answered with the result, or the daemon's error, once it replies or
+    /// the timeout passes.
+    Call {
+        /// The daemon.
+        name: String,
+        /// The JSON-RPC method.
+        method: String,
+        /// Its params: an object or an array; absent or null sends none.
+        #[serde(default)]
+        params: Value,
+        /// How long to wait for the reply, in milliseconds (connecting and
+        /// sending included); [`DEFAULT_CALL_TIMEOUT_MS`] when absent.
+        #[serde(default)]
+        timeout_ms: Option<u64>,
+    },
+    /// Publish an event to every daemon subscribed to it.
+    Publish {
+        /// The event name.
+        event: String,
+        /// Any JSON; null when absent.
+        #[serde(default)]
+        data: Value,
+    },
 }
+
+/// Timeout of a `call` request that names none: 30 s.
+pub const DEFAULT_CALL_TIMEOUT_MS: u64 = tend::rpc::DEFAULT_TIMEOUT.as_millis() as u64;
 
 fn default_log_lines() -> usize {
     DEFAULT_LOG_LINES
@@ -95,6 +123,38 @@ pub struct Response {
     /// `info` and `down`: the supervisor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub supervisor: Option<SupervisorInfo>,
+    /// `call`: the method's result. Present (possibly `null`) exactly when
+    /// the call succeeded.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub result: Option<Value>,
+    /// `call`: the daemon's JSON-RPC error object, when it answered with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpc_error: Option<RpcErrorObject>,
+    /// `publish`: how many daemons the event was queued for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued: Option<usize>,
+}
+
+/// Reads a field that is there as `Some`, also when it is `null` (which
+/// serde would otherwise read as `None`).
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(deserializer).map(Some)
+}
+
+/// A JSON-RPC error object a daemon answered a call with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RpcErrorObject {
+    /// The error code (`-32601` is "method not found").
+    pub code: i64,
+    /// The daemon's message.
+    pub message: String,
+    /// The error's `data` member, if it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
 }
 
 impl Response {
@@ -193,6 +253,29 @@ pub struct ProcessStatus {
 }
 
 impl ProcessStatus {
+    /// The status of a daemon the manager has not started: `starting`
+    /// while its environment is prepared, `error` with the reason once
+    /// that failed.
+    pub fn not_started(
+        name: &str,
+        state: State,
+        error: Option<String>,
+        health_check_retries: Option<u32>,
+    ) -> Self {
+        ProcessStatus {
+            name: name.to_owned(),
+            state,
+            pid: None,
+            restart_attempts: 0,
+            failed_health_checks: 0,
+            health_check_retries,
+            last_error: error,
+            started_at: None,
+            uptime_ms: None,
+            last_exit: None,
+        }
+    }
+
     /// The status of `info`, with the health-check retries of its config.
     pub fn new(info: ProcessInfo, health_check_retries: Option<u32>) -> Self {
         ProcessStatus {
@@ -296,6 +379,46 @@ mod tests {
             }
         );
         assert_eq!(parse(r#"{"cmd":"down","extra":1}"#).unwrap(), Request::Down);
+        assert_eq!(
+            parse(r#"{"cmd":"call","name":"echo","method":"ping"}"#).unwrap(),
+            Request::Call {
+                name: "echo".into(),
+                method: "ping".into(),
+                params: Value::Null,
+                timeout_ms: None
+            }
+        );
+        assert_eq!(
+            parse(r#"{"cmd":"call","name":"e","method":"m","params":[1],"timeout_ms":50}"#)
+                .unwrap(),
+            Request::Call {
+                name: "e".into(),
+                method: "m".into(),
+                params: serde_json::json!([1]),
+                timeout_ms: Some(50)
+            }
+        );
+        assert_eq!(
+            parse(r#"{"cmd":"publish","event":"tick"}"#).unwrap(),
+            Request::Publish {
+                event: "tick".into(),
+                data: Value::Null
+            }
+        );
+    }
+
+    #[test]
+    fn a_null_result_is_told_apart_from_no_result() {
+        let null = Response {
+            result: Some(Value::Null),
+            ..Response::ok()
+        };
+        let line = String::from_utf8(null.to_line()).unwrap();
+        assert_eq!(line, "{\"ok\":true,\"result\":null}\n");
+        let read: Response = serde_json::from_str(&line).unwrap();
+        assert_eq!(read.result, Some(Value::Null));
+        let read: Response = serde_json::from_str(r#"{"ok":true}"#).unwrap();
+        assert_eq!(read.result, None);
     }
 
     #[test]
@@ -304,6 +427,9 @@ mod tests {
             r#"{"cmd":"reboot"}"#,
             r#"{"cmd":"start"}"#,
             r#"{"cmd":"start","name":7}"#,
+            r#"{"cmd":"call","name":"echo"}"#,
+            r#"{"cmd":"call","name":"echo","method":"m","timeout_ms":-1}"#,
+            r#"{"cmd":"publish"}"#,
             r#"{"name":"x"}"#,
             r#"[1,2]"#,
             "not json",

@@ -16,6 +16,7 @@
 mod handlers;
 
 use std::{
+    collections::HashMap,
     fs, io,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
@@ -23,7 +24,7 @@ use std::{
     time::Duration,
 };
 
-use tend::BackgroundProcessManager;
+use tend::{BackgroundProcessConfig, BackgroundProcessManager};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{
@@ -36,7 +37,7 @@ use tokio::{
 
 use crate::{
     config::TendConfig,
-    protocol::{MAX_REQUEST_BYTES, Request, Response},
+    protocol::{MAX_REQUEST_BYTES, ProcessStatus, Request, Response, State},
 };
 
 /// How long a connection may stay silent before a request line is complete.
@@ -49,12 +50,25 @@ pub const MAX_CONNECTIONS: usize = 64;
 /// does not spin while the condition lasts.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
+/// How far preparing a daemon's Python or Node environment got.
+#[derive(Debug, Clone)]
+pub enum Preparation {
+    /// Not done yet.
+    Pending,
+    /// Done: the daemon starts with this config.
+    Ready(Box<BackgroundProcessConfig>),
+    /// Failed for this reason; the daemon is not started.
+    Failed(String),
+}
+
 /// What request handlers can reach: the running supervisor.
 pub struct ServerContext {
     /// The library's manager of the daemons.
     pub manager: BackgroundProcessManager,
     /// The config `tend up` runs.
     pub config: TendConfig,
+    /// How far the environment of each daemon that has one got, by name.
+    preparations: Mutex<HashMap<String, Preparation>>,
     /// Set to `true` to make `tend up` stop everything and exit.
     shutdown: watch::Sender<bool>,
     /// Connections of `down` clients, kept open until the supervisor is
@@ -65,12 +79,108 @@ pub struct ServerContext {
 impl ServerContext {
     /// The context of a supervisor running `config` with `manager`.
     pub fn new(manager: BackgroundProcessManager, config: TendConfig) -> Self {
+        let preparations = config
+            .environments
+            .keys()
+            .map(|name| (name.clone(), Preparation::Pending))
+            .collect();
         ServerContext {
             manager,
             config,
+            preparations: Mutex::new(preparations),
             shutdown: watch::channel(false).0,
             down_clients: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The config of daemon `name` as the file gives it, or why there is
+    /// none.
+    pub fn config_of(&self, name: &str) -> Result<&BackgroundProcessConfig, String> {
+        self.config
+            .processes
+            .iter()
+            .find(|process| process.name == name)
+            .ok_or_else(|| format!("no daemon named {name:?} in {}", self.config.file.display()))
+    }
+
+    /// Records how preparing the environment of `name` ended.
+    pub fn set_preparation(&self, name: &str, preparation: Preparation) {
+        self.preparations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_owned(), preparation);
+    }
+
+    fn preparation(&self, name: &str) -> Option<Preparation> {
+        let preparations = self.preparations.lock().unwrap_or_else(|e| e.into_inner());
+        preparations.get(name).cloned()
+    }
+
+    /// The config daemon `name` starts with: the file's, or for a daemon
+    /// with an environment, the one prepared for it when `tend up` began.
+    pub fn startable_config(&self, name: &str) -> Result<BackgroundProcessConfig, String> {
+        let config = self.config_of(name)?;
+        match self.preparation(name) {
+            None => Ok(config.clone()),
+            Some(Preparation::Ready(prepared)) => Ok(*prepared),
+            Some(Preparation::Pending) => Err(format!(
+                "the environment of {name:?} is still being prepared"
+            )),
+            Some(Preparation::Failed(reason)) => Err(format!(
+                "{reason}\n(environments are prepared when `tend up` starts: fix the problem and run `tend up` again)"
+            )),
+        }
+    }
+
+    /// Starts daemon `name`; resolves once it is running, or with why it
+    /// is not.
+    pub async fn start(&self, name: &str) -> Result<(), String> {
+        let config = self.startable_config(name)?;
+        self.manager
+            .start_process(config)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// The status of `name`: the manager's, or for a daemon it never
+    /// started, what became of its environment (`starting` while it is
+    /// prepared, `error` if that failed).
+    pub fn process_status(&self, name: &str) -> Option<ProcessStatus> {
+        let retries = self
+            .config_of(name)
+            .ok()
+            .and_then(|config| config.healthcheck)
+            .map(|check| check.retries);
+        if let Some(info) = self.manager.process_info(name) {
+            return Some(ProcessStatus::new(info, retries));
+        }
+        match self.preparation(name)? {
+            Preparation::Pending => Some(ProcessStatus::not_started(
+                name,
+                State::Starting,
+                None,
+                retries,
+            )),
+            Preparation::Failed(reason) => Some(ProcessStatus::not_started(
+                name,
+                State::Error,
+                Some(reason),
+                retries,
+            )),
+            Preparation::Ready(_) => None,
+        }
+    }
+
+    /// The status of every daemon known, sorted by name.
+    pub fn statuses(&self) -> Vec<ProcessStatus> {
+        let mut statuses: Vec<ProcessStatus> = self
+            .config
+            .processes
+            .iter()
+            .filter_map(|process| self.process_status(&process.name))
+            .collect();
+        statuses.sort_by(|a, b| a.name.cmp(&b.name));
+        statuses
     }
 
     /// Asks `tend up` to stop everything and exit.

@@ -61,7 +61,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
-use crate::config::validate_name;
+use crate::{config::validate_name, spawn};
 
 /// The name of the lock file in each environment directory.
 pub const LOCK_FILE: &str = ".lock";
@@ -643,16 +643,27 @@ async fn remove_dir_if_exists(path: &Path) -> Result<(), EnvError> {
 /// `<program> --version`, trimmed (`Python 3.11.7`, `v22.1.0`).
 async fn interpreter_version(program: &OsStr) -> Result<String, EnvError> {
     let command = display_command(program, &[OsStr::new("--version")], None);
-    let output = tokio::process::Command::new(program)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|source| EnvError::Spawn {
-            command: command.clone(),
-            source,
-        })?;
+    let child = spawn::spawn_registered(
+        tokio::process::Command::new(program)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true),
+    )
+    .map_err(|source| EnvError::Spawn {
+        command: command.clone(),
+        source,
+    })?;
+    let pid = child.id();
+    let output = child.wait_with_output().await;
+    if let Some(pid) = pid {
+        spawn::forget_child(pid);
+    }
+    let output = output.map_err(|source| EnvError::Spawn {
+        command: command.clone(),
+        source,
+    })?;
     // Old Pythons print their version to stderr.
     let mut text = output.stdout;
     text.extend_from_slice(&output.stderr);
@@ -692,11 +703,12 @@ async fn run(program: &OsStr, args: &[&OsStr], cwd: &Path) -> Result<(), EnvErro
         // The builder holds our copies of the pipe's write end; it is
         // dropped at the end of this block, so EOF comes when the child
         // (and whatever it started) is done writing.
-        builder.spawn().map_err(|source| EnvError::Spawn {
+        spawn::spawn_registered(&mut builder).map_err(|source| EnvError::Spawn {
             command: command.clone(),
             source,
         })?
     };
+    let pid = child.id();
     let mut output = tokio::net::unix::pipe::Receiver::from_owned_fd(output)
         .map_err(io_error(format!("cannot read the output of `{command}`")))?;
     let mut tail = Vec::new();
@@ -719,10 +731,11 @@ async fn run(program: &OsStr, args: &[&OsStr], cwd: &Path) -> Result<(), EnvErro
     }
     // Should reading have failed, the child gets EPIPE rather than block.
     drop(output);
-    let status = child
-        .wait()
-        .await
-        .map_err(io_error(format!("cannot wait for `{command}`")))?;
+    let status = child.wait().await;
+    if let Some(pid) = pid {
+        spawn::forget_child(pid);
+    }
+    let status = status.map_err(io_error(format!("cannot wait for `{command}`")))?;
     if status.success() {
         Ok(())
     } else {

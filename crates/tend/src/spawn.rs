@@ -30,6 +30,24 @@ pub(crate) fn own_children() -> MutexGuard<'static, BTreeMap<i32, Option<u64>>> 
     OWN_CHILDREN.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Spawns `command` and registers the child as tend's own, under the lock
+/// the subreaper takes, so it is never mistaken for an adopted orphan and
+/// reaped behind tokio's back. Every child this process starts while it
+/// may be a subreaper must be spawned this way and forgotten with
+/// [`forget_child`] once reaped.
+pub(crate) fn spawn_registered(command: &mut Command) -> io::Result<Child> {
+    let mut children = own_children();
+    let child = command.spawn()?;
+    if let Some(pid) = child.id() {
+        let start = crate::procfs::stat(pid as i32)
+            .ok()
+            .flatten()
+            .map(|s| s.start_time);
+        children.insert(pid as i32, start);
+    }
+    Ok(child)
+}
+
 /// Forgets a leader once it has been reaped.
 pub(crate) fn forget_child(pid: u32) {
     own_children().remove(&(pid as i32));
@@ -66,20 +84,7 @@ impl Spawner {
                 let _runtime = runtime.enter();
                 for request in incoming {
                     let mut command = request.command;
-                    let spawned = {
-                        // Registered under the lock the subreaper takes, so
-                        // it never mistakes a fresh child for an adopted one.
-                        let mut children = own_children();
-                        let spawned = command.spawn();
-                        if let Some(pid) = spawned.as_ref().ok().and_then(Child::id) {
-                            let start = crate::procfs::stat(pid as i32)
-                                .ok()
-                                .flatten()
-                                .map(|s| s.start_time);
-                            children.insert(pid as i32, start);
-                        }
-                        spawned
-                    };
+                    let spawned = spawn_registered(&mut command);
                     let _ = request.reply.send(spawned);
                 }
             })?;

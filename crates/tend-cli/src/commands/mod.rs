@@ -1,8 +1,10 @@
 //! One module per `tend` command.
 
+pub mod call;
 pub mod check;
 pub mod down;
 pub mod logs;
+pub mod publish;
 pub mod restart;
 pub mod start;
 pub mod status;

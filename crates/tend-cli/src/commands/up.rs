@@ -1,30 +1,14 @@
 //! `tend up [-c FILE]`: run every daemon of a config in the foreground.
 //!
 //! In order: validate the config, take the state directory's lock (one
-//! `tend up` per directory), become a child subreaper, stop daemons left by
-//! an earlier run that was killed, open the control socket, start every
-//! daemon in parallel while printing their state changes, print the status
-//! table, and supervise until SIGINT, SIGTERM, SIGHUP or `tend down`. Then
-//! stop every daemon gracefully (a second signal kills them at once), kill
-//! descendants that escaped their daemon's process group, close the socket
-//! and release the lock.
-
-/// Prints a line to stdout, ignoring errors: a closed terminal or pipe
-/// must not stop the supervisor, which still has daemons to stop.
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
-    }};
-}
-
-/// Like `say!`, to stderr.
-macro_rules! say_err {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
-    }};
-}
+//! `tend up` per directory), stop daemons left by an earlier run that was
+//! killed, open the control socket, prepare the daemons' Python and Node
+//! environments, become a child subreaper, start every daemon in parallel
+//! while printing their state changes, print the status table, and
+//! supervise until SIGINT, SIGTERM, SIGHUP or `tend down`. Then stop every
+//! daemon gracefully (a second signal kills them at once), kill descendants
+//! that escaped their daemon's process group, close the socket and release
+//! the lock.
 
 mod progress;
 mod signals;
@@ -32,16 +16,14 @@ mod signals;
 use std::{path::Path, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use tend::{
-    BackgroundProcessConfig, BackgroundProcessManager, CleanupReport, subreaper::Subreaper,
-};
+use tend::{BackgroundProcessManager, CleanupReport, subreaper::Subreaper};
 use tokio::task::JoinSet;
 
 use crate::{
     config::{self, TendConfig},
+    environments::Environments,
     failure::{CommandResult, Failure},
-    protocol::ProcessStatus,
-    server::{ControlServer, ServerContext},
+    server::{ControlServer, Preparation, ServerContext},
     table,
 };
 use progress::Progress;
@@ -56,7 +38,6 @@ pub async fn run(file: &Path) -> CommandResult {
         .with_context(|| format!("cannot use state directory {}", state_dir.path().display()))?;
     let lock = state_dir.lock()?;
     let mut signals = ShutdownSignals::install()?;
-    let subreaper = enable_subreaper();
 
     let manager = BackgroundProcessManager::builder()
         .state_dir(state_dir.path())
@@ -81,19 +62,30 @@ pub async fn run(file: &Path) -> CommandResult {
     );
     let mut progress = Progress::subscribe(&manager, &config);
 
-    let started = progress
-        .print_while(async {
-            tokio::select! {
-                () = start_all(&manager, &config.processes) => true,
-                cause = shutdown_cause(&mut signals, &context) => {
-                    say!("tend: {cause} while starting; stopping everything");
-                    false
+    // Environments first, while this process is not yet a subreaper: see
+    // `prepare_environments`.
+    let prepared = tokio::select! {
+        () = prepare_environments(&context) => true,
+        cause = shutdown_cause(&mut signals, &context) => {
+            say!("tend: {cause} while preparing environments; stopping");
+            false
+        }
+    };
+    let subreaper = if prepared { enable_subreaper() } else { None };
+    let started = prepared
+        && progress
+            .print_while(async {
+                tokio::select! {
+                    () = start_all(&context) => true,
+                    cause = shutdown_cause(&mut signals, &context) => {
+                        say!("tend: {cause} while starting; stopping everything");
+                        false
+                    }
                 }
-            }
-        })
-        .await;
+            })
+            .await;
     if started {
-        say!("{}", table::render(&statuses(&context)).trim_end());
+        say!("{}", table::render(&context.statuses()).trim_end());
         say!("tend: supervising; stop with Ctrl-C or `tend down`");
         let cause = progress
             .print_while(shutdown_cause(&mut signals, &context))
@@ -138,16 +130,54 @@ pub async fn run(file: &Path) -> CommandResult {
     Ok(())
 }
 
-/// Starts every daemon in parallel; a daemon that fails is reported and
-/// left in `error` while the others run.
-async fn start_all(manager: &BackgroundProcessManager, processes: &[BackgroundProcessConfig]) {
+/// Prepares the Python and Node environments of the daemons that have
+/// one, in parallel, and records how each ended for the starts.
+///
+/// This runs before `tend up` becomes a child subreaper, and returns only
+/// once every installer has been waited for. The library's subreaper reaps
+/// every exited child that its spawner did not start, and the environment
+/// manager starts its installers (`python3 -m venv`, pip, npm) itself: a
+/// reaper running meanwhile could take their exit status, and the
+/// preparation would fail with ECHILD. For the same reason environments
+/// are not prepared again for `tend start` or `tend restart`.
+///
+/// Cancel safety: dropping the future kills the running installers.
+async fn prepare_environments(context: &Arc<ServerContext>) {
+    let environments = Arc::new(Environments::new(&context.config));
+    let mut preparations = JoinSet::new();
+    for name in context.config.environments.keys() {
+        let context = Arc::clone(context);
+        let environments = Arc::clone(&environments);
+        let name = name.clone();
+        preparations.spawn(async move {
+            let Ok(config) = context.config_of(&name) else {
+                return;
+            };
+            let preparation = match environments.prepare(config).await {
+                Ok(prepared) => Preparation::Ready(Box::new(prepared)),
+                Err(e) => Preparation::Failed(e.to_string()),
+            };
+            context.set_preparation(&name, preparation);
+        });
+    }
+    while let Some(joined) = preparations.join_next().await {
+        if let Err(e) = joined {
+            say_err!("tend: an environment task failed: {e}");
+        }
+    }
+}
+
+/// Starts every daemon in parallel; a daemon that fails (to start, or
+/// earlier to get its environment) is reported and left in `error` while
+/// the others run.
+async fn start_all(context: &Arc<ServerContext>) {
     let mut starts = JoinSet::new();
-    for process in processes {
-        let manager = manager.clone();
-        let process = process.clone();
+    for process in &context.config.processes {
+        let context = Arc::clone(context);
+        let name = process.name.clone();
         starts.spawn(async move {
-            let name = process.name.clone();
-            (name, manager.start_process(process).await)
+            let result = context.start(&name).await;
+            (name, result)
         });
     }
     while let Some(joined) = starts.join_next().await {
@@ -165,24 +195,6 @@ async fn shutdown_cause(signals: &mut ShutdownSignals, context: &ServerContext) 
         signal = signals.next() => format!("{signal} received"),
         () = context.shutdown_requested() => "`tend down` received".to_owned(),
     }
-}
-
-fn statuses(context: &ServerContext) -> Vec<ProcessStatus> {
-    context
-        .manager
-        .list()
-        .into_iter()
-        .map(|info| {
-            let retries = context
-                .config
-                .processes
-                .iter()
-                .find(|p| p.name == info.name)
-                .and_then(|p| p.healthcheck)
-                .map(|check| check.retries);
-            ProcessStatus::new(info, retries)
-        })
-        .collect()
 }
 
 fn report_cleanup(report: &CleanupReport) {

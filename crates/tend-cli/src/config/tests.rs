@@ -1,7 +1,7 @@
 //! Unit tests of config reading; the integration tests run the same
 //! checks through `tend check`.
 
-use std::{path::Path, time::Duration};
+use std::{fs, path::Path, time::Duration};
 
 use super::*;
 
@@ -240,5 +240,159 @@ fn the_message_names_file_line_and_key() {
     assert_eq!(
         error.to_string(),
         "1 problem in /usr/tend.toml:\n  /usr/tend.toml:4: process.p.command: must be a string, found an integer"
+    );
+}
+
+#[test]
+fn events_and_the_health_probe_are_read() {
+    let config = parsed(
+        r#"
+[settings]
+state_dir = "/tmp/st"
+[process.a]
+command = "x"
+socket = "a.sock"
+events = ["config-changed", "tick"]
+[process.a.healthcheck]
+probe = "ping"
+[process.b]
+command = "x"
+socket = "b.sock"
+[process.b.healthcheck]
+interval = "1s"
+[process.c]
+command = "x"
+socket = "c.sock"
+healthcheck = { probe = "connect" }
+"#,
+    );
+    let [a, b, c] = &config.processes[..] else {
+        panic!("three daemons expected");
+    };
+    assert_eq!(a.events, ["config-changed", "tick"]);
+    assert_eq!(a.health_probe, HealthProbe::Ping);
+    assert_eq!(a.healthcheck, Some(HealthCheck::default()));
+    assert!(b.events.is_empty());
+    assert_eq!(b.health_probe, HealthProbe::Connect);
+    assert_eq!(c.health_probe, HealthProbe::Connect);
+    assert!(config.environments.is_empty());
+}
+
+/// A config file in a fresh folder holding `files` (empty files).
+fn in_folder(files: &[&str], text: &str) -> (tempfile::TempDir, Result<TendConfig, ConfigError>) {
+    let dir = tempfile::tempdir().unwrap();
+    for file in files {
+        let path = dir.path().join(file);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, "").unwrap();
+    }
+    let result = parse(&dir.path().join("tend.toml"), text);
+    (dir, result)
+}
+
+#[test]
+fn environment_tables_resolve_their_files_against_cwd() {
+    let (dir, result) = in_folder(
+        &[
+            "plug/requirements.txt",
+            "plug/package.json",
+            "web/deps.json",
+        ],
+        r#"
+[settings]
+state_dir = "/tmp/st"
+[process.py]
+cwd = "plug"
+[process.py.python]
+requirements = "requirements.txt"
+[process.bare]
+command = "./run.sh"
+python = {}
+[process.js]
+cwd = "plug"
+node = {}
+[process.web]
+command = "node"
+args = ["server.js"]
+cwd = "web"
+[process.web.node]
+package = "deps.json"
+"#,
+    );
+    let config = result.unwrap_or_else(|e| panic!("{e}"));
+    let base = dir.path();
+    let command = |name: &str| {
+        let process = config.processes.iter().find(|p| p.name == name).unwrap();
+        process.command.clone()
+    };
+    assert_eq!(command("py"), Path::new("python3"));
+    assert_eq!(command("bare"), base.join("./run.sh"));
+    assert_eq!(command("js"), Path::new("node"));
+    assert_eq!(command("web"), Path::new("node"));
+    let environment = |name: &str| config.environments[name].clone();
+    assert_eq!(
+        environment("py"),
+        PluginEnvironment {
+            python: Some(PythonEnvironment {
+                requirements: Some(base.join("plug/requirements.txt"))
+            }),
+            node: None
+        }
+    );
+    assert_eq!(
+        environment("bare").python,
+        Some(PythonEnvironment { requirements: None })
+    );
+    assert_eq!(
+        environment("js").node,
+        Some(NodeEnvironment {
+            package: base.join("plug/package.json")
+        })
+    );
+    assert_eq!(
+        environment("web").node,
+        Some(NodeEnvironment {
+            package: base.join("web/deps.json")
+        })
+    );
+}
+
+#[test]
+fn problems_of_the_new_keys_have_their_line_and_key() {
+    let text = r#"[settings]
+state_dir = "/tmp/st"
+[process.a]
+socket = "a.sock"
+events = ["ok", ""]
+[process.a.healthcheck]
+probe = "http"
+[process.a.python]
+requirements = "missing.txt"
+[process.b]
+command = "x"
+events = ["tick"]
+[process.c]
+python = { requirements = 5, pip = "--no-index" }
+[process.d]
+command = "x"
+node = "package.json"
+"#;
+    let (_dir, result) = in_folder(&[], text);
+    let Err(ConfigError::Invalid { problems, .. }) = result else {
+        panic!("config was accepted");
+    };
+    let places: Vec<(Option<usize>, String)> =
+        problems.into_iter().map(|p| (p.line, p.key)).collect();
+    assert_eq!(
+        places,
+        [
+            (Some(5), "process.a.events[1]".into()),
+            (Some(7), "process.a.healthcheck.probe".into()),
+            (Some(9), "process.a.python.requirements".into()),
+            (Some(12), "process.b.events".into()),
+            (Some(14), "process.c.python.requirements".into()),
+            (Some(14), "process.c.python.pip".into()),
+            (Some(17), "process.d.node".into()),
+        ]
     );
 }

@@ -1,14 +1,21 @@
 //! One handler per control request.
 
-use std::io;
+use std::{io, time::Duration};
 
-use tend::{BackgroundProcessConfig, LogLine};
+use serde_json::Value;
+use tend::{LogLine, ProcessState, rpc::RpcError};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::{After, Connection, ServerContext};
-use crate::protocol::{LogEntry, ProcessStatus, Request, Response, SupervisorInfo};
+use crate::protocol::{
+    DEFAULT_CALL_TIMEOUT_MS, LogEntry, Request, Response, RpcErrorObject, SupervisorInfo,
+};
 
 /// Answers `request` on `connection`.
+///
+/// Each connection is served by its own task, so a handler that waits (a
+/// start, a stop, a call to a daemon) holds up only the requests that
+/// come after it on the same connection.
 pub async fn handle(
     context: &ServerContext,
     request: Request,
@@ -25,6 +32,13 @@ pub async fn handle(
             lines,
             follow,
         } => return logs(context, &name, lines, follow, connection).await,
+        Request::Call {
+            name,
+            method,
+            params,
+            timeout_ms,
+        } => call(context, &name, &method, params, timeout_ms).await,
+        Request::Publish { event, data } => publish(context, &event, data),
         Request::Down => {
             connection.send(&down(context)).await?;
             return Ok(After::HoldUntilExit);
@@ -50,104 +64,152 @@ fn info(context: &ServerContext) -> Response {
     }
 }
 
-fn config_of<'c>(
-    context: &'c ServerContext,
-    name: &str,
-) -> Result<&'c BackgroundProcessConfig, String> {
-    context
-        .config
-        .processes
-        .iter()
-        .find(|process| process.name == name)
-        .ok_or_else(|| {
-            format!(
-                "no daemon named {name:?} in {}",
-                context.config.file.display()
-            )
-        })
-}
-
-/// The status of `name`, if the manager knows it.
-fn process_status(context: &ServerContext, name: &str) -> Option<ProcessStatus> {
-    let info = context.manager.process_info(name)?;
-    let retries = config_of(context, name)
-        .ok()
-        .and_then(|config| config.healthcheck)
-        .map(|check| check.retries);
-    Some(ProcessStatus::new(info, retries))
-}
-
 fn status(context: &ServerContext, name: Option<&str>) -> Response {
-    let names: Vec<String> = match name {
-        Some(name) => {
-            if context.manager.process_info(name).is_none() {
-                return Response::error(format!("no daemon named {name:?}"));
-            }
-            vec![name.to_owned()]
-        }
-        None => context
-            .manager
-            .list()
-            .into_iter()
-            .map(|info| info.name)
-            .collect(),
+    let processes = match name {
+        Some(name) => match context.process_status(name) {
+            Some(status) => vec![status],
+            None => return Response::error(format!("no daemon named {name:?}")),
+        },
+        None => context.statuses(),
     };
     Response {
-        processes: Some(
-            names
-                .iter()
-                .filter_map(|name| process_status(context, name))
-                .collect(),
-        ),
+        processes: Some(processes),
         ..Response::ok()
     }
 }
 
 /// The response to an operation on `name` that ended with `result`.
-fn outcome(context: &ServerContext, name: &str, result: tend::Result<()>) -> Response {
-    match result {
-        Ok(()) => Response {
-            process: process_status(context, name),
-            ..Response::ok()
-        },
-        Err(e) => Response {
-            process: process_status(context, name),
-            ..Response::error(e.to_string())
-        },
+fn outcome(context: &ServerContext, name: &str, result: Result<(), String>) -> Response {
+    let response = match result {
+        Ok(()) => Response::ok(),
+        Err(e) => Response::error(e),
+    };
+    Response {
+        process: context.process_status(name),
+        ..response
     }
 }
 
 async fn start(context: &ServerContext, name: &str) -> Response {
-    let config = match config_of(context, name) {
-        Ok(config) => config.clone(),
-        Err(message) => return Response::error(message),
-    };
-    let result = context.manager.start_process(config).await;
+    if let Err(message) = context.config_of(name) {
+        return Response::error(message);
+    }
+    let result = context.start(name).await;
     outcome(context, name, result)
 }
 
 async fn stop(context: &ServerContext, name: &str) -> Response {
-    if let Err(message) = config_of(context, name) {
+    if let Err(message) = context.config_of(name) {
         return Response::error(message);
     }
     let result = match context.manager.stop_process(name).await {
         // Configured but never started: nothing to stop.
         Err(tend::Error::UnknownProcess(_)) => Ok(()),
-        other => other,
+        other => other.map_err(|e| e.to_string()),
     };
     outcome(context, name, result)
 }
 
+/// Stops the daemon if it is active and starts it again with the config
+/// it starts with (see [`ServerContext::startable_config`]); one that
+/// cannot start (its environment failed) is left alone.
 async fn restart(context: &ServerContext, name: &str) -> Response {
-    let config = match config_of(context, name) {
-        Ok(config) => config.clone(),
-        Err(message) => return Response::error(message),
+    let config = match context.startable_config(name) {
+        Ok(config) => config,
+        Err(message) => {
+            let status = context.process_status(name);
+            return Response {
+                process: status,
+                ..Response::error(message)
+            };
+        }
     };
     let result = match context.manager.restart_process(name).await {
         Err(tend::Error::UnknownProcess(_)) => context.manager.start_process(config).await,
         other => other,
     };
-    outcome(context, name, result)
+    outcome(context, name, result.map_err(|e| e.to_string()))
+}
+
+/// Calls `method` over the daemon's persistent JSON-RPC connection (shared
+/// with every other call and with event delivery), waiting at most the
+/// timeout. The call is not cancelled when the client hangs up: a client
+/// may close its sending side and still wait for the answer.
+async fn call(
+    context: &ServerContext,
+    name: &str,
+    method: &str,
+    params: Value,
+    timeout_ms: Option<u64>,
+) -> Response {
+    let config = match context.config_of(name) {
+        Ok(config) => config,
+        Err(message) => return Response::error(message),
+    };
+    if config.socket_path.is_none() {
+        return Response::error(format!(
+            "{name:?} has no socket in {}; it cannot be called",
+            context.config.file.display()
+        ));
+    }
+    if !(params.is_null() || params.is_object() || params.is_array()) {
+        return Response::error("params must be an object or an array (or absent)");
+    }
+    let timeout = match timeout_ms.unwrap_or(DEFAULT_CALL_TIMEOUT_MS) {
+        0 => return Response::error("timeout_ms must be greater than zero"),
+        ms => Duration::from_millis(ms),
+    };
+    match context.manager.state(name) {
+        None => {
+            let reason = match context.startable_config(name) {
+                Err(reason) => format!(": {reason}"),
+                Ok(_) => String::new(),
+            };
+            return Response::error(format!("{name:?} has not been started{reason}"));
+        }
+        Some(state @ (ProcessState::Stopped | ProcessState::Error)) => {
+            return Response::error(format!(
+                "{name:?} is {state}; start it with `tend start {name}`"
+            ));
+        }
+        Some(_) => {}
+    }
+    let client = match context.manager.rpc_client(name) {
+        Ok(client) => client,
+        Err(e) => return Response::error(e.to_string()),
+    };
+    match client.call_with_timeout(method, params, timeout).await {
+        Ok(result) => Response {
+            result: Some(result),
+            ..Response::ok()
+        },
+        Err(RpcError::Rpc {
+            code,
+            message,
+            data,
+        }) => Response {
+            rpc_error: Some(RpcErrorObject {
+                code,
+                message: message.clone(),
+                data,
+            }),
+            ..Response::error(format!("RPC error {code}: {message}"))
+        },
+        Err(e) => Response::error(e.to_string()),
+    }
+}
+
+fn publish(context: &ServerContext, event: &str, data: Value) -> Response {
+    if event.is_empty() {
+        return Response::error("the event name must not be empty");
+    }
+    match context.manager.publish(event, data) {
+        Ok(queued) => Response {
+            queued: Some(queued),
+            ..Response::ok()
+        },
+        Err(e) => Response::error(e.to_string()),
+    }
 }
 
 async fn logs(

@@ -133,6 +133,42 @@ const BAD_FILES: &[(&str, &str, &str, &str)] = &[
         "process.a.healthcheck",
     ),
     (
+        "unknown health probe",
+        "[process.a]\ncommand = \"x\"\nsocket = \"a.sock\"\n[process.a.healthcheck]\nprobe = \"http\"\n",
+        "probe",
+        "process.a.healthcheck.probe",
+    ),
+    (
+        "empty event name",
+        "[process.a]\ncommand = \"x\"\nsocket = \"a.sock\"\nevents = [\"tick\", \"\"]\n",
+        "events",
+        "process.a.events[1]",
+    ),
+    (
+        "events without a socket",
+        "[process.a]\ncommand = \"x\"\nevents = [\"tick\"]\n",
+        "events",
+        "process.a.events",
+    ),
+    (
+        "missing requirements file",
+        "[process.a]\n[process.a.python]\nrequirements = \"requirements.txt\"\n",
+        "requirements",
+        "process.a.python.requirements",
+    ),
+    (
+        "unknown python key",
+        "[process.a]\npython = { requirement = \"r.txt\" }\n",
+        "python",
+        "process.a.python.requirement",
+    ),
+    (
+        "missing package.json",
+        "[process.a]\nnode = {}\n",
+        "node",
+        "process.a.node.package",
+    ),
+    (
         "socket path too long",
         "[process.a]\ncommand = \"x\"\nsocket = \"/tmp/sssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssss.sock\"\n",
         "socket",

@@ -293,13 +293,25 @@ impl Up {
 /// Waits until `condition` holds, checking it with a short backoff, or
 /// panics with `what` at `deadline`.
 #[track_caller]
-pub fn wait_until(what: &str, deadline: Instant, mut condition: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, deadline: Instant, condition: impl FnMut() -> bool) {
+    assert!(
+        holds_before(deadline, condition),
+        "timed out waiting for {what}"
+    );
+}
+
+/// Whether `condition` holds before `deadline`, checking it with a short
+/// backoff.
+pub fn holds_before(deadline: Instant, mut condition: impl FnMut() -> bool) -> bool {
     let mut pause = Duration::from_millis(2);
     while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        if Instant::now() >= deadline {
+            return false;
+        }
         thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(100));
     }
+    true
 }
 
 /// `tend status --json` of the supervisor of `config`, or `None` while
@@ -324,10 +336,20 @@ pub fn process<'a>(processes: &'a [Value], name: &str) -> &'a Value {
 /// status then.
 #[track_caller]
 pub fn wait_for_states(sandbox: &Sandbox, config: &Path, names: &[(&str, &str)]) -> Vec<Value> {
+    wait_for_states_until(sandbox, config, names, Instant::now() + SOON)
+}
+
+/// [`wait_for_states`] with its own deadline, for starts that take long
+/// (building a virtualenv).
+#[track_caller]
+pub fn wait_for_states_until(
+    sandbox: &Sandbox,
+    config: &Path,
+    names: &[(&str, &str)],
+    deadline: Instant,
+) -> Vec<Value> {
     let mut last = Vec::new();
-    let deadline = Instant::now() + SOON;
-    let what = format!("states {names:?}");
-    wait_until(&what, deadline, || {
+    let reached = holds_before(deadline, || {
         let Some(processes) = status(sandbox, config) else {
             return false;
         };
@@ -337,6 +359,10 @@ pub fn wait_for_states(sandbox: &Sandbox, config: &Path, names: &[(&str, &str)])
                 .any(|p| p["name"] == *name && p["state"] == *state)
         })
     });
+    assert!(
+        reached,
+        "timed out waiting for states {names:?}; the last status was {last:#?}"
+    );
     last
 }
 

@@ -5,11 +5,16 @@
 //! run in parallel; every process a test starts is killed when its
 //! sandbox is dropped, also on panic (see `harness`).
 
+mod call;
 mod client_errors;
 mod config_errors;
 mod control_socket;
 mod harness;
+mod health_probe;
 mod kill9;
 mod lifecycle;
 mod lock;
+mod node_env;
+mod publish;
+mod python_env;
 mod signals;
