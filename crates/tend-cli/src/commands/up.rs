@@ -62,8 +62,8 @@ pub async fn run(file: &Path) -> CommandResult {
     );
     let mut progress = Progress::subscribe(&manager, &config);
 
-    // Environments first, while this process is not yet a subreaper: see
-    // `prepare_environments`.
+    // Environments first: a daemon starts with the interpreter its
+    // environment provides.
     let prepared = tokio::select! {
         () = prepare_environments(&context) => true,
         cause = shutdown_cause(&mut signals, &context) => {
@@ -133,13 +133,10 @@ pub async fn run(file: &Path) -> CommandResult {
 /// Prepares the Python and Node environments of the daemons that have
 /// one, in parallel, and records how each ended for the starts.
 ///
-/// This runs before `tend up` becomes a child subreaper, and returns only
-/// once every installer has been waited for. The library's subreaper reaps
-/// every exited child that its spawner did not start, and the environment
-/// manager starts its installers (`python3 -m venv`, pip, npm) itself: a
-/// reaper running meanwhile could take their exit status, and the
-/// preparation would fail with ECHILD. For the same reason environments
-/// are not prepared again for `tend start` or `tend restart`.
+/// Environments are prepared once, when `tend up` starts: `tend start` and
+/// `tend restart` reuse what was prepared, so an edited requirements file
+/// takes effect at the next `tend up`. (The installers are registered as
+/// tend's own children, so the subreaper never takes their exit status.)
 ///
 /// Cancel safety: dropping the future kills the running installers.
 async fn prepare_environments(context: &Arc<ServerContext>) {

@@ -14,6 +14,7 @@ mod health_probe;
 mod kill9;
 mod lifecycle;
 mod lock;
+mod reliability;
 mod node_env;
 mod publish;
 mod python_env;
