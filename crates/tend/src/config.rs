@@ -254,6 +254,23 @@ impl BackgroundProcessConfig {
         if self.startup_timeout.is_zero() {
             problem("startup_timeout", "must be greater than zero".into());
         }
+        // Deadlines are computed as `now + duration`; absurd values would
+        // overflow the clock.
+        let mut durations = vec![
+            ("startup_timeout", self.startup_timeout),
+            ("shutdown_grace_period", self.shutdown_grace_period),
+            ("restart_delay", self.restart_delay),
+            ("stable_period", self.stable_period),
+        ];
+        if let Some(check) = &self.healthcheck {
+            durations.push(("healthcheck.interval", check.interval));
+            durations.push(("healthcheck.timeout", check.timeout));
+        }
+        for (field, duration) in durations {
+            if duration > defaults::MAX_DURATION {
+                problem(field, "must be at most a year".into());
+            }
+        }
         if let Some(check) = &self.healthcheck {
             if self.socket_path.is_none() {
                 problem(

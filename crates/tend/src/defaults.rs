@@ -46,6 +46,9 @@ pub const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long tend waits, after a daemon exited, for the rest of its output.
 pub const OUTPUT_DRAIN_TIMEOUT: Duration = Duration::from_millis(200);
 
+/// Longest duration any setting accepts (a year).
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Longest Unix socket path Linux accepts (`sun_path` is 108 bytes with NUL).
 pub const MAX_SOCKET_PATH_BYTES: usize = 107;
 /// Longest process name.

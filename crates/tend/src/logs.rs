@@ -62,7 +62,10 @@ pub(crate) struct LogBuffer {
     ring: Mutex<Ring>,
     capacity: usize,
     file: Mutex<Option<RotatingFile>>,
-    live: broadcast::Sender<LogLine>,
+    /// Followers of new lines. Created on the first `follow`: tokio
+    /// allocates every slot of a broadcast channel up front (about 72 KiB
+    /// for 1,024 lines), which 1,000 daemons nobody follows should not pay.
+    live: Mutex<Option<broadcast::Sender<LogLine>>>,
 }
 
 /// The newest lines, each with its sequence number.
@@ -81,7 +84,7 @@ impl LogBuffer {
             }),
             capacity,
             file: Mutex::new(file.map(RotatingFile::new)),
-            live: broadcast::channel(1024).0,
+            live: Mutex::new(None),
         }
     }
 
@@ -103,7 +106,9 @@ impl LogBuffer {
         if let Some(file) = self.file.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
             file.write_line(&line);
         }
-        let _ = self.live.send(line.clone());
+        if let Some(live) = self.live.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            let _ = live.send(line.clone());
+        }
         let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
         if ring.lines.len() == self.capacity {
             ring.lines.pop_front();
@@ -149,7 +154,11 @@ impl LogBuffer {
 
     /// Lines pushed from now on.
     pub fn follow(&self) -> broadcast::Receiver<LogLine> {
-        self.live.subscribe()
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(|| broadcast::channel(1024).0)
+            .subscribe()
     }
 }
 

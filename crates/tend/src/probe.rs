@@ -2,13 +2,20 @@
 //!
 //! Readiness waits on the socket file's creation (see [`crate::watch`]) and
 //! then connects. `bind` creates the file a moment before `listen` makes it
-//! accept; in that gap `connect` is refused, so tend retries with a short
-//! backoff that starts with plain yields. A slow safety-net retry covers
-//! file systems that deliver no inotify events.
+//! accept; in that gap `connect` is refused, so tend retries after short
+//! sleeps on a microsecond timer (20 µs, doubling to 200 µs). A slow
+//! safety-net retry covers file systems that deliver no inotify events.
+//!
+//! Connects are made without the reactor: a non-blocking connect to a Unix
+//! stream socket never waits, so there is nothing to register.
 
-use std::{io, path::Path, time::Duration};
+use std::{io, os::fd::OwnedFd, path::Path, time::Duration};
 
-use tokio::{net::UnixStream, time::Instant};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    net::UnixStream,
+    time::Instant,
+};
 
 use crate::{config::HealthProbe, watch::SocketWatcher};
 
@@ -23,9 +30,25 @@ pub(crate) enum SocketStatus {
     Missing,
 }
 
+/// Connects to `path` without waiting. A non-blocking connect to a Unix
+/// stream socket completes at once, is refused, or reports a full backlog
+/// (`EAGAIN`); unlike a connect through tokio, it costs no registration
+/// with the reactor, which matters at one check per daemon per second.
+fn connect_now(path: &Path) -> io::Result<OwnedFd> {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let socket = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::net::connect(&socket, &SocketAddrUnix::new(path)?)?;
+    Ok(socket)
+}
+
 /// Tries one connection to `path`.
-pub(crate) async fn probe_once(path: &Path) -> SocketStatus {
-    match UnixStream::connect(path).await {
+pub(crate) fn probe_once(path: &Path) -> SocketStatus {
+    match connect_now(path) {
         Ok(_) => SocketStatus::Accepting,
         Err(e) => classify(&e),
     }
@@ -42,8 +65,14 @@ fn classify(e: &io::Error) -> SocketStatus {
 
 /// Longest pause between two readiness attempts when no event comes.
 const SAFETY_NET_INTERVAL: Duration = Duration::from_millis(250);
-/// Yields before the bind→listen backoff starts sleeping.
-const LISTEN_GAP_YIELDS: u32 = 32;
+/// First pause after a refused connect (bound, not yet listening).
+const LISTEN_GAP_FIRST_PAUSE: Duration = Duration::from_micros(20);
+/// Longest pause of the fine-grained bind→listen backoff; beyond it the
+/// millisecond timer of the runtime is precise enough.
+const LISTEN_GAP_MAX_FINE_PAUSE: Duration = Duration::from_micros(200);
+/// How long the fine-grained backoff goes on before it gives way to the
+/// runtime's timer (a daemon doing real work between bind and listen).
+const LISTEN_GAP_FINE_WINDOW: Duration = Duration::from_millis(20);
 
 /// Resolves once `path` accepts a connection. Never returns otherwise: the
 /// caller races it against the child's exit and the startup deadline.
@@ -57,24 +86,29 @@ pub(crate) async fn wait_ready(watcher: Option<&SocketWatcher>, path: &Path) {
             None
         }
     });
-    let mut refused_in_a_row = 0u32;
+    let mut refused_since: Option<Instant> = None;
+    let mut fine_pause = LISTEN_GAP_FIRST_PAUSE;
     let mut pause = Duration::from_millis(1);
     loop {
-        match probe_once(path).await {
+        match probe_once(path) {
             SocketStatus::Accepting => return,
             SocketStatus::Refused => {
                 // Bound, not yet listening: listen() normally follows within
-                // microseconds, so yield a few times before sleeping.
-                refused_in_a_row += 1;
-                if refused_in_a_row <= LISTEN_GAP_YIELDS {
-                    tokio::task::yield_now().await;
+                // microseconds. Sleep for real — spinning would keep the
+                // daemon off a busy CPU — with a timer finer than the
+                // runtime's millisecond wheel, for a while.
+                let since = *refused_since.get_or_insert_with(Instant::now);
+                if since.elapsed() < LISTEN_GAP_FINE_WINDOW {
+                    fine_sleep(fine_pause).await;
+                    fine_pause = (fine_pause * 2).min(LISTEN_GAP_MAX_FINE_PAUSE);
                 } else {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(SAFETY_NET_INTERVAL);
                 }
             }
             SocketStatus::Missing => {
-                refused_in_a_row = 0;
+                refused_since = None;
+                fine_pause = LISTEN_GAP_FIRST_PAUSE;
                 match &watch {
                     Some(watch) => {
                         let _ = tokio::time::timeout(SAFETY_NET_INTERVAL, watch.appeared()).await;
@@ -89,6 +123,42 @@ pub(crate) async fn wait_ready(watcher: Option<&SocketWatcher>, path: &Path) {
     }
 }
 
+/// Sleeps for `duration` with microsecond precision, on a timerfd the
+/// reactor watches (tokio's own timer has millisecond ticks). Falls back
+/// to the runtime's timer if no timerfd can be made.
+async fn fine_sleep(duration: Duration) {
+    use rustix::time::{
+        Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec, timerfd_create,
+        timerfd_settime,
+    };
+    let armed = timerfd_create(
+        TimerfdClockId::Monotonic,
+        TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
+    )
+    .and_then(|fd| {
+        let spec = Itimerspec {
+            it_interval: Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: Timespec {
+                tv_sec: duration.as_secs() as _,
+                tv_nsec: duration.subsec_nanos().max(1) as _,
+            },
+        };
+        timerfd_settime(&fd, TimerfdTimerFlags::empty(), &spec)?;
+        Ok(fd)
+    });
+    // SAFETY: the timerfd is moved into the AsyncFd, which owns it until
+    // it is dropped at the end of this function.
+    match armed.map(|fd| unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }) {
+        Ok(Ok(timer)) => {
+            let _ = timer.readable().await;
+        }
+        _ => tokio::time::sleep(duration).await,
+    }
+}
+
 /// One health check within `timeout`: a connect, and for
 /// [`HealthProbe::Ping`] a `ping` request answered by a JSON-RPC reply.
 pub(crate) async fn health_check(
@@ -98,7 +168,7 @@ pub(crate) async fn health_check(
 ) -> Result<(), String> {
     let started = Instant::now();
     let check = async {
-        let stream = match UnixStream::connect(path).await {
+        let stream = match connect_now(path) {
             Ok(stream) => stream,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 return Err(format!(
@@ -109,7 +179,11 @@ pub(crate) async fn health_check(
         };
         match probe {
             HealthProbe::Connect => Ok(()),
-            HealthProbe::Ping => ping(stream).await,
+            HealthProbe::Ping => {
+                let stream = UnixStream::from_std(std::os::unix::net::UnixStream::from(stream))
+                    .map_err(|e| format!("cannot use the connection to {path:?}: {e}"))?;
+                ping(stream).await
+            }
         }
     };
     match tokio::time::timeout(timeout, check).await {
@@ -184,7 +258,7 @@ pub(crate) async fn prepare_socket(path: &Path) -> Result<(), SocketBlocked> {
             "a file that is not a socket is in the way; tend will not delete it",
         )));
     }
-    match probe_once(path).await {
+    match probe_once(path) {
         SocketStatus::Accepting => Err(SocketBlocked::InUse),
         SocketStatus::Missing => Ok(()),
         SocketStatus::Refused => match std::fs::remove_file(path) {

@@ -313,7 +313,8 @@ impl Supervisor {
         let health = self.config.healthcheck;
         let health_probe = self.config.health_probe;
         let socket = self.config.socket_path.clone();
-        let mut next_check = health.map(|h| Instant::now() + h.interval);
+        let mut next_check =
+            health.map(|h| on_shared_tick(Instant::now() + h.interval, h.interval));
         let mut failures = 0u32;
         loop {
             let check = async {
@@ -338,8 +339,7 @@ impl Supervisor {
                     self.shared.update(|info| info.restart_attempts = 0);
                 }
                 result = check => {
-                    let interval = health.map_or(Duration::MAX, |h| h.interval);
-                    next_check = Some(Instant::now() + interval);
+                    next_check = health.map(|h| on_shared_tick(Instant::now() + h.interval, h.interval));
                     match result {
                         Ok(()) => failures = 0,
                         Err(reason) => {
@@ -576,6 +576,21 @@ async fn drain(readers: &mut [JoinHandle<()>]) {
     }
 }
 
+/// Rounds `at` up to a tick shared by every supervisor of the process (a
+/// twentieth of the interval, between 1 and 50 ms), so health checks that
+/// fall due close together run on one wake-up of the runtime rather than
+/// one each. The interval is never shortened.
+fn on_shared_tick(at: Instant, interval: Duration) -> Instant {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(Instant::now);
+    let tick = (interval / 20).clamp(Duration::from_millis(1), Duration::from_millis(50));
+    let ticks = at
+        .saturating_duration_since(base)
+        .as_nanos()
+        .div_ceil(tick.as_nanos());
+    base + Duration::from_nanos(u64::try_from(ticks * tick.as_nanos()).unwrap_or(u64::MAX))
+}
+
 /// The delay before restart number `attempt` (1-based): `base` doubled per
 /// attempt, capped at [`defaults::MAX_RESTART_DELAY`] (or `base` if that is
 /// larger), plus up to [`defaults::RESTART_JITTER`] of itself; `jitter` is
@@ -590,6 +605,20 @@ pub(crate) fn restart_backoff(base: Duration, attempt: u32, jitter: f64) -> Dura
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn health_checks_land_on_a_shared_tick_never_early() {
+        let interval = Duration::from_secs(1);
+        let now = Instant::now();
+        for offset_ms in [0u64, 1, 7, 49, 50, 51, 999] {
+            let at = now + Duration::from_millis(offset_ms);
+            let aligned = on_shared_tick(at, interval);
+            assert!(aligned >= at);
+            assert!(aligned - at <= Duration::from_millis(50));
+            // Two supervisors due within one tick share the wake-up.
+            assert_eq!(on_shared_tick(aligned, interval), aligned);
+        }
+    }
 
     #[test]
     fn backoff_doubles_caps_and_jitters() {
