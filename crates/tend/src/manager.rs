@@ -110,11 +110,16 @@ impl ManagerBuilder {
     }
 }
 
-/// `$XDG_RUNTIME_DIR/tend`, else `<temp dir>/tend-<uid>`.
+/// `$XDG_RUNTIME_DIR/tend`; else `/dev/shm/tend-<uid>` where `/dev/shm` is
+/// a directory (memory-backed: orphan records are written at every spawn
+/// and removed at every stop, which costs real I/O on a disk file system);
+/// else `<temp dir>/tend-<uid>`.
 pub fn default_state_dir() -> PathBuf {
+    let uid = rustix::process::getuid().as_raw();
     match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(dir) if !dir.is_empty() => Path::new(&dir).join("tend"),
-        _ => std::env::temp_dir().join(format!("tend-{}", rustix::process::getuid().as_raw())),
+        _ if Path::new("/dev/shm").is_dir() => PathBuf::from(format!("/dev/shm/tend-{uid}")),
+        _ => std::env::temp_dir().join(format!("tend-{uid}")),
     }
 }
 

@@ -1,0 +1,462 @@
+//! The parent: runs the latency role, the raw and supervised scale runs
+//! and the CLI runs, samples the manager's memory and CPU, and writes the
+//! results.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, bail};
+use rustix::process::Signal;
+
+use crate::{
+    RunArgs, cleanup, cli_path,
+    clock::{now_ns, read_stamps, wait_stamps},
+    manager_role::{LatencySamples, ScaleMsg},
+    raw::{self, RawDaemon},
+    report::{self, Results, ScaleRow, Settings},
+    stats::summarize,
+    sys::{self, Machine},
+};
+
+/// Descriptors a manager holds per running daemon (pidfd, two pipes, the
+/// runtime's pidfd for reaping) plus headroom for probes.
+const FDS_PER_DAEMON: u64 = 5;
+
+/// Runs the whole benchmark.
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let settings = Settings::from_args(&args);
+    let exe = std::env::current_exe().context("locating this executable")?;
+    let bin_dir = exe.parent().context("executable has no directory")?;
+    let testd = args.testd.clone().unwrap_or_else(|| bin_dir.join("testd"));
+    if !sys::is_executable(&testd) {
+        bail!(
+            "the test daemon is not at {}; build it first:\n  \
+             cargo build --release -p testd -p tend-cli -p tend-bench",
+            testd.display()
+        );
+    }
+    let tend_cli = args.tend.clone().unwrap_or_else(|| bin_dir.join("tend"));
+    let mut notes = Vec::new();
+    if exe.components().any(|c| c.as_os_str() == "debug") {
+        let note = "built without --release: figures are not representative";
+        eprintln!("tend-bench: warning: {note}");
+        notes.push(note.to_owned());
+    }
+    let nofile = sys::raise_nofile();
+    let scratch = tempfile::Builder::new()
+        .prefix("tb-")
+        .tempdir_in("/tmp")
+        .context("creating the scratch directory")?;
+    let guard = cleanup::Guard::install(scratch)?;
+    let dir = guard.dir().to_owned();
+    let started = SystemTime::now();
+    let load_before = sys::loadavg();
+    let cpu_before = sys::system_cpu();
+
+    progress(format_args!(
+        "latency: {} rounds raw and supervised, {} stops of a SIGTERM-ignoring daemon",
+        settings.reps, settings.stubborn_reps
+    ));
+    let samples = latency(&exe, &testd, &dir.join("lat"), &settings)?;
+    sweep("latency", &mut notes);
+
+    let cli = if args.no_cli {
+        Err("skipped with --no-cli".to_owned())
+    } else {
+        cli_path::probe(&tend_cli)
+    };
+    if let Err(reason) = &cli {
+        progress(format_args!("CLI figures skipped: {reason}"));
+    }
+    let mut scale = Vec::new();
+    let mut cli_rows = Vec::new();
+    for &n in &settings.sizes {
+        let needed = n as u64 * FDS_PER_DAEMON + 256;
+        if needed > nofile {
+            let note = format!(
+                "size {n} skipped: needs about {needed} descriptors, RLIMIT_NOFILE allows {nofile}"
+            );
+            progress(format_args!("{note}"));
+            notes.push(note);
+            continue;
+        }
+        let row = scale_row(
+            &exe,
+            &testd,
+            &dir.join(format!("n{n}")),
+            n,
+            &settings,
+            &mut notes,
+        );
+        match row {
+            Ok(row) => scale.push(row),
+            Err(e) => notes.push(format!("size {n}: {e:#}")),
+        }
+        sweep(&format!("scale {n}"), &mut notes);
+        if let Ok(tend) = &cli {
+            progress(format_args!("cli n={n}: tend up, tend status --json"));
+            let run = cli_path::run(tend, &testd, &dir.join(format!("c{n}")), n, &settings);
+            match run {
+                Ok(row) => cli_rows.push(row),
+                Err(e) => notes.push(format!("cli {n}: {e:#}")),
+            }
+            sweep(&format!("cli {n}"), &mut notes);
+        }
+    }
+
+    let results = Results::new(report::Inputs {
+        started_unix: started
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        wall_secs: started.elapsed().map_or(0.0, |d| d.as_secs_f64()),
+        machine: Machine::probe(),
+        load_before,
+        load_after: sys::loadavg(),
+        busy_cpus: sys::system_cpu().busy_since(&cpu_before),
+        settings,
+        samples: &samples,
+        scale,
+        cli: cli.map(|_| cli_rows),
+        notes,
+    });
+    let markdown = results.markdown();
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::write(
+        args.out.join("results.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    std::fs::write(args.out.join("results.md"), &markdown)?;
+    println!("{markdown}");
+    progress(format_args!(
+        "wrote {} and results.md",
+        args.out.join("results.json").display()
+    ));
+    drop(guard);
+    Ok(())
+}
+
+/// A progress line on stderr.
+fn progress(message: std::fmt::Arguments<'_>) {
+    eprintln!("tend-bench: {message}");
+}
+
+/// Kills whatever a phase left behind; anything found is a leak worth
+/// reporting.
+fn sweep(phase: &str, notes: &mut Vec<String>) {
+    let strays = cleanup::kill_children();
+    if strays > 0 {
+        notes.push(format!("{phase}: {strays} processes left behind"));
+    }
+}
+
+/// A manager child and the lines it writes.
+struct ManagerChild {
+    child: Child,
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<String>,
+}
+
+impl ManagerChild {
+    /// Runs `tend-bench manager <args>` with a parent-death signal.
+    fn spawn(exe: &Path, args: &[&std::ffi::OsStr]) -> anyhow::Result<Self> {
+        let mut command = Command::new(exe);
+        command
+            .arg("manager")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        // SAFETY: the hook runs in the forked child before exec and makes
+        // one raw prctl syscall through rustix: no allocation, no lock. It
+        // is spawned from the main thread, which lives as long as the run.
+        unsafe {
+            command.pre_exec(|| {
+                rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().context("spawning the manager role")?;
+        let stdin = child.stdin.take().context("manager stdin")?;
+        let stdout = child.stdout.take().context("manager stdout")?;
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(ManagerChild {
+            child,
+            stdin,
+            lines,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The next JSON line, parsed, within `timeout`.
+    fn recv<T: serde::de::DeserializeOwned>(&mut self, timeout: Duration) -> anyhow::Result<T> {
+        let line = self.lines.recv_timeout(timeout).map_err(|e| match e {
+            mpsc::RecvTimeoutError::Timeout => {
+                anyhow::anyhow!("the manager role said nothing for {timeout:?}")
+            }
+            mpsc::RecvTimeoutError::Disconnected => {
+                let status = self.child.wait().ok();
+                anyhow::anyhow!("the manager role exited ({status:?})")
+            }
+        })?;
+        serde_json::from_str(&line).with_context(|| format!("parsing {line:?}"))
+    }
+
+    fn send(&mut self, command: &str) -> anyhow::Result<()> {
+        writeln!(self.stdin, "{command}")?;
+        self.stdin.flush()?;
+        Ok(())
+    }
+
+    fn finish(mut self) -> anyhow::Result<()> {
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("the manager role exited with {status}");
+        }
+        Ok(())
+    }
+}
+
+fn latency(
+    exe: &Path,
+    testd: &Path,
+    dir: &Path,
+    settings: &Settings,
+) -> anyhow::Result<LatencySamples> {
+    std::fs::create_dir_all(dir)?;
+    let reps = settings.reps.to_string();
+    let stubborn = settings.stubborn_reps.to_string();
+    let grace = settings.grace_ms.to_string();
+    let mut child = ManagerChild::spawn(
+        exe,
+        &[
+            "latency".as_ref(),
+            "--testd".as_ref(),
+            testd.as_os_str(),
+            "--dir".as_ref(),
+            dir.as_os_str(),
+            "--reps".as_ref(),
+            reps.as_ref(),
+            "--stubborn-reps".as_ref(),
+            stubborn.as_ref(),
+            "--grace-ms".as_ref(),
+            grace.as_ref(),
+        ],
+    )?;
+    let budget = Duration::from_secs(120)
+        + Duration::from_millis(50) * settings.reps as u32
+        + Duration::from_millis(settings.grace_ms + 500) * settings.stubborn_reps as u32;
+    let samples = child.recv(budget)?;
+    child.finish()?;
+    Ok(samples)
+}
+
+/// The raw baseline at scale: `n` daemons spawned back to back.
+struct RawScale {
+    all_listening_ns: i64,
+    spawn_calls_ns: i64,
+    stop_all_ns: i64,
+    check_cpu_us: f64,
+}
+
+impl RawScale {
+    fn mean(a: &RawScale, b: &RawScale) -> RawScale {
+        RawScale {
+            all_listening_ns: (a.all_listening_ns + b.all_listening_ns) / 2,
+            spawn_calls_ns: (a.spawn_calls_ns + b.spawn_calls_ns) / 2,
+            stop_all_ns: (a.stop_all_ns + b.stop_all_ns) / 2,
+            check_cpu_us: (a.check_cpu_us + b.check_cpu_us) / 2.0,
+        }
+    }
+}
+
+fn raw_scale(testd: &Path, dir: &Path, n: usize) -> anyhow::Result<RawScale> {
+    let sockets_dir = dir.join("s");
+    std::fs::create_dir_all(&sockets_dir)?;
+    let stamps = dir.join("raw.ts");
+    let sockets: Vec<PathBuf> = (0..n)
+        .map(|i| sockets_dir.join(format!("{i:05}.sock")))
+        .collect();
+    let t0 = now_ns();
+    let daemons = sockets
+        .iter()
+        .map(|socket| RawDaemon::spawn(testd, socket, &stamps, &[]))
+        .collect::<Result<Vec<_>, _>>()
+        .context("spawning raw daemons")?;
+    let spawn_calls_ns = now_ns() - t0;
+    // Looked at seldom, so reading the file takes no CPU from the
+    // starting daemons; the figure comes from their stamps.
+    let listened = wait_stamps(
+        &stamps,
+        n,
+        Duration::from_millis(5),
+        Duration::from_secs(300),
+    )?;
+    raw::check_all_accepting(&sockets)?;
+    let last_listen = listened.iter().map(|s| s.listen_ns).max().unwrap_or(t0);
+    let passes = (3000 / n).clamp(1, 30);
+    let check_cpu_us = raw::connect_cpu_us(&sockets, passes)?;
+    let t0_stop = now_ns();
+    for daemon in &daemons {
+        daemon.signal(Signal::TERM)?;
+    }
+    for daemon in daemons {
+        daemon.reap()?;
+    }
+    Ok(RawScale {
+        all_listening_ns: last_listen - t0,
+        spawn_calls_ns,
+        stop_all_ns: now_ns() - t0_stop,
+        check_cpu_us,
+    })
+}
+
+fn scale_row(
+    exe: &Path,
+    testd: &Path,
+    dir: &Path,
+    n: usize,
+    settings: &Settings,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<ScaleRow> {
+    progress(format_args!("scale n={n}: raw parallel spawn"));
+    let raw_before = raw_scale(testd, &dir.join("raw-before"), n)?;
+    sweep(&format!("scale {n}, first raw run"), notes);
+
+    progress(format_args!(
+        "scale n={n}: supervised, then {} s idle with a {} ms health check",
+        settings.idle_secs, settings.health_ms
+    ));
+    let tend_dir = dir.join("tend");
+    std::fs::create_dir_all(&tend_dir)?;
+    let n_arg = n.to_string();
+    let health = settings.health_ms.to_string();
+    let mut child = ManagerChild::spawn(
+        exe,
+        &[
+            "scale".as_ref(),
+            "--testd".as_ref(),
+            testd.as_os_str(),
+            "--dir".as_ref(),
+            tend_dir.as_os_str(),
+            "--n".as_ref(),
+            n_arg.as_ref(),
+            "--health-ms".as_ref(),
+            health.as_ref(),
+        ],
+    )?;
+    let pid = child.pid();
+    let step = Duration::from_secs(300);
+    let ScaleMsg::Ready = child.recv(step)? else {
+        bail!("expected the ready message");
+    };
+    let rss_idle_kib = sys::rss_kib(pid).unwrap_or(0);
+    let cpu_ready = sys::cpu_secs(pid).unwrap_or(0.0);
+    child.send("go")?;
+    let ScaleMsg::Running {
+        t0_ns,
+        all_started_ns,
+        last_running_ns,
+        failures,
+        first_error,
+        list_ns,
+    } = child.recv(step)?
+    else {
+        bail!("expected the running message");
+    };
+    if failures > 0 {
+        bail!(
+            "{failures} of {n} starts failed; first: {}",
+            first_error.unwrap_or_default()
+        );
+    }
+    let cpu_running = sys::cpu_secs(pid).unwrap_or(0.0);
+    let rss_running_kib = sys::rss_kib(pid).unwrap_or(0);
+    let window = Instant::now();
+    std::thread::sleep(Duration::from_secs(settings.idle_secs));
+    let cpu_idle_end = sys::cpu_secs(pid).unwrap_or(0.0);
+    let window = window.elapsed().as_secs_f64();
+    let rss_after_idle_kib = sys::rss_kib(pid).unwrap_or(0);
+    child.send("report")?;
+    let ScaleMsg::Report {
+        running,
+        restarts,
+        failed_health_checks,
+    } = child.recv(step)?
+    else {
+        bail!("expected the report message");
+    };
+    let hwm_kib = sys::hwm_kib(pid).unwrap_or(0);
+    let cpu_before_stop = sys::cpu_secs(pid).unwrap_or(0.0);
+    child.send("stop")?;
+    let ScaleMsg::Stopped {
+        stop_all_ns,
+        not_stopped,
+    } = child.recv(step)?
+    else {
+        bail!("expected the stopped message");
+    };
+    let cpu_stop = sys::cpu_secs(pid).unwrap_or(0.0) - cpu_before_stop;
+    child.finish()?;
+    sweep(&format!("scale {n}, tend"), notes);
+    progress(format_args!("scale n={n}: raw parallel spawn again"));
+    let raw_after = raw_scale(testd, &dir.join("raw-after"), n)?;
+    // The supervised run is bracketed by two raw runs, so load that comes
+    // or goes during the size weighs on both sides alike.
+    let raw = RawScale::mean(&raw_before, &raw_after);
+    let stamps = read_stamps(&tend_dir.join("tend.ts"))?;
+    let last_listen = stamps.iter().map(|s| s.listen_ns).max().unwrap_or(0);
+
+    let ms = |ns: i64| ns as f64 / 1e6;
+    let tend_all_running = all_started_ns - t0_ns;
+    Ok(ScaleRow {
+        n,
+        raw_all_listening_ms: ms(raw.all_listening_ns),
+        raw_all_listening_runs_ms: [
+            ms(raw_before.all_listening_ns),
+            ms(raw_after.all_listening_ns),
+        ],
+        raw_spawn_calls_ms: ms(raw.spawn_calls_ns),
+        raw_stop_all_ms: ms(raw.stop_all_ns),
+        tend_all_running_ms: ms(tend_all_running),
+        tend_last_listen_ms: ms(last_listen - t0_ns),
+        tend_last_running_after_last_listen_ms: ms(last_running_ns - last_listen),
+        start_ratio: tend_all_running as f64 / raw.all_listening_ns as f64,
+        start_cpu_ms: (cpu_running - cpu_ready) * 1e3,
+        rss_idle_kib,
+        rss_running_kib,
+        rss_after_idle_kib,
+        hwm_kib,
+        rss_per_daemon_kib: (rss_after_idle_kib.max(rss_running_kib) as f64 - rss_idle_kib as f64)
+            / n as f64,
+        idle_secs: window,
+        idle_cpu_pct: (cpu_idle_end - cpu_running) / window * 100.0,
+        raw_check_cpu_us: raw.check_cpu_us,
+        raw_idle_floor_pct: raw.check_cpu_us * n as f64 / (settings.health_ms as f64 * 1e3) * 100.0,
+        running_after_idle: running,
+        restarts,
+        failed_health_checks,
+        stop_all_ms: ms(stop_all_ns),
+        stop_all_cpu_ms: cpu_stop * 1e3,
+        stop_all_over_raw: stop_all_ns as f64 / raw.stop_all_ns as f64,
+        not_stopped,
+        list: summarize(&list_ns),
+    })
+}
