@@ -202,6 +202,13 @@ fn report_cleanup(report: &CleanupReport) {
             report.killed.join(", ")
         );
     }
+    if !report.escaped.is_empty() {
+        say!(
+            "tend: stopped {} process(es) that had escaped the daemons of an earlier tend: pid {:?}",
+            report.escaped.len(),
+            report.escaped
+        );
+    }
     if !report.owned_by_live_manager.is_empty() {
         say!(
             "tend: left alone {} daemon record(s) of another live tend: {}",
