@@ -196,6 +196,12 @@ impl BackgroundProcessManager {
         let (waiter, started) = oneshot::channel();
         {
             let mut slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
+            // Again under the lock: `stop_all_processes` sets the flag and
+            // then lists the names under this lock, so a start that got
+            // past the first check registers a name it would never stop.
+            if self.inner.shutting_down.load(Ordering::SeqCst) {
+                return Err(Error::ShuttingDown(config.name));
+            }
             let shared = match slots.get(&config.name) {
                 Some(slot) => {
                     let state = slot.shared.state();

@@ -8,8 +8,8 @@
 //! are the ones recorded:
 //! - the leader is alive with the recorded start time, or
 //! - the leader is gone but members of its group remain that share its
-//!   session and started after it (the group id cannot have been reused
-//!   while any member lives).
+//!   session, started after it, and carry its manager's `TEND_MANAGER_ID`
+//!   (an unrelated process may have reused the PID and formed a group).
 //!
 //! A PID that now belongs to another process is left alone.
 
@@ -230,14 +230,26 @@ async fn clean_record(record: &OrphanRecord) -> Result<bool, String> {
         Some(leader) if leader.is_alive() => {
             leader.start_time == record.start_time && leader.pgid == record.pgid
         }
-        _ => procfs::live_group_members(record.pgid)
-            .into_iter()
-            .any(|pid| {
-                matches!(
-                    procfs::stat(pid),
-                    Ok(Some(s)) if s.sid == record.sid && s.start_time >= record.start_time
-                )
-            }),
+        // The leader is gone. Members left in its group prove to be the
+        // daemon's only if they share its session, started after it, and
+        // carry its manager's marker: an unrelated process can reuse the
+        // PID, lead a group of that id and fork.
+        _ => {
+            let marker = format!(
+                "{}={}.{}",
+                spawn::MANAGER_ID_ENV,
+                record.owner_pid,
+                record.owner_start_time
+            );
+            procfs::live_group_members(record.pgid)
+                .into_iter()
+                .any(|pid| {
+                    matches!(
+                        procfs::stat(pid),
+                        Ok(Some(s)) if s.sid == record.sid && s.start_time >= record.start_time
+                    ) && procfs::environ_contains(pid, marker.as_bytes())
+                })
+        }
     };
     if !ours {
         return Ok(false);

@@ -61,6 +61,10 @@
 //!   `--abort-after`, `--stop-accepting-after`, `--never-accept` and
 //!   `--wedge`; a process that finds PATH already there ignores those five
 //!   flags, so a restarted daemon stays healthy.
+//! - `--healthy-once PATH`: the reverse: only the first process started with
+//!   this PATH (the one that creates it) drops `--exit-immediately` and the
+//!   five faults above and is healthy; every later one keeps them, so a
+//!   daemon that came up once crash-loops on every restart.
 //!
 //! Serving:
 //! - `--never-accept`: listen but never accept; connections queue up until
@@ -93,7 +97,7 @@ usage: testd [--socket PATH] [--bind-delay MS] [--listen-delay MS] [--never-bind
              [--fork-children N] [--children-ignore-sigterm] [--double-fork]
              [--stop-accepting-after MS] [--never-accept] [--backlog N] [--wedge]
              [--pid-file PATH] [--timestamps PATH] [--record-start PATH]
-             [--faults-once PATH]
+             [--faults-once PATH] [--healthy-once PATH]
              [--flood BYTES] [--flood-no-newline] [--flood-invalid-utf8]
              [--close-stdio] [--print-env NAME]... [--print-cwd]
 The socket path defaults to $SOCKET_PATH; durations are in milliseconds.";
@@ -137,6 +141,7 @@ struct Opts {
     timestamps: Option<PathBuf>,
     record_start: Option<PathBuf>,
     faults_once: Option<PathBuf>,
+    healthy_once: Option<PathBuf>,
     flood: Option<u64>,
     flood_no_newline: bool,
     flood_invalid_utf8: bool,
@@ -168,6 +173,7 @@ impl Default for Opts {
             timestamps: None,
             record_start: None,
             faults_once: None,
+            healthy_once: None,
             flood: None,
             flood_no_newline: false,
             flood_invalid_utf8: false,
@@ -235,6 +241,7 @@ fn parse_args(args: impl Iterator<Item = OsString>) -> Opts {
             "--timestamps" => o.timestamps = Some(value().into()),
             "--record-start" => o.record_start = Some(value().into()),
             "--faults-once" => o.faults_once = Some(value().into()),
+            "--healthy-once" => o.healthy_once = Some(value().into()),
             "--flood" => o.flood = Some(parse_num(&flag, value())),
             "--flood-no-newline" => o.flood_no_newline = true,
             "--flood-invalid-utf8" => o.flood_invalid_utf8 = true,
@@ -252,23 +259,34 @@ fn parse_args(args: impl Iterator<Item = OsString>) -> Opts {
     o
 }
 
-/// Applies `--faults-once`: the first process to create the file keeps its
-/// faults; every later one drops them.
-fn apply_faults_once(o: &mut Opts) {
-    let Some(path) = &o.faults_once else {
-        return;
-    };
-    let first = OpenOptions::new()
+/// Whether this process is the first to create `path` (exclusively).
+fn first_to_create(path: &PathBuf) -> bool {
+    OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(path)
-        .is_ok();
-    if !first {
-        o.exit_after = None;
-        o.abort_after = None;
-        o.stop_accepting_after = None;
-        o.never_accept = false;
-        o.wedge = false;
+        .is_ok()
+}
+
+/// Drops every fault `--faults-once` and `--healthy-once` control.
+fn drop_faults(o: &mut Opts) {
+    o.exit_after = None;
+    o.abort_after = None;
+    o.stop_accepting_after = None;
+    o.never_accept = false;
+    o.wedge = false;
+}
+
+/// Applies `--faults-once` (the first process to create the file keeps its
+/// faults; every later one drops them) and `--healthy-once` (the first one
+/// drops them, and `--exit-immediately` too; every later one keeps them).
+fn apply_faults_once(o: &mut Opts) {
+    if o.faults_once.as_ref().is_some_and(|p| !first_to_create(p)) {
+        drop_faults(o);
+    }
+    if o.healthy_once.as_ref().is_some_and(first_to_create) {
+        drop_faults(o);
+        o.exit_immediately = false;
     }
 }
 

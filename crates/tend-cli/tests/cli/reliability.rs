@@ -27,6 +27,13 @@ fn manager_marker(pid: u32) -> String {
     format!("TEND_MANAGER_ID={pid}.{}", fields[19])
 }
 
+/// The process group and session of `pid`, from `/proc/<pid>/stat`.
+fn group_and_session(pid: u32) -> Option<(u32, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    Some((fields.get(2)?.parse().ok()?, fields.get(3)?.parse().ok()?))
+}
+
 /// Live processes whose environment holds `entry`, found by walking /proc.
 fn marked(entry: &str) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -79,14 +86,23 @@ shutdown_grace_period = "300ms"
         ],
     );
     let marker = manager_marker(first.pid());
-    // 3 daemons, 2 children, 1 escapee.
-    wait_until("every daemon's descendants", Instant::now() + SOON, || {
-        marked(&marker).len() == 6
-    });
     let leaders: Vec<Tracked> = ["escaper", "forker"]
         .iter()
         .map(|name| Tracked::new(pid_of(process(&processes, name))))
         .collect();
+    let stubborn = pid_of(process(&processes, "stubborn"));
+    // 3 daemons, 2 children and 1 escapee: the double fork's grandchild,
+    // in no daemon's group (its parent, which leads the new session,
+    // exits at once).
+    wait_until("every daemon's descendants", Instant::now() + SOON, || {
+        let all = marked(&marker);
+        let outsiders: Vec<(u32, u32, u32)> = all
+            .iter()
+            .filter_map(|&pid| group_and_session(pid).map(|(g, s)| (pid, g, s)))
+            .filter(|&(pid, group, _)| pid != stubborn && !leaders.iter().any(|l| l.pid == group))
+            .collect();
+        all.len() == 6 && matches!(outsiders[..], [(pid, _, session)] if session != pid)
+    });
 
     first.signal(Signal::KILL);
     first.wait();
@@ -173,7 +189,10 @@ fn silent_and_flooding_clients_do_not_stall_others() {
     BufReader::new(&flooder).read_line(&mut line).unwrap();
     assert!(line.contains("longer than"), "{line}");
     let sent = flood.join().unwrap();
-    assert!(sent < 100 * 1024 * 1024, "the supervisor read all {sent} bytes");
+    assert!(
+        sent < 100 * 1024 * 1024,
+        "the supervisor read all {sent} bytes"
+    );
     sandbox.run(&["down", "-c", c]).expect_success();
     assert!(up.wait().success());
 }
@@ -230,7 +249,10 @@ fn arbitrary_requests_are_answered_and_the_supervisor_keeps_serving() {
     let c = config.to_str().unwrap();
     let mut up = sandbox.up(&config);
     wait_for_states(&sandbox, &config, &[("a", "running")]);
-    let mut runner = TestRunner::new(ProptestConfig::with_cases(200));
+    let mut runner = TestRunner::new(ProptestConfig {
+        failure_persistence: None,
+        ..ProptestConfig::with_cases(200)
+    });
     runner
         .run(&request(), |bytes| {
             let mut stream = connect(&sandbox);
@@ -285,10 +307,31 @@ command = "/bin/true"
 
 /// A config file mutated line by line and byte by byte.
 fn config_text() -> impl Strategy<Value = Vec<u8>> {
-    let edit = (any::<prop::sample::Index>(), any::<prop::sample::Index>(), 0u8..6);
+    let edit = (
+        any::<prop::sample::Index>(),
+        any::<prop::sample::Index>(),
+        0u8..6,
+    );
     let tokens = prop::sample::select(vec![
-        "\"", "[", "]", "=", "{", "}", ",", "\n", "-1", "99999999999999999999", "\"1e9h\"", "true",
-        "[process]", "[process.a.healthcheck]", "\u{0}", "\u{fffd}", "é", "\"../x\"", "'''",
+        "\"",
+        "[",
+        "]",
+        "=",
+        "{",
+        "}",
+        ",",
+        "\n",
+        "-1",
+        "99999999999999999999",
+        "\"1e9h\"",
+        "true",
+        "[process]",
+        "[process.a.healthcheck]",
+        "\u{0}",
+        "\u{fffd}",
+        "é",
+        "\"../x\"",
+        "'''",
     ]);
     (vec((edit, tokens), 0..5)).prop_map(|edits| {
         let mut lines: Vec<Vec<u8>> = CONFIG.lines().map(|l| l.as_bytes().to_vec()).collect();
@@ -340,7 +383,10 @@ fn check_on_mutated_configs_exits_0_or_2_naming_the_file() {
     let sandbox = Sandbox::new();
     let file = sandbox.path().join("mutated.toml");
     let name = file.to_str().unwrap().to_owned();
-    let mut runner = TestRunner::new(ProptestConfig::with_cases(160));
+    let mut runner = TestRunner::new(ProptestConfig {
+        failure_persistence: None,
+        ..ProptestConfig::with_cases(160)
+    });
     runner
         .run(&config_text(), |text| {
             std::fs::write(&file, &text).unwrap();
