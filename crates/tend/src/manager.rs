@@ -359,16 +359,7 @@ impl BackgroundProcessManager {
     /// The persistent JSON-RPC client of a daemon: one connection,
     /// multiplexed, reconnecting after restarts. Clones share it.
     pub fn rpc_client(&self, name: &str) -> Result<rpc::Client> {
-        let slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let slot = slots
-            .get(name)
-            .ok_or_else(|| Error::UnknownProcess(name.to_owned()))?;
-        let socket = slot
-            .config
-            .socket_path
-            .as_deref()
-            .ok_or_else(|| Error::NoSocket(name.to_owned()))?;
-        Ok(slot.shared.rpc_client(socket))
+        self.with_socket(name, |shared, socket| shared.rpc_client(socket))
     }
 
     /// Subscribes a daemon to named events: each [`Self::publish`]ed event
@@ -380,17 +371,9 @@ impl BackgroundProcessManager {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let slot = slots
-            .get(name)
-            .ok_or_else(|| Error::UnknownProcess(name.to_owned()))?;
-        let socket = slot
-            .config
-            .socket_path
-            .as_deref()
-            .ok_or_else(|| Error::NoSocket(name.to_owned()))?;
-        subscribe_shared(&slot.shared, socket, events.into_iter().map(Into::into));
-        Ok(())
+        self.with_socket(name, |shared, socket| {
+            subscribe_shared(shared, socket, events.into_iter().map(Into::into))
+        })
     }
 
     /// Publishes an event to every daemon subscribed to it; returns how
@@ -435,6 +418,20 @@ impl BackgroundProcessManager {
     pub async fn cleanup_orphans(&self) -> Result<CleanupReport> {
         let context = self.context()?;
         Ok(context.orphans.cleanup(None).await)
+    }
+
+    /// Runs `f` on a known daemon that has a socket.
+    fn with_socket<T>(&self, name: &str, f: impl FnOnce(&Shared, &Path) -> T) -> Result<T> {
+        let slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = slots
+            .get(name)
+            .ok_or_else(|| Error::UnknownProcess(name.to_owned()))?;
+        let socket = slot
+            .config
+            .socket_path
+            .as_deref()
+            .ok_or_else(|| Error::NoSocket(name.to_owned()))?;
+        Ok(f(&slot.shared, socket))
     }
 
     fn with_shared<T>(&self, name: &str, f: impl FnOnce(&Shared) -> T) -> Option<T> {
