@@ -81,6 +81,9 @@ with zipfile.ZipFile(out, "w") as z:
     file
 }
 
+/// The requirements file `Fixture::require` writes, relative to the plugin.
+const REQUIREMENTS: &str = "requirements.txt";
+
 /// A temporary envs root and plugin directory with wheels 0.1 and 0.2 of
 /// `tendtestpkg` in `<plugin>/wheels`.
 struct Fixture {
@@ -115,7 +118,7 @@ impl Fixture {
     /// Writes `requirements.txt` naming `wheel` relative to the plugin.
     fn require(&self, wheel: &str) {
         std::fs::write(
-            self.plugin.join("requirements.txt"),
+            self.plugin.join(REQUIREMENTS),
             format!("--no-index\n./wheels/{wheel}\n"),
         )
         .unwrap();
@@ -123,6 +126,26 @@ impl Fixture {
 
     fn hash_file(&self, name: &str) -> PathBuf {
         self.root.join(name).join("python.hash")
+    }
+
+    /// `envs.ensure_python` for `name` with this plugin's `requirements.txt`.
+    async fn ensure_python(
+        &self,
+        envs: &PluginEnvironmentManager,
+        name: &str,
+    ) -> Result<EnsureOutcome, EnvError> {
+        envs.ensure_python(name, &self.plugin, Some(Path::new(REQUIREMENTS)))
+            .await
+    }
+
+    /// `envs.ensure_node` for `name` with this plugin's `package.json`.
+    async fn ensure_node(
+        &self,
+        envs: &PluginEnvironmentManager,
+        name: &str,
+    ) -> Result<EnsureOutcome, EnvError> {
+        envs.ensure_node(name, &self.plugin, Path::new("package.json"))
+            .await
     }
 }
 
@@ -172,6 +195,23 @@ fn take(log: &Log) -> Vec<String> {
     std::mem::take(&mut *log.lock().unwrap())
 }
 
+/// Asserts that `error` is a failed command whose line contains `command`
+/// and whose output tail contains `output`.
+#[track_caller]
+fn assert_command_failed(error: &EnvError, command: &str, output: &str) {
+    match error {
+        EnvError::CommandFailed {
+            command: ran,
+            output_tail,
+            ..
+        } => {
+            assert!(ran.contains(command), "{ran}");
+            assert!(output_tail.contains(output), "{output_tail}");
+        }
+        other => panic!("expected CommandFailed, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn a_venv_is_built_once_reused_and_rebuilt_when_requirements_change() {
     if !python_venv_available() {
@@ -180,15 +220,11 @@ async fn a_venv_is_built_once_reused_and_rebuilt_when_requirements_change() {
     within(async {
         let fixture = Fixture::new().with_wheels();
         let (envs, log) = recording(&fixture.root);
-        let requirements = Some(Path::new("requirements.txt"));
         let python = fixture.root.join("weather/venv/bin/python");
         assert_eq!(envs.python_path("weather"), Path::new("python3"));
 
         fixture.require("tendtestpkg-0.1-py3-none-any.whl");
-        let outcome = envs
-            .ensure_python("weather", &fixture.plugin, requirements)
-            .await
-            .unwrap();
+        let outcome = fixture.ensure_python(&envs, "weather").await.unwrap();
         assert_eq!(
             outcome,
             EnsureOutcome {
@@ -204,10 +240,7 @@ async fn a_venv_is_built_once_reused_and_rebuilt_when_requirements_change() {
         let written = mtime(&fixture.hash_file("weather"));
 
         // Unchanged: reused, pip does not run, the fingerprint is untouched.
-        let outcome = envs
-            .ensure_python("weather", &fixture.plugin, requirements)
-            .await
-            .unwrap();
+        let outcome = fixture.ensure_python(&envs, "weather").await.unwrap();
         assert!(!outcome.created && !outcome.installed, "{outcome:?}");
         assert!(take(&log).is_empty());
         assert_eq!(mtime(&fixture.hash_file("weather")), written);
@@ -218,10 +251,7 @@ async fn a_venv_is_built_once_reused_and_rebuilt_when_requirements_change() {
 
         // Changed requirements: reinstalled into the same venv.
         fixture.require("tendtestpkg-0.2-py3-none-any.whl");
-        let outcome = envs
-            .ensure_python("weather", &fixture.plugin, requirements)
-            .await
-            .unwrap();
+        let outcome = fixture.ensure_python(&envs, "weather").await.unwrap();
         assert!(!outcome.created && outcome.installed, "{outcome:?}");
         assert_eq!(take(&log), ["pip"]);
         assert_eq!(installed_version(&python), "0.2");
@@ -241,7 +271,6 @@ async fn a_failed_install_leaves_no_fingerprint_and_is_retried() {
     within(async {
         let fixture = Fixture::new().with_wheels();
         let envs = PluginEnvironmentManager::new(&fixture.root);
-        let requirements = Some(Path::new("requirements.txt"));
 
         // Without requirements: just the venv.
         let outcome = envs
@@ -252,40 +281,21 @@ async fn a_failed_install_leaves_no_fingerprint_and_is_retried() {
         assert!(!fixture.hash_file("clock").exists());
 
         fixture.require("tendtestpkg-0.1-py3-none-any.whl");
-        let outcome = envs
-            .ensure_python("clock", &fixture.plugin, requirements)
-            .await
-            .unwrap();
+        let outcome = fixture.ensure_python(&envs, "clock").await.unwrap();
         assert!(outcome.installed, "{outcome:?}");
 
         // A requirement naming a wheel that does not exist fails, says why,
         // and removes the old fingerprint.
         fixture.require("missing-0.1-py3-none-any.whl");
-        let error = envs
-            .ensure_python("clock", &fixture.plugin, requirements)
-            .await
-            .unwrap_err();
-        match &error {
-            EnvError::CommandFailed {
-                command,
-                output_tail,
-                ..
-            } => {
-                assert!(command.contains("pip install"), "{command}");
-                assert!(output_tail.contains("missing-0.1"), "{output_tail}");
-            }
-            other => panic!("expected CommandFailed, got {other:?}"),
-        }
+        let error = fixture.ensure_python(&envs, "clock").await.unwrap_err();
+        assert_command_failed(&error, "pip install", "missing-0.1");
         assert!(error.to_string().contains("missing-0.1"), "{error}");
         assert!(!fixture.hash_file("clock").exists());
 
         // Back to the requirements that worked: since the failed attempt
         // may have changed the venv, they are installed again, not reused.
         fixture.require("tendtestpkg-0.1-py3-none-any.whl");
-        let outcome = envs
-            .ensure_python("clock", &fixture.plugin, requirements)
-            .await
-            .unwrap();
+        let outcome = fixture.ensure_python(&envs, "clock").await.unwrap();
         assert!(!outcome.created && outcome.installed, "{outcome:?}");
         assert!(fixture.hash_file("clock").exists());
         assert_eq!(installed_version(&outcome.path), "0.1");
@@ -305,7 +315,7 @@ async fn concurrent_calls_build_the_environment_once() {
         // the environment's lock file keeps them apart.
         let (first, first_log) = recording(&fixture.root);
         let (second, second_log) = recording(&fixture.root);
-        let requirements = Some(Path::new("requirements.txt"));
+        let requirements = Some(Path::new(REQUIREMENTS));
         let plugin = fixture.plugin.clone();
         let (a, b) = tokio::join!(
             tokio::spawn({
@@ -384,14 +394,10 @@ async fn node_packages_are_installed_once_and_reinstalled_when_package_json_chan
     within(async {
         let fixture = Fixture::new();
         let (envs, log) = recording(&fixture.root);
-        let package_json = Path::new("package.json");
         let node_modules = envs.node_modules_path("web").unwrap();
         node_plugin(&fixture, r#"{"localdep": "file:./localdep"}"#);
 
-        let outcome = envs
-            .ensure_node("web", &fixture.plugin, package_json)
-            .await
-            .unwrap();
+        let outcome = fixture.ensure_node(&envs, "web").await.unwrap();
         assert_eq!(
             outcome,
             EnsureOutcome {
@@ -405,10 +411,7 @@ async fn node_packages_are_installed_once_and_reinstalled_when_package_json_chan
         let hash_file = fixture.root.join("web/node.hash");
         let written = mtime(&hash_file);
 
-        let outcome = envs
-            .ensure_node("web", &fixture.plugin, package_json)
-            .await
-            .unwrap();
+        let outcome = fixture.ensure_node(&envs, "web").await.unwrap();
         assert!(!outcome.created && !outcome.installed, "{outcome:?}");
         assert!(take(&log).is_empty());
         assert_eq!(mtime(&hash_file), written);
@@ -418,10 +421,7 @@ async fn node_packages_are_installed_once_and_reinstalled_when_package_json_chan
             &fixture,
             r#"{"localdep": "file:./localdep", "again": "./localdep"}"#,
         );
-        let outcome = envs
-            .ensure_node("web", &fixture.plugin, package_json)
-            .await
-            .unwrap();
+        let outcome = fixture.ensure_node(&envs, "web").await.unwrap();
         assert!(!outcome.created && outcome.installed, "{outcome:?}");
         assert_eq!(node_require(&node_modules, "again"), "42");
 
@@ -438,10 +438,7 @@ async fn node_packages_are_installed_once_and_reinstalled_when_package_json_chan
                 fixture.plugin.to_str().unwrap(),
             ]
         ));
-        let outcome = envs
-            .ensure_node("web", &fixture.plugin, package_json)
-            .await
-            .unwrap();
+        let outcome = fixture.ensure_node(&envs, "web").await.unwrap();
         assert!(outcome.installed, "{outcome:?}");
         assert_eq!(node_require(&node_modules, "localdep"), "42");
     })
@@ -456,32 +453,15 @@ async fn a_failed_npm_install_is_retried() {
     within(async {
         let fixture = Fixture::new();
         let envs = PluginEnvironmentManager::new(&fixture.root);
-        let package_json = Path::new("package.json");
         // A missing local directory only makes a dangling link; a missing
         // tarball fails.
         node_plugin(&fixture, r#"{"gone": "file:./missing-1.0.0.tgz"}"#);
-        let error = envs
-            .ensure_node("web", &fixture.plugin, package_json)
-            .await
-            .unwrap_err();
-        match &error {
-            EnvError::CommandFailed {
-                command,
-                output_tail,
-                ..
-            } => {
-                assert!(command.contains("npm install"), "{command}");
-                assert!(output_tail.contains("missing-1.0.0.tgz"), "{output_tail}");
-            }
-            other => panic!("expected CommandFailed, got {other:?}"),
-        }
+        let error = fixture.ensure_node(&envs, "web").await.unwrap_err();
+        assert_command_failed(&error, "npm install", "missing-1.0.0.tgz");
         assert!(!fixture.root.join("web/node.hash").exists());
 
         node_plugin(&fixture, r#"{"localdep": "file:./localdep"}"#);
-        let outcome = envs
-            .ensure_node("web", &fixture.plugin, package_json)
-            .await
-            .unwrap();
+        let outcome = fixture.ensure_node(&envs, "web").await.unwrap();
         assert!(outcome.installed, "{outcome:?}");
         assert_eq!(node_require(&outcome.path, "localdep"), "42");
     })

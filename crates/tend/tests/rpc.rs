@@ -158,6 +158,118 @@ impl FakeDaemon {
     }
 }
 
+/// Fake daemons the tests share.
+impl FakeDaemon {
+    /// Serves every connection like the reference daemon.
+    fn echo(path: &Path) -> Self {
+        Self::start(path, |conn, _| echo(conn))
+    }
+
+    /// Answers each request with the messages `reply` makes of it, in order.
+    fn replying<F>(path: &Path, reply: F) -> Self
+    where
+        F: Fn(&Value) -> Vec<Value> + Send + Sync + 'static,
+    {
+        let reply = Arc::new(reply);
+        Self::start(path, move |mut conn, _| {
+            let reply = Arc::clone(&reply);
+            async move {
+                while let Some(request) = conn.request().await {
+                    for message in reply(&request) {
+                        conn.send(message).await;
+                    }
+                }
+            }
+        })
+    }
+
+    /// Like `start`, but each handler also gets a sender whose messages
+    /// reach the returned receiver.
+    fn reporting<T, F, Fut>(path: &Path, handler: F) -> (Self, mpsc::UnboundedReceiver<T>)
+    where
+        T: Send + 'static,
+        F: Fn(Conn, mpsc::UnboundedSender<T>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let daemon = Self::start(path, move |conn, _| handler(conn, sender.clone()));
+        (daemon, receiver)
+    }
+
+    /// Runs `script` on the first connection and serves every later one
+    /// like the reference daemon.
+    fn first_then_echo<F, Fut>(path: &Path, script: F) -> Self
+    where
+        F: FnOnce(Conn) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let script = std::sync::Mutex::new(Some(script));
+        Self::start(path, move |conn, index| {
+            let script = if index == 0 {
+                script.lock().unwrap().take()
+            } else {
+                None
+            };
+            async move {
+                match script {
+                    Some(script) => script(conn).await,
+                    None => echo(conn).await,
+                }
+            }
+        })
+    }
+
+    /// Serves only the first connection (later ones are closed at once): its
+    /// first request is held, signalled on the returned receiver, and
+    /// answered with "late" only once the second request has come; then it
+    /// is served like the reference daemon.
+    fn answering_late(path: &Path) -> (Self, oneshot::Receiver<()>) {
+        let (held_tx, held) = oneshot::channel();
+        let held_tx = std::sync::Mutex::new(Some(held_tx));
+        let daemon = Self::start(path, move |mut conn, _| {
+            let held_tx = held_tx.lock().unwrap().take();
+            async move {
+                let Some(held_tx) = held_tx else { return };
+                let first = conn.request().await.unwrap();
+                let _ = held_tx.send(());
+                let second = conn.request().await.unwrap();
+                conn.send(json!({"jsonrpc": "2.0", "id": first["id"], "result": "late"}))
+                    .await;
+                conn.send(answer(&second)).await;
+                echo(conn).await;
+            }
+        });
+        (daemon, held)
+    }
+
+    /// On the first connection: reads `requests` requests, writes `raw`, and
+    /// signals on the returned receiver once the client has hung up. Later
+    /// connections are served like the reference daemon.
+    fn garbling_first(path: &Path, requests: usize, raw: Vec<u8>) -> (Self, oneshot::Receiver<()>) {
+        let (closed_tx, closed) = oneshot::channel();
+        let daemon = Self::first_then_echo(path, move |mut conn| async move {
+            for _ in 0..requests {
+                conn.request().await.unwrap();
+            }
+            conn.send_raw(&raw).await;
+            conn.until_closed().await;
+            let _ = closed_tx.send(());
+        });
+        (daemon, closed)
+    }
+}
+
+/// Three concurrent `echo` calls, one for each of `params`.
+async fn echo_three(client: &Client, params: [Value; 3]) -> [Result<Value, RpcError>; 3] {
+    let [a, b, c] = params;
+    let (a, b, c) = tokio::join!(
+        client.call("echo", a),
+        client.call("echo", b),
+        client.call("echo", c),
+    );
+    [a, b, c]
+}
+
 impl Drop for FakeDaemon {
     fn drop(&mut self) {
         self.task.abort();
@@ -168,7 +280,7 @@ impl Drop for FakeDaemon {
 async fn ping_and_echo_round_trip() {
     within(async {
         let (_dir, path) = socket_dir();
-        let daemon = FakeDaemon::start(&path, |conn, _| echo(conn));
+        let daemon = FakeDaemon::echo(&path);
         let client = Client::new(&path);
         assert_eq!(client.call("ping", Value::Null).await.unwrap(), "pong");
         let params = json!({"hello": "tend", "nested": [1, 2, {"line": "a\nb"}]});
@@ -184,7 +296,7 @@ async fn ping_and_echo_round_trip() {
 async fn nothing_connects_before_the_first_call() {
     within(async {
         let (_dir, path) = socket_dir();
-        let daemon = FakeDaemon::start(&path, |conn, _| echo(conn));
+        let daemon = FakeDaemon::echo(&path);
         let client = Client::new(&path);
         // A call through another client proves the daemon accepts; the
         // idle client has not connected.
@@ -211,11 +323,7 @@ async fn replies_out_of_order_reach_their_own_calls() {
             echo(conn).await;
         });
         let client = Client::new(&path);
-        let (a, b, c) = tokio::join!(
-            client.call("echo", json!(["a"])),
-            client.call("echo", json!(["b"])),
-            client.call("echo", json!(["c"])),
-        );
+        let [a, b, c] = echo_three(&client, [json!(["a"]), json!(["b"]), json!(["c"])]).await;
         assert_eq!(a.unwrap(), json!(["a"]));
         assert_eq!(b.unwrap(), json!(["b"]));
         assert_eq!(c.unwrap(), json!(["c"]));
@@ -227,16 +335,13 @@ async fn replies_out_of_order_reach_their_own_calls() {
 async fn unknown_ids_are_ignored_and_notifications_reach_subscribers() {
     within(async {
         let (_dir, path) = socket_dir();
-        let daemon = FakeDaemon::start(&path, |mut conn, _| async move {
-            while let Some(request) = conn.request().await {
-                conn.send(json!({"jsonrpc": "2.0", "id": 424242, "result": "stray"}))
-                    .await;
-                conn.send(json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32700, "message": "Parse error"}}))
-                    .await;
-                conn.send(json!({"jsonrpc": "2.0", "method": "progress", "params": {"pct": 50}}))
-                    .await;
-                conn.send(answer(&request)).await;
-            }
+        let daemon = FakeDaemon::replying(&path, |request| {
+            vec![
+                json!({"jsonrpc": "2.0", "id": 424242, "result": "stray"}),
+                json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32700, "message": "Parse error"}}),
+                json!({"jsonrpc": "2.0", "method": "progress", "params": {"pct": 50}}),
+                answer(request),
+            ]
         });
         let client = Client::new(&path);
         let mut notifications = client.notifications();
@@ -265,17 +370,13 @@ async fn unknown_ids_are_ignored_and_notifications_reach_subscribers() {
 async fn requests_from_the_daemon_are_answered_method_not_found() {
     within(async {
         let (_dir, path) = socket_dir();
-        let (seen_tx, mut seen) = mpsc::unbounded_channel();
-        let _daemon = FakeDaemon::start(&path, move |mut conn, _| {
-            let seen_tx = seen_tx.clone();
-            async move {
-                let request = conn.request().await.unwrap();
-                conn.send(json!({"jsonrpc": "2.0", "id": "srv-1", "method": "whoami"}))
-                    .await;
-                conn.send(answer(&request)).await;
-                while let Some(message) = conn.request().await {
-                    let _ = seen_tx.send(message);
-                }
+        let (_daemon, mut seen) = FakeDaemon::reporting(&path, |mut conn, seen_tx| async move {
+            let request = conn.request().await.unwrap();
+            conn.send(json!({"jsonrpc": "2.0", "id": "srv-1", "method": "whoami"}))
+                .await;
+            conn.send(answer(&request)).await;
+            while let Some(message) = conn.request().await {
+                let _ = seen_tx.send(message);
             }
         });
         let client = Client::new(&path);
@@ -291,16 +392,9 @@ async fn requests_from_the_daemon_are_answered_method_not_found() {
 async fn a_call_times_out_and_its_late_reply_is_ignored() {
     within(async {
         let (_dir, path) = socket_dir();
-        let daemon = FakeDaemon::start(&path, |mut conn, _| async move {
-            // Hold the first request; answer it only when the second comes,
-            // which is after the first call gave up.
-            let first = conn.request().await.unwrap();
-            let second = conn.request().await.unwrap();
-            conn.send(json!({"jsonrpc": "2.0", "id": first["id"], "result": "late"}))
-                .await;
-            conn.send(answer(&second)).await;
-            echo(conn).await;
-        });
+        // The first request is answered only when the second comes, which
+        // is after the first call gave up.
+        let (daemon, _held) = FakeDaemon::answering_late(&path);
         let client = Client::new(&path);
         let timeout = Duration::from_millis(100);
         match client.call_with_timeout("slow", json!([]), timeout).await {
@@ -326,19 +420,7 @@ async fn a_call_times_out_and_its_late_reply_is_ignored() {
 async fn a_dropped_call_does_not_disturb_the_next() {
     within(async {
         let (_dir, path) = socket_dir();
-        let (got_first_tx, got_first) = oneshot::channel();
-        let got_first_tx = std::sync::Mutex::new(Some(got_first_tx));
-        let _daemon = FakeDaemon::start(&path, move |mut conn, _| {
-            let got_first_tx = got_first_tx.lock().unwrap().take();
-            async move {
-                let first = conn.request().await.unwrap();
-                let _ = got_first_tx.unwrap().send(());
-                let second = conn.request().await.unwrap();
-                conn.send(json!({"jsonrpc": "2.0", "id": first["id"], "result": "late"}))
-                    .await;
-                conn.send(answer(&second)).await;
-            }
-        });
+        let (_daemon, got_first) = FakeDaemon::answering_late(&path);
         let client = Client::new(&path);
         tokio::select! {
             _ = client.call("slow", json!([])) => panic!("the slow call was answered"),
@@ -353,20 +435,7 @@ async fn a_dropped_call_does_not_disturb_the_next() {
 async fn a_line_that_is_not_json_fails_the_call_and_drops_the_connection() {
     within(async {
         let (_dir, path) = socket_dir();
-        let (closed_tx, closed) = oneshot::channel();
-        let closed_tx = std::sync::Mutex::new(Some(closed_tx));
-        let daemon = FakeDaemon::start(&path, move |mut conn, index| {
-            let closed_tx = closed_tx.lock().unwrap().take();
-            async move {
-                if index > 0 {
-                    return echo(conn).await;
-                }
-                conn.request().await.unwrap();
-                conn.send_raw(b"this is not json\n").await;
-                conn.until_closed().await;
-                let _ = closed_tx.unwrap().send(());
-            }
-        });
+        let (daemon, closed) = FakeDaemon::garbling_first(&path, 1, b"this is not json\n".to_vec());
         let client = Client::new(&path);
         match client.call("ping", Value::Null).await {
             Err(error @ RpcError::MalformedReply { .. }) => {
@@ -410,15 +479,12 @@ async fn a_reply_that_is_not_jsonrpc_fails_only_its_call() {
 async fn an_error_object_becomes_an_rpc_error() {
     within(async {
         let (_dir, path) = socket_dir();
-        let _daemon = FakeDaemon::start(&path, |mut conn, _| async move {
-            while let Some(request) = conn.request().await {
-                conn.send(json!({
-                    "jsonrpc": "2.0",
-                    "id": request["id"],
-                    "error": {"code": -32000, "message": "boom", "data": {"why": "testing"}},
-                }))
-                .await;
-            }
+        let _daemon = FakeDaemon::replying(&path, |request| {
+            vec![json!({
+                "jsonrpc": "2.0",
+                "id": request["id"],
+                "error": {"code": -32000, "message": "boom", "data": {"why": "testing"}},
+            })]
         });
         let client = Client::new(&path);
         match client.call("explode", Value::Null).await {
@@ -440,31 +506,11 @@ async fn an_error_object_becomes_an_rpc_error() {
 async fn an_oversized_line_fails_every_pending_call_and_drops_the_connection() {
     within(async {
         let (_dir, path) = socket_dir();
-        let (closed_tx, closed) = oneshot::channel();
-        let closed_tx = std::sync::Mutex::new(Some(closed_tx));
-        let daemon = FakeDaemon::start(&path, move |mut conn, index| {
-            let closed_tx = closed_tx.lock().unwrap().take();
-            async move {
-                if index > 0 {
-                    return echo(conn).await;
-                }
-                for _ in 0..3 {
-                    conn.request().await.unwrap();
-                }
-                let mut line = vec![b'x'; 64 * 1024];
-                line.push(b'\n');
-                conn.send_raw(&line).await;
-                conn.until_closed().await;
-                let _ = closed_tx.unwrap().send(());
-            }
-        });
+        let mut line = vec![b'x'; 64 * 1024];
+        line.push(b'\n');
+        let (daemon, closed) = FakeDaemon::garbling_first(&path, 3, line);
         let client = Client::builder(&path).max_response_bytes(1024).build();
-        let (a, b, c) = tokio::join!(
-            client.call("echo", json!([1])),
-            client.call("echo", json!([2])),
-            client.call("echo", json!([3])),
-        );
-        for result in [a, b, c] {
+        for result in echo_three(&client, [json!([1]), json!([2]), json!([3])]).await {
             assert!(
                 matches!(result, Err(RpcError::ResponseTooLarge { limit: 1024 })),
                 "{result:?}"
@@ -505,22 +551,14 @@ async fn a_line_without_end_is_cut_off_at_the_limit() {
 async fn a_hang_up_fails_every_pending_call_and_the_next_call_reconnects() {
     within(async {
         let (_dir, path) = socket_dir();
-        let daemon = FakeDaemon::start(&path, |mut conn, index| async move {
-            if index > 0 {
-                return echo(conn).await;
-            }
+        let daemon = FakeDaemon::first_then_echo(&path, |mut conn| async move {
             for _ in 0..3 {
                 conn.request().await.unwrap();
             }
             // Dropping the connection hangs up.
         });
         let client = Client::new(&path);
-        let (a, b, c) = tokio::join!(
-            client.call("echo", json!([1])),
-            client.call("echo", json!([2])),
-            client.call("echo", json!([3])),
-        );
-        for result in [a, b, c] {
+        for result in echo_three(&client, [json!([1]), json!([2]), json!([3])]).await {
             assert!(
                 matches!(result, Err(RpcError::ConnectionClosed)),
                 "{result:?}"
@@ -536,10 +574,8 @@ async fn a_hang_up_fails_every_pending_call_and_the_next_call_reconnects() {
 async fn the_client_reconnects_after_the_daemon_restarts() {
     within(async {
         let (_dir, path) = socket_dir();
-        let (holding_tx, mut holding) = mpsc::unbounded_channel();
-        let first = FakeDaemon::start(&path, move |mut conn, _| {
-            let holding_tx = holding_tx.clone();
-            async move {
+        let (first, mut holding) =
+            FakeDaemon::reporting(&path, |mut conn, holding_tx| async move {
                 while let Some(request) = conn.request().await {
                     if request["method"] == "hold" {
                         let _ = holding_tx.send(());
@@ -547,8 +583,7 @@ async fn the_client_reconnects_after_the_daemon_restarts() {
                         conn.send(answer(&request)).await;
                     }
                 }
-            }
-        });
+            });
         let client = Client::new(&path);
         assert_eq!(client.call("ping", Value::Null).await.unwrap(), "pong");
 
@@ -575,7 +610,7 @@ async fn the_client_reconnects_after_the_daemon_restarts() {
             other => panic!("expected SocketNotFound, got {other:?}"),
         }
 
-        let second = FakeDaemon::start(&path, |conn, _| echo(conn));
+        let second = FakeDaemon::echo(&path);
         assert_eq!(client.call("ping", Value::Null).await.unwrap(), "pong");
         assert_eq!(client.call("echo", json!([5])).await.unwrap(), json!([5]));
         assert_eq!(second.connections(), 1);
@@ -587,7 +622,7 @@ async fn the_client_reconnects_after_the_daemon_restarts() {
 async fn a_thousand_sequential_calls_share_one_connection() {
     within(async {
         let (_dir, path) = socket_dir();
-        let daemon = FakeDaemon::start(&path, |conn, _| echo(conn));
+        let daemon = FakeDaemon::echo(&path);
         let client = Client::new(&path);
         for i in 0..1000 {
             assert_eq!(
@@ -604,7 +639,7 @@ async fn a_thousand_sequential_calls_share_one_connection() {
 async fn a_thousand_concurrent_calls_share_one_connection() {
     within(async {
         let (_dir, path) = socket_dir();
-        let daemon = FakeDaemon::start(&path, |conn, _| echo(conn));
+        let daemon = FakeDaemon::echo(&path);
         let client = Client::new(&path);
         let mut calls = JoinSet::new();
         for i in 0..1000 {
@@ -627,16 +662,12 @@ async fn a_thousand_concurrent_calls_share_one_connection() {
 async fn a_notification_has_no_id_and_gets_no_reply() {
     within(async {
         let (_dir, path) = socket_dir();
-        let (seen_tx, mut seen) = mpsc::unbounded_channel();
-        let _daemon = FakeDaemon::start(&path, move |mut conn, _| {
-            let seen_tx = seen_tx.clone();
-            async move {
-                while let Some(request) = conn.request().await {
-                    if request.get("id").is_some() {
-                        conn.send(answer(&request)).await;
-                    }
-                    let _ = seen_tx.send(request);
+        let (_daemon, mut seen) = FakeDaemon::reporting(&path, |mut conn, seen_tx| async move {
+            while let Some(request) = conn.request().await {
+                if request.get("id").is_some() {
+                    conn.send(answer(&request)).await;
                 }
+                let _ = seen_tx.send(request);
             }
         });
         let client = Client::new(&path);
@@ -692,7 +723,7 @@ async fn connect_errors_say_whether_the_socket_is_missing_or_stale() {
 async fn disconnect_closes_the_connection_and_the_next_call_reopens_it() {
     within(async {
         let (_dir, path) = socket_dir();
-        let daemon = FakeDaemon::start(&path, |conn, _| echo(conn));
+        let daemon = FakeDaemon::echo(&path);
         let client = Client::new(&path);
         client.call("ping", Value::Null).await.unwrap();
         client.disconnect().await;
