@@ -166,10 +166,19 @@ pub fn load(file: &Path) -> Result<TendConfig, ConfigError> {
 /// Reads only the state directory of the config at `file`, so a client can
 /// find a running supervisor even when the rest of the file was edited
 /// into something invalid since.
+///
+/// Only the `[settings]` table (and whatever precedes the first table) is
+/// parsed: the rest of a config of 1,000 daemons takes longer to parse than
+/// the request itself takes to answer. Should the cut-down text not parse,
+/// the whole file decides.
 pub fn load_state_dir(file: &Path) -> Result<StateDir, ConfigError> {
     let (file, text) = read(file)?;
-    let document = parse_document(&file, &text)?;
-    let mut problems = Problems::new(&text);
+    state_dir_in(&file, &settings_only(&text)).or_else(|_| state_dir_in(&file, &text))
+}
+
+fn state_dir_in(file: &Path, text: &str) -> Result<StateDir, ConfigError> {
+    let document = parse_document(file, text)?;
+    let mut problems = Problems::new(text);
     let settings = document
         .as_table()
         .get_key_value("settings")
@@ -179,15 +188,38 @@ pub fn load_state_dir(file: &Path) -> Result<StateDir, ConfigError> {
             key_span: key.span(),
             value_span: item.span(),
         });
-    let state_dir = read_settings(settings.as_ref(), base_dir(&file), &mut problems);
+    let state_dir = read_settings(settings.as_ref(), base_dir(file), &mut problems);
     if problems.is_empty() {
         Ok(state_dir)
     } else {
         Err(ConfigError::Invalid {
-            file,
+            file: file.to_owned(),
             problems: problems.into_sorted(),
         })
     }
+}
+
+/// `text` with every line blanked except those before the first table
+/// header and those of the `[settings]` table; line numbers stay as they
+/// were, so errors still point into the real file.
+fn settings_only(text: &str) -> String {
+    let mut keep = true;
+    let mut kept = String::with_capacity(text.len().min(4096));
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with('[') {
+            keep = trimmed
+                .strip_prefix('[')
+                .and_then(|rest| rest.split(']').next())
+                .is_some_and(|name| name.trim() == "settings");
+        }
+        if keep {
+            kept.push_str(line);
+        } else if line.ends_with('\n') {
+            kept.push('\n');
+        }
+    }
+    kept
 }
 
 fn read(file: &Path) -> Result<(PathBuf, String), ConfigError> {

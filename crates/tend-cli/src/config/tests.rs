@@ -396,3 +396,24 @@ node = "package.json"
         ]
     );
 }
+
+#[test]
+fn settings_only_keeps_settings_and_line_numbers() {
+    let text = "# top\n[process.a]\ncommand = \"x\"\n[settings]\nstate_dir = \"s\"\n[process.b]\nargs = [\n  \"y\",\n]\n";
+    let kept = super::settings_only(text);
+    assert_eq!(kept.lines().count(), text.lines().count());
+    assert_eq!(kept, "# top\n\n\n[settings]\nstate_dir = \"s\"\n\n\n\n\n");
+}
+
+#[test]
+fn state_dir_is_found_despite_errors_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tend.toml");
+    std::fs::write(
+        &file,
+        "[settings]\nstate_dir = \"st\"\n[process.a]\ncommand = \n",
+    )
+    .unwrap();
+    let state_dir = super::load_state_dir(&file).unwrap();
+    assert!(state_dir.path().ends_with("st"));
+}
