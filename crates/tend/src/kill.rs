@@ -140,17 +140,7 @@ pub(crate) async fn wait_members_gone(pgid: i32, deadline: Instant) -> bool {
         if procfs_group_empty(pgid) {
             return true;
         }
-        let members = procfs::live_group_members(pgid);
-        let pidfds: Vec<AsyncFd<OwnedFd>> = members
-            .iter()
-            .filter_map(|&pid| {
-                let fd =
-                    rustix::process::pidfd_open(Pid::from_raw(pid)?, PidfdFlags::NONBLOCK).ok()?;
-                // SAFETY: the OwnedFd is moved into the AsyncFd, which owns
-                // it until drop; nothing else can close or replace it.
-                unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.ok()
-            })
-            .collect();
+        let pidfds = open_pidfds(&procfs::live_group_members(pgid));
         if pidfds.is_empty() {
             // Every member vanished between the scan and pidfd_open (or
             // cannot be opened); look again after a tick rather than spin.
@@ -160,30 +150,26 @@ pub(crate) async fn wait_members_gone(pgid: i32, deadline: Instant) -> bool {
             }
             continue;
         }
-        let all_exited = async {
-            for fd in &pidfds {
-                // A pidfd becomes readable when its process exits.
-                if let Ok(mut guard) = fd.readable().await {
-                    guard.retain_ready();
-                }
-            }
-        };
-        if tokio::time::timeout_at(deadline, all_exited).await.is_err() {
+        if !wait_pidfds_exit(&pidfds, deadline).await {
             return procfs_group_empty(pgid);
         }
     }
+}
+
+/// Pidfds of `pids`, skipping those already gone.
+fn open_pidfds(pids: &[i32]) -> Vec<OwnedFd> {
+    pids.iter()
+        .filter_map(|&pid| {
+            rustix::process::pidfd_open(Pid::from_raw(pid)?, PidfdFlags::NONBLOCK).ok()
+        })
+        .collect()
 }
 
 /// Terminates individual processes (not groups): SIGTERM and SIGCONT, up to
 /// `grace` for them to exit, then SIGKILL. Each is addressed through a
 /// pidfd, so a PID that is reused meanwhile is never signalled.
 pub(crate) async fn terminate_pids(pids: &[i32], grace: Duration) {
-    let pidfds: Vec<OwnedFd> = pids
-        .iter()
-        .filter_map(|&pid| {
-            rustix::process::pidfd_open(Pid::from_raw(pid)?, PidfdFlags::NONBLOCK).ok()
-        })
-        .collect();
+    let pidfds = open_pidfds(pids);
     signal_pidfds(&pidfds, Signal::TERM);
     signal_pidfds(&pidfds, Signal::CONT);
     if !wait_pidfds_exit(&pidfds, Instant::now() + grace).await {
@@ -201,15 +187,18 @@ fn signal_pidfds(pidfds: &[OwnedFd], signal: Signal) {
 /// Waits until every process behind `pidfds` has exited; false at the
 /// deadline.
 async fn wait_pidfds_exit(pidfds: &[OwnedFd], deadline: Instant) -> bool {
-    let waits = async {
-        for fd in pidfds {
-            let Ok(dup) = fd.try_clone() else { continue };
+    // Registered all at once, so every exit is seen as it happens.
+    let registered: Vec<AsyncFd<OwnedFd>> = pidfds
+        .iter()
+        .filter_map(|fd| {
+            let dup = fd.try_clone().ok()?;
             // SAFETY: `dup` is a fresh descriptor moved into the AsyncFd,
-            // which owns it until it is dropped at the end of this iteration.
-            let Ok(fd) = (unsafe { AsyncFd::register_with_interest(dup, Interest::READABLE) })
-            else {
-                continue;
-            };
+            // which owns it until drop; nothing else can close or replace it.
+            unsafe { AsyncFd::register_with_interest(dup, Interest::READABLE) }.ok()
+        })
+        .collect();
+    let waits = async {
+        for fd in &registered {
             // A pidfd becomes readable when its process exits.
             let _ = fd.readable().await;
         }

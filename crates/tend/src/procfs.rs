@@ -8,6 +8,8 @@ use std::{fs, io};
 pub(crate) struct ProcStat {
     /// One-letter state; `Z` is a zombie (dead, not yet reaped).
     pub state: char,
+    /// Parent process id.
+    pub ppid: i32,
     /// Process group id.
     pub pgid: i32,
     /// Session id.
@@ -43,19 +45,11 @@ pub(crate) fn parse_stat(text: &str) -> Option<ProcStat> {
     let field = |n: usize| fields.get(n - 3).copied();
     Some(ProcStat {
         state: field(3)?.chars().next()?,
+        ppid: field(4)?.parse().ok()?,
         pgid: field(5)?.parse().ok()?,
         sid: field(6)?.parse().ok()?,
         start_time: field(22)?.parse().ok()?,
     })
-}
-
-/// The parent PID from the text of `/proc/<pid>/stat`.
-pub(crate) fn parse_ppid(text: &str) -> Option<i32> {
-    text[text.rfind(')')? + 1..]
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 /// PIDs of the live (non-zombie) members of process group `pgid`.
@@ -108,6 +102,7 @@ mod tests {
                     1 2 0 0 20 0 1 0 987654 1000 100 18446744073709551615";
         let s = parse_stat(text).unwrap();
         assert_eq!(s.state, 'S');
+        assert_eq!(s.ppid, 1);
         assert_eq!(s.pgid, 1234);
         assert_eq!(s.sid, 1234);
         assert_eq!(s.start_time, 987654);

@@ -98,7 +98,7 @@ fn adopted_descendants() -> Vec<i32> {
     let own = spawn::own_children();
     let mut frontier: Vec<i32> = table
         .iter()
-        .filter(|(_, (ppid, stat))| *ppid == me && stat.is_alive())
+        .filter(|(_, stat)| stat.ppid == me && stat.is_alive())
         .map(|(&pid, _)| pid)
         .filter(|pid| !own.contains_key(pid))
         .collect();
@@ -109,7 +109,7 @@ fn adopted_descendants() -> Vec<i32> {
         frontier.extend(
             table
                 .iter()
-                .filter(|(_, (ppid, stat))| *ppid == pid && stat.is_alive())
+                .filter(|(_, stat)| stat.ppid == pid && stat.is_alive())
                 .map(|(&child, _)| child),
         );
     }
@@ -119,23 +119,14 @@ fn adopted_descendants() -> Vec<i32> {
 fn children_of(parent: i32) -> Vec<(i32, procfs::ProcStat)> {
     process_table()
         .into_iter()
-        .filter(|(_, (ppid, _))| *ppid == parent)
-        .map(|(pid, (_, stat))| (pid, stat))
+        .filter(|(_, stat)| stat.ppid == parent)
         .collect()
 }
 
-/// Every process's parent and stat, read from `/proc`.
-fn process_table() -> HashMap<i32, (i32, procfs::ProcStat)> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return HashMap::new();
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|pid| {
-            let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let stat = procfs::parse_stat(&text)?;
-            let ppid = procfs::parse_ppid(&text)?;
-            Some((pid, (ppid, stat)))
-        })
+/// Every process's stat, read from `/proc`.
+fn process_table() -> HashMap<i32, procfs::ProcStat> {
+    procfs::all_pids()
+        .into_iter()
+        .filter_map(|pid| Some((pid, procfs::stat(pid).ok()??)))
         .collect()
 }

@@ -1,26 +1,16 @@
 //! Event delivery to daemons: order, restarts, limits. The daemon is a
-//! small Python program that appends every line it receives to a file.
+//! small Python program, `examples/daemons/recorder.py`, that appends every
+//! line it receives to a file.
 
 use std::{path::Path, time::Duration};
 
 use serde_json::{Value, json};
 use tend::{BackgroundProcessConfig, BackgroundProcessManager, Error};
 
-const RECORDER: &str = r#"
-import os, socket, threading
-out = open(os.environ["RECORD"], "a", buffering=1)
-lock = threading.Lock()
-server = socket.socket(socket.AF_UNIX)
-server.bind(os.environ["SOCKET_PATH"])
-server.listen(64)
-def serve(conn):
-    for line in conn.makefile("r"):
-        with lock:
-            out.write(line)
-while True:
-    conn, _ = server.accept()
-    threading.Thread(target=serve, args=(conn,), daemon=True).start()
-"#;
+const RECORDER: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../examples/daemons/recorder.py"
+);
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -41,7 +31,7 @@ impl Fixture {
 
     fn recorder(&self, name: &str) -> BackgroundProcessConfig {
         BackgroundProcessConfig::new(name, "python3")
-            .args(["-c", RECORDER])
+            .args([RECORDER])
             .socket_path(self.dir.path().join(format!("{name}.sock")))
             .env("RECORD", self.record(name))
             .restart_delay(Duration::from_millis(10))

@@ -6,23 +6,11 @@ use serde_json::{Value, json};
 
 use crate::harness::*;
 
-/// Appends every line it receives to `$RECORD` (as in the library's
-/// event tests).
-const RECORDER: &str = r#"
-import os, socket, threading
-out = open(os.environ["RECORD"], "a", buffering=1)
-lock = threading.Lock()
-server = socket.socket(socket.AF_UNIX)
-server.bind(os.environ["SOCKET_PATH"])
-server.listen(64)
-def serve(conn):
-    for line in conn.makefile("r"):
-        with lock:
-            out.write(line)
-while True:
-    conn, _ = server.accept()
-    threading.Thread(target=serve, args=(conn,), daemon=True).start()
-"#;
+/// Appends every line it receives to `$RECORD`.
+const RECORDER: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../examples/daemons/recorder.py"
+);
 
 /// The `params` of every `on_event` notification recorded in `path`.
 fn received(path: &Path) -> Vec<Value> {
@@ -43,7 +31,7 @@ fn published_events_reach_subscribed_daemons_in_order() {
             r#"
 [process.{name}]
 command = "python3"
-args = ["-c", '''{RECORDER}''']
+args = ['{RECORDER}']
 socket = "{name}.sock"
 env = {{ RECORD = "{record}" }}
 events = {events}
