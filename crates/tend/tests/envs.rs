@@ -51,28 +51,13 @@ fn npm_available() -> bool {
 /// `<name>` with `VERSION = "<version>"`, using only Python's standard
 /// library (a wheel is a zip with the module and its `.dist-info`).
 fn build_wheel(dir: &Path, name: &str, version: &str) -> String {
-    const SCRIPT: &str = r#"
-import base64, hashlib, sys, zipfile
-out, name, version = sys.argv[1:4]
-dist = f"{name}-{version}.dist-info"
-files = {
-    f"{name}/__init__.py": f'VERSION = "{version}"\n',
-    f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
-    f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: tend-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-}
-record = []
-with zipfile.ZipFile(out, "w") as z:
-    for path, text in files.items():
-        data = text.encode()
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        record.append(f"{path},sha256={digest},{len(data)}")
-        z.writestr(path, data)
-    record.append(f"{dist}/RECORD,,")
-    z.writestr(f"{dist}/RECORD", "\n".join(record) + "\n")
-"#;
+    const SCRIPT: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../testd/fixtures/make_wheel.py"
+    );
     let file = format!("{name}-{version}-py3-none-any.whl");
     let status = Command::new("python3")
-        .args(["-c", SCRIPT])
+        .arg(SCRIPT)
         .arg(dir.join(&file))
         .args([name, version])
         .status()
