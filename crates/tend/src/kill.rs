@@ -3,8 +3,8 @@
 //!
 //! "Gone" means no live member is left, not merely that the leader exited:
 //! children the daemon forked stay in its group and must die with it. tend
-//! waits for that on events — the leader through `wait`, every other member
-//! through a pidfd — and returns the moment the group is empty, never after
+//! waits for that on events — the pidfd of the leader, which it also
+//! reaps, and a pidfd of every other member — and returns the moment the group is empty, never after
 //! waiting out the grace period needlessly.
 //!
 //! Signalling a group by id is only safe while the id cannot have been
@@ -17,17 +17,16 @@ use std::{io, os::fd::OwnedFd, time::Duration};
 use rustix::process::{Pid, PidfdFlags, Signal};
 use tokio::{
     io::{Interest, unix::AsyncFd},
-    process::Child,
     time::Instant,
 };
 
-use crate::{defaults, procfs};
+use crate::{defaults, procfs, spawn::Leader, state::ExitStatus};
 
 /// How a group termination ended.
 #[derive(Debug)]
 pub(crate) struct Terminated {
     /// The leader's exit status, if tend reaped it here.
-    pub leader_status: Option<std::process::ExitStatus>,
+    pub leader_status: Option<ExitStatus>,
 }
 
 /// Sends `signal` to every member of group `pgid`. A group that is already
@@ -47,7 +46,7 @@ pub(crate) fn signal_group(pgid: i32, signal: Signal) -> io::Result<()> {
 /// group leader when it is tend's unreaped child; it is reaped here.
 pub(crate) async fn terminate_group(
     pgid: i32,
-    mut leader: Option<&mut Child>,
+    mut leader: Option<&mut Leader>,
     grace: Duration,
 ) -> Result<Terminated, String> {
     let mut leader_status = None;
@@ -76,8 +75,8 @@ pub(crate) async fn terminate_group(
 
 fn kill_group_now(
     pgid: i32,
-    leader: &mut Option<&mut Child>,
-    leader_status: &mut Option<std::process::ExitStatus>,
+    leader: &mut Option<&mut Leader>,
+    leader_status: &mut Option<ExitStatus>,
 ) {
     if !group_is_gone(pgid, leader, leader_status) {
         let _ = signal_group(pgid, Signal::KILL);
@@ -88,8 +87,8 @@ fn kill_group_now(
 /// it has exited, so a zombie leader does not count as a member.
 fn group_is_gone(
     pgid: i32,
-    leader: &mut Option<&mut Child>,
-    leader_status: &mut Option<std::process::ExitStatus>,
+    leader: &mut Option<&mut Leader>,
+    leader_status: &mut Option<ExitStatus>,
 ) -> bool {
     if leader_status.is_none() {
         if let Some(child) = leader.as_deref_mut() {
@@ -117,8 +116,8 @@ fn procfs_group_empty(pgid: i32) -> bool {
 /// Waits until the group is empty or `deadline` passes; true when empty.
 async fn wait_group_gone(
     pgid: i32,
-    leader: &mut Option<&mut Child>,
-    leader_status: &mut Option<std::process::ExitStatus>,
+    leader: &mut Option<&mut Leader>,
+    leader_status: &mut Option<ExitStatus>,
     deadline: Instant,
 ) -> bool {
     if leader_status.is_none() {

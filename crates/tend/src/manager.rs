@@ -159,8 +159,8 @@ impl BackgroundProcessManager {
         restrict_to_owner(dir)?;
         let registry = OrphanRegistry::open(dir)
             .map_err(|e| Error::io(format!("cannot open orphan registry in {dir:?}"), e))?;
-        let spawner = Spawner::start(tokio::runtime::Handle::current())
-            .map_err(|e| Error::io("cannot start the spawning thread", e))?;
+        let spawner =
+            Spawner::start().map_err(|e| Error::io("cannot start the spawning thread", e))?;
         let watcher = match SocketWatcher::new() {
             Ok(w) => Some(Arc::new(w)),
             Err(e) => {

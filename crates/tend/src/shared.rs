@@ -5,6 +5,7 @@
 use std::{
     os::fd::OwnedFd,
     path::{Path, PathBuf},
+    sync::Arc,
     sync::{Mutex, MutexGuard},
     time::SystemTime,
 };
@@ -55,13 +56,13 @@ struct Status {
 /// The leader of the current incarnation, pinned by a pidfd so a signal can
 /// never reach a recycled PID.
 pub(crate) struct LiveLeader {
-    pidfd: OwnedFd,
+    pidfd: Arc<OwnedFd>,
     pub pgid: i32,
     pub socket: Option<PathBuf>,
 }
 
 impl LiveLeader {
-    pub fn new(pidfd: OwnedFd, pgid: i32, socket: Option<PathBuf>) -> Self {
+    pub fn new(pidfd: Arc<OwnedFd>, pgid: i32, socket: Option<PathBuf>) -> Self {
         LiveLeader {
             pidfd,
             pgid,

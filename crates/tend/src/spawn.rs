@@ -1,25 +1,47 @@
 //! Spawning daemons: command line, environment, process group and
-//! parent-death signal, from one long-lived thread.
+//! parent-death signal, from one long-lived thread, without `fork`.
 //!
-//! `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits,
-//! not the process. tokio runs `spawn` on whatever worker or blocking-pool
-//! thread the caller is on, and blocking-pool threads retire after 10 s
-//! idle, which would SIGTERM healthy daemons. So every spawn goes through
+//! `PR_SET_PDEATHSIG` fires when the *thread* that created the child exits,
+//! not the process. tokio runs work on whatever worker or blocking-pool
+//! thread is free, and blocking-pool threads retire after 10 s idle, which
+//! would SIGTERM healthy daemons. So every daemon is spawned by
 //! [`Spawner`], a dedicated thread that lives as long as anything that may
 //! spawn holds it.
+//!
+//! The spawn itself is a vfork-style clone (see [`child`]): the standard
+//! library would fork to run the hook that arms the signal, and copying
+//! the manager's page tables and descriptor table for every daemon was
+//! the largest cost of starting many. The clone also hands over a pidfd,
+//! through which the leader is waited for and reaped ([`Leader`]).
+
+mod child;
 
 use std::{
     collections::BTreeMap,
+    ffi::{CString, OsStr, OsString, c_char},
     io,
+    os::{
+        fd::{AsFd, AsRawFd, OwnedFd},
+        unix::ffi::{OsStrExt, OsStringExt},
+    },
     path::Path,
-    process::Stdio,
-    sync::{Mutex, MutexGuard, mpsc},
+    ptr,
+    sync::{Arc, Mutex, MutexGuard, mpsc},
     thread,
 };
 
-use tokio::{process::Child, process::Command, runtime::Handle, sync::oneshot};
+use rustix::{
+    io::DupFlags,
+    pipe::PipeFlags,
+    process::{WaitId, WaitIdOptions},
+};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    process::{Child, Command},
+    sync::oneshot,
+};
 
-use crate::config::BackgroundProcessConfig;
+use crate::{config::BackgroundProcessConfig, state::ExitStatus};
 
 /// PIDs (with start times) of the leaders tend spawned and has not yet
 /// seen exit. The subreaper reaps only zombies that are *not* in here.
@@ -30,10 +52,11 @@ pub(crate) fn own_children() -> MutexGuard<'static, BTreeMap<i32, Option<u64>>> 
     OWN_CHILDREN.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Spawns `command` and registers the child as tend's own, under the lock
-/// the subreaper takes, so it is never mistaken for an adopted orphan and
-/// reaped behind tokio's back. Every child this process starts while it
-/// may be a subreaper must be spawned this way and forgotten with
+/// Spawns `command` (a helper such as an installer, not a daemon) and
+/// registers the child as tend's own, under the lock the subreaper takes,
+/// so it is never mistaken for an adopted orphan and reaped behind tokio's
+/// back. Every child this process starts while it may be a subreaper must
+/// be registered this way (daemons are, by [`Spawner`]) and forgotten with
 /// [`forget_child`] once reaped.
 pub(crate) fn spawn_registered(command: &mut Command) -> io::Result<Child> {
     let mut children = own_children();
@@ -62,9 +85,216 @@ pub const SOCKET_PATH_ENV: &str = "SOCKET_PATH";
 /// found through it after the manager died.
 pub const MANAGER_ID_ENV: &str = "TEND_MANAGER_ID";
 
+/// The program, arguments, environment and working directory of one
+/// incarnation, converted to C strings before the spawn: the child may not
+/// allocate.
+pub(crate) struct SpawnPlan {
+    /// Paths to try in turn: the command itself if it names a path, else
+    /// the command in each `PATH` directory (the `execvp` search, done in
+    /// the parent).
+    candidates: Vec<CString>,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    cwd: Option<CString>,
+}
+
+/// `PATH` when the environment has none (glibc's `execvp` default).
+const DEFAULT_PATH: &[u8] = b"/bin:/usr/bin";
+
+impl SpawnPlan {
+    /// The plan for one incarnation of `config`: no shell, the manager's
+    /// environment plus the configured variables, `SOCKET_PATH` set (or
+    /// removed when there is no socket: a worker must not inherit the
+    /// app's own), and `TEND_MANAGER_ID`.
+    pub fn for_daemon(
+        config: &BackgroundProcessConfig,
+        socket: Option<&Path>,
+        manager_id: &str,
+    ) -> io::Result<Self> {
+        let mut env: BTreeMap<OsString, OsString> = std::env::vars_os().collect();
+        for (key, value) in &config.env {
+            env.insert(key.clone(), value.clone());
+        }
+        match socket {
+            Some(socket) => env.insert(SOCKET_PATH_ENV.into(), socket.into()),
+            None => env.remove(OsStr::new(SOCKET_PATH_ENV)),
+        };
+        env.insert(MANAGER_ID_ENV.into(), manager_id.into());
+
+        let program = config.command.as_os_str().as_bytes();
+        let candidates = if program.contains(&b'/') {
+            vec![c_string(program, "the command")?]
+        } else if program.is_empty() {
+            Vec::new()
+        } else {
+            let path = env
+                .get(OsStr::new("PATH"))
+                .map_or(DEFAULT_PATH, |p| p.as_bytes());
+            path.split(|&b| b == b':')
+                .map(|dir| {
+                    // An empty entry means the working directory.
+                    let mut candidate = dir.to_vec();
+                    if !candidate.is_empty() {
+                        candidate.push(b'/');
+                    }
+                    candidate.extend_from_slice(program);
+                    c_string(&candidate, "the command")
+                })
+                .collect::<io::Result<_>>()?
+        };
+        let argv = std::iter::once(config.command.as_os_str())
+            .chain(config.args.iter().map(OsString::as_os_str))
+            .map(|arg| c_string(arg.as_bytes(), "an argument"))
+            .collect::<io::Result<_>>()?;
+        let envp = env
+            .into_iter()
+            .map(|(key, value)| {
+                let mut entry = key.into_vec();
+                entry.push(b'=');
+                entry.extend_from_slice(value.as_bytes());
+                c_string(&entry, "an environment variable")
+            })
+            .collect::<io::Result<_>>()?;
+        let cwd = config
+            .plugin_path
+            .as_ref()
+            .map(|dir| c_string(dir.as_os_str().as_bytes(), "the working directory"))
+            .transpose()?;
+        Ok(SpawnPlan {
+            candidates,
+            argv,
+            envp,
+            cwd,
+        })
+    }
+}
+
+fn c_string(bytes: &[u8], what: &str) -> io::Result<CString> {
+    CString::new(bytes).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{what} contains a NUL byte"),
+        )
+    })
+}
+
+/// A null-terminated array of pointers into `strings`, for `execve`.
+fn pointers(strings: &[CString]) -> Vec<*const c_char> {
+    strings
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(ptr::null()))
+        .collect()
+}
+
+/// A freshly spawned leader: its PID, a pidfd for it, and the read ends of
+/// its stdout and stderr pipes.
+pub(crate) struct Spawned {
+    pub pid: i32,
+    pub pidfd: OwnedFd,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+/// Three descriptors, reserved for the spawner's lifetime, that hold the
+/// next child's stdin, stdout and stderr while it is cloned. They are the
+/// lowest free numbers above 2 when the spawner starts, so the child copies
+/// only the descriptors below them (see [`child`]). Between spawns they
+/// point to `/dev/null`, so no pipe is held open by them.
+struct StdioSlots {
+    null: OwnedFd,
+    slots: [OwnedFd; 3],
+}
+
+impl StdioSlots {
+    fn open() -> io::Result<Self> {
+        let null = rustix::fs::open(
+            "/dev/null",
+            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )?;
+        let reserve = || rustix::io::fcntl_dupfd_cloexec(&null, 3);
+        let slots = [reserve()?, reserve()?, reserve()?];
+        Ok(StdioSlots { null, slots })
+    }
+
+    /// Points stdout and stderr at the write ends of the child's pipes
+    /// (stdin stays on `/dev/null`).
+    fn connect(&mut self, stdout: &OwnedFd, stderr: &OwnedFd) -> io::Result<()> {
+        rustix::io::dup3(stdout, &mut self.slots[1], DupFlags::CLOEXEC)?;
+        rustix::io::dup3(stderr, &mut self.slots[2], DupFlags::CLOEXEC)?;
+        Ok(())
+    }
+
+    /// Points the slots back at `/dev/null`, so the pipes' write ends are
+    /// held by the child alone and their readers see end of file when it
+    /// and its descendants are gone.
+    fn release(&mut self) {
+        for slot in &mut self.slots[1..] {
+            if rustix::io::dup3(&self.null, slot, DupFlags::CLOEXEC).is_err() {
+                // Never keep a pipe open: give up the slot's number instead.
+                match rustix::io::fcntl_dupfd_cloexec(&self.null, 3) {
+                    Ok(fresh) => *slot = fresh,
+                    Err(e) => tracing::error!(error = %e, "cannot release a spawn descriptor"),
+                }
+            }
+        }
+    }
+
+    fn raw(&self) -> [i32; 3] {
+        self.slots.each_ref().map(|fd| fd.as_raw_fd())
+    }
+}
+
+/// Spawns the daemon described by `plan`; runs on the spawning thread.
+fn spawn_daemon(
+    plan: &SpawnPlan,
+    slots: &mut StdioSlots,
+    stack: &mut child::ChildStack,
+) -> io::Result<Spawned> {
+    let (stdout, stdout_writer) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
+    let (stderr, stderr_writer) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
+    slots.connect(&stdout_writer, &stderr_writer)?;
+    drop((stdout_writer, stderr_writer));
+    let candidates = pointers(&plan.candidates);
+    let argv = pointers(&plan.argv);
+    let envp = pointers(&plan.envp);
+    let mut setup = child::ChildSetup::new(
+        candidates.as_ptr(),
+        argv.as_ptr(),
+        envp.as_ptr(),
+        plan.cwd.as_ref().map_or(ptr::null(), |c| c.as_ptr()),
+        slots.raw(),
+    );
+    let mut children = own_children();
+    let cloned = child::clone_and_exec(&mut setup, stack);
+    slots.release();
+    let (pid, pidfd) = cloned?;
+    if let Some((step, error)) = setup.failure() {
+        // The child has exited; reap it, still under the registry lock, so
+        // neither a zombie nor a confused subreaper is left.
+        let _ = rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED);
+        return Err(match step {
+            child::Step::Exec => error,
+            _ => io::Error::new(error.kind(), format!("{}: {error}", step.describe())),
+        });
+    }
+    let start = crate::procfs::stat(pid)
+        .ok()
+        .flatten()
+        .map(|s| s.start_time);
+    children.insert(pid, start);
+    Ok(Spawned {
+        pid,
+        pidfd,
+        stdout,
+        stderr,
+    })
+}
+
 struct SpawnRequest {
-    command: Command,
-    reply: oneshot::Sender<io::Result<Child>>,
+    plan: SpawnPlan,
+    reply: oneshot::Sender<io::Result<Spawned>>,
 }
 
 /// Handle to the spawning thread; the thread exits when the last handle is
@@ -74,28 +304,28 @@ pub(crate) struct Spawner {
 }
 
 impl Spawner {
-    /// Starts the spawning thread, registered with `runtime` so the children
-    /// it spawns are reaped by that runtime.
-    pub fn start(runtime: Handle) -> io::Result<Self> {
+    /// Starts the spawning thread, with its reserved descriptors and the
+    /// children's stack.
+    pub fn start() -> io::Result<Self> {
+        let mut slots = StdioSlots::open()?;
+        let mut stack = child::ChildStack::new()?;
         let (requests, incoming) = mpsc::channel::<SpawnRequest>();
         thread::Builder::new()
             .name("tend-spawner".into())
             .spawn(move || {
-                let _runtime = runtime.enter();
                 for request in incoming {
-                    let mut command = request.command;
-                    let spawned = spawn_registered(&mut command);
+                    let spawned = spawn_daemon(&request.plan, &mut slots, &mut stack);
                     let _ = request.reply.send(spawned);
                 }
             })?;
         Ok(Spawner { requests })
     }
 
-    /// Spawns `command` on the spawning thread.
-    pub async fn spawn(&self, command: Command) -> io::Result<Child> {
+    /// Spawns the daemon described by `plan` on the spawning thread.
+    pub async fn spawn(&self, plan: SpawnPlan) -> io::Result<Spawned> {
         let (reply, response) = oneshot::channel();
         self.requests
-            .send(SpawnRequest { command, reply })
+            .send(SpawnRequest { plan, reply })
             .map_err(|_| io::Error::other("the spawning thread has exited"))?;
         response
             .await
@@ -103,57 +333,64 @@ impl Spawner {
     }
 }
 
-/// Builds the command for one incarnation of `config`: no shell, its own
-/// process group, stdin from /dev/null, stdout and stderr piped to tend,
-/// `SOCKET_PATH` set, and the parent-death signal armed.
-pub(crate) fn build_command(
-    config: &BackgroundProcessConfig,
-    socket: Option<&Path>,
-    manager_id: &str,
-) -> Command {
-    let mut command = Command::new(&config.command);
-    command
-        .args(&config.args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(false);
-    if let Some(dir) = &config.plugin_path {
-        command.current_dir(dir);
-    }
-    for (key, value) in &config.env {
-        command.env(key, value);
-    }
-    match socket {
-        Some(socket) => command.env(SOCKET_PATH_ENV, socket),
-        // A worker without a socket must not inherit the app's own.
-        None => command.env_remove(SOCKET_PATH_ENV),
-    };
-    command.env(MANAGER_ID_ENV, manager_id);
-    arm_parent_death_signal(&mut command);
-    command
+/// A spawned leader, waited for through its pidfd and reaped with
+/// `waitid(P_PIDFD)`: no PID is involved, so a recycled PID cannot be
+/// confused with it.
+pub(crate) struct Leader {
+    pid: i32,
+    pidfd: AsyncFd<Arc<OwnedFd>>,
+    status: Option<ExitStatus>,
 }
 
-#[cfg(target_os = "linux")]
-fn arm_parent_death_signal(command: &mut Command) {
-    let parent = rustix::process::getpid();
-    // SAFETY: the closure runs in the forked child before exec, where only
-    // async-signal-safe calls are allowed. It makes two raw syscalls
-    // (prctl, getppid) through rustix, which allocates nothing and takes no
-    // lock.
-    unsafe {
-        command.pre_exec(move || {
-            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))?;
-            // The parent may have died between fork and prctl; then the
-            // signal will never come, so give up on this child now.
-            if rustix::process::getppid() != Some(parent) {
-                return Err(io::Error::other("tend exited while spawning"));
+impl Leader {
+    /// Takes over `pidfd` of leader `pid`; must run inside the runtime.
+    pub fn new(pid: i32, pidfd: Arc<OwnedFd>) -> io::Result<Self> {
+        // A pidfd becomes readable when its process exits.
+        // SAFETY: the AsyncFd holds one reference to the descriptor, so it
+        // stays open for as long as it is registered; the other holders
+        // only read it.
+        let pidfd = unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) }?;
+        Ok(Leader {
+            pid,
+            pidfd,
+            status: None,
+        })
+    }
+
+    /// The leader's PID.
+    pub fn id(&self) -> u32 {
+        self.pid as u32
+    }
+
+    /// Reaps the leader if it has exited.
+    pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        if self.status.is_some() {
+            return Ok(self.status);
+        }
+        let reaped = rustix::process::waitid(
+            WaitId::PidFd(self.pidfd.get_ref().as_fd()),
+            WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+        )?;
+        let Some(status) = reaped else {
+            return Ok(None);
+        };
+        let status = match (status.exit_status(), status.terminating_signal()) {
+            (Some(code), _) => ExitStatus::Code(code),
+            (None, Some(signal)) => ExitStatus::Signal(signal),
+            (None, None) => ExitStatus::Code(-1),
+        };
+        self.status = Some(status);
+        forget_child(self.id());
+        Ok(self.status)
+    }
+
+    /// Waits for the leader to exit and reaps it. Cancel-safe.
+    pub async fn wait(&mut self) -> io::Result<ExitStatus> {
+        loop {
+            if let Some(status) = self.try_wait()? {
+                return Ok(status);
             }
-            Ok(())
-        });
+            self.pidfd.readable().await?.clear_ready();
+        }
     }
 }
-
-#[cfg(not(target_os = "linux"))]
-fn arm_parent_death_signal(_command: &mut Command) {}

@@ -144,19 +144,6 @@ pub enum ExitStatus {
     Signal(i32),
 }
 
-impl ExitStatus {
-    pub(crate) fn from_std(status: std::process::ExitStatus) -> Self {
-        use std::os::unix::process::ExitStatusExt;
-        match (status.code(), status.signal()) {
-            (Some(code), _) => ExitStatus::Code(code),
-            (None, Some(signal)) => ExitStatus::Signal(signal),
-            // Neither is only possible for stopped/continued statuses, which
-            // `wait` does not report; treat it as an abnormal end.
-            (None, None) => ExitStatus::Code(-1),
-        }
-    }
-}
-
 impl fmt::Display for ExitStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {

@@ -10,9 +10,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use rustix::process::{Pid, PidfdFlags};
 use tokio::{
-    process::Child,
     sync::{mpsc, oneshot},
     task::JoinHandle,
     time::Instant,
@@ -27,7 +25,7 @@ use crate::{
     orphans::OrphanRegistry,
     probe,
     shared::{LiveLeader, Shared},
-    spawn::{self, Spawner},
+    spawn::{Leader, SpawnPlan, Spawner},
     state::{ExitStatus, Occurrence},
     watch::SocketWatcher,
 };
@@ -48,7 +46,7 @@ pub(crate) struct Context {
 
 /// One spawned leader and its output readers.
 struct Incarnation {
-    child: Child,
+    leader: Leader,
     pid: u32,
     pgid: i32,
     readers: Vec<JoinHandle<()>>,
@@ -197,24 +195,37 @@ impl Supervisor {
     }
 
     async fn spawn_incarnation(&mut self) -> Result<Incarnation, Interrupt> {
-        let command = spawn::build_command(
+        let spawn_error = |source| {
+            Interrupt::Failed(Failure::from_error(Error::Spawn {
+                name: self.config.name.clone(),
+                command: self.config.command.clone(),
+                source,
+            }))
+        };
+        let plan = SpawnPlan::for_daemon(
             &self.config,
             self.config.socket_path.as_deref(),
             &self.ctx.orphans.manager_id(),
-        );
-        let mut child = match self.ctx.spawner.spawn(command).await {
-            Ok(child) => child,
+        )
+        .map_err(spawn_error)?;
+        let spawned = self.ctx.spawner.spawn(plan).await.map_err(spawn_error)?;
+        let pid = spawned.pid as u32;
+        let pgid = spawned.pid;
+        let pidfd = Arc::new(spawned.pidfd);
+        let leader = match Leader::new(spawned.pid, Arc::clone(&pidfd)) {
+            Ok(leader) => leader,
             Err(source) => {
-                let error = Error::Spawn {
-                    name: self.config.name.clone(),
-                    command: self.config.command.clone(),
-                    source,
-                };
-                return Err(Interrupt::Failed(Failure::from_error(error)));
+                // Without its pidfd registered tend could not see it exit:
+                // end it now, while the unreaped PID is still certainly ours.
+                let _ = rustix::process::pidfd_send_signal(&*pidfd, rustix::process::Signal::KILL);
+                let _ = rustix::process::waitid(
+                    rustix::process::WaitId::PidFd(std::os::fd::AsFd::as_fd(&*pidfd)),
+                    rustix::process::WaitIdOptions::EXITED,
+                );
+                crate::spawn::forget_child(pid);
+                return Err(spawn_error(source));
             }
         };
-        let pid = child.id().unwrap_or_default();
-        let pgid = pid as i32;
         let log_mark = self.shared.logs.mark();
         // Recorded before readiness: a manager killed while its daemon
         // starts must still leave a trace of it.
@@ -228,39 +239,26 @@ impl Supervisor {
                 tracing::warn!(name = %self.config.name, error = %e, "cannot write orphan record");
             }
         }
-        if let Some(pidfd) = Pid::from_raw(pid as i32)
-            .and_then(|p| rustix::process::pidfd_open(p, PidfdFlags::empty()).ok())
-        {
-            self.shared.set_live(Some(LiveLeader::new(
-                pidfd,
-                pgid,
-                self.config.socket_path.clone(),
-            )));
-        }
+        self.shared.set_live(Some(LiveLeader::new(
+            pidfd,
+            pgid,
+            self.config.socket_path.clone(),
+        )));
         let pipes = [
-            (
-                child.stdout.take().map(|p| p.into_owned_fd()),
-                Stream::Stdout,
-            ),
-            (
-                child.stderr.take().map(|p| p.into_owned_fd()),
-                Stream::Stderr,
-            ),
+            (spawned.stdout, Stream::Stdout),
+            (spawned.stderr, Stream::Stderr),
         ];
         let readers = pipes
             .into_iter()
-            .filter_map(|(pipe, stream)| {
-                let pipe = pipe?.ok()?;
+            .map(|(pipe, stream)| {
                 let shared = Arc::clone(&self.shared);
-                Some(tokio::spawn(async move {
-                    logs::capture(pipe, stream, &shared.logs).await
-                }))
+                tokio::spawn(async move { logs::capture(pipe, stream, &shared.logs).await })
             })
             .collect();
         self.shared.update(|info| info.pid = Some(pid));
         tracing::debug!(name = %self.config.name, pid, "spawned");
         Ok(Incarnation {
-            child,
+            leader,
             pid,
             pgid,
             readers,
@@ -278,8 +276,8 @@ impl Supervisor {
         tokio::select! {
             biased;
             control = self.control.recv() => Err(control_interrupt(control)),
-            status = incarnation.child.wait() => {
-                let exit = status.ok().map(ExitStatus::from_std);
+            status = incarnation.leader.wait() => {
+                let exit = status.ok();
                 Err(Interrupt::Failed(Failure::new(
                     exit.map_or_else(|| "exited".to_owned(), |e| e.to_string()),
                     Error::ExitedBeforeReady {
@@ -329,8 +327,8 @@ impl Supervisor {
             tokio::select! {
                 biased;
                 control = self.control.recv() => return control_interrupt(control),
-                status = incarnation.child.wait() => {
-                    let exit = status.ok().map(ExitStatus::from_std);
+                status = incarnation.leader.wait() => {
+                    let exit = status.ok();
                     let summary = exit.map_or_else(|| "exited".to_owned(), |e| e.to_string());
                     return Interrupt::Failed(self.failure(summary));
                 }
@@ -368,7 +366,7 @@ impl Supervisor {
         }
         let grace = self.config.shutdown_grace_period;
         let terminated =
-            kill::terminate_group(incarnation.pgid, Some(&mut incarnation.child), grace).await;
+            kill::terminate_group(incarnation.pgid, Some(&mut incarnation.leader), grace).await;
         self.shared.set_live(None);
         if let Some(path) = &self.config.socket_path {
             let _ = std::fs::remove_file(path);
@@ -376,12 +374,9 @@ impl Supervisor {
         drain(&mut incarnation.readers).await;
         let exit = match &terminated {
             Ok(t) => {
-                if t.leader_status.is_some() {
-                    spawn::forget_child(incarnation.pid);
-                }
                 // Gone for good: nothing left for a later cleanup to find.
                 self.ctx.orphans.remove(&self.config.name);
-                t.leader_status.map(ExitStatus::from_std)
+                t.leader_status
             }
             // Survivors: the orphan record stays, so a later cleanup can
             // still find them.

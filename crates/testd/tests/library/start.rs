@@ -374,3 +374,107 @@ async fn file_in_the_way_of_the_socket_is_refused_and_kept() {
     assert_eq!(sb.manager.state("a"), Some(ProcessState::Error));
     assert_eq!(std::fs::read_to_string(&socket).unwrap(), "precious");
 }
+
+// ---- what the daemon inherits ---------------------------------------------------
+
+/// A `/proc/<pid>/status` field, e.g. `SigBlk`, as a bit mask.
+fn signal_mask(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    u64::from_str_radix(line.trim(), 16).unwrap()
+}
+
+/// Where each of `pid`'s descriptors points.
+fn open_descriptors(pid: u32) -> Vec<(i32, String)> {
+    let mut fds: Vec<(i32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| {
+            let fd = entry.file_name().to_str()?.parse().ok()?;
+            let target = std::fs::read_link(entry.path()).ok()?;
+            Some((fd, target.display().to_string()))
+        })
+        .collect();
+    fds.sort();
+    fds
+}
+
+/// The daemon gets stdin from /dev/null, stdout and stderr from tend's
+/// pipes, and nothing else of the manager's: not even a descriptor the
+/// application leaked without close-on-exec. It starts with no signal
+/// blocked and SIGPIPE at its default action, although the spawning
+/// thread has a signal blocked and Rust programs ignore SIGPIPE.
+#[tokio::test]
+async fn daemon_inherits_stdio_only_and_a_clean_signal_state() {
+    // Block SIGUSR2 in this thread before the manager (and its spawning
+    // thread, which inherits the mask) exists.
+    // SAFETY: plain data; changes only this test thread's signal mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGUSR2);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    let sb = Sandbox::new();
+    let leaked_path = sb.path("leaked");
+    std::fs::write(&leaked_path, "x").unwrap();
+    let leaked = rustix::fs::open(
+        &leaked_path,
+        rustix::fs::OFlags::RDONLY,
+        rustix::fs::Mode::empty(),
+    )
+    .unwrap();
+    assert!(
+        !rustix::io::fcntl_getfd(&leaked)
+            .unwrap()
+            .contains(rustix::io::FdFlags::CLOEXEC)
+    );
+    // `sleep`: a program that changes nothing about its signals, found
+    // on PATH like execvp would.
+    let config = BackgroundProcessConfig::new("a", "sleep").args(["1000"]);
+    sb.manager.start_process(config).await.unwrap();
+    let pid = sb.manager.pid("a").unwrap();
+    let fds = open_descriptors(pid);
+    assert_eq!(fds.len(), 3, "{fds:?}");
+    assert_eq!(fds[0], (0, "/dev/null".to_owned()));
+    for (fd, target) in &fds[1..] {
+        assert!(target.starts_with("pipe:"), "fd {fd} is {target}");
+    }
+    assert_ne!(fds[1].1, fds[2].1, "stdout and stderr share a pipe");
+    assert_eq!(signal_mask(pid, "SigBlk"), 0, "blocked signals");
+    let sigpipe = 1u64 << (libc::SIGPIPE - 1);
+    assert_eq!(
+        signal_mask(pid, "SigIgn") & sigpipe,
+        0,
+        "SIGPIPE is ignored"
+    );
+    drop(leaked);
+    sb.manager.stop_process("a").await.unwrap();
+}
+
+/// A command without a slash is looked up on the `PATH` the daemon will
+/// have, the configured one when set, like `execvp` does.
+#[tokio::test]
+async fn command_is_found_on_the_configured_path() {
+    let sb = Sandbox::new();
+    let bin = sb.path("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(testd(), bin.join("my-daemon")).unwrap();
+    let path = format!("{}:/usr/bin:/bin", bin.display());
+    let config = BackgroundProcessConfig::new("a", "my-daemon")
+        .socket_path(sb.socket("a"))
+        .env("PATH", &path);
+    let daemon = sb.start(config).await;
+    let exe = std::fs::read_link(format!("/proc/{}/exe", daemon.pid)).unwrap();
+    assert_eq!(exe, std::fs::canonicalize(testd()).unwrap());
+
+    let missing = BackgroundProcessConfig::new("b", "no-such-daemon-anywhere").env("PATH", &path);
+    let error = sb.manager.start_process(missing).await.unwrap_err();
+    match error {
+        Error::Spawn { source, .. } => assert_eq!(source.kind(), std::io::ErrorKind::NotFound),
+        other => panic!("{other:?}"),
+    }
+}

@@ -1,0 +1,400 @@
+//! The raw spawn: `clone(CLONE_VM | CLONE_VFORK | CLONE_FILES |
+//! CLONE_PIDFD)` and the few system calls the child makes before `execve`.
+//!
+//! Why not `fork`: the standard library forks whenever a `pre_exec` hook is
+//! set, and tend needs one for the parent-death signal. Forking copies the
+//! manager's page tables, and the child's `exec` tears the copy down again;
+//! with a thousand daemons that was a quarter of all the CPU of a start.
+//! Why not `posix_spawn`: it has no way to arm the parent-death signal.
+//! So tend does what `posix_spawn` does inside glibc — a child that shares
+//! the parent's memory while the parent thread is suspended until the
+//! child has exec'd or exited — and adds the two calls it needs.
+//!
+//! Why `CLONE_FILES`: without it the kernel copies the whole descriptor
+//! table into the child, and `exec` then closes every close-on-exec entry
+//! of the copy one by one — O(descriptors) per spawn, and the manager has
+//! several per daemon. With it, the child shares the table until it calls
+//! `close_range(first, ~0, CLOSE_RANGE_UNSHARE)`, which copies only the
+//! descriptors below `first`. The spawner keeps the child's stdin, stdout
+//! and stderr in three reserved low descriptors ([`super::StdioSlots`]),
+//! so `first` is small and the copy is a handful of entries whatever the
+//! manager holds.
+//!
+//! Rules for the child, which runs on the parent's memory and thread-local
+//! storage: no allocation, no locks, no panics, nothing but system calls on
+//! data prepared before the clone. Every raw pointer it reads points into
+//! [`ChildSetup`], which the parent keeps alive and untouched until the
+//! clone returns (`CLONE_VFORK` suspends it until then).
+
+use std::{
+    ffi::{c_char, c_int, c_void},
+    io,
+    os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd},
+    ptr,
+    sync::atomic::{AtomicI32, Ordering},
+};
+
+/// Size of the child's stack; the child's frames are small and it makes
+/// no calls that need much (glibc's `posix_spawn` uses 32 KiB and up).
+const STACK_BYTES: usize = 64 * 1024;
+
+/// Highest signal number to reset (Linux real-time signals end at 64).
+const LAST_SIGNAL: c_int = 64;
+
+/// The step the child failed at, reported to the parent with its errno.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Step {
+    /// `setpgid(0, 0)`.
+    ProcessGroup = 1,
+    /// `prctl(PR_SET_PDEATHSIG)`, or the parent died before it.
+    ParentDeathSignal = 2,
+    /// Making its own descriptor table.
+    Descriptors = 3,
+    /// `dup2` onto stdin, stdout or stderr.
+    Stdio = 4,
+    /// `chdir` to the working directory.
+    WorkingDirectory = 5,
+    /// `execve` of every candidate path.
+    Exec = 6,
+}
+
+impl Step {
+    fn from_code(code: i32) -> Option<Step> {
+        Some(match code {
+            1 => Step::ProcessGroup,
+            2 => Step::ParentDeathSignal,
+            3 => Step::Descriptors,
+            4 => Step::Stdio,
+            5 => Step::WorkingDirectory,
+            6 => Step::Exec,
+            _ => return None,
+        })
+    }
+
+    /// What the step was, for error messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Step::ProcessGroup => "cannot create the daemon's process group",
+            Step::ParentDeathSignal => "cannot arm the parent-death signal",
+            Step::Descriptors => "cannot set up the daemon's descriptors",
+            Step::Stdio => "cannot connect the daemon's stdin, stdout and stderr",
+            Step::WorkingDirectory => "cannot enter the working directory",
+            Step::Exec => "cannot execute the command",
+        }
+    }
+}
+
+/// Everything the child reads, prepared by the parent before the clone.
+pub(super) struct ChildSetup {
+    /// Null-terminated array of program paths to try in turn (the `PATH`
+    /// search is done by the parent; the child only calls `execve`).
+    pub candidates: *const *const c_char,
+    /// Null-terminated `argv`.
+    pub argv: *const *const c_char,
+    /// Null-terminated `envp`.
+    pub envp: *const *const c_char,
+    /// Working directory, or null to keep the parent's.
+    pub cwd: *const c_char,
+    /// The reserved descriptors holding the child's stdin, stdout, stderr.
+    pub stdio: [RawFd; 3],
+    /// The parent's PID, to detect that it died before the death signal
+    /// was armed.
+    pub parent: i32,
+    /// Written by the child when it fails: the [`Step`] and the errno.
+    failed_step: AtomicI32,
+    errno: AtomicI32,
+}
+
+impl ChildSetup {
+    /// A setup with no failure recorded yet.
+    pub fn new(
+        candidates: *const *const c_char,
+        argv: *const *const c_char,
+        envp: *const *const c_char,
+        cwd: *const c_char,
+        stdio: [RawFd; 3],
+    ) -> Self {
+        ChildSetup {
+            candidates,
+            argv,
+            envp,
+            cwd,
+            stdio,
+            parent: rustix::process::getpid().as_raw_nonzero().get(),
+            failed_step: AtomicI32::new(0),
+            errno: AtomicI32::new(0),
+        }
+    }
+
+    /// The step the child failed at and its errno, once the clone returned.
+    pub fn failure(&self) -> Option<(Step, io::Error)> {
+        let step = Step::from_code(self.failed_step.load(Ordering::Acquire))?;
+        let errno = self.errno.load(Ordering::Acquire);
+        Some((step, io::Error::from_raw_os_error(errno)))
+    }
+
+    fn fail(&self, step: Step, errno: i32) -> c_int {
+        self.errno.store(errno, Ordering::Release);
+        self.failed_step.store(step as i32, Ordering::Release);
+        127
+    }
+}
+
+/// The child's stack: an anonymous mapping with a guard page below it, so
+/// an overflow faults instead of writing over the parent's memory.
+pub(super) struct ChildStack {
+    base: *mut c_void,
+    len: usize,
+}
+
+// SAFETY: the mapping is owned by this value alone and used only by the
+// thread that owns it (the spawner), so moving it between threads is sound.
+unsafe impl Send for ChildStack {}
+
+impl ChildStack {
+    /// Maps the stack.
+    pub fn new() -> io::Result<Self> {
+        let page = rustix::param::page_size();
+        let len = STACK_BYTES + page;
+        // SAFETY: an anonymous private mapping at an address the kernel
+        // picks touches no existing memory.
+        let base = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let stack = ChildStack { base, len };
+        // SAFETY: the first page lies inside the mapping just made.
+        if unsafe { libc::mprotect(base, page, libc::PROT_NONE) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(stack)
+    }
+
+    /// The highest address, where a downward-growing stack starts (the
+    /// mapping is page-aligned, so this is 16-byte aligned).
+    fn top(&mut self) -> *mut c_void {
+        // SAFETY: one past the end of the mapping, as `clone` expects.
+        unsafe { self.base.cast::<u8>().add(self.len).cast() }
+    }
+}
+
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping `new` made; no child can be
+        // running on it, since `clone` returns only after exec or exit.
+        unsafe {
+            libc::munmap(self.base, self.len);
+        }
+    }
+}
+
+/// Clones a child that runs [`child_main`] on `stack` and exec's the
+/// program described by `setup`. Returns the child's PID and a pidfd for
+/// it; whether the child got as far as `execve` is in
+/// [`ChildSetup::failure`] (a child that failed has exited and must be
+/// reaped by the caller).
+pub(super) fn clone_and_exec(
+    setup: &mut ChildSetup,
+    stack: &mut ChildStack,
+) -> io::Result<(i32, OwnedFd)> {
+    let mut pidfd: c_int = -1;
+    // Block every signal while the child shares our memory: a handler the
+    // application installed must not run in the child on our data before
+    // the child has reset it. The child unblocks after resetting.
+    // SAFETY: sigset_t is plain data; the calls only read and write the
+    // two local sets and this thread's signal mask.
+    let previous = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut previous: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut previous);
+        previous
+    };
+    let flags =
+        libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES | libc::CLONE_PIDFD | libc::SIGCHLD;
+    // SAFETY: `child_main` only makes system calls on `setup`, which lives
+    // until `clone` returns; `CLONE_VFORK` suspends this thread until the
+    // child has exec'd or exited, so the child never runs concurrently with
+    // code that could change `setup` or reuse `stack`. With `CLONE_PIDFD`
+    // the kernel stores the pidfd through the parent-tid pointer.
+    let pid = unsafe {
+        libc::clone(
+            child_main,
+            stack.top(),
+            flags,
+            ptr::from_mut(setup).cast::<c_void>(),
+            &mut pidfd as *mut c_int,
+        )
+    };
+    let clone_error = io::Error::last_os_error();
+    // SAFETY: restores the mask saved above.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_SETMASK, &previous, ptr::null_mut());
+    }
+    if pid < 0 {
+        return Err(clone_error);
+    }
+    // SAFETY: with CLONE_PIDFD and a successful clone, the kernel stored a
+    // fresh pidfd (close-on-exec) that nothing else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    Ok((pid, pidfd))
+}
+
+/// The child, between `clone` and `execve`.
+extern "C" fn child_main(arg: *mut c_void) -> c_int {
+    // SAFETY: `arg` is the `ChildSetup` the parent passed to `clone`; it
+    // stays alive and unchanged while the parent is suspended.
+    let setup = unsafe { &*arg.cast::<ChildSetup>() };
+    reset_signal_handlers();
+
+    if let Err(e) = rustix::process::setpgid(None, None) {
+        return setup.fail(Step::ProcessGroup, e.raw_os_error());
+    }
+    // The daemon gets SIGTERM when the spawning thread dies.
+    if let Err(e) =
+        rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))
+    {
+        return setup.fail(Step::ParentDeathSignal, e.raw_os_error());
+    }
+    // The parent may have died before the signal was armed; then it would
+    // never come.
+    if rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) != Some(setup.parent) {
+        return setup.fail(Step::ParentDeathSignal, libc::ESRCH);
+    }
+
+    // Leave the shared table, taking only the descriptors below the
+    // highest reserved one (see the module doc).
+    let first_unshared = setup.stdio.iter().max().copied().unwrap_or(2) + 1;
+    // SAFETY: raw system calls on integers; they change only this child's
+    // descriptor table.
+    let unshared = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first_unshared as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_UNSHARE,
+        )
+    } == 0;
+    // Kernels before 5.9 lack close_range: copy the whole table instead
+    // (exec then closes the close-on-exec entries).
+    // SAFETY: as above.
+    if !unshared && unsafe { libc::unshare(libc::CLONE_FILES) } != 0 {
+        return setup.fail(Step::Descriptors, last_errno());
+    }
+    // SAFETY (all three): the reserved descriptors are open in the
+    // parent, and so in this child's copy of its table.
+    let [stdin, stdout, stderr] = setup.stdio.map(|fd| unsafe { BorrowedFd::borrow_raw(fd) });
+    let connected = rustix::stdio::dup2_stdin(stdin)
+        .and_then(|()| rustix::stdio::dup2_stdout(stdout))
+        .and_then(|()| rustix::stdio::dup2_stderr(stderr));
+    if let Err(e) = connected {
+        return setup.fail(Step::Stdio, e.raw_os_error());
+    }
+    if unshared {
+        // Only the copied low descriptors are left above stderr; a failure
+        // here leaves close-on-exec to do the job.
+        // SAFETY: closes descriptors of this child's own table only.
+        unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                3 as libc::c_uint,
+                libc::c_uint::MAX,
+                0,
+            );
+        }
+    }
+    if !setup.cwd.is_null() {
+        // SAFETY: `cwd` is a NUL-terminated string the parent owns.
+        if unsafe { libc::chdir(setup.cwd) } != 0 {
+            return setup.fail(Step::WorkingDirectory, last_errno());
+        }
+    }
+    unblock_signals();
+    exec_candidates(setup)
+}
+
+/// Tries each candidate path like `execvp` does: a missing file or a
+/// non-directory component moves on to the next, a permission error is
+/// remembered and also moves on; anything else stops the search.
+fn exec_candidates(setup: &ChildSetup) -> c_int {
+    let mut denied = false;
+    let mut errno = libc::ENOENT;
+    let mut at = setup.candidates;
+    loop {
+        // SAFETY: `candidates` is a null-terminated array of pointers to
+        // NUL-terminated strings owned by the parent.
+        let path = unsafe { *at };
+        if path.is_null() {
+            break;
+        }
+        // SAFETY: all three arrays are null-terminated and owned by the
+        // parent, which is suspended; execve returns only on failure.
+        unsafe {
+            libc::execve(path, setup.argv, setup.envp);
+        }
+        errno = last_errno();
+        match errno {
+            libc::ENOENT | libc::ENOTDIR => {}
+            libc::EACCES => denied = true,
+            _ => return setup.fail(Step::Exec, errno),
+        }
+        // SAFETY: not past the terminating null, checked above.
+        at = unsafe { at.add(1) };
+    }
+    setup.fail(Step::Exec, if denied { libc::EACCES } else { errno })
+}
+
+/// Resets every signal the application catches to its default action, and
+/// SIGPIPE too (Rust programs ignore it, and an ignored signal stays
+/// ignored across exec). Other ignored signals stay ignored, as with the
+/// standard library's spawn.
+fn reset_signal_handlers() {
+    for signal in 1..=LAST_SIGNAL {
+        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: sigaction reads and writes plain structs on this stack;
+        // without CLONE_SIGHAND the child has its own handler table.
+        unsafe {
+            let mut current: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(signal, ptr::null(), &mut current) != 0 {
+                continue;
+            }
+            let handler = current.sa_sigaction;
+            let caught = handler != libc::SIG_DFL && handler != libc::SIG_IGN;
+            if caught || (signal == libc::SIGPIPE && handler == libc::SIG_IGN) {
+                let mut default: libc::sigaction = std::mem::zeroed();
+                default.sa_sigaction = libc::SIG_DFL;
+                libc::sigaction(signal, &default, ptr::null_mut());
+            }
+        }
+    }
+}
+
+/// The daemon starts with no signal blocked.
+fn unblock_signals() {
+    // SAFETY: plain data; changes only this child's signal mask.
+    unsafe {
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, ptr::null_mut());
+    }
+}
+
+/// errno of the last failed libc call. The child shares the spawning
+/// thread's thread-local storage, so this is that thread's errno slot; the
+/// thread is suspended and reads no errno across the clone.
+fn last_errno() -> i32 {
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
