@@ -84,6 +84,7 @@ mod probe;
 mod procfs;
 pub mod rpc;
 mod shared;
+pub(crate) mod sockdiag;
 pub mod spawn;
 pub mod state;
 pub mod subreaper;

@@ -1,9 +1,12 @@
 //! Orphan records: what a manager does with the records of dead managers,
-//! simulated by writing records by hand for processes the test spawned.
+//! simulated by writing records by hand for processes the test spawned —
+//! as the journal a manager appends to, or as the single-record files of
+//! older versions.
 
-use std::path::PathBuf;
+use std::{collections::BTreeMap, path::PathBuf};
 
-use serde_json::json;
+use serde_json::{Value, json};
+use tend::BackgroundProcessManager;
 
 use crate::harness::*;
 
@@ -29,11 +32,11 @@ impl Owner {
     }
 }
 
-/// Writes the record a manager `owner` would have written for `name`
-/// running as `pid` (leading its own group), but with `start_time`.
-fn write_record(sb: &Sandbox, name: &str, pid: u32, start_time: u64, owner: &Owner) -> PathBuf {
+/// The record a manager `owner` would have written for `name` running as
+/// `pid` (leading its own group), but with `start_time`.
+fn record_json(name: &str, pid: u32, start_time: u64, owner: &Owner) -> Value {
     let stat = proc_stat(pid);
-    let record = json!({
+    json!({
         "name": name,
         "pid": pid,
         "pgid": pid,
@@ -43,7 +46,19 @@ fn write_record(sb: &Sandbox, name: &str, pid: u32, start_time: u64, owner: &Own
         "owner_start_time": owner.start_time,
         "socket_path": null,
         "grace_ms": 500,
-    });
+    })
+}
+
+/// The exact record of `process` for `name`.
+fn exact_record(name: &str, process: &Spawned, owner: &Owner) -> Value {
+    let start_time = proc_stat(process.pid()).unwrap().start_time;
+    record_json(name, process.pid(), start_time, owner)
+}
+
+/// Writes the single-record file an older manager `owner` would have
+/// written for `name` running as `pid`, but with `start_time`.
+fn write_record(sb: &Sandbox, name: &str, pid: u32, start_time: u64, owner: &Owner) -> PathBuf {
+    let record = record_json(name, pid, start_time, owner);
     let dir = sb.orphans_dir();
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(format!("{name}@{}.json", owner.pid));
@@ -51,10 +66,61 @@ fn write_record(sb: &Sandbox, name: &str, pid: u32, start_time: u64, owner: &Own
     path
 }
 
-/// Writes an exact record of `process` for `name`.
+/// Writes an exact single-record file of `process` for `name`.
 fn record_of(sb: &Sandbox, name: &str, process: &Spawned, owner: &Owner) -> PathBuf {
     let start_time = proc_stat(process.pid()).unwrap().start_time;
     write_record(sb, name, process.pid(), start_time, owner)
+}
+
+/// A journal line recording `record`.
+fn add(record: Value) -> String {
+    format!("{}\n", json!({ "add": record }))
+}
+
+/// A journal line ending the record of `name` running as `pid`.
+fn tombstone(name: &str, pid: u32) -> String {
+    format!("{}\n", json!({ "remove": { "name": name, "pid": pid } }))
+}
+
+/// Writes `text` as the journal of manager `owner`.
+fn write_journal(sb: &Sandbox, owner: &Owner, text: &str) -> PathBuf {
+    let dir = sb.orphans_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{}.{}.0.journal", owner.pid, owner.start_time));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The journals in `sb`'s orphans directory.
+fn journals(sb: &Sandbox) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(sb.orphans_dir()) else {
+        return Vec::new();
+    };
+    entries
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "journal"))
+        .collect()
+}
+
+/// The records in force in the journal at `path`, by name: its records
+/// minus its tombstones (a last line without its newline is not one yet).
+fn replay(path: &PathBuf) -> BTreeMap<String, Value> {
+    let text = std::fs::read_to_string(path).expect("the journal exists");
+    let mut records = BTreeMap::new();
+    for line in text.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
+        let entry: Value = serde_json::from_str(line).expect("a journal line is JSON");
+        if let Some(record) = entry.get("add") {
+            records.insert(record["name"].as_str().unwrap().to_owned(), record.clone());
+        } else {
+            records.remove(entry["remove"]["name"].as_str().unwrap());
+        }
+    }
+    records
+}
+
+/// The records in force in all of `sb`'s journals, by name.
+fn journal_records(sb: &Sandbox) -> BTreeMap<String, Value> {
+    journals(sb).iter().flat_map(replay).collect()
 }
 
 #[tokio::test]
@@ -145,18 +211,31 @@ async fn starting_a_daemon_first_stops_the_orphan_of_its_name() {
 async fn running_daemon_is_recorded_until_it_stops() {
     let sb = Sandbox::new();
     let daemon = sb.start(sb.daemon("a", &[])).await;
-    let record_path = sb
-        .orphans_dir()
-        .join(format!("a@{}.json", std::process::id()));
-    let record: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&record_path).expect("a record exists")).unwrap();
+    let [journal] = &journals(&sb)[..] else {
+        panic!("not one journal: {:?}", journals(&sb));
+    };
+    let own_prefix = format!("{}.", std::process::id());
+    assert!(
+        journal
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with(&own_prefix),
+        "{journal:?} is not named after this manager"
+    );
+    let records = replay(journal);
+    let record = records.get("a").expect("a record exists");
     assert_eq!(record["pid"], daemon.pid);
     assert_eq!(
         record["start_time"],
         proc_stat(daemon.pid).unwrap().start_time
     );
     sb.manager.stop_process("a").await.unwrap();
-    assert!(!record_path.exists(), "the record outlived the daemon");
+    assert!(
+        !replay(journal).contains_key("a"),
+        "the record outlived the daemon"
+    );
 }
 
 #[tokio::test]
@@ -170,11 +249,14 @@ async fn no_record_is_left_once_the_daemon_gave_up() {
         sb.manager.state("a") == Some(tend::ProcessState::Error)
     })
     .await;
-    let left: Vec<_> = std::fs::read_dir(sb.orphans_dir())
+    let records = journal_records(&sb);
+    assert!(records.is_empty(), "records left: {records:?}");
+    let others: Vec<_> = std::fs::read_dir(sb.orphans_dir())
         .unwrap()
-        .map(|e| e.unwrap().file_name())
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_none_or(|e| e != "journal"))
         .collect();
-    assert!(left.is_empty(), "records left: {left:?}");
+    assert!(others.is_empty(), "files other than journals: {others:?}");
 }
 
 #[tokio::test]
@@ -186,4 +268,162 @@ async fn unreadable_record_is_removed() {
     let report = sb.manager.cleanup_orphans().await.unwrap();
     assert_eq!(report, tend::CleanupReport::default());
     assert!(!record.exists());
+}
+
+// ---- journals ---------------------------------------------------------------
+
+#[tokio::test]
+async fn journal_of_a_dead_manager_is_replayed_cleaned_and_removed() {
+    let sb = Sandbox::new();
+    let owner = Owner::dead();
+    let mut orphan = Spawned::testd(&[]);
+    // Recorded, then ended: the dead manager saw its group go, so whatever
+    // now runs under its PID is not the daemon's.
+    let mut ended = Spawned::testd(&[]);
+    // Its record was being written when the manager was killed.
+    let mut torn = Spawned::testd(&[]);
+    let torn_line = add(exact_record("torn", &torn, &owner));
+    let gone = dead_pid();
+    let journal = write_journal(
+        &sb,
+        &owner,
+        &[
+            add(exact_record("orph", &orphan, &owner)),
+            add(exact_record("ended", &ended, &owner)),
+            add(record_json("gone", gone, 12345, &owner)),
+            tombstone("ended", ended.pid()),
+            torn_line[..torn_line.len() / 2].to_owned(),
+        ]
+        .concat(),
+    );
+    let report = sb.manager.cleanup_orphans().await.unwrap();
+    assert_eq!(report.killed, ["orph"], "{report:?}");
+    assert_eq!(report.stale, ["gone"], "{report:?}");
+    assert!(orphan.exited(), "the orphan survived its cleanup");
+    assert!(
+        !ended.exited(),
+        "a process whose record was ended was killed"
+    );
+    assert!(!torn.exited(), "a torn record was acted on");
+    assert!(!journal.exists(), "the cleaned journal was kept");
+}
+
+#[tokio::test]
+async fn unreadable_journal_lines_are_skipped_and_the_rest_cleaned() {
+    let sb = Sandbox::new();
+    let owner = Owner::dead();
+    let mut orphan = Spawned::testd(&[]);
+    let journal = write_journal(
+        &sb,
+        &owner,
+        &[
+            "{not json\n".to_owned(),
+            add(exact_record("orph", &orphan, &owner)),
+        ]
+        .concat(),
+    );
+    let report = sb.manager.cleanup_orphans().await.unwrap();
+    assert_eq!(report.killed, ["orph"], "{report:?}");
+    assert!(orphan.exited(), "the orphan survived its cleanup");
+    assert!(!journal.exists());
+}
+
+#[tokio::test]
+async fn starting_a_daemon_cleans_only_its_name_from_a_dead_journal() {
+    let sb = Sandbox::new();
+    let owner = Owner::dead();
+    let mut orphan_a = Spawned::testd(&[]);
+    let mut orphan_b = Spawned::testd(&[]);
+    let journal = write_journal(
+        &sb,
+        &owner,
+        &[
+            add(exact_record("a", &orphan_a, &owner)),
+            add(exact_record("b", &orphan_b, &owner)),
+        ]
+        .concat(),
+    );
+    let _daemon = sb.start(sb.daemon("a", &[])).await;
+    assert!(
+        orphan_a.exited(),
+        "the orphan of \"a\" survived a new start of \"a\""
+    );
+    assert!(
+        !orphan_b.exited(),
+        "starting \"a\" killed the orphan of \"b\""
+    );
+    let left: Vec<_> = replay(&journal).into_keys().collect();
+    assert_eq!(left, ["b"]);
+
+    let report = sb.manager.cleanup_orphans().await.unwrap();
+    assert_eq!(report.killed, ["b"], "{report:?}");
+    assert_eq!(report.owned_by_live_manager, ["a"], "{report:?}");
+    assert!(orphan_b.exited());
+    assert!(!journal.exists(), "the cleaned journal was kept");
+}
+
+/// Two managers on one state directory clean the same dead journal at
+/// once: its lock makes one of them clean it and the other find it gone,
+/// so each orphan is reported killed once.
+#[tokio::test]
+async fn managers_cleaning_one_dead_journal_at_once_kill_each_orphan_once() {
+    let sb = Sandbox::new();
+    let other = BackgroundProcessManager::builder()
+        .state_dir(sb.state_dir())
+        .build();
+    let owner = Owner::dead();
+    // One ignores SIGTERM, so the first cleanup holds the lock a while.
+    let mut orphans = [Spawned::testd(&[]), Spawned::testd(&["--ignore-sigterm"])];
+    let journal = write_journal(
+        &sb,
+        &owner,
+        &[
+            add(exact_record("a", &orphans[0], &owner)),
+            add(exact_record("b", &orphans[1], &owner)),
+        ]
+        .concat(),
+    );
+    let (one, two) = tokio::join!(sb.manager.cleanup_orphans(), other.cleanup_orphans());
+    let (one, two) = (one.unwrap(), two.unwrap());
+    let mut killed = [one.killed.clone(), two.killed.clone()].concat();
+    killed.sort();
+    assert_eq!(killed, ["a", "b"], "{one:?} {two:?}");
+    assert!(
+        one.stale.is_empty() && two.stale.is_empty(),
+        "{one:?} {two:?}"
+    );
+    assert!(orphans.iter_mut().all(Spawned::exited));
+    assert!(!journal.exists(), "the cleaned journal was kept");
+}
+
+#[tokio::test]
+async fn journal_of_another_live_manager_is_left_alone() {
+    let sb = Sandbox::new();
+    let other_manager = Spawned::testd(&[]);
+    let owner = Owner::live(other_manager.pid());
+    let mut daemon = Spawned::testd(&[]);
+    let text = add(exact_record("orph", &daemon, &owner));
+    let journal = write_journal(&sb, &owner, &text);
+    let report = sb.manager.cleanup_orphans().await.unwrap();
+    assert_eq!(report.owned_by_live_manager, ["orph"], "{report:?}");
+    assert!(report.killed.is_empty() && report.stale.is_empty());
+    assert!(!daemon.exited());
+    assert_eq!(std::fs::read_to_string(&journal).unwrap(), text);
+}
+
+#[tokio::test]
+async fn manager_dropped_with_nothing_running_deletes_its_journal() {
+    let sb = Sandbox::new();
+    let manager = BackgroundProcessManager::builder()
+        .state_dir(sb.state_dir())
+        .build();
+    manager.start_process(sb.daemon("a", &[])).await.unwrap();
+    assert_eq!(journals(&sb).len(), 1);
+    manager.stop_process("a").await.unwrap();
+    drop(manager);
+    // The last supervisor task may still hold the registry for a moment.
+    wait_for("the journal to be deleted", SOON, || {
+        journals(&sb).is_empty()
+    })
+    .await;
 }

@@ -3,7 +3,9 @@
 //! state tend reports is the truth.
 
 use std::{
-    os::unix::fs::PermissionsExt,
+    ffi::CString,
+    os::unix::{ffi::OsStrExt, fs::PermissionsExt},
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -565,15 +567,19 @@ async fn read_only_state_directory_fails_the_first_start_clearly_and_spawns_noth
 }
 
 /// The state directory turns read-only, or fills up, mid-run: orphan
-/// records can no longer be written, yet crashes are still restarted and
-/// stops still work.
-async fn supervision_goes_on_when_the_state_directory_breaks(break_it: impl FnOnce(&Mount)) {
+/// records can no longer be written to new files (the journal the manager
+/// already holds open is another matter, see [`ReadOnlyView`]), yet
+/// crashes are still restarted and stops still work.
+async fn supervision_goes_on_when_the_state_directory_breaks<B>(
+    break_it: impl FnOnce(&Mount, &Path) -> B,
+) {
     let sb = Sandbox::new();
     let Some(mount) = Mount::tmpfs(&sb.state_dir(), 256) else {
         return;
     };
     let first = sb.start(sb.daemon("a", &[])).await;
-    break_it(&mount);
+    // Declared after `mount`, so whatever it mounted is gone first.
+    let _broken = break_it(&mount, &sb.state_dir());
     first.signal(Signal::KILL);
     let second = Tracked::new(wait_replaced(&sb, "a", first.pid).await);
     let other = sb.start(sb.daemon("b", &[])).await;
@@ -583,14 +589,69 @@ async fn supervision_goes_on_when_the_state_directory_breaks(break_it: impl FnOn
     assert_eq!(sb.manager.state("b"), Some(ProcessState::Stopped));
 }
 
+/// A read-only bind mount of a folder over itself, unmounted on drop.
+///
+/// Remounting the state directory's file system read-only is refused
+/// (EBUSY) while a file on it is open for writing, and from its first
+/// start a manager keeps its orphan journal open. A read-only view over
+/// the folder is the nearest thing: every file opened from then on is
+/// read-only, while the journal descriptor opened before still writes.
+struct ReadOnlyView {
+    path: CString,
+}
+
+impl ReadOnlyView {
+    fn new(path: &Path) -> Self {
+        let path = CString::new(path.as_os_str().as_bytes()).expect("no NUL in a temp path");
+        // SAFETY: `path` is a valid NUL-terminated string for both calls;
+        // a bind mount takes no file system type or data, and its remount
+        // no source.
+        let (bind, read_only) = unsafe {
+            let bind = libc::mount(
+                path.as_ptr(),
+                path.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            );
+            let read_only = libc::mount(
+                std::ptr::null(),
+                path.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                std::ptr::null(),
+            );
+            (bind, read_only)
+        };
+        let view = ReadOnlyView { path };
+        assert_eq!(bind, 0, "bind mount: {}", std::io::Error::last_os_error());
+        assert_eq!(
+            read_only,
+            0,
+            "read-only bind remount: {}",
+            std::io::Error::last_os_error()
+        );
+        view
+    }
+}
+
+impl Drop for ReadOnlyView {
+    fn drop(&mut self) {
+        // SAFETY: `path` is a valid NUL-terminated path.
+        unsafe {
+            libc::umount2(self.path.as_ptr(), libc::MNT_DETACH);
+        }
+    }
+}
+
 #[tokio::test]
 async fn supervision_goes_on_when_the_state_directory_turns_read_only() {
-    supervision_goes_on_when_the_state_directory_breaks(Mount::make_read_only).await;
+    supervision_goes_on_when_the_state_directory_breaks(|_, dir| ReadOnlyView::new(dir)).await;
 }
 
 #[tokio::test]
 async fn supervision_goes_on_when_the_state_directory_is_full() {
-    supervision_goes_on_when_the_state_directory_breaks(Mount::fill).await;
+    supervision_goes_on_when_the_state_directory_breaks(|mount, _| mount.fill()).await;
 }
 
 /// A log file on a full disk is skipped; the lines stay in memory and the
