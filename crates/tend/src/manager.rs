@@ -22,6 +22,7 @@ use crate::{
     defaults,
     delivery::{EventDelivery, PublishedEvent},
     error::{Error, Result},
+    health::HealthBoard,
     logs::{LogBuffer, LogLine},
     orphans::{self, CleanupReport, OrphanRegistry},
     rpc,
@@ -168,10 +169,18 @@ impl BackgroundProcessManager {
                 None
             }
         };
+        let health = match HealthBoard::start() {
+            Ok(board) => Some(board),
+            Err(e) => {
+                tracing::info!(error = %e, "socket diagnostics unavailable; health checks connect to each daemon");
+                None
+            }
+        };
         let created = Context {
             spawner: Arc::new(spawner),
             watcher,
             orphans: Arc::new(registry),
+            health,
         };
         *context = Some(created.clone());
         Ok(created)

@@ -168,15 +168,7 @@ pub(crate) async fn health_check(
 ) -> Result<(), String> {
     let started = Instant::now();
     let check = async {
-        let stream = match connect_now(path) {
-            Ok(stream) => stream,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                return Err(format!(
-                    "socket {path:?} backlog is full (the daemon is not accepting)"
-                ));
-            }
-            Err(e) => return Err(format!("connect to {path:?} failed: {e}")),
-        };
+        let stream = connect_for_check(path)?;
         match probe {
             HealthProbe::Connect => Ok(()),
             HealthProbe::Ping => {
@@ -197,6 +189,37 @@ pub(crate) async fn health_check(
             started.elapsed()
         )),
     }
+}
+
+/// A connect for a health check, with the failure described.
+fn connect_for_check(path: &Path) -> Result<OwnedFd, String> {
+    match connect_now(path) {
+        Ok(stream) => Ok(stream),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(format!(
+            "socket {path:?} backlog is full (the daemon is not accepting)"
+        )),
+        Err(e) => Err(format!("connect to {path:?} failed: {e}")),
+    }
+}
+
+/// A connect health check: connect, then close at once.
+pub(crate) fn connect_check(path: &Path) -> Result<(), String> {
+    connect_for_check(path).map(drop)
+}
+
+/// Connects to `path` and shuts the connection's write side, so the
+/// daemon reads end of file as soon as it accepts. Returns the client
+/// socket, which the caller keeps open while the connection waits to be
+/// accepted, and its inode, by which socket diagnostics list it in the
+/// listener's accept queue.
+pub(crate) fn plant_connection(path: &Path) -> Result<(OwnedFd, u32), String> {
+    let client = connect_for_check(path)?;
+    let _ = rustix::net::shutdown(&client, rustix::net::Shutdown::Write);
+    let ino = rustix::fs::fstat(&client)
+        .map_err(|e| format!("cannot examine the connection to {path:?}: {e}"))?
+        .st_ino;
+    // Truncated like the kernel's report of it.
+    Ok((client, ino as u32))
 }
 
 /// Longest ping reply read; a daemon answering more is not healthy.

@@ -65,12 +65,6 @@
 //! crates are large, and this is one fixed request with three attributes
 //! to read.
 
-// Until the health checker uses it (the next step of R7), only the tests do.
-#![cfg_attr(
-    not(test),
-    expect(dead_code, reason = "wired into the health checks in R7's next step")
-)]
-
 use std::{collections::HashMap, io, os::fd::OwnedFd, path::Path, time::Duration};
 
 use rustix::{
@@ -202,6 +196,7 @@ impl Snapshot {
         self.listeners.get(&Key::from(id))
     }
 
+    #[cfg(test)]
     /// How many listeners bound to a path the dump saw.
     pub fn len(&self) -> usize {
         self.listeners.len()
@@ -250,6 +245,7 @@ impl SockDiag {
         Ok(diag)
     }
 
+    #[cfg(test)]
     /// One dump of every listening `AF_UNIX` socket bound to a path.
     /// Abstract and unnamed listeners have no socket file and are left out.
     pub fn dump(&mut self) -> io::Result<Snapshot> {

@@ -17,9 +17,10 @@ use tokio::{
 };
 
 use crate::{
-    config::BackgroundProcessConfig,
+    config::{BackgroundProcessConfig, HealthCheck, HealthProbe},
     defaults,
     error::{Error, Result},
+    health::{self, HealthBoard},
     kill,
     logs::{self, Stream},
     orphans::OrphanRegistry,
@@ -42,6 +43,9 @@ pub(crate) struct Context {
     pub spawner: Arc<Spawner>,
     pub watcher: Option<Arc<SocketWatcher>>,
     pub orphans: Arc<OrphanRegistry>,
+    /// The batched connect health checks, unless the kernel's socket
+    /// diagnostics are unavailable (then each supervisor connects).
+    pub health: Option<Arc<HealthBoard>>,
 }
 
 /// One spawned leader and its output readers.
@@ -311,8 +315,20 @@ impl Supervisor {
         let health = self.config.healthcheck;
         let health_probe = self.config.health_probe;
         let socket = self.config.socket_path.clone();
-        let mut next_check =
-            health.map(|h| on_shared_tick(Instant::now() + h.interval, h.interval));
+        // Connect probes are run by the board when there is one; this loop
+        // runs the others.
+        let mut board = match (&self.ctx.health, health, health_probe, &socket) {
+            (Some(board), Some(h), HealthProbe::Connect, Some(path)) => {
+                Some(board.register(path, h, Arc::clone(&self.shared)))
+            }
+            _ => None,
+        };
+        let next = |h: HealthCheck| on_shared_tick(Instant::now() + h.interval, h.interval);
+        let mut next_check = if board.is_some() {
+            None
+        } else {
+            health.map(next)
+        };
         let mut failures = 0u32;
         loop {
             let check = async {
@@ -332,12 +348,18 @@ impl Supervisor {
                     let summary = exit.map_or_else(|| "exited".to_owned(), |e| e.to_string());
                     return Interrupt::Failed(self.failure(summary));
                 }
+                reason = async {
+                    match &mut board {
+                        Some(board) => board.unhealthy().await,
+                        None => std::future::pending().await,
+                    }
+                } => return Interrupt::Failed(self.failure(reason)),
                 () = tokio::time::sleep_until(stable_at), if !counter_reset => {
                     counter_reset = true;
                     self.shared.update(|info| info.restart_attempts = 0);
                 }
                 result = check => {
-                    next_check = health.map(|h| on_shared_tick(Instant::now() + h.interval, h.interval));
+                    next_check = health.map(next);
                     match result {
                         Ok(()) => failures = 0,
                         Err(reason) => {
@@ -576,14 +598,8 @@ async fn drain(readers: &mut [JoinHandle<()>]) {
 /// fall due close together run on one wake-up of the runtime rather than
 /// one each. The interval is never shortened.
 fn on_shared_tick(at: Instant, interval: Duration) -> Instant {
-    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    let base = *BASE.get_or_init(Instant::now);
     let tick = (interval / 20).clamp(Duration::from_millis(1), Duration::from_millis(50));
-    let ticks = at
-        .saturating_duration_since(base)
-        .as_nanos()
-        .div_ceil(tick.as_nanos());
-    base + Duration::from_nanos(u64::try_from(ticks * tick.as_nanos()).unwrap_or(u64::MAX))
+    health::on_shared_tick(at, tick)
 }
 
 /// The delay before restart number `attempt` (1-based): `base` doubled per

@@ -71,6 +71,7 @@
 //!   the backlog is full.
 //! - `--wedge`: accept connections but never read or answer them, keeping
 //!   them open.
+//! - `--log-accepts`: print `accepted` for every connection accepted.
 //!
 //! Signals:
 //! - `--ignore-sigterm`: set SIGTERM to SIG_IGN (SIGINT still stops it).
@@ -95,7 +96,7 @@ usage: testd [--socket PATH] [--bind-delay MS] [--listen-delay MS] [--never-bind
              [--exit-code N] [--exit-immediately] [--exit-after MS] [--abort-after MS]
              [--stderr TEXT]... [--stdout TEXT]... [--ignore-sigterm] [--term-delay MS]
              [--fork-children N] [--children-ignore-sigterm] [--double-fork]
-             [--stop-accepting-after MS] [--never-accept] [--backlog N] [--wedge]
+             [--stop-accepting-after MS] [--never-accept] [--backlog N] [--wedge] [--log-accepts]
              [--pid-file PATH] [--timestamps PATH] [--record-start PATH]
              [--faults-once PATH] [--healthy-once PATH]
              [--flood BYTES] [--flood-no-newline] [--flood-invalid-utf8]
@@ -137,6 +138,7 @@ struct Opts {
     never_accept: bool,
     backlog: Option<i32>,
     wedge: bool,
+    log_accepts: bool,
     pid_file: Option<PathBuf>,
     timestamps: Option<PathBuf>,
     record_start: Option<PathBuf>,
@@ -169,6 +171,7 @@ impl Default for Opts {
             never_accept: false,
             backlog: None,
             wedge: false,
+            log_accepts: false,
             pid_file: None,
             timestamps: None,
             record_start: None,
@@ -237,6 +240,7 @@ fn parse_args(args: impl Iterator<Item = OsString>) -> Opts {
             "--never-accept" => o.never_accept = true,
             "--backlog" => o.backlog = Some(parse_num(&flag, value())),
             "--wedge" => o.wedge = true,
+            "--log-accepts" => o.log_accepts = true,
             "--pid-file" => o.pid_file = Some(value().into()),
             "--timestamps" => o.timestamps = Some(value().into()),
             "--record-start" => o.record_start = Some(value().into()),
@@ -614,7 +618,7 @@ fn wait_readable(listener: RawFd, stop: RawFd) -> bool {
 
 /// Accept loop. Returns when the listener was closed by
 /// `--stop-accepting-after`.
-fn serve(listener: UnixListener, stop_after: Option<u64>, wedge: bool) {
+fn serve(listener: UnixListener, stop_after: Option<u64>, wedge: bool, log_accepts: bool) {
     let stop_rd = stop_after.map(|ms| {
         let (rd, wr) =
             rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap_or_else(|e| {
@@ -634,7 +638,11 @@ fn serve(listener: UnixListener, stop_after: Option<u64>, wedge: bool) {
             drop(listener);
             return;
         }
-        match listener.accept() {
+        let accepted = listener.accept();
+        if log_accepts && accepted.is_ok() {
+            say("accepted");
+        }
+        match accepted {
             Ok((stream, _)) if wedge => wedged.push(stream),
             Ok((stream, _)) => {
                 std::thread::spawn(move || handle_connection(stream));
@@ -1041,7 +1049,12 @@ fn main() {
 
     match listener {
         Some(listener) if !opts.never_accept => {
-            serve(listener, opts.stop_accepting_after, opts.wedge);
+            serve(
+                listener,
+                opts.stop_accepting_after,
+                opts.wedge,
+                opts.log_accepts,
+            );
         }
         Some(listener) => {
             // Never accept; keep the listener open until exit.

@@ -361,6 +361,60 @@ async fn frozen_daemon_is_replaced_by_ping_health_checks() {
     assert!(Tracked::new(second).alive());
 }
 
+/// With connect checks too: a frozen daemon's listener still queues
+/// connections, so no connect fails until its backlog is full; the batched
+/// checks plant a connection of their own and see it wait unaccepted.
+#[tokio::test]
+async fn frozen_daemon_is_replaced_by_connect_health_checks() {
+    let sb = Sandbox::new();
+    let first = sb
+        .start(
+            sb.daemon("a", &[])
+                .healthcheck(fast_checks())
+                .health_probe(HealthProbe::Connect)
+                .shutdown_grace_period(Duration::from_millis(300)),
+        )
+        .await;
+    first.signal(Signal::STOP);
+    let second = wait_replaced(&sb, "a", first.pid).await;
+    first.wait_dead("the frozen daemon").await;
+    let reason = sb.manager.process_info("a").unwrap().last_error.unwrap();
+    assert!(reason.contains("waited"), "{reason}");
+    assert!(Tracked::new(second).alive());
+}
+
+/// The connections the checks plant are accepted by a healthy daemon and
+/// never count against it: after several of them, not one check failed
+/// (a single failure would replace it) and it still serves.
+#[tokio::test]
+async fn planted_check_connections_do_not_fail_a_healthy_daemon() {
+    let sb = Sandbox::new();
+    let checks = HealthCheck {
+        interval: Duration::from_millis(10),
+        timeout: Duration::from_millis(500),
+        retries: 1,
+    };
+    let daemon = sb
+        .start(sb.daemon("a", &["--log-accepts"]).healthcheck(checks))
+        .await;
+    // The start's own readiness connect is the first; three more are
+    // planted ones.
+    wait_for("planted connections to be accepted", SOON, || {
+        sb.log_texts("a", Stream::Stdout)
+            .iter()
+            .filter(|l| *l == "accepted")
+            .count()
+            >= 4
+    })
+    .await;
+    let info = sb.manager.process_info("a").unwrap();
+    assert_eq!(info.state, ProcessState::Running);
+    assert_eq!(info.pid, Some(daemon.pid));
+    assert_eq!(info.restart_attempts, 0);
+    assert_eq!(info.failed_health_checks, 0);
+    ping(&sb.socket("a")).await.expect("still serving");
+}
+
 // ---- output ----------------------------------------------------------------------
 
 /// A daemon that closes stdout and stderr goes on serving; tend keeps it

@@ -1,0 +1,559 @@
+//! Batched connect health checks: one task per manager checks every
+//! daemon whose probe is [`HealthProbe::Connect`](crate::HealthProbe)
+//! from one socket-diagnostics dump per tick (see [`crate::sockdiag`]),
+//! instead of each supervisor connecting to its daemon.
+//!
+//! A connect probe proves that a listener is bound to the socket file and
+//! that its accept queue is not full. The dump shows the same for all
+//! daemons at once without waking any of them, and more: which connections
+//! wait in each accept queue. So a check here fails when
+//! - the socket file is gone or cannot be examined;
+//! - no listener is bound to it (confirmed by a connect, since a dump may
+//!   skip a listener — see [`crate::sockdiag`]);
+//! - its accept queue is full;
+//! - a connection has waited in its accept queue for longer than the
+//!   check's timeout: the daemon stopped accepting. A connect probe sees
+//!   that only once the queue is full, which with a backlog of 128 takes
+//!   128 checks.
+//!
+//! For the last rule to see a daemon that nobody talks to, the board plants
+//! a connection of its own every [`SENTINEL_EVERY`] checks when none is
+//! waiting: a connect whose write side is shut at once, so the daemon reads
+//! end of file as from a connect probe. The board keeps the client open
+//! until the daemon has accepted it, because the kernel reports a closed
+//! client's connection without an inode to recognise it by.
+//!
+//! Checks fall due on a tick shared by the whole board, a quarter of the
+//! interval (at most 250 ms), so daemons started at different moments
+//! share dumps; a check is never early, and at most that much late.
+//! A daemon the dump never finds although a connect reaches it (some file
+//! systems report another device to `stat` than to the dump) is checked by
+//! connects from then on.
+
+use std::{
+    collections::HashMap,
+    os::fd::OwnedFd,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, MutexGuard, Weak},
+    time::Duration,
+};
+
+use tokio::{
+    sync::{Notify, oneshot},
+    time::Instant,
+};
+
+use crate::{
+    config::HealthCheck,
+    probe,
+    shared::Shared,
+    sockdiag::{self, Snapshot, SockDiag},
+};
+
+/// A connection is planted after this many checks without one waiting.
+pub(crate) const SENTINEL_EVERY: u32 = 8;
+
+/// After this many checks in a row in which the dump did not list a
+/// listener a connect reached, the daemon is checked by connects only.
+const UNMATCHED_LIMIT: u32 = 3;
+
+/// The tick checks of `interval` are rounded up to.
+fn board_tick(interval: Duration) -> Duration {
+    (interval / 4).clamp(Duration::from_millis(1), Duration::from_millis(250))
+}
+
+/// Rounds `at` up to a multiple of `tick` since a base shared by the whole
+/// process, so checks that fall due close together share a wake-up. The
+/// time is never moved earlier.
+pub(crate) fn on_shared_tick(at: Instant, tick: Duration) -> Instant {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(Instant::now);
+    let tick = tick.max(Duration::from_nanos(1));
+    let ticks = at
+        .saturating_duration_since(base)
+        .as_nanos()
+        .div_ceil(tick.as_nanos());
+    base + Duration::from_nanos(u64::try_from(ticks * tick.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// One daemon's checks.
+struct Entry {
+    path: PathBuf,
+    check: HealthCheck,
+    shared: Arc<Shared>,
+    next_due: Instant,
+    failures: u32,
+    /// Inodes of client sockets seen waiting in the accept queue, with
+    /// when they were first seen (or planted).
+    waiting: HashMap<u32, Instant>,
+    /// The planted connection, kept open until it is accepted.
+    sentinel: Option<(OwnedFd, u32)>,
+    checks_since_sentinel: u32,
+    /// Checks in a row in which a connect reached a listener the dump did
+    /// not list.
+    unmatched: u32,
+    /// Checked by connects only (the dump does not find this daemon).
+    connect_only: bool,
+    /// Told the reason once the checks fail `retries` times in a row.
+    unhealthy: Option<oneshot::Sender<String>>,
+}
+
+struct BoardState {
+    diag: SockDiag,
+    snapshot: Snapshot,
+    entries: HashMap<u64, Entry>,
+    next_id: u64,
+}
+
+/// The batched checker of one manager.
+pub(crate) struct HealthBoard {
+    state: Mutex<BoardState>,
+    /// Wakes the board's task: a registration may fall due before the
+    /// task's next wake-up, and dropping the board ends it.
+    wake: Arc<Notify>,
+}
+
+impl HealthBoard {
+    /// Starts the board's task, or returns why the kernel's socket
+    /// diagnostics cannot be used (then supervisors check by connecting).
+    pub fn start() -> std::io::Result<Arc<Self>> {
+        let diag = SockDiag::open()?;
+        let wake = Arc::new(Notify::new());
+        let board = Arc::new(HealthBoard {
+            state: Mutex::new(BoardState {
+                diag,
+                snapshot: Snapshot::default(),
+                entries: HashMap::new(),
+                next_id: 0,
+            }),
+            wake: Arc::clone(&wake),
+        });
+        tokio::spawn(run(Arc::downgrade(&board), wake));
+        Ok(board)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BoardState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts checking the daemon listening on `path` every
+    /// `check.interval`; the registration reports when it is unhealthy and
+    /// stops the checks when dropped. The daemon's failed-check count in
+    /// `shared` is kept up to date.
+    pub fn register(
+        self: &Arc<Self>,
+        path: &Path,
+        check: HealthCheck,
+        shared: Arc<Shared>,
+    ) -> Registration {
+        let (unhealthy, verdict) = oneshot::channel();
+        let id = {
+            let mut state = self.lock();
+            let id = state.next_id;
+            state.next_id += 1;
+            state.entries.insert(
+                id,
+                Entry {
+                    path: path.to_path_buf(),
+                    check,
+                    shared,
+                    next_due: on_shared_tick(
+                        Instant::now() + check.interval,
+                        board_tick(check.interval),
+                    ),
+                    failures: 0,
+                    waiting: HashMap::new(),
+                    sentinel: None,
+                    checks_since_sentinel: 0,
+                    unmatched: 0,
+                    connect_only: false,
+                    unhealthy: Some(unhealthy),
+                },
+            );
+            id
+        };
+        self.wake.notify_one();
+        Registration {
+            board: Arc::clone(self),
+            id,
+            verdict,
+        }
+    }
+
+    /// Runs the checks that are due at `now`; returns when the next one
+    /// falls due.
+    fn run_due(&self, now: Instant) -> Option<Instant> {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let due = |e: &Entry| e.next_due <= now;
+        if state.entries.values().any(|e| due(e) && !e.connect_only) {
+            if let Err(e) = state.diag.dump_into(&mut state.snapshot) {
+                // No verdict from the dump this tick: connect instead.
+                tracing::debug!(error = %e, "socket diagnostics dump failed");
+                state.snapshot = Snapshot::default();
+            }
+        }
+        let mut failed = Vec::new();
+        for (&id, entry) in state.entries.iter_mut().filter(|(_, e)| due(e)) {
+            let result = check(entry, &state.snapshot, now);
+            entry.next_due =
+                on_shared_tick(now + entry.check.interval, board_tick(entry.check.interval));
+            if record(entry, result) {
+                failed.push(id);
+            }
+        }
+        for id in failed {
+            state.entries.remove(&id);
+        }
+        state.entries.values().map(|e| e.next_due).min()
+    }
+}
+
+impl Drop for HealthBoard {
+    fn drop(&mut self) {
+        // The task holds only a weak reference: wake it so it sees the
+        // board is gone and ends.
+        self.wake.notify_one();
+    }
+}
+
+/// The board's task: sleeps until the next check falls due or a
+/// registration arrives, then runs what is due. Ends with the board.
+async fn run(board: Weak<HealthBoard>, wake: Arc<Notify>) {
+    loop {
+        let next = match board.upgrade() {
+            Some(board) => board.run_due(Instant::now()),
+            None => return,
+        };
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(at) => {}
+                    () = wake.notified() => {}
+                }
+            }
+            None => wake.notified().await,
+        }
+    }
+}
+
+/// Applies one check's result to `entry`; true when the daemon is to be
+/// replaced.
+fn record(entry: &mut Entry, result: Result<(), String>) -> bool {
+    let before = entry.failures;
+    match result {
+        Ok(()) => entry.failures = 0,
+        Err(reason) => {
+            entry.failures += 1;
+            tracing::debug!(path = ?entry.path, failures = entry.failures, %reason, "health check failed");
+            if entry.failures >= entry.check.retries {
+                let failures = entry.failures;
+                entry
+                    .shared
+                    .update(|info| info.failed_health_checks = failures);
+                if let Some(unhealthy) = entry.unhealthy.take() {
+                    let _ = unhealthy.send(format!(
+                        "failed {failures} health checks in a row ({reason})"
+                    ));
+                }
+                return true;
+            }
+        }
+    }
+    if entry.failures != before {
+        let failures = entry.failures;
+        entry
+            .shared
+            .update(|info| info.failed_health_checks = failures);
+    }
+    false
+}
+
+/// One check of `entry` against `snapshot` (empty when the dump failed).
+fn check(entry: &mut Entry, snapshot: &Snapshot, now: Instant) -> Result<(), String> {
+    let path = entry.path.as_path();
+    if entry.connect_only || snapshot.is_empty() {
+        return probe::connect_check(path);
+    }
+    let id = match sockdiag::file_id(path) {
+        Ok(id) => id,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!("socket {path:?} is gone"));
+        }
+        Err(e) => return Err(format!("cannot examine socket {path:?}: {e}")),
+    };
+    let Some(listener) = snapshot.listener(id) else {
+        // A dump may skip a listener, or never match this file system's
+        // device numbers: a connect decides.
+        probe::connect_check(path)?;
+        entry.unmatched += 1;
+        if entry.unmatched >= UNMATCHED_LIMIT {
+            tracing::debug!(
+                ?path,
+                "socket diagnostics do not find this daemon; checking by connects"
+            );
+            entry.connect_only = true;
+            entry.waiting.clear();
+            entry.sentinel = None;
+        }
+        return Ok(());
+    };
+    entry.unmatched = 0;
+    if listener.is_full() {
+        return Err(format!(
+            "socket {path:?} backlog is full ({} connections waiting; the daemon is not accepting)",
+            listener.queued
+        ));
+    }
+    entry
+        .waiting
+        .retain(|ino, _| listener.pending.contains(ino));
+    for &ino in listener.pending.iter().filter(|&&ino| ino != 0) {
+        entry.waiting.entry(ino).or_insert(now);
+    }
+    if entry
+        .sentinel
+        .as_ref()
+        .is_some_and(|(_, ino)| !entry.waiting.contains_key(ino))
+    {
+        // Accepted: the daemon has read end of file from it by now.
+        entry.sentinel = None;
+    }
+    if let Some(oldest) = entry.waiting.values().min() {
+        let waited = now.saturating_duration_since(*oldest);
+        if waited >= entry.check.timeout {
+            return Err(format!(
+                "a connection to {path:?} has waited {waited:?} to be accepted"
+            ));
+        }
+        return Ok(());
+    }
+    entry.checks_since_sentinel += 1;
+    if entry.checks_since_sentinel >= SENTINEL_EVERY {
+        entry.checks_since_sentinel = 0;
+        let (client, ino) = probe::plant_connection(path)?;
+        entry.waiting.insert(ino, now);
+        entry.sentinel = Some((client, ino));
+    }
+    Ok(())
+}
+
+/// The board checks a daemon while this lives.
+pub(crate) struct Registration {
+    board: Arc<HealthBoard>,
+    id: u64,
+    verdict: oneshot::Receiver<String>,
+}
+
+impl Registration {
+    /// Resolves with the reason once the daemon failed `retries` checks in
+    /// a row. Cancel-safe.
+    pub async fn unhealthy(&mut self) -> String {
+        match (&mut self.verdict).await {
+            Ok(reason) => reason,
+            // The board is gone with its manager: no verdict will come.
+            Err(_) => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.board.lock().entries.remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixStream;
+
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+
+    use super::*;
+    use crate::logs::LogBuffer;
+
+    /// A Unix socket bound to `path`, listening with `backlog` if given.
+    fn bound(path: &Path, backlog: Option<i32>) -> OwnedFd {
+        let socket = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        rustix::net::bind(&socket, &SocketAddrUnix::new(path).unwrap()).unwrap();
+        if let Some(backlog) = backlog {
+            rustix::net::listen(&socket, backlog).unwrap();
+        }
+        socket
+    }
+
+    fn entry(path: &Path) -> Entry {
+        let (events, _) = tokio::sync::broadcast::channel(1);
+        Entry {
+            path: path.to_path_buf(),
+            check: HealthCheck {
+                interval: Duration::from_millis(100),
+                timeout: Duration::from_millis(300),
+                retries: 3,
+            },
+            shared: Arc::new(Shared::new("t", LogBuffer::new(1, None), events)),
+            next_due: Instant::now(),
+            failures: 0,
+            waiting: HashMap::new(),
+            sentinel: None,
+            checks_since_sentinel: 0,
+            unmatched: 0,
+            connect_only: false,
+            unhealthy: None,
+        }
+    }
+
+    fn dump() -> Snapshot {
+        let mut snapshot = Snapshot::default();
+        SockDiag::open().unwrap().dump_into(&mut snapshot).unwrap();
+        snapshot
+    }
+
+    #[test]
+    fn a_listening_daemon_passes_and_gets_a_planted_connection_now_and_then() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.sock");
+        let _listener = bound(&path, Some(8));
+        let mut entry = entry(&path);
+        let now = Instant::now();
+        for _ in 1..SENTINEL_EVERY {
+            assert_eq!(check(&mut entry, &dump(), now), Ok(()));
+            assert!(entry.sentinel.is_none());
+        }
+        assert_eq!(check(&mut entry, &dump(), now), Ok(()));
+        let (_, planted) = entry.sentinel.as_ref().expect("a connection planted");
+        assert_eq!(entry.waiting.get(planted), Some(&now));
+    }
+
+    #[test]
+    fn a_connection_waiting_longer_than_the_timeout_fails_the_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.sock");
+        let _listener = bound(&path, Some(8));
+        let _client = UnixStream::connect(&path).unwrap();
+        let mut entry = entry(&path);
+        let start = Instant::now();
+        assert_eq!(check(&mut entry, &dump(), start), Ok(()));
+        let soon = start + Duration::from_millis(299);
+        assert_eq!(check(&mut entry, &dump(), soon), Ok(()));
+        let late = start + Duration::from_millis(300);
+        let error = check(&mut entry, &dump(), late).unwrap_err();
+        assert!(error.contains("waited 300ms"), "{error}");
+    }
+
+    #[test]
+    fn an_accepted_connection_is_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.sock");
+        let listener = std::os::unix::net::UnixListener::from(bound(&path, Some(8)));
+        let _client = UnixStream::connect(&path).unwrap();
+        let mut entry = entry(&path);
+        let start = Instant::now();
+        assert_eq!(check(&mut entry, &dump(), start), Ok(()));
+        assert_eq!(entry.waiting.len(), 1);
+        let _accepted = listener.accept().unwrap();
+        let later = start + Duration::from_secs(10);
+        assert_eq!(check(&mut entry, &dump(), later), Ok(()));
+        assert!(entry.waiting.is_empty());
+    }
+
+    #[test]
+    fn a_full_accept_queue_fails_the_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.sock");
+        let _listener = bound(&path, Some(1));
+        let _clients: Vec<_> = (0..2)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
+        let error = check(&mut entry(&path), &dump(), Instant::now()).unwrap_err();
+        assert!(error.contains("backlog is full"), "{error}");
+    }
+
+    #[test]
+    fn no_listener_or_no_file_fails_the_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.sock");
+        let _other = bound(&dir.path().join("other.sock"), Some(1));
+        let error = check(&mut entry(&path), &dump(), Instant::now()).unwrap_err();
+        assert!(error.contains("is gone"), "{error}");
+        // Bound, not listening: connects are refused.
+        let _bound = bound(&path, None);
+        let error = check(&mut entry(&path), &dump(), Instant::now()).unwrap_err();
+        assert!(error.contains("connect to"), "{error}");
+    }
+
+    #[test]
+    fn a_daemon_the_dump_does_not_list_is_checked_by_connects() {
+        let dir = tempfile::tempdir().unwrap();
+        let _other = bound(&dir.path().join("other.sock"), Some(1));
+        // Taken before the daemon listens: it stands for a dump that never
+        // finds the daemon (another device number, or a skipped listener).
+        let stale = dump();
+        let path = dir.path().join("d.sock");
+        let _listener = bound(&path, Some(8));
+        let mut entry = entry(&path);
+        for _ in 0..UNMATCHED_LIMIT {
+            assert!(!entry.connect_only);
+            assert_eq!(check(&mut entry, &stale, Instant::now()), Ok(()));
+        }
+        assert!(entry.connect_only);
+        // An empty snapshot (a failed dump) also falls back to a connect.
+        assert_eq!(
+            check(
+                &mut self::entry(&path),
+                &Snapshot::default(),
+                Instant::now()
+            ),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn failures_are_counted_until_retries_then_reported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut entry = entry(&dir.path().join("d.sock"));
+        let (unhealthy, mut verdict) = oneshot::channel();
+        entry.unhealthy = Some(unhealthy);
+        assert!(!record(&mut entry, Err("one".into())));
+        assert!(!record(&mut entry, Ok(())));
+        assert_eq!(entry.shared.snapshot().failed_health_checks, 0);
+        assert!(!record(&mut entry, Err("one".into())));
+        assert!(!record(&mut entry, Err("two".into())));
+        assert_eq!(entry.shared.snapshot().failed_health_checks, 2);
+        assert!(verdict.try_recv().is_err());
+        assert!(record(&mut entry, Err("three".into())));
+        assert_eq!(entry.shared.snapshot().failed_health_checks, 3);
+        assert_eq!(
+            verdict.try_recv().unwrap(),
+            "failed 3 health checks in a row (three)"
+        );
+    }
+
+    #[test]
+    fn checks_land_on_a_shared_tick_never_early() {
+        let tick = board_tick(Duration::from_secs(1));
+        assert_eq!(tick, Duration::from_millis(250));
+        let now = Instant::now();
+        for offset_ms in [0u64, 1, 7, 249, 250, 251, 999] {
+            let at = now + Duration::from_millis(offset_ms);
+            let aligned = on_shared_tick(at, tick);
+            assert!(aligned >= at);
+            assert!(aligned - at <= tick);
+            assert_eq!(on_shared_tick(aligned, tick), aligned);
+        }
+        assert_eq!(
+            board_tick(Duration::from_millis(2)),
+            Duration::from_millis(1)
+        );
+        assert_eq!(
+            board_tick(Duration::from_millis(100)),
+            Duration::from_millis(25)
+        );
+    }
+}
