@@ -13,13 +13,19 @@ use crate::{
     error::{ConfigProblem, ConfigProblems, Error},
 };
 
-/// Periodic liveness check over the daemon's socket.
+/// Periodic liveness check over the daemon's socket; what a check does is
+/// chosen by [`HealthProbe`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HealthCheck {
     /// Time between the end of one check and the start of the next; checks
-    /// never overlap.
+    /// never overlap. A check falls due on a tick shared with other checks,
+    /// so it may start up to a quarter of the interval (at most 250 ms)
+    /// late, never early.
     pub interval: Duration,
-    /// How long one connect may take before it counts as a failure.
+    /// With [`HealthProbe::Connect`], the longest a connection may wait in
+    /// the daemon's accept queue before a check fails. With
+    /// [`HealthProbe::Ping`], how long one check (connect, request, reply)
+    /// may take.
     pub timeout: Duration,
     /// Consecutive failures that make tend restart the daemon.
     pub retries: u32,
@@ -38,12 +44,25 @@ impl Default for HealthCheck {
 /// What a health check does over the socket.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum HealthProbe {
-    /// Connect and hang up: proves the daemon's listener is alive.
+    /// Proves a listener is bound to the socket and accepts connections.
+    ///
+    /// One task per manager checks all such daemons from one
+    /// socket-diagnostics dump (`NETLINK_SOCK_DIAG`) per tick, without a
+    /// connect per check. A check fails when the socket file is gone, no
+    /// listener is bound to it, its accept queue is full, or a connection
+    /// has waited in that queue longer than [`HealthCheck::timeout`], so a
+    /// daemon that stops calling `accept` (frozen by SIGSTOP, say) fails
+    /// before its backlog is full. Every 8th check without a waiting
+    /// connection plants one: a connect that sends nothing and shuts its
+    /// write side (the daemon reads end of file), kept open until the
+    /// daemon accepts it. Where the dump is unavailable (a kernel without
+    /// `CONFIG_UNIX_DIAG`, some sandboxes), or does not find a daemon that
+    /// a connect reaches, a check is a connect, closed at once.
     #[default]
     Connect,
-    /// Send a JSON-RPC `ping` request and wait for any JSON-RPC reply:
-    /// also proves the daemon's event loop answers, so a daemon whose
-    /// socket accepts but which never replies is restarted.
+    /// Connect, send a JSON-RPC `ping` request and wait for any JSON-RPC
+    /// reply: also proves the daemon's event loop answers, so a daemon
+    /// whose socket accepts but which never replies is restarted.
     Ping,
 }
 
@@ -54,8 +73,9 @@ pub enum HealthProbe {
 pub struct BackgroundProcessConfig {
     /// Unique name: `[A-Za-z0-9._-]`, not `.` or `..`, at most 64 bytes.
     pub name: String,
-    /// Program to execute (looked up in `PATH` when it has no `/`). Never
-    /// run through a shell.
+    /// Program to execute. Without a `/`, it is looked up in the daemon's
+    /// `PATH`: the one set with [`env`](Self::env()), else tend's own.
+    /// Never run through a shell.
     pub command: PathBuf,
     /// Arguments after the program name.
     pub args: Vec<OsString>,

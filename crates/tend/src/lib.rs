@@ -31,9 +31,14 @@
 //!
 //! # The daemon contract
 //! A daemon reads `SOCKET_PATH` from its environment, binds and listens on a
-//! Unix stream socket there, accepts connections (a health check is a plain
-//! connect that sends nothing), exits cleanly on SIGTERM and removes its
-//! socket. `examples/daemons/echo_daemon.py` is a complete one.
+//! Unix stream socket there, accepts connections promptly (with
+//! [`HealthProbe::Connect`], a connection left waiting to be accepted
+//! longer than the health check's timeout fails the check; a check may
+//! itself connect and send nothing, and the daemon then reads end of file),
+//! exits cleanly on SIGTERM and removes its socket. It gets stdin from
+//! `/dev/null`, stdout and stderr as pipes tend reads, and (on Linux 5.9
+//! or later) no other descriptor of the app.
+//! `examples/daemons/echo_daemon.py` is a complete one.
 //!
 //! # Theory of operation
 //! - **One task per process.** Each started name gets a supervisor task
@@ -46,23 +51,29 @@
 //!   and an occurrence (ready, failed, stop requested, group gone) to the
 //!   next state; the task only feeds occurrences into it. Every change is
 //!   broadcast as a [`ProcessEvent`].
-//! - **Events, not timers.** A child's exit is seen through `wait` on the
-//!   child; readiness through an inotify event for the socket file followed
-//!   by a connect; the end of a process group through pidfds of its
-//!   members. Timers are only deadlines: startup timeout, grace period,
-//!   health interval, restart delay.
+//! - **Events, not timers.** A child's exit is seen through its pidfd;
+//!   readiness through an inotify event for the socket file followed by a
+//!   connect; the end of a process group through pidfds of its members.
+//!   Timers are only deadlines: startup timeout, grace period, health
+//!   interval, restart delay.
+//! - **One dump for all connect checks.** Connect health checks of every
+//!   daemon of a manager run in one task, from one `NETLINK_SOCK_DIAG` dump
+//!   of the listening Unix sockets per tick rather than a connect per
+//!   check; a connection left waiting in a daemon's accept queue longer
+//!   than the timeout fails its check. Where the dump is unavailable, each
+//!   check is a connect. `Ping` checks run in the supervisor task.
 //! - **Whole groups.** Each daemon leads its own process group. Stopping it
 //!   signals the group (SIGTERM, SIGCONT, then SIGKILL after the grace
 //!   period) and returns the moment no live member is left; `Stopped` is
 //!   never reported while one is. A daemon that crashes has its leftover
 //!   children killed before it is restarted.
 //! - **No orphans.** Daemons are spawned from one long-lived thread
-//!   ([`spawn`]) with a parent-death signal, so a killed manager takes its
-//!   daemons with it; dropping the manager SIGKILLs what it still runs. Each
-//!   spawn is also recorded in the state directory with the PID's start
-//!   time, so the next start (or [`BackgroundProcessManager::cleanup_orphans`])
-//!   stops whatever survived — and never a process that merely reuses a
-//!   recorded PID.
+//!   ([`spawn`]), without `fork`, with a parent-death signal, so a killed
+//!   manager takes its daemons with it; dropping the manager SIGKILLs what
+//!   it still runs. Each spawn is also recorded, with the PID's start time,
+//!   in the manager's journal in the state directory, so the next start (or
+//!   [`BackgroundProcessManager::cleanup_orphans`]) stops whatever survived
+//!   — and never a process that merely reuses a recorded PID.
 //! - **Restarts are bounded.** A daemon that fails after it was once ready
 //!   is restarted after `restart_delay`, doubling per attempt up to a cap
 //!   with a little jitter, at most `max_restart_attempts` times in a row;

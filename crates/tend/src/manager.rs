@@ -112,9 +112,9 @@ impl ManagerBuilder {
 }
 
 /// `$XDG_RUNTIME_DIR/tend`; else `/dev/shm/tend-<uid>` where `/dev/shm` is
-/// a directory (memory-backed: orphan records are written at every spawn
-/// and removed at every stop, which costs real I/O on a disk file system);
-/// else `<temp dir>/tend-<uid>`.
+/// a directory (memory-backed, so the line the orphan journal gets at
+/// every spawn and every stop costs no disk I/O); else
+/// `<temp dir>/tend-<uid>`.
 pub fn default_state_dir() -> PathBuf {
     let uid = rustix::process::getuid().as_raw();
     match std::env::var_os("XDG_RUNTIME_DIR") {

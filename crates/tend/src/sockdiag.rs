@@ -1,5 +1,5 @@
 //! A batched liveness probe: one `NETLINK_SOCK_DIAG` dump lists every
-//! listening Unix socket on the system (performance item R7).
+//! listening Unix socket on the system.
 //!
 //! A health check by `connect` costs a socket, a connect that wakes the
 //! daemon's listener, and a close — about 22 µs of CPU per daemon per check.
@@ -41,7 +41,7 @@
 //! No privilege is needed. The dump covers the caller's network namespace
 //! only: a daemon started in another one is never found.
 //!
-//! A later [`SockDiag::dump`] error (a receive timeout, `ENOBUFS`, a reply
+//! A later [`SockDiag::dump_into`] error (a receive timeout, `ENOBUFS`, a reply
 //! that does not parse) says nothing about the daemons: that tick has no
 //! verdict from the dump. The next dump starts on a fresh socket.
 //!
@@ -51,9 +51,9 @@
 //! converts. It reports the inode truncated to 32 bits, so lookups compare
 //! the low 32 bits of the inode. Where `stat` reports another device than
 //! the file system's own (btrfs subvolumes, some overlayfs setups), a
-//! daemon is never found: a caller should check once, when the daemon is
-//! ready (its connect succeeded), that the dump finds it, and keep
-//! connect probes for a daemon it does not find.
+//! daemon is never found: the health board (`crate::health`) confirms a
+//! missing listener with a connect, and after three such checks in a row
+//! checks that daemon by connects only.
 //!
 //! A dump is not atomic: the kernel walks its socket hash table a batch
 //! (one reply datagram) at a time and resumes by position in a hash bucket,

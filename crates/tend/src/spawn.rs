@@ -5,14 +5,14 @@
 //! not the process. tokio runs work on whatever worker or blocking-pool
 //! thread is free, and blocking-pool threads retire after 10 s idle, which
 //! would SIGTERM healthy daemons. So every daemon is spawned by
-//! [`Spawner`], a dedicated thread that lives as long as anything that may
+//! `Spawner`, a dedicated thread that lives as long as anything that may
 //! spawn holds it.
 //!
-//! The spawn itself is a vfork-style clone (see [`child`]): the standard
+//! The spawn itself is a vfork-style clone (see `child`): the standard
 //! library would fork to run the hook that arms the signal, and copying
 //! the manager's page tables and descriptor table for every daemon was
 //! the largest cost of starting many. The clone also hands over a pidfd,
-//! through which the leader is waited for and reaped ([`Leader`]).
+//! through which the leader is waited for and reaped (`Leader`).
 
 mod child;
 

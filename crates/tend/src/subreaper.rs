@@ -7,12 +7,13 @@
 //! supervisor) and kill them on shutdown.
 //!
 //! Adopted children must be reaped, or they stay zombies. The reaper must
-//! not reap tend's own daemons, though: tokio waits on those, and stealing
-//! their exit status would break supervision. So on every SIGCHLD the
-//! reaper looks for zombie children in `/proc` and reaps only those that
-//! are not in the spawner's registry of own children; the registry is
-//! locked while it looks, and the spawner holds the same lock while it
-//! forks, so a fresh child cannot be taken for an adopted one.
+//! not reap tend's own children, though: the supervisors reap their daemons
+//! through pidfds (and tokio its installers), and stealing an exit status
+//! would break supervision. So on every SIGCHLD the reaper looks for zombie
+//! children in `/proc` and reaps only those that are not in the spawner's
+//! registry of own children; the registry is locked while it looks, and
+//! the spawner holds the same lock while it clones and registers a child,
+//! so a fresh child cannot be taken for an adopted one.
 
 use std::{collections::HashMap, io, time::Duration};
 

@@ -1,8 +1,8 @@
 //! The per-process supervisor: one tokio task per started process.
 //!
 //! The task owns the process's children and is the only code that changes
-//! its state; everything else talks to it through [`Control`] messages or
-//! reads the [`Shared`] snapshot it publishes. It waits on events — the
+//! its state; everything else talks to it through `Control` messages or
+//! reads the `Shared` snapshot it publishes. It waits on events — the
 //! child's exit, the socket appearing, control messages, deadlines — and
 //! never polls. Each incarnation (one spawned leader and its group) lives in
 //! a local variable, so an exit of an older incarnation cannot reach a newer
