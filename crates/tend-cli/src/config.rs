@@ -686,10 +686,11 @@ fn read_healthcheck(
                 match problems.string(&inner).as_deref() {
                     Some("connect") => probe = HealthProbe::Connect,
                     Some("ping") => probe = HealthProbe::Ping,
+                    Some("accept") => probe = HealthProbe::Accept,
                     Some(other) => problems.add(
                         inner.span(),
                         &inner.key,
-                        format!("must be \"connect\" or \"ping\", found {other:?}"),
+                        format!("must be \"connect\", \"accept\" or \"ping\", found {other:?}"),
                     ),
                     None => {}
                 }

@@ -22,10 +22,10 @@ pub struct HealthCheck {
     /// so it may start up to a quarter of the interval (at most 250 ms)
     /// late, never early.
     pub interval: Duration,
-    /// With [`HealthProbe::Connect`], the longest a connection may wait in
-    /// the daemon's accept queue before a check fails. With
-    /// [`HealthProbe::Ping`], how long one check (connect, request, reply)
-    /// may take.
+    /// With [`HealthProbe::Accept`], the longest the check's connection may
+    /// wait in the daemon's accept queue. With [`HealthProbe::Ping`], how
+    /// long one check (connect, request, reply) may take. A
+    /// [`HealthProbe::Connect`] check never waits.
     pub timeout: Duration,
     /// Consecutive failures that make tend restart the daemon.
     pub retries: u32,
@@ -44,22 +44,30 @@ impl Default for HealthCheck {
 /// What a health check does over the socket.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum HealthProbe {
-    /// Proves a listener is bound to the socket and accepts connections.
+    /// Proves what a connect proves: a listener is bound to the socket and
+    /// its accept queue is not full.
     ///
     /// One task per manager checks all such daemons from one
-    /// socket-diagnostics dump (`NETLINK_SOCK_DIAG`) per tick, without a
-    /// connect per check. A check fails when the socket file is gone, no
-    /// listener is bound to it, its accept queue is full, or a connection
-    /// has waited in that queue longer than [`HealthCheck::timeout`], so a
-    /// daemon that stops calling `accept` (frozen by SIGSTOP, say) fails
-    /// before its backlog is full. Every 8th check without a waiting
-    /// connection plants one: a connect that sends nothing and shuts its
-    /// write side (the daemon reads end of file), kept open until the
-    /// daemon accepts it. Where the dump is unavailable (a kernel without
+    /// socket-diagnostics dump (`NETLINK_SOCK_DIAG`) per tick, without
+    /// connecting, so a check wakes no daemon. A check fails when the
+    /// socket file is gone, no listener is bound to it, or its accept queue
+    /// is full. Where the dump is unavailable (a kernel without
     /// `CONFIG_UNIX_DIAG`, some sandboxes), or does not find a daemon that
     /// a connect reaches, a check is a connect, closed at once.
     #[default]
     Connect,
+    /// [`Connect`](Self::Connect), and the daemon must accept a connection
+    /// within [`HealthCheck::timeout`].
+    ///
+    /// Each check plants a connection: a connect that sends nothing and
+    /// shuts its write side (the daemon reads end of file), kept open until
+    /// the daemon accepts it. A check fails when the connection planted by
+    /// the previous one still waits to be accepted after the timeout, so a
+    /// daemon frozen by SIGSTOP, or stuck outside its accept loop, is
+    /// replaced long before its backlog fills. A daemon that serves one
+    /// request at a time fails it while busy with a long one. Without the
+    /// socket-diagnostics dump (see `Connect`) a check is a connect.
+    Accept,
     /// Connect, send a JSON-RPC `ping` request and wait for any JSON-RPC
     /// reply: also proves the daemon's event loop answers, so a daemon
     /// whose socket accepts but which never replies is restarted.

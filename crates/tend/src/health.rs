@@ -1,34 +1,35 @@
-//! Batched connect health checks: one task per manager checks every
-//! daemon whose probe is [`HealthProbe::Connect`](crate::HealthProbe)
-//! from one socket-diagnostics dump per tick (see [`crate::sockdiag`]),
-//! instead of each supervisor connecting to its daemon.
+//! Batched health checks: one task per manager checks every daemon whose
+//! probe is [`HealthProbe::Connect`] or [`HealthProbe::Accept`] from one
+//! socket-diagnostics dump per tick (see [`crate::sockdiag`]), instead of
+//! each supervisor connecting to its daemon.
 //!
 //! A connect probe proves that a listener is bound to the socket file and
 //! that its accept queue is not full. The dump shows the same for all
-//! daemons at once without waking any of them, and more: which connections
-//! wait in each accept queue. So a check here fails when
+//! daemons at once, without waking any of them. So a `Connect` check fails
+//! when
 //! - the socket file is gone or cannot be examined;
 //! - no listener is bound to it (confirmed by a connect, since a dump may
 //!   skip a listener — see [`crate::sockdiag`]);
-//! - its accept queue is full;
-//! - a connection has waited in its accept queue for longer than the
-//!   check's timeout: the daemon stopped accepting. A connect probe sees
-//!   that only once the queue is full, which with a backlog of 128 takes
-//!   128 checks.
+//! - its accept queue is full.
 //!
-//! For the last rule to see a daemon that nobody talks to, the board plants
-//! a connection of its own every [`SENTINEL_EVERY`] checks when none is
-//! waiting: a connect whose write side is shut at once, so the daemon reads
-//! end of file as from a connect probe. The board keeps the client open
-//! until the daemon has accepted it, because the kernel reports a closed
-//! client's connection without an inode to recognise it by.
+//! An `Accept` check also proves that the daemon calls `accept`: each check
+//! plants a connection — a connect whose write side is shut at once, so the
+//! daemon reads end of file — and fails when the connection planted before
+//! is still waiting in the accept queue after the check's timeout. That
+//! catches a daemon frozen by SIGSTOP or stuck outside its accept loop,
+//! which a connect sees only once the backlog is full (with a backlog of
+//! 128, after 128 checks). The board keeps the client open until the daemon
+//! has accepted it, because the kernel reports a closed client's connection
+//! without an inode to recognise it by. It is a separate probe because a
+//! daemon that serves one request at a time and is busy with a long one
+//! does not accept meanwhile; `Connect` keeps it, `Accept` replaces it.
 //!
 //! Checks fall due on a tick shared by the whole board, a quarter of the
 //! interval (at most 250 ms), so daemons started at different moments
 //! share dumps; a check is never early, and at most that much late.
 //! A daemon the dump never finds although a connect reaches it (some file
 //! systems report another device to `stat` than to the dump) is checked by
-//! connects from then on.
+//! connects from then on, and an `Accept` check then becomes a connect.
 
 use std::{
     collections::HashMap,
@@ -44,14 +45,11 @@ use tokio::{
 };
 
 use crate::{
-    config::HealthCheck,
+    config::{HealthCheck, HealthProbe},
     probe,
     shared::Shared,
     sockdiag::{self, Snapshot, SockDiag},
 };
-
-/// A connection is planted after this many checks without one waiting.
-pub(crate) const SENTINEL_EVERY: u32 = 8;
 
 /// After this many checks in a row in which the dump did not list a
 /// listener a connect reached, the daemon is checked by connects only.
@@ -80,15 +78,15 @@ pub(crate) fn on_shared_tick(at: Instant, tick: Duration) -> Instant {
 struct Entry {
     path: PathBuf,
     check: HealthCheck,
+    /// Plant a connection at each check and require it to be accepted.
+    require_accept: bool,
     shared: Arc<Shared>,
     next_due: Instant,
     failures: u32,
-    /// Inodes of client sockets seen waiting in the accept queue, with
-    /// when they were first seen (or planted).
-    waiting: HashMap<u32, Instant>,
-    /// The planted connection, kept open until it is accepted.
-    sentinel: Option<(OwnedFd, u32)>,
-    checks_since_sentinel: u32,
+    /// The connection planted by the last `Accept` check: the client
+    /// socket, kept open until the daemon accepts it, its inode and when it
+    /// was planted.
+    planted: Option<Planted>,
     /// Checks in a row in which a connect reached a listener the dump did
     /// not list.
     unmatched: u32,
@@ -96,6 +94,13 @@ struct Entry {
     connect_only: bool,
     /// Told the reason once the checks fail `retries` times in a row.
     unhealthy: Option<oneshot::Sender<String>>,
+}
+
+/// A connection an `Accept` check planted.
+struct Planted {
+    _client: OwnedFd,
+    ino: u32,
+    at: Instant,
 }
 
 struct BoardState {
@@ -136,14 +141,22 @@ impl HealthBoard {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether the board runs checks of `probe` (the others stay with the
+    /// supervisor).
+    pub fn runs(probe: HealthProbe) -> bool {
+        matches!(probe, HealthProbe::Connect | HealthProbe::Accept)
+    }
+
     /// Starts checking the daemon listening on `path` every
-    /// `check.interval`; the registration reports when it is unhealthy and
-    /// stops the checks when dropped. The daemon's failed-check count in
-    /// `shared` is kept up to date.
+    /// `check.interval` with `probe` (one the board [`runs`](Self::runs));
+    /// the registration reports when it is unhealthy and stops the checks
+    /// when dropped. The daemon's failed-check count in `shared` is kept up
+    /// to date.
     pub fn register(
         self: &Arc<Self>,
         path: &Path,
         check: HealthCheck,
+        probe: HealthProbe,
         shared: Arc<Shared>,
     ) -> Registration {
         let (unhealthy, verdict) = oneshot::channel();
@@ -156,15 +169,14 @@ impl HealthBoard {
                 Entry {
                     path: path.to_path_buf(),
                     check,
+                    require_accept: probe == HealthProbe::Accept,
                     shared,
                     next_due: on_shared_tick(
                         Instant::now() + check.interval,
                         board_tick(check.interval),
                     ),
                     failures: 0,
-                    waiting: HashMap::new(),
-                    sentinel: None,
-                    checks_since_sentinel: 0,
+                    planted: None,
                     unmatched: 0,
                     connect_only: false,
                     unhealthy: Some(unhealthy),
@@ -293,8 +305,7 @@ fn check(entry: &mut Entry, snapshot: &Snapshot, now: Instant) -> Result<(), Str
                 "socket diagnostics do not find this daemon; checking by connects"
             );
             entry.connect_only = true;
-            entry.waiting.clear();
-            entry.sentinel = None;
+            entry.planted = None;
         }
         return Ok(());
     };
@@ -305,36 +316,28 @@ fn check(entry: &mut Entry, snapshot: &Snapshot, now: Instant) -> Result<(), Str
             listener.queued
         ));
     }
-    entry
-        .waiting
-        .retain(|ino, _| listener.pending.contains(ino));
-    for &ino in listener.pending.iter().filter(|&&ino| ino != 0) {
-        entry.waiting.entry(ino).or_insert(now);
-    }
-    if entry
-        .sentinel
-        .as_ref()
-        .is_some_and(|(_, ino)| !entry.waiting.contains_key(ino))
-    {
-        // Accepted: the daemon has read end of file from it by now.
-        entry.sentinel = None;
-    }
-    if let Some(oldest) = entry.waiting.values().min() {
-        let waited = now.saturating_duration_since(*oldest);
-        if waited >= entry.check.timeout {
-            return Err(format!(
-                "a connection to {path:?} has waited {waited:?} to be accepted"
-            ));
-        }
+    if !entry.require_accept {
         return Ok(());
     }
-    entry.checks_since_sentinel += 1;
-    if entry.checks_since_sentinel >= SENTINEL_EVERY {
-        entry.checks_since_sentinel = 0;
-        let (client, ino) = probe::plant_connection(path)?;
-        entry.waiting.insert(ino, now);
-        entry.sentinel = Some((client, ino));
+    if let Some(planted) = &entry.planted {
+        if listener.pending.contains(&planted.ino) {
+            let waited = now.saturating_duration_since(planted.at);
+            if waited >= entry.check.timeout {
+                return Err(format!(
+                    "a connection to {path:?} has waited {waited:?} to be accepted"
+                ));
+            }
+            // Still within the timeout: the next check looks again.
+            return Ok(());
+        }
     }
+    // Accepted (or none yet): plant the next one.
+    let (client, ino) = probe::plant_connection(path)?;
+    entry.planted = Some(Planted {
+        _client: client,
+        ino,
+        at: now,
+    });
     Ok(())
 }
 
@@ -392,6 +395,7 @@ mod tests {
         let (events, _) = tokio::sync::broadcast::channel(1);
         Entry {
             path: path.to_path_buf(),
+            require_accept: false,
             check: HealthCheck {
                 interval: Duration::from_millis(100),
                 timeout: Duration::from_millis(300),
@@ -400,9 +404,7 @@ mod tests {
             shared: Arc::new(Shared::new("t", LogBuffer::new(1, None), events)),
             next_due: Instant::now(),
             failures: 0,
-            waiting: HashMap::new(),
-            sentinel: None,
-            checks_since_sentinel: 0,
+            planted: None,
             unmatched: 0,
             connect_only: false,
             unhealthy: None,
@@ -415,24 +417,17 @@ mod tests {
         snapshot
     }
 
-    #[test]
-    fn a_listening_daemon_passes_and_gets_a_planted_connection_now_and_then() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("d.sock");
-        let _listener = bound(&path, Some(8));
-        let mut entry = entry(&path);
-        let now = Instant::now();
-        for _ in 1..SENTINEL_EVERY {
-            assert_eq!(check(&mut entry, &dump(), now), Ok(()));
-            assert!(entry.sentinel.is_none());
+    fn accept_entry(path: &Path) -> Entry {
+        Entry {
+            require_accept: true,
+            ..entry(path)
         }
-        assert_eq!(check(&mut entry, &dump(), now), Ok(()));
-        let (_, planted) = entry.sentinel.as_ref().expect("a connection planted");
-        assert_eq!(entry.waiting.get(planted), Some(&now));
     }
 
     #[test]
-    fn a_connection_waiting_longer_than_the_timeout_fails_the_check() {
+    fn a_connect_check_passes_a_listener_whose_connections_wait() {
+        // A daemon busy with one request does not accept meanwhile: a
+        // connect still succeeds, and so does the check, however long.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("d.sock");
         let _listener = bound(&path, Some(8));
@@ -440,27 +435,51 @@ mod tests {
         let mut entry = entry(&path);
         let start = Instant::now();
         assert_eq!(check(&mut entry, &dump(), start), Ok(()));
+        let later = start + Duration::from_secs(600);
+        assert_eq!(check(&mut entry, &dump(), later), Ok(()));
+        assert!(entry.planted.is_none(), "connect checks plant nothing");
+    }
+
+    #[test]
+    fn an_accept_check_fails_once_its_connection_waited_the_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.sock");
+        let _listener = bound(&path, Some(8));
+        let mut entry = accept_entry(&path);
+        let start = Instant::now();
+        assert_eq!(check(&mut entry, &dump(), start), Ok(()));
+        let planted = entry.planted.as_ref().expect("a connection planted").ino;
         let soon = start + Duration::from_millis(299);
         assert_eq!(check(&mut entry, &dump(), soon), Ok(()));
+        assert_eq!(
+            entry.planted.as_ref().unwrap().ino,
+            planted,
+            "one at a time"
+        );
         let late = start + Duration::from_millis(300);
         let error = check(&mut entry, &dump(), late).unwrap_err();
         assert!(error.contains("waited 300ms"), "{error}");
     }
 
     #[test]
-    fn an_accepted_connection_is_forgotten() {
+    fn an_accept_check_passes_once_its_connection_is_accepted_and_plants_anew() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("d.sock");
         let listener = std::os::unix::net::UnixListener::from(bound(&path, Some(8)));
-        let _client = UnixStream::connect(&path).unwrap();
-        let mut entry = entry(&path);
+        let mut entry = accept_entry(&path);
         let start = Instant::now();
         assert_eq!(check(&mut entry, &dump(), start), Ok(()));
-        assert_eq!(entry.waiting.len(), 1);
-        let _accepted = listener.accept().unwrap();
+        let first = entry.planted.as_ref().unwrap().ino;
+        let (mut accepted, _) = listener.accept().unwrap();
+        // The planted connection sends nothing and is shut for writing.
+        let mut rest = Vec::new();
+        std::io::Read::read_to_end(&mut accepted, &mut rest).unwrap();
+        assert!(rest.is_empty());
         let later = start + Duration::from_secs(10);
         assert_eq!(check(&mut entry, &dump(), later), Ok(()));
-        assert!(entry.waiting.is_empty());
+        let second = entry.planted.as_ref().unwrap();
+        assert_ne!(second.ino, first);
+        assert_eq!(second.at, later);
     }
 
     #[test]

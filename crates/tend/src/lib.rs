@@ -31,10 +31,9 @@
 //!
 //! # The daemon contract
 //! A daemon reads `SOCKET_PATH` from its environment, binds and listens on a
-//! Unix stream socket there, accepts connections promptly (with
-//! [`HealthProbe::Connect`], a connection left waiting to be accepted
-//! longer than the health check's timeout fails the check; a check may
-//! itself connect and send nothing, and the daemon then reads end of file),
+//! Unix stream socket there, accepts connections (a check may itself
+//! connect and send nothing, and the daemon then reads end of file; with
+//! [`HealthProbe::Accept`] it must accept that within the check's timeout),
 //! exits cleanly on SIGTERM and removes its socket. It gets stdin from
 //! `/dev/null`, stdout and stderr as pipes tend reads, and (on Linux 5.9
 //! or later) no other descriptor of the app.

@@ -170,7 +170,8 @@ pub(crate) async fn health_check(
     let check = async {
         let stream = connect_for_check(path)?;
         match probe {
-            HealthProbe::Connect => Ok(()),
+            // Without the health board, an accept check is a connect.
+            HealthProbe::Connect | HealthProbe::Accept => Ok(()),
             HealthProbe::Ping => {
                 let stream = UnixStream::from_std(std::os::unix::net::UnixStream::from(stream))
                     .map_err(|e| format!("cannot use the connection to {path:?}: {e}"))?;
@@ -183,7 +184,7 @@ pub(crate) async fn health_check(
         Err(_) => Err(format!(
             "{} {path:?} timed out after {:?}",
             match probe {
-                HealthProbe::Connect => "connect to",
+                HealthProbe::Connect | HealthProbe::Accept => "connect to",
                 HealthProbe::Ping => "ping over",
             },
             started.elapsed()

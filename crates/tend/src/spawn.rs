@@ -33,7 +33,7 @@ use std::{
 use rustix::{
     io::DupFlags,
     pipe::PipeFlags,
-    process::{WaitId, WaitIdOptions},
+    process::{PidfdFlags, WaitId, WaitIdOptions},
 };
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -246,50 +246,109 @@ impl StdioSlots {
     }
 }
 
-/// Spawns the daemon described by `plan`; runs on the spawning thread.
-fn spawn_daemon(
-    plan: &SpawnPlan,
-    slots: &mut StdioSlots,
-    stack: &mut child::ChildStack,
-) -> io::Result<Spawned> {
-    let (stdout, stdout_writer) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
-    let (stderr, stderr_writer) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
-    slots.connect(&stdout_writer, &stderr_writer)?;
-    drop((stdout_writer, stderr_writer));
-    let candidates = pointers(&plan.candidates);
-    let argv = pointers(&plan.argv);
-    let envp = pointers(&plan.envp);
-    let mut setup = child::ChildSetup::new(
-        candidates.as_ptr(),
-        argv.as_ptr(),
-        envp.as_ptr(),
-        plan.cwd.as_ref().map_or(ptr::null(), |c| c.as_ptr()),
-        slots.raw(),
-    );
-    let mut children = own_children();
-    let cloned = child::clone_and_exec(&mut setup, stack);
-    slots.release();
-    let (pid, pidfd) = cloned?;
-    if let Some((step, error)) = setup.failure() {
-        // The child has exited; reap it, still under the registry lock, so
-        // neither a zombie nor a confused subreaper is left.
-        let _ = rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED);
-        return Err(match step {
-            child::Step::Exec => error,
-            _ => io::Error::new(error.kind(), format!("{}: {error}", step.describe())),
-        });
+/// What the spawning thread keeps from spawn to spawn.
+struct SpawnerState {
+    slots: StdioSlots,
+    stack: child::ChildStack,
+    /// Whether children may share the descriptor table until they unshare
+    /// its low part (see [`child`]); cleared for good when a policy denies
+    /// the unsharing.
+    share_files: bool,
+}
+
+impl SpawnerState {
+    /// Spawns the daemon described by `plan`; runs on the spawning thread.
+    fn spawn(&mut self, plan: &SpawnPlan) -> io::Result<Spawned> {
+        match self.spawn_once(plan) {
+            Err(Failed::Descriptors(error)) if self.share_files => {
+                tracing::info!(%error, "cannot unshare descriptors in spawned children; copying them instead");
+                self.share_files = false;
+                self.spawn_once(plan).map_err(Failed::into_io)
+            }
+            other => other.map_err(Failed::into_io),
+        }
     }
-    let start = crate::procfs::stat(pid)
-        .ok()
-        .flatten()
-        .map(|s| s.start_time);
-    children.insert(pid, start);
-    Ok(Spawned {
-        pid,
-        pidfd,
-        stdout,
-        stderr,
-    })
+
+    fn spawn_once(&mut self, plan: &SpawnPlan) -> Result<Spawned, Failed> {
+        let (stdout, stdout_writer) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
+        let (stderr, stderr_writer) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
+        let connected = self.slots.connect(&stdout_writer, &stderr_writer);
+        drop((stdout_writer, stderr_writer));
+        if let Err(e) = connected {
+            self.slots.release();
+            return Err(e.into());
+        }
+        let candidates = pointers(&plan.candidates);
+        let argv = pointers(&plan.argv);
+        let envp = pointers(&plan.envp);
+        let mut setup = child::ChildSetup::new(
+            candidates.as_ptr(),
+            argv.as_ptr(),
+            envp.as_ptr(),
+            plan.cwd.as_ref().map_or(ptr::null(), |c| c.as_ptr()),
+            self.slots.raw(),
+            self.share_files,
+        );
+        let mut children = own_children();
+        let cloned = child::clone_and_exec(&mut setup, &mut self.stack);
+        self.slots.release();
+        let (pid, pidfd) = cloned?;
+        if let Some((step, error)) = setup.failure() {
+            // The child has exited; reap it, still under the registry lock,
+            // so neither a zombie nor a confused subreaper is left.
+            let _ = rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED);
+            return Err(match step {
+                child::Step::Descriptors => Failed::Descriptors(error),
+                child::Step::Exec if error.raw_os_error() == Some(libc::ENOEXEC) => {
+                    Failed::Io(io::Error::new(
+                        error.kind(),
+                        format!("{error}: not an executable, nor a script starting with #!"),
+                    ))
+                }
+                child::Step::Exec => Failed::Io(error),
+                _ => Failed::Io(io::Error::new(
+                    error.kind(),
+                    format!("{}: {error}", step.describe()),
+                )),
+            });
+        }
+        let start = crate::procfs::stat(pid)
+            .ok()
+            .flatten()
+            .map(|s| s.start_time);
+        children.insert(pid, start);
+        Ok(Spawned {
+            pid,
+            pidfd,
+            stdout,
+            stderr,
+        })
+    }
+}
+
+/// Why a spawn failed: the descriptor step is told apart, since the spawner
+/// can retry it another way.
+enum Failed {
+    Descriptors(io::Error),
+    Io(io::Error),
+}
+
+impl Failed {
+    fn into_io(self) -> io::Error {
+        match self {
+            Failed::Descriptors(error) => io::Error::new(
+                error.kind(),
+                format!("{}: {error}", child::Step::Descriptors.describe()),
+            ),
+            Failed::Io(error) => error,
+        }
+    }
+}
+
+impl<E: Into<io::Error>> From<E> for Failed {
+    fn from(error: E) -> Self {
+        Failed::Io(error.into())
+    }
 }
 
 struct SpawnRequest {
@@ -307,14 +366,18 @@ impl Spawner {
     /// Starts the spawning thread, with its reserved descriptors and the
     /// children's stack.
     pub fn start() -> io::Result<Self> {
-        let mut slots = StdioSlots::open()?;
-        let mut stack = child::ChildStack::new()?;
+        check_pidfd_support()?;
+        let mut state = SpawnerState {
+            slots: StdioSlots::open()?,
+            stack: child::ChildStack::new()?,
+            share_files: true,
+        };
         let (requests, incoming) = mpsc::channel::<SpawnRequest>();
         thread::Builder::new()
             .name("tend-spawner".into())
             .spawn(move || {
                 for request in incoming {
-                    let spawned = spawn_daemon(&request.plan, &mut slots, &mut stack);
+                    let spawned = state.spawn(&request.plan);
                     let _ = request.reply.send(spawned);
                 }
             })?;
@@ -330,6 +393,29 @@ impl Spawner {
         response
             .await
             .map_err(|_| io::Error::other("the spawning thread has exited"))?
+    }
+}
+
+/// Fails unless the kernel can wait for a child through a pidfd
+/// (`waitid(P_PIDFD)`, Linux 5.4), which is how tend waits for and reaps its
+/// daemons.
+fn check_pidfd_support() -> io::Result<()> {
+    let unsupported = |what: &str| {
+        io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("{what}: tend needs Linux 5.4 or later"),
+        )
+    };
+    let own = rustix::process::pidfd_open(rustix::process::getpid(), PidfdFlags::empty())
+        .map_err(|_| unsupported("pidfd_open is not available"))?;
+    // This process is not its own child: a kernel that knows P_PIDFD says
+    // ECHILD, an older one EINVAL.
+    match rustix::process::waitid(
+        WaitId::PidFd(own.as_fd()),
+        WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+    ) {
+        Err(rustix::io::Errno::INVAL) => Err(unsupported("waitid cannot wait on a pidfd")),
+        _ => Ok(()),
     }
 }
 
@@ -384,13 +470,118 @@ impl Leader {
         Ok(self.status)
     }
 
-    /// Waits for the leader to exit and reaps it. Cancel-safe.
+    /// Waits for the leader to exit and reaps it. Cancel-safe; a leader
+    /// dropped before it was reaped is reaped later (see [`Drop`]).
     pub async fn wait(&mut self) -> io::Result<ExitStatus> {
         loop {
             if let Some(status) = self.try_wait()? {
                 return Ok(status);
             }
             self.pidfd.readable().await?.clear_ready();
+        }
+    }
+}
+
+impl Drop for Leader {
+    /// A supervisor normally reaps its leader. When its task is dropped
+    /// first — the runtime shut down — the leader would stay a zombie, and
+    /// the subreaper leaves tend's own children alone; so it is handed to
+    /// the reaper thread.
+    fn drop(&mut self) {
+        if matches!(self.try_wait(), Ok(None)) {
+            reap_later(self.pid, Arc::clone(self.pidfd.get_ref()));
+        }
+    }
+}
+
+/// Leaders whose supervisors were dropped before reaping them.
+struct Unreaped {
+    leaders: Vec<(i32, Arc<OwnedFd>)>,
+    /// Whether the reaper thread runs.
+    reaper: bool,
+}
+
+static UNREAPED: Mutex<Unreaped> = Mutex::new(Unreaped {
+    leaders: Vec::new(),
+    reaper: false,
+});
+
+/// Wakes the reaper thread when a leader is added: it blocks in `poll` on
+/// the pidfds it already has.
+static REAPER_WAKE: std::sync::OnceLock<Option<(OwnedFd, OwnedFd)>> = std::sync::OnceLock::new();
+
+fn unreaped() -> MutexGuard<'static, Unreaped> {
+    UNREAPED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Reaps `pid` on the reaper thread once it exits.
+fn reap_later(pid: i32, pidfd: Arc<OwnedFd>) {
+    let wake = REAPER_WAKE
+        .get_or_init(|| rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK).ok());
+    let mut unreaped = unreaped();
+    unreaped.leaders.push((pid, pidfd));
+    if let Some((_, writer)) = wake {
+        let _ = rustix::io::write(writer, &[0]);
+    }
+    if !unreaped.reaper {
+        let started = thread::Builder::new()
+            .name("tend-reaper".into())
+            .spawn(reap_dropped_leaders);
+        match started {
+            Ok(_) => unreaped.reaper = true,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the reaper thread; a zombie remains")
+            }
+        }
+    }
+}
+
+/// The reaper thread: reaps every handed-over leader as it exits, and ends
+/// when none is left.
+fn reap_dropped_leaders() {
+    let wake = REAPER_WAKE
+        .get()
+        .and_then(Option::as_ref)
+        .map(|(reader, _)| reader);
+    loop {
+        let leaders = {
+            let mut unreaped = unreaped();
+            unreaped.leaders.retain(|(pid, pidfd)| {
+                let reaped = rustix::process::waitid(
+                    WaitId::PidFd(pidfd.as_fd()),
+                    WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+                );
+                match reaped {
+                    Ok(None) => true,
+                    // Reaped now, or not reapable at all (ECHILD).
+                    _ => {
+                        forget_child(*pid as u32);
+                        false
+                    }
+                }
+            });
+            if unreaped.leaders.is_empty() {
+                unreaped.reaper = false;
+                return;
+            }
+            unreaped.leaders.clone()
+        };
+        let mut fds: Vec<rustix::event::PollFd<'_>> = leaders
+            .iter()
+            .map(|(_, pidfd)| rustix::event::PollFd::new(&**pidfd, rustix::event::PollFlags::IN))
+            .chain(wake.map(|w| rustix::event::PollFd::new(w, rustix::event::PollFlags::IN)))
+            .collect();
+        match rustix::event::poll(&mut fds, None) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "the reaper cannot wait; zombies may remain");
+                unreaped().reaper = false;
+                return;
+            }
+        }
+        if let Some(wake) = wake {
+            let mut drained = [0u8; 64];
+            while matches!(rustix::io::read(wake, &mut drained), Ok(n) if n > 0) {}
         }
     }
 }

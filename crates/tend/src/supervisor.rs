@@ -17,7 +17,7 @@ use tokio::{
 };
 
 use crate::{
-    config::{BackgroundProcessConfig, HealthCheck, HealthProbe},
+    config::{BackgroundProcessConfig, HealthCheck},
     defaults,
     error::{Error, Result},
     health::{self, HealthBoard},
@@ -318,8 +318,8 @@ impl Supervisor {
         // Connect probes are run by the board when there is one; this loop
         // runs the others.
         let mut board = match (&self.ctx.health, health, health_probe, &socket) {
-            (Some(board), Some(h), HealthProbe::Connect, Some(path)) => {
-                Some(board.register(path, h, Arc::clone(&self.shared)))
+            (Some(board), Some(h), probe, Some(path)) if HealthBoard::runs(probe) => {
+                Some(board.register(path, h, probe, Arc::clone(&self.shared)))
             }
             _ => None,
         };

@@ -264,10 +264,14 @@ interval = "1s"
 command = "x"
 socket = "c.sock"
 healthcheck = { probe = "connect" }
+[process.d]
+command = "x"
+socket = "d.sock"
+healthcheck = { probe = "accept" }
 "#,
     );
-    let [a, b, c] = &config.processes[..] else {
-        panic!("three daemons expected");
+    let [a, b, c, d] = &config.processes[..] else {
+        panic!("four daemons expected");
     };
     assert_eq!(a.events, ["config-changed", "tick"]);
     assert_eq!(a.health_probe, HealthProbe::Ping);
@@ -275,6 +279,7 @@ healthcheck = { probe = "connect" }
     assert!(b.events.is_empty());
     assert_eq!(b.health_probe, HealthProbe::Connect);
     assert_eq!(c.health_probe, HealthProbe::Connect);
+    assert_eq!(d.health_probe, HealthProbe::Accept);
     assert!(config.environments.is_empty());
 }
 

@@ -18,7 +18,11 @@
 //! descriptors below `first`. The spawner keeps the child's stdin, stdout
 //! and stderr in three reserved low descriptors ([`super::StdioSlots`]),
 //! so `first` is small and the copy is a handful of entries whatever the
-//! manager holds.
+//! manager holds. Kernels before 5.9 lack `close_range`; there the child
+//! copies the table with `unshare(CLONE_FILES)`. Where a seccomp policy
+//! denies both (Docker's default profile allows `unshare` only with
+//! `CAP_SYS_ADMIN`, and older ones deny `close_range`), the spawner clones
+//! without `CLONE_FILES` from then on, as `posix_spawn` does.
 //!
 //! Rules for the child, which runs on the parent's memory and thread-local
 //! storage: no allocation, no locks, no panics, nothing but system calls on
@@ -100,6 +104,9 @@ pub(super) struct ChildSetup {
     /// The parent's PID, to detect that it died before the death signal
     /// was armed.
     pub parent: i32,
+    /// Clone with `CLONE_FILES` and unshare the low descriptors only (see
+    /// the module doc); without it the child starts with a full copy.
+    pub share_files: bool,
     /// Written by the child when it fails: the [`Step`] and the errno.
     failed_step: AtomicI32,
     errno: AtomicI32,
@@ -113,6 +120,7 @@ impl ChildSetup {
         envp: *const *const c_char,
         cwd: *const c_char,
         stdio: [RawFd; 3],
+        share_files: bool,
     ) -> Self {
         ChildSetup {
             candidates,
@@ -121,6 +129,7 @@ impl ChildSetup {
             cwd,
             stdio,
             parent: rustix::process::getpid().as_raw_nonzero().get(),
+            share_files,
             failed_step: AtomicI32::new(0),
             errno: AtomicI32::new(0),
         }
@@ -219,8 +228,10 @@ pub(super) fn clone_and_exec(
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut previous);
         previous
     };
-    let flags =
-        libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES | libc::CLONE_PIDFD | libc::SIGCHLD;
+    let mut flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD;
+    if setup.share_files {
+        flags |= libc::CLONE_FILES;
+    }
     // SAFETY: `child_main` only makes system calls on `setup`, which lives
     // until `clone` returns; `CLONE_VFORK` suspends this thread until the
     // child has exec'd or exited, so the child never runs concurrently with
@@ -242,6 +253,20 @@ pub(super) fn clone_and_exec(
     }
     if pid < 0 {
         return Err(clone_error);
+    }
+    if pidfd < 0 {
+        // A kernel before 5.2 ignores CLONE_PIDFD. The spawner checks for
+        // pidfd support when it starts, so this is a last defence: end the
+        // child while its unreaped PID is certainly ours.
+        // SAFETY: plain system calls on our own unreaped child.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, ptr::null_mut(), 0);
+        }
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the kernel did not return a pidfd (Linux 5.4 or later is needed)",
+        ));
     }
     // SAFETY: with CLONE_PIDFD and a successful clone, the kernel stored a
     // fresh pidfd (close-on-exec) that nothing else owns.
@@ -271,24 +296,25 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         return setup.fail(Step::ParentDeathSignal, libc::ESRCH);
     }
 
-    // Leave the shared table, taking only the descriptors below the
-    // highest reserved one (see the module doc).
-    let first_unshared = setup.stdio.iter().max().copied().unwrap_or(2) + 1;
-    // SAFETY: raw system calls on integers; they change only this child's
-    // descriptor table.
-    let unshared = unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            first_unshared as libc::c_uint,
-            libc::c_uint::MAX,
-            libc::CLOSE_RANGE_UNSHARE,
-        )
-    } == 0;
-    // Kernels before 5.9 lack close_range: copy the whole table instead
-    // (exec then closes the close-on-exec entries).
-    // SAFETY: as above.
-    if !unshared && unsafe { libc::unshare(libc::CLONE_FILES) } != 0 {
-        return setup.fail(Step::Descriptors, last_errno());
+    if setup.share_files {
+        // Leave the shared table, taking only the descriptors below the
+        // highest reserved one (see the module doc).
+        let first_unshared = setup.stdio.iter().max().copied().unwrap_or(2) + 1;
+        // SAFETY: a raw system call on integers; it changes only this
+        // child's descriptor table.
+        let unshared = unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                first_unshared as libc::c_uint,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_UNSHARE,
+            )
+        } == 0;
+        // Without close_range, copy the whole table instead.
+        // SAFETY: as above.
+        if !unshared && unsafe { libc::unshare(libc::CLONE_FILES) } != 0 {
+            return setup.fail(Step::Descriptors, last_errno());
+        }
     }
     // SAFETY (all three): the reserved descriptors are open in the
     // parent, and so in this child's copy of its table.
@@ -299,18 +325,17 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
     if let Err(e) = connected {
         return setup.fail(Step::Stdio, e.raw_os_error());
     }
-    if unshared {
-        // Only the copied low descriptors are left above stderr; a failure
-        // here leaves close-on-exec to do the job.
-        // SAFETY: closes descriptors of this child's own table only.
-        unsafe {
-            libc::syscall(
-                libc::SYS_close_range,
-                3 as libc::c_uint,
-                libc::c_uint::MAX,
-                0,
-            );
-        }
+    // Nothing but stdio is passed on, not even a descriptor the application
+    // leaked without close-on-exec. Where close_range is missing or denied,
+    // exec still closes every close-on-exec descriptor.
+    // SAFETY: closes descriptors of this child's own table only.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            0,
+        );
     }
     if !setup.cwd.is_null() {
         // SAFETY: `cwd` is a NUL-terminated string the parent owns.
@@ -345,6 +370,9 @@ fn exec_candidates(setup: &ChildSetup) -> c_int {
         match errno {
             libc::ENOENT | libc::ENOTDIR => {}
             libc::EACCES => denied = true,
+            // Unlike execvp, no retry through /bin/sh for a file that is
+            // not an executable: tend never runs a command through a shell
+            // it was not given.
             _ => return setup.fail(Step::Exec, errno),
         }
         // SAFETY: not past the terminating null, checked above.

@@ -13,6 +13,11 @@
 //! after the other; for each, one line `started <name> <pid>` is printed,
 //! then `ready`, and the program waits forever. A failed start prints
 //! `failed <name>: <error>` to stderr and exits 1; a usage error exits 100.
+//!
+//! With `TEND_EMBEDDER_DENY_UNSHARE=1` in its environment, it first
+//! installs a seccomp filter that fails `close_range` and `unshare` with
+//! EPERM, as container profiles do, so tests can check that spawning
+//! copes.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -20,8 +25,60 @@ use tend::{BackgroundProcessConfig, BackgroundProcessManager};
 
 const USAGE: &str = "usage: tend-embedder STATE_DIR SOCKET_DIR TESTD SPEC...";
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    if std::env::var_os("TEND_EMBEDDER_DENY_UNSHARE").is_some_and(|v| v == "1") {
+        deny_close_range_and_unshare();
+    }
+    tokio::runtime::Runtime::new()
+        .expect("tokio runtime")
+        .block_on(run());
+}
+
+/// Installs a seccomp filter failing `close_range` and `unshare` with
+/// EPERM: an older container profile that does not know `close_range`, and
+/// Docker's default, which allows `unshare` only with `CAP_SYS_ADMIN`.
+fn deny_close_range_and_unshare() {
+    let statement = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    let load_number = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+    let equals = libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K;
+    let ret = libc::BPF_RET | libc::BPF_K;
+    let program = [
+        // `nr` is the first field of struct seccomp_data.
+        statement(load_number, 0, 0, 0),
+        statement(equals, 2, 0, libc::SYS_close_range as u32),
+        statement(equals, 1, 0, libc::SYS_unshare as u32),
+        statement(ret, 0, 0, libc::SECCOMP_RET_ALLOW),
+        statement(ret, 0, 0, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+    ];
+    let filter = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_ptr().cast_mut(),
+    };
+    // SAFETY: both prctl calls take plain integers and a pointer to the
+    // filter, which lives until the second returns (the kernel copies it).
+    let installed = unsafe {
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
+            && libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &filter as *const libc::sock_fprog,
+            ) == 0
+    };
+    if !installed {
+        eprintln!(
+            "cannot install the seccomp filter: {}",
+            std::io::Error::last_os_error()
+        );
+        std::process::exit(100);
+    }
+}
+
+async fn run() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [state_dir, socket_dir, testd, specs @ ..] = args.as_slice() else {
         eprintln!("{USAGE}");

@@ -18,6 +18,12 @@ fn fast_checks() -> HealthCheck {
 /// Starts a daemon whose first incarnation has `fault`, then waits for the
 /// health checks to replace it with a healthy one; checks the new one.
 async fn assert_replaced_by_health_checks(fault: &[&str], probe: HealthProbe) {
+    assert_replaced_with_clients(fault, probe, 0).await;
+}
+
+/// [`assert_replaced_by_health_checks`], with `clients` connections made
+/// to the first incarnation (and held) once it is running.
+async fn assert_replaced_with_clients(fault: &[&str], probe: HealthProbe, clients: usize) {
     let sb = Sandbox::new();
     let once = sb.path("once");
     let mut args = fault.to_vec();
@@ -29,6 +35,9 @@ async fn assert_replaced_by_health_checks(fault: &[&str], probe: HealthProbe) {
                 .health_probe(probe),
         )
         .await;
+    let _clients: Vec<_> = (0..clients)
+        .map(|_| std::os::unix::net::UnixStream::connect(sb.socket("a")).expect("connect"))
+        .collect();
     let mut info = None;
     wait_for("a to be replaced", SOON, || {
         let now = sb.manager.process_info("a").unwrap();
@@ -51,9 +60,18 @@ async fn daemon_that_stops_accepting_is_restarted() {
         .await;
 }
 
+/// `--never-accept` listens with a backlog of 1: the readiness connect and
+/// one client fill it, and a connect check then fails as a connect would.
 #[tokio::test]
 async fn daemon_whose_backlog_is_full_is_restarted() {
-    assert_replaced_by_health_checks(&["--never-accept"], HealthProbe::Connect).await;
+    assert_replaced_with_clients(&["--never-accept"], HealthProbe::Connect, 1).await;
+}
+
+/// Nobody else needs to connect for an accept check to see that a daemon
+/// never accepts.
+#[tokio::test]
+async fn daemon_that_never_accepts_is_restarted_by_accept_checks() {
+    assert_replaced_by_health_checks(&["--never-accept"], HealthProbe::Accept).await;
 }
 
 #[tokio::test]

@@ -29,11 +29,17 @@ impl Embedder {
     /// Runs the embedder on `sb`'s state directory with the daemon `specs`
     /// and waits until it reports them all started.
     async fn start(sb: &Sandbox, specs: &[&str]) -> Self {
+        Self::start_with(sb, specs, &[]).await
+    }
+
+    /// [`Self::start`] with extra environment variables for the embedder.
+    async fn start_with(sb: &Sandbox, specs: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(embedder())
             .arg(sb.state_dir())
             .arg(sb.dir.path())
             .arg(testd())
             .args(specs)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -168,4 +174,52 @@ fn daemon_survives_the_exit_of_the_thread_that_started_it() {
         );
         assert!(sb.manager.is_running("a"));
     });
+}
+
+/// A runtime shut down while its daemons run drops their supervisors
+/// before they could reap them; once the manager is dropped too (which
+/// kills the daemons), nothing is left behind, not even a zombie.
+#[test]
+fn daemons_of_a_shut_down_runtime_leave_no_zombie() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sb = runtime.block_on(async { Sandbox::new() });
+    let daemons: Vec<Tracked> = runtime.block_on(async {
+        let mut daemons = Vec::new();
+        for name in ["a", "b"] {
+            daemons.push(sb.start(sb.worker(name, &[])).await);
+        }
+        daemons
+    });
+    let pids: Vec<u32> = daemons.iter().map(|d| d.pid).collect();
+    drop(runtime);
+    drop(sb);
+    // A reaped process leaves no /proc entry; a zombie keeps one.
+    let waiter = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    waiter.block_on(wait_for("the daemons to be reaped", SOON, || {
+        pids.iter().all(|&pid| proc_stat(pid).is_none())
+    }));
+}
+
+/// In a container whose seccomp profile denies `close_range` and `unshare`
+/// (an older profile, or Docker's default without `CAP_SYS_ADMIN`), the
+/// spawner cannot unshare part of the descriptor table; it falls back to a
+/// copy of it, and the daemons start and serve as usual.
+#[tokio::test]
+async fn daemons_start_where_seccomp_denies_unsharing_descriptors() {
+    let sb = Sandbox::new();
+    let mut app =
+        Embedder::start_with(&sb, &["a", "b"], &[("TEND_EMBEDDER_DENY_UNSHARE", "1")]).await;
+    for name in ["a", "b"] {
+        assert!(app.daemon(name).alive());
+        let reply = ping(&sb.socket(name)).await.expect("the daemon serves");
+        assert!(reply.contains("pong"), "{reply}");
+    }
+    app.kill().await;
 }

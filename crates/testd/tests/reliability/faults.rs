@@ -361,17 +361,17 @@ async fn frozen_daemon_is_replaced_by_ping_health_checks() {
     assert!(Tracked::new(second).alive());
 }
 
-/// With connect checks too: a frozen daemon's listener still queues
-/// connections, so no connect fails until its backlog is full; the batched
-/// checks plant a connection of their own and see it wait unaccepted.
+/// With accept checks too: a frozen daemon's listener still queues
+/// connections, so no connect fails until its backlog is full; an accept
+/// check plants a connection and sees it wait unaccepted.
 #[tokio::test]
-async fn frozen_daemon_is_replaced_by_connect_health_checks() {
+async fn frozen_daemon_is_replaced_by_accept_health_checks() {
     let sb = Sandbox::new();
     let first = sb
         .start(
             sb.daemon("a", &[])
                 .healthcheck(fast_checks())
-                .health_probe(HealthProbe::Connect)
+                .health_probe(HealthProbe::Accept)
                 .shutdown_grace_period(Duration::from_millis(300)),
         )
         .await;
@@ -383,8 +383,8 @@ async fn frozen_daemon_is_replaced_by_connect_health_checks() {
     assert!(Tracked::new(second).alive());
 }
 
-/// The connections the checks plant are accepted by a healthy daemon and
-/// never count against it: after several of them, not one check failed
+/// The connections accept checks plant are accepted by a healthy daemon
+/// and never count against it: after several of them, not one check failed
 /// (a single failure would replace it) and it still serves.
 #[tokio::test]
 async fn planted_check_connections_do_not_fail_a_healthy_daemon() {
@@ -395,7 +395,11 @@ async fn planted_check_connections_do_not_fail_a_healthy_daemon() {
         retries: 1,
     };
     let daemon = sb
-        .start(sb.daemon("a", &["--log-accepts"]).healthcheck(checks))
+        .start(
+            sb.daemon("a", &["--log-accepts"])
+                .healthcheck(checks)
+                .health_probe(HealthProbe::Accept),
+        )
         .await;
     // The start's own readiness connect is the first; three more are
     // planted ones.
