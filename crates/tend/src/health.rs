@@ -192,6 +192,16 @@ impl HealthBoard {
         }
     }
 
+    /// Whether a check is due at `now`.
+    fn anything_due(&self, now: Instant) -> bool {
+        self.lock().entries.values().any(|e| e.next_due <= now)
+    }
+
+    /// When the next check falls due.
+    fn next_due(&self) -> Option<Instant> {
+        self.lock().entries.values().map(|e| e.next_due).min()
+    }
+
     /// Runs the checks that are due at `now`; returns when the next one
     /// falls due.
     fn run_due(&self, now: Instant) -> Option<Instant> {
@@ -231,11 +241,25 @@ impl Drop for HealthBoard {
 
 /// The board's task: sleeps until the next check falls due or a
 /// registration arrives, then runs what is due. Ends with the board.
+///
+/// The checks run on the blocking pool: a dump takes a millisecond or more
+/// of system calls with a thousand daemons, and a socket path on a slow
+/// file system could stall a `stat`; neither should hold up a runtime
+/// worker.
 async fn run(board: Weak<HealthBoard>, wake: Arc<Notify>) {
     loop {
-        let next = match board.upgrade() {
-            Some(board) => board.run_due(Instant::now()),
-            None => return,
+        let Some(board) = board.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        let next = if board.anything_due(now) {
+            match tokio::task::spawn_blocking(move || board.run_due(now)).await {
+                Ok(next) => next,
+                // The runtime is shutting down.
+                Err(_) => return,
+            }
+        } else {
+            board.next_due()
         };
         match next {
             Some(at) => {
