@@ -29,10 +29,10 @@ impl RawDaemon {
         Ok(RawDaemon { child })
     }
 
-    /// Like [`Self::spawn`], but through `fork` and `exec` as tend spawns
-    /// (a `pre_exec` hook, here one that does nothing, rules out
-    /// `posix_spawn`): the difference to [`Self::spawn`] is the price of
-    /// forking this process.
+    /// Like [`Self::spawn`], but through `fork` and `exec`, as tend spawned
+    /// before it cloned like `posix_spawn` does (a `pre_exec` hook, here one
+    /// that does nothing, rules out `posix_spawn`): the difference to
+    /// [`Self::spawn`] is the price of forking this process.
     pub fn spawn_forked(testd: &Path, socket: &Path, stamps: &Path) -> io::Result<Self> {
         let mut command = command(testd, socket, stamps, &[]);
         // SAFETY: the hook does nothing, which is async-signal-safe.

@@ -302,20 +302,28 @@ impl BackgroundProcessManager {
     /// groups are gone.
     pub async fn stop_all_processes(&self) {
         self.inner.shutting_down.store(true, Ordering::SeqCst);
-        let names: Vec<String> = {
+        // Every supervisor gets its request at once, so all groups are
+        // signalled as fast as the supervisors run, not one per spawned
+        // task.
+        let pending: Vec<(String, oneshot::Receiver<Result<()>>)> = {
             let slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
-            slots.keys().cloned().collect()
+            slots
+                .iter()
+                .filter_map(|(name, slot)| {
+                    let (reply, done) = oneshot::channel();
+                    // A closed channel: the supervisor already finished.
+                    slot.control.send(Control::Stop(reply)).ok()?;
+                    Some((name.clone(), done))
+                })
+                .collect()
         };
-        let mut stops = tokio::task::JoinSet::new();
-        for name in names {
-            let manager = self.clone();
-            stops.spawn(async move {
-                if let Err(e) = manager.stop_process(&name).await {
-                    tracing::warn!(%name, error = %e, "stop failed");
-                }
-            });
+        for (name, done) in pending {
+            // A dropped reply: the supervisor ended before it read the
+            // request, and nothing is left to stop.
+            if let Ok(Err(e)) = done.await {
+                tracing::warn!(%name, error = %e, "stop failed");
+            }
         }
-        while stops.join_next().await.is_some() {}
     }
 
     /// Whether the process is `Running`.
