@@ -394,26 +394,8 @@ impl Drop for Registration {
 mod tests {
     use std::os::unix::net::UnixStream;
 
-    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
-
     use super::*;
-    use crate::logs::LogBuffer;
-
-    /// A Unix socket bound to `path`, listening with `backlog` if given.
-    fn bound(path: &Path, backlog: Option<i32>) -> OwnedFd {
-        let socket = rustix::net::socket_with(
-            AddressFamily::UNIX,
-            SocketType::STREAM,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .unwrap();
-        rustix::net::bind(&socket, &SocketAddrUnix::new(path).unwrap()).unwrap();
-        if let Some(backlog) = backlog {
-            rustix::net::listen(&socket, backlog).unwrap();
-        }
-        socket
-    }
+    use crate::{logs::LogBuffer, sockdiag::tests::bound};
 
     fn entry(path: &Path) -> Entry {
         let (events, _) = tokio::sync::broadcast::channel(1);

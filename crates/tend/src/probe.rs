@@ -34,7 +34,7 @@ pub(crate) enum SocketStatus {
 /// stream socket completes at once, is refused, or reports a full backlog
 /// (`EAGAIN`); unlike a connect through tokio, it costs no registration
 /// with the reactor, which matters at one check per daemon per second.
-fn connect_now(path: &Path) -> io::Result<OwnedFd> {
+pub(crate) fn connect_now(path: &Path) -> io::Result<OwnedFd> {
     use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
     let socket = rustix::net::socket_with(
         AddressFamily::UNIX,

@@ -526,7 +526,7 @@ fn retry_eintr<T>(mut f: impl FnMut() -> rustix::io::Result<T>) -> io::Result<T>
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::{
         io::ErrorKind,
         os::{
@@ -541,10 +541,11 @@ mod tests {
     use rustix::net::{SocketAddrUnix, SocketFlags, SocketType};
 
     use super::*;
+    use crate::probe::connect_now;
 
     /// A Unix stream socket bound to `path`, listening with `backlog` if
     /// given (rustix, so the backlog is known; std picks its own).
-    fn bound(path: &Path, backlog: Option<i32>) -> OwnedFd {
+    pub(crate) fn bound(path: &Path, backlog: Option<i32>) -> OwnedFd {
         let socket = rustix::net::socket_with(
             AddressFamily::UNIX,
             SocketType::STREAM,
@@ -557,18 +558,6 @@ mod tests {
             rustix::net::listen(&socket, backlog).unwrap();
         }
         socket
-    }
-
-    /// A non-blocking connect to `path`, as the connect probe makes it.
-    fn connect_now(path: &Path) -> io::Result<OwnedFd> {
-        let socket = rustix::net::socket_with(
-            AddressFamily::UNIX,
-            SocketType::STREAM,
-            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-            None,
-        )?;
-        rustix::net::connect(&socket, &SocketAddrUnix::new(path)?)?;
-        Ok(socket)
     }
 
     /// The socket inode of `fd`, as `UNIX_DIAG_ICONS` reports it.

@@ -340,25 +340,31 @@ async fn daemon_stalling_in_its_sigterm_handler_is_killed_at_the_end_of_the_grac
     assert!(!sb.socket("a").exists(), "the socket file was left behind");
 }
 
-/// A daemon frozen by SIGSTOP keeps its listener, so connects still
-/// succeed; the ping probe notices that it no longer answers and replaces it.
-#[tokio::test]
-async fn frozen_daemon_is_replaced_by_ping_health_checks() {
+/// Freezes a daemon checked with `probe` by SIGSTOP and waits for the
+/// checks to replace it; the recorded reason contains `reason`.
+async fn assert_frozen_daemon_replaced(probe: HealthProbe, reason: &str) {
     let sb = Sandbox::new();
     let first = sb
         .start(
             sb.daemon("a", &[])
                 .healthcheck(fast_checks())
-                .health_probe(HealthProbe::Ping)
+                .health_probe(probe)
                 .shutdown_grace_period(Duration::from_millis(300)),
         )
         .await;
     first.signal(Signal::STOP);
     let second = wait_replaced(&sb, "a", first.pid).await;
     first.wait_dead("the frozen daemon").await;
-    let reason = sb.manager.process_info("a").unwrap().last_error.unwrap();
-    assert!(reason.contains("health check"), "{reason}");
+    let recorded = sb.manager.process_info("a").unwrap().last_error.unwrap();
+    assert!(recorded.contains(reason), "{recorded}");
     assert!(Tracked::new(second).alive());
+}
+
+/// A daemon frozen by SIGSTOP keeps its listener, so connects still
+/// succeed; the ping probe notices that it no longer answers and replaces it.
+#[tokio::test]
+async fn frozen_daemon_is_replaced_by_ping_health_checks() {
+    assert_frozen_daemon_replaced(HealthProbe::Ping, "health check").await;
 }
 
 /// With accept checks too: a frozen daemon's listener still queues
@@ -366,21 +372,7 @@ async fn frozen_daemon_is_replaced_by_ping_health_checks() {
 /// check plants a connection and sees it wait unaccepted.
 #[tokio::test]
 async fn frozen_daemon_is_replaced_by_accept_health_checks() {
-    let sb = Sandbox::new();
-    let first = sb
-        .start(
-            sb.daemon("a", &[])
-                .healthcheck(fast_checks())
-                .health_probe(HealthProbe::Accept)
-                .shutdown_grace_period(Duration::from_millis(300)),
-        )
-        .await;
-    first.signal(Signal::STOP);
-    let second = wait_replaced(&sb, "a", first.pid).await;
-    first.wait_dead("the frozen daemon").await;
-    let reason = sb.manager.process_info("a").unwrap().last_error.unwrap();
-    assert!(reason.contains("waited"), "{reason}");
-    assert!(Tracked::new(second).alive());
+    assert_frozen_daemon_replaced(HealthProbe::Accept, "waited").await;
 }
 
 /// The connections accept checks plant are accepted by a healthy daemon
