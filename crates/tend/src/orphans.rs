@@ -612,6 +612,12 @@ impl Drop for OrphanRegistry {
         if journal.live.is_empty() {
             journal.file = None;
             let _ = fs::remove_file(&journal.path);
+        } else if journal.out_of_sync {
+            // A failed write left the file behind the records in memory;
+            // one last try, so a later cleanup finds the survivors.
+            if let Err(e) = journal.compact() {
+                tracing::warn!(path = ?journal.path, error = %e, "cannot write the orphan journal; survivors may be missed by a later cleanup");
+            }
         }
     }
 }
@@ -910,6 +916,29 @@ mod tests {
         journal.add(&record("e", 1)).unwrap();
         assert_eq!(replay_file(&path).live, journal.live);
         assert!(!temp_path(&path).exists());
+    }
+
+    #[test]
+    fn a_registry_dropped_with_its_journal_behind_writes_it_out_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = OrphanRegistry::open(dir.path()).unwrap();
+        let (a, b) = (record("a", 1), record("b", 2));
+        registry.write(&a).unwrap();
+        let path = {
+            let mut journal = registry.journal();
+            // A disk that fills up under the open journal.
+            journal.file = Some(
+                fs::OpenOptions::new()
+                    .append(true)
+                    .open("/dev/full")
+                    .unwrap(),
+            );
+            journal.path.clone()
+        };
+        assert!(registry.write(&b).is_err());
+        assert_eq!(replay_file(&path).live, live(&[&a]), "the file lags behind");
+        drop(registry);
+        assert_eq!(replay_file(&path).live, live(&[&a, &b]));
     }
 
     #[test]
