@@ -52,6 +52,28 @@ pub(crate) fn parse_stat(text: &str) -> Option<ProcStat> {
     })
 }
 
+/// PIDs of this process's children, from `/proc/self/task/*/children`
+/// (each thread's children), without reading every process's `stat`.
+/// `None` where the kernel has no such files (`CONFIG_PROC_CHILDREN` off).
+/// A child forked or reparented while the files are read may be missed.
+pub(crate) fn children_of_self() -> Option<Vec<i32>> {
+    let tasks = fs::read_dir("/proc/self/task").ok()?;
+    let mut children = Vec::new();
+    for task in tasks.flatten() {
+        match fs::read_to_string(task.path().join("children")) {
+            Ok(text) => children.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            ),
+            // The thread exited meanwhile; or, if it is still there, the
+            // kernel does not have these files.
+            Err(_) if task.path().exists() => return None,
+            Err(_) => {}
+        }
+    }
+    Some(children)
+}
+
 /// PIDs of the live (non-zombie) members of process group `pgid`.
 pub(crate) fn live_group_members(pgid: i32) -> Vec<i32> {
     let Ok(entries) = fs::read_dir("/proc") else {
@@ -95,6 +117,20 @@ pub(crate) fn own_identity() -> (u32, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn children_of_self_lists_a_spawned_child_until_it_is_reaped() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("1000")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let listed = children_of_self().expect("CONFIG_PROC_CHILDREN");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(listed.contains(&pid), "{listed:?} lacks {pid}");
+        assert!(!children_of_self().unwrap().contains(&pid));
+    }
 
     #[test]
     fn parses_names_with_spaces_and_parens() {

@@ -75,6 +75,19 @@ impl Subreaper {
 fn reap_adopted() {
     let own = spawn::own_children();
     let me = std::process::id() as i32;
+    // Runs at every SIGCHLD: with many daemons, reading each process's
+    // stat would cost more than the rest of the exit's handling. Own
+    // children need no look: a registered PID is unreaped, so not reused.
+    if let Some(children) = procfs::children_of_self() {
+        for pid in children.into_iter().filter(|pid| !own.contains_key(pid)) {
+            if matches!(procfs::stat(pid), Ok(Some(s)) if s.ppid == me && !s.is_alive()) {
+                if let Some(pid) = Pid::from_raw(pid) {
+                    let _ = rustix::process::waitpid(Some(pid), WaitOptions::NOHANG);
+                }
+            }
+        }
+        return;
+    }
     for (pid, stat) in children_of(me) {
         if stat.is_alive() {
             continue;
