@@ -108,6 +108,10 @@ struct BoardState {
     snapshot: Snapshot,
     entries: HashMap<u64, Entry>,
     next_id: u64,
+    /// When the task wakes next on its own (`None`: only when woken). A
+    /// registration due later needs no wake-up, so starting many daemons
+    /// does not make the task walk every entry once per daemon.
+    wakes_at: Option<Instant>,
 }
 
 /// The batched checker of one manager.
@@ -130,6 +134,7 @@ impl HealthBoard {
                 snapshot: Snapshot::default(),
                 entries: HashMap::new(),
                 next_id: 0,
+                wakes_at: None,
             }),
             wake: Arc::clone(&wake),
         });
@@ -160,10 +165,12 @@ impl HealthBoard {
         shared: Arc<Shared>,
     ) -> Registration {
         let (unhealthy, verdict) = oneshot::channel();
-        let id = {
+        let next_due = on_shared_tick(Instant::now() + check.interval, board_tick(check.interval));
+        let (id, wake) = {
             let mut state = self.lock();
             let id = state.next_id;
             state.next_id += 1;
+            let wake = state.wakes_at.is_none_or(|at| next_due < at);
             state.entries.insert(
                 id,
                 Entry {
@@ -171,10 +178,7 @@ impl HealthBoard {
                     check,
                     require_accept: probe == HealthProbe::Accept,
                     shared,
-                    next_due: on_shared_tick(
-                        Instant::now() + check.interval,
-                        board_tick(check.interval),
-                    ),
+                    next_due,
                     failures: 0,
                     planted: None,
                     unmatched: 0,
@@ -182,9 +186,11 @@ impl HealthBoard {
                     unhealthy: Some(unhealthy),
                 },
             );
-            id
+            (id, wake)
         };
-        self.wake.notify_one();
+        if wake {
+            self.wake.notify_one();
+        }
         Registration {
             board: Arc::clone(self),
             id,
@@ -197,9 +203,11 @@ impl HealthBoard {
         self.lock().entries.values().any(|e| e.next_due <= now)
     }
 
-    /// When the next check falls due.
+    /// When the next check falls due; the task sleeps until then.
     fn next_due(&self) -> Option<Instant> {
-        self.lock().entries.values().map(|e| e.next_due).min()
+        let mut state = self.lock();
+        state.wakes_at = state.entries.values().map(|e| e.next_due).min();
+        state.wakes_at
     }
 
     /// Runs the checks that are due at `now`; returns when the next one
@@ -227,7 +235,8 @@ impl HealthBoard {
         for id in failed {
             state.entries.remove(&id);
         }
-        state.entries.values().map(|e| e.next_due).min()
+        state.wakes_at = state.entries.values().map(|e| e.next_due).min();
+        state.wakes_at
     }
 }
 

@@ -386,11 +386,11 @@ impl OrphanRegistry {
         &self,
         name: &str,
         pid: u32,
+        stat: &procfs::ProcStat,
         socket_path: Option<&Path>,
         grace: Duration,
-    ) -> Option<OrphanRecord> {
-        let stat = procfs::stat(pid as i32).ok()??;
-        Some(OrphanRecord {
+    ) -> OrphanRecord {
+        OrphanRecord {
             name: name.to_owned(),
             pid: pid as i32,
             pgid: stat.pgid,
@@ -400,7 +400,7 @@ impl OrphanRegistry {
             owner_start_time: self.owner.1,
             socket_path: socket_path.map(Path::to_path_buf),
             grace_ms: grace.as_millis() as u64,
-        })
+        }
     }
 
     /// Records `record` in this manager's journal (one appended line). It

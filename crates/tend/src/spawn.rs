@@ -187,11 +187,13 @@ fn pointers(strings: &[CString]) -> Vec<*const c_char> {
         .collect()
 }
 
-/// A freshly spawned leader: its PID, a pidfd for it, and the read ends of
-/// its stdout and stderr pipes.
+/// A freshly spawned leader: its PID, a pidfd for it, its `/proc` stat as
+/// read right after the spawn (for its start time, if it could be read),
+/// and the read ends of its stdout and stderr pipes.
 pub(crate) struct Spawned {
     pub pid: i32,
     pub pidfd: OwnedFd,
+    pub stat: Option<crate::procfs::ProcStat>,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
 }
@@ -312,14 +314,12 @@ impl SpawnerState {
                 )),
             });
         }
-        let start = crate::procfs::stat(pid)
-            .ok()
-            .flatten()
-            .map(|s| s.start_time);
-        children.insert(pid, start);
+        let stat = crate::procfs::stat(pid).ok().flatten();
+        children.insert(pid, stat.map(|s| s.start_time));
         Ok(Spawned {
             pid,
             pidfd,
+            stat,
             stdout,
             stderr,
         })

@@ -233,12 +233,14 @@ impl Supervisor {
         let log_mark = self.shared.logs.mark();
         // Recorded before readiness: a manager killed while its daemon
         // starts must still leave a trace of it.
-        if let Some(record) = self.ctx.orphans.record_for(
-            &self.config.name,
-            pid,
-            self.config.socket_path.as_deref(),
-            self.config.shutdown_grace_period,
-        ) {
+        if let Some(stat) = &spawned.stat {
+            let record = self.ctx.orphans.record_for(
+                &self.config.name,
+                pid,
+                stat,
+                self.config.socket_path.as_deref(),
+                self.config.shutdown_grace_period,
+            );
             if let Err(e) = self.ctx.orphans.write(&record) {
                 tracing::warn!(name = %self.config.name, error = %e, "cannot write orphan record");
             }
