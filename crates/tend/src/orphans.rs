@@ -444,12 +444,11 @@ impl OrphanRegistry {
             journal.path.clone()
         };
         let mut dead_owners = BTreeSet::new();
-        let Ok(entries) = fs::read_dir(&self.dir) else {
+        let Ok(entries) = list_dir(&self.dir) else {
             return dead_owners;
         };
         let mut journals = Vec::new();
-        for entry in entries.flatten() {
-            let path = entry.path();
+        for path in entries {
             match path.extension().and_then(|e| e.to_str()) {
                 Some("json") => {
                     self.clean_legacy_record(&path, only, report, &mut dead_owners)
@@ -745,6 +744,31 @@ async fn clean_record(record: &OrphanRecord) -> Result<bool, String> {
         let _ = fs::remove_file(socket);
     }
     Ok(true)
+}
+
+/// The entries of `dir`, as paths. Every start lists the orphans
+/// directory, so this reads it into a buffer on the stack: `fs::read_dir`
+/// allocates 32 KiB per listing, and in a manager whose threads' heaps
+/// shrink between starts that cost page faults, several times the
+/// listing itself.
+fn list_dir(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    use std::{mem::MaybeUninit, os::unix::ffi::OsStrExt};
+    let fd = rustix::fs::open(
+        dir,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    let mut buf = [MaybeUninit::<u8>::uninit(); 4096];
+    let mut entries = rustix::fs::RawDir::new(&fd, &mut buf);
+    let mut paths = Vec::new();
+    while let Some(entry) = entries.next() {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            paths.push(dir.join(std::ffi::OsStr::from_bytes(name)));
+        }
+    }
+    Ok(paths)
 }
 
 /// Creates `dir` and its parents; `dir` itself gets mode 0700.
