@@ -15,6 +15,10 @@ use std::{
 use tempfile::TempDir;
 use tend::envs::{EnsureOutcome, EnvError, EnvKind, PluginEnvironmentManager, Progress};
 
+#[path = "../../testd/fixtures/wheel.rs"]
+mod wheel;
+use wheel::{build_wheel, python_venv_available};
+
 /// Venv creation takes seconds (ensurepip); this only catches hangs.
 const WATCHDOG: Duration = Duration::from_secs(300);
 
@@ -31,39 +35,12 @@ fn runs(program: &str, args: &[&str]) -> bool {
         .is_ok_and(|output| output.status.success())
 }
 
-fn python_venv_available() -> bool {
-    let ok = runs("python3", &["-c", "import venv, ensurepip"]);
-    if !ok {
-        eprintln!("skipped: python3 with the venv and ensurepip modules is not available");
-    }
-    ok
-}
-
 fn npm_available() -> bool {
     let ok = runs("npm", &["--version"]) && runs("node", &["--version"]);
     if !ok {
         eprintln!("skipped: npm or node is not installed");
     }
     ok
-}
-
-/// Builds `<dir>/<name>-<version>-py3-none-any.whl` holding a package
-/// `<name>` with `VERSION = "<version>"`, using only Python's standard
-/// library (a wheel is a zip with the module and its `.dist-info`).
-fn build_wheel(dir: &Path, name: &str, version: &str) -> String {
-    const SCRIPT: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../testd/fixtures/make_wheel.py"
-    );
-    let file = format!("{name}-{version}-py3-none-any.whl");
-    let status = Command::new("python3")
-        .arg(SCRIPT)
-        .arg(dir.join(&file))
-        .args([name, version])
-        .status()
-        .unwrap();
-    assert!(status.success(), "building {file} failed");
-    file
 }
 
 /// The requirements file `Fixture::require` writes, relative to the plugin.

@@ -276,6 +276,15 @@ impl Drop for FakeDaemon {
     }
 }
 
+/// The client still gets answers, over the one connection it opened.
+async fn assert_still_served_on_one_connection(client: &Client, daemon: &FakeDaemon) {
+    assert_eq!(
+        client.call("echo", json!({"n": 2})).await.unwrap(),
+        json!({"n": 2})
+    );
+    assert_eq!(daemon.connections(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ping_and_echo_round_trip() {
     within(async {
@@ -357,11 +366,7 @@ async fn unknown_ids_are_ignored_and_notifications_reach_subscribers() {
             }
         );
         // Still the same connection: stray replies do not break it.
-        assert_eq!(
-            client.call("echo", json!({"n": 2})).await.unwrap(),
-            json!({"n": 2})
-        );
-        assert_eq!(daemon.connections(), 1);
+        assert_still_served_on_one_connection(&client, &daemon).await;
     })
     .await;
 }
@@ -407,11 +412,7 @@ async fn a_call_times_out_and_its_late_reply_is_ignored() {
             }
             other => panic!("expected a timeout, got {other:?}"),
         }
-        assert_eq!(
-            client.call("echo", json!({"n": 2})).await.unwrap(),
-            json!({"n": 2})
-        );
-        assert_eq!(daemon.connections(), 1);
+        assert_still_served_on_one_connection(&client, &daemon).await;
     })
     .await;
 }

@@ -4,46 +4,16 @@
 //! requirement is a wheel the test builds with the standard library,
 //! installed with `--no-index`.
 
-use std::{
-    path::Path,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use crate::harness::*;
 
+#[path = "../../../testd/fixtures/wheel.rs"]
+mod wheel;
+use wheel::{build_wheel, python_venv_available};
+
 /// Creating a venv (ensurepip) takes seconds; this only catches hangs.
 const ENV_DEADLINE: Duration = Duration::from_secs(300);
-
-fn python_venv_available() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import venv, ensurepip"])
-        .output()
-        .is_ok_and(|output| output.status.success());
-    if !ok {
-        eprintln!("skipped: python3 with the venv and ensurepip modules is not available");
-    }
-    ok
-}
-
-/// Writes `<dir>/<name>-<version>-py3-none-any.whl`: a package `<name>`
-/// with `VERSION = "<version>"` (a wheel is a zip of the module and its
-/// `.dist-info`).
-fn build_wheel(dir: &Path, name: &str, version: &str) -> String {
-    const SCRIPT: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../testd/fixtures/make_wheel.py"
-    );
-    let file = format!("{name}-{version}-py3-none-any.whl");
-    let status = Command::new("python3")
-        .arg(SCRIPT)
-        .arg(dir.join(&file))
-        .args([name, version])
-        .status()
-        .unwrap();
-    assert!(status.success(), "building {file} failed");
-    file
-}
 
 /// Prints its interpreter and the installed package's version, then
 /// serves its socket.

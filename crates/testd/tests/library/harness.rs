@@ -32,6 +32,47 @@ pub fn embedder() -> &'static str {
     env!("CARGO_BIN_EXE_tend-embedder")
 }
 
+/// Runs `tend-embedder` with its state in `state_dir`, sockets in
+/// `socket_dir`, the daemon `specs` (`"name testd-flags…"`) and the extra
+/// environment `env`; waits until it reports every daemon started.
+/// Returns the app, killed on drop, and its daemons' names and PIDs in
+/// start order.
+pub async fn run_embedder(
+    state_dir: &Path,
+    socket_dir: &Path,
+    specs: &[&str],
+    env: &[(&str, &str)],
+) -> (tokio::process::Child, Vec<(String, u32)>) {
+    let mut child = tokio::process::Command::new(embedder())
+        .arg(state_dir)
+        .arg(socket_dir)
+        .arg(testd())
+        .args(specs)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn tend-embedder");
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut daemons = Vec::new();
+    loop {
+        let line = within("tend-embedder to start its daemons", SOON, out.next_line())
+            .await
+            .unwrap()
+            .expect("tend-embedder exited before it was ready (see stderr)");
+        if line == "ready" {
+            break;
+        }
+        let mut words = line.strip_prefix("started ").unwrap().split(' ');
+        let name = words.next().unwrap().to_owned();
+        let pid = words.next().unwrap().parse().unwrap();
+        daemons.push((name, pid));
+    }
+    (child, daemons)
+}
+
 /// A per-test directory under /tmp with a short path (socket paths must
 /// stay under 108 bytes), and a manager whose state lives in it. Dropping
 /// it kills every daemon the manager still runs, then removes the

@@ -3,7 +3,6 @@
 //! die with the thread that happened to start them.
 
 use std::{
-    process::Stdio,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -11,10 +10,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
-};
+use tokio::process::Child;
 
 use crate::harness::*;
 
@@ -34,33 +30,11 @@ impl Embedder {
 
     /// [`Self::start`] with extra environment variables for the embedder.
     async fn start_with(sb: &Sandbox, specs: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(embedder())
-            .arg(sb.state_dir())
-            .arg(sb.dir.path())
-            .arg(testd())
-            .args(specs)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn tend-embedder");
-        let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut daemons = Vec::new();
-        loop {
-            let line = within("tend-embedder to start its daemons", SOON, out.next_line())
-                .await
-                .unwrap()
-                .expect("tend-embedder exited before it was ready (see stderr)");
-            if line == "ready" {
-                break;
-            }
-            let mut words = line.strip_prefix("started ").unwrap().split(' ');
-            let name = words.next().unwrap().to_owned();
-            let pid = words.next().unwrap().parse().unwrap();
-            daemons.push((name, Tracked::new(pid)));
-        }
+        let (child, daemons) = run_embedder(&sb.state_dir(), sb.dir.path(), specs, env).await;
+        let daemons = daemons
+            .into_iter()
+            .map(|(name, pid)| (name, Tracked::new(pid)))
+            .collect();
         Embedder { child, daemons }
     }
 

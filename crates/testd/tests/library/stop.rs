@@ -1,9 +1,9 @@
 //! Stopping: graceful and forced, whole process groups, cancelling a
 //! start, stop_all, restart_process.
 
-use std::time::Duration;
+use std::{future::Future, time::Duration};
 
-use tend::{Error, ExitStatus, ProcessState};
+use tend::{BackgroundProcessManager, Error, ExitStatus, ProcessState};
 use tokio::time::Instant;
 
 use crate::harness::*;
@@ -98,8 +98,12 @@ async fn stop_kills_children_that_ignore_sigterm_after_the_grace_period() {
     assert_eq!(sb.manager.state("a"), Some(ProcessState::Stopped));
 }
 
-#[tokio::test]
-async fn stop_during_starting_cancels_the_start() {
+/// Starts daemon `a`, which never binds, in the background; once it is
+/// `starting` with a PID, runs `stop` and checks that the pending start
+/// fails as stopped and that the daemon is gone.
+async fn assert_stop_cancels_a_pending_start<F: Future<Output = ()>>(
+    stop: impl FnOnce(BackgroundProcessManager) -> F,
+) {
     let sb = Sandbox::new();
     let config = sb
         .daemon("a", &["--never-bind"])
@@ -117,12 +121,20 @@ async fn stop_during_starting_cancels_the_start() {
     .await;
     let daemon = Tracked::new(pid.unwrap());
     let began = Instant::now();
-    sb.manager.stop_process("a").await.unwrap();
+    stop(sb.manager.clone()).await;
     assert!(began.elapsed() < Duration::from_secs(10));
     let result = within("the cancelled start", SOON, start).await.unwrap();
     assert!(matches!(result, Err(Error::Stopped(_))), "{result:?}");
     assert_eq!(sb.manager.state("a"), Some(ProcessState::Stopped));
     assert!(!daemon.alive());
+}
+
+#[tokio::test]
+async fn stop_during_starting_cancels_the_start() {
+    assert_stop_cancels_a_pending_start(|manager| async move {
+        manager.stop_process("a").await.unwrap();
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -151,24 +163,10 @@ async fn second_stop_during_a_stop_returns_once_the_group_is_gone() {
 
 #[tokio::test]
 async fn stop_all_cancels_a_pending_start() {
-    let sb = Sandbox::new();
-    let config = sb
-        .daemon("a", &["--never-bind"])
-        .startup_timeout(Duration::from_secs(30));
-    let manager = sb.manager.clone();
-    let start = tokio::spawn(async move { manager.start_process(config).await });
-    let mut pid = None;
-    wait_for("a to be starting with a pid", SOON, || {
-        pid = sb.manager.pid("a");
-        pid.is_some()
+    assert_stop_cancels_a_pending_start(|manager| async move {
+        manager.stop_all_processes().await;
     })
     .await;
-    let daemon = Tracked::new(pid.unwrap());
-    sb.manager.stop_all_processes().await;
-    let result = within("the cancelled start", SOON, start).await.unwrap();
-    assert!(matches!(result, Err(Error::Stopped(_))), "{result:?}");
-    assert_eq!(sb.manager.state("a"), Some(ProcessState::Stopped));
-    assert!(!daemon.alive());
 }
 
 #[tokio::test]

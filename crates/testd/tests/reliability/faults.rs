@@ -439,6 +439,19 @@ async fn daemon_that_closes_its_output_keeps_running_and_stops_cleanly() {
     assert!(!daemon.alive());
 }
 
+/// Pings daemon `name` of `sb` within `deadline`. testd serves only once
+/// its flood is written, so the reply proves the flood went through
+/// without blocking it.
+async fn flooding_daemon_answers(sb: &Sandbox, name: &str, deadline: Duration) -> String {
+    within(
+        "the flooding daemon to answer",
+        deadline,
+        ping(&sb.socket(name)),
+    )
+    .await
+    .expect("the flooding daemon accepts")
+}
+
 /// Gigabytes without a newline go through the pipe without blocking the
 /// daemon, and the app embedding tend stays small.
 #[tokio::test]
@@ -453,13 +466,7 @@ async fn gigabytes_without_a_newline_neither_block_the_daemon_nor_bloat_the_app(
     let _daemon = Tracked::new(app.daemon("f"));
     // testd serves only once its flood is written: a pong proves 2 GB went
     // through without blocking it.
-    let reply = within(
-        "the flooding daemon to answer",
-        Duration::from_secs(300),
-        ping(&sb.socket("f")),
-    )
-    .await
-    .expect("the flooding daemon accepts");
+    let reply = flooding_daemon_answers(&sb, "f", Duration::from_secs(300)).await;
     assert!(reply.contains("pong"), "{reply}");
     let peak = app.peak_rss_kib();
     eprintln!("the app's peak RSS after a 2 GB flood: {peak} KiB");
@@ -473,13 +480,7 @@ async fn flood_of_invalid_utf8_is_replaced_and_bounded() {
     let _daemon = sb
         .start(sb.daemon("a", &["--flood", "20000000", "--flood-invalid-utf8"]))
         .await;
-    within(
-        "the flooding daemon to answer",
-        Duration::from_secs(120),
-        ping(&sb.socket("a")),
-    )
-    .await
-    .expect("the flooding daemon accepts");
+    flooding_daemon_answers(&sb, "a", Duration::from_secs(120)).await;
     let kept = sb.manager.logs("a", usize::MAX).unwrap();
     assert!(
         kept.len() <= defaults::LOG_RING_LINES,
@@ -501,13 +502,7 @@ async fn flood_into_a_log_file_keeps_disk_use_bounded() {
                 .log_file(logs.join("a.log")),
         )
         .await;
-    within(
-        "the flooding daemon to answer",
-        Duration::from_secs(120),
-        ping(&sb.socket("a")),
-    )
-    .await
-    .expect("the flooding daemon accepts");
+    flooding_daemon_answers(&sb, "a", Duration::from_secs(120)).await;
     // 60 MB of lines have been read once the last one is in the ring.
     wait_for("the last flood line", SOON, || {
         sb.log_texts("a", Stream::Stdout).len() == defaults::LOG_RING_LINES

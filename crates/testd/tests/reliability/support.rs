@@ -6,14 +6,10 @@ use std::{
     ffi::CString,
     os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
-    process::Stdio,
 };
 
 use rustix::process::{Pid, PidfdFlags, Signal};
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
-};
+use tokio::process::Child;
 
 use crate::harness::*;
 
@@ -78,40 +74,14 @@ impl Embedder {
     /// `socket_dir`, starting the daemon `specs` (`"name testd-flags…"`),
     /// and waits until it reports them all started.
     pub async fn start(state_dir: &Path, socket_dir: &Path, specs: &[&str]) -> Self {
-        let child = Command::new(embedder())
-            .arg(state_dir)
-            .arg(socket_dir)
-            .arg(testd())
-            .args(specs)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn tend-embedder");
+        let (child, daemons) = run_embedder(state_dir, socket_dir, specs, &[]).await;
         let pid = child.id().expect("the embedder has a pid");
-        let marker = manager_marker(pid);
-        let mut app = Embedder {
+        Embedder {
             child,
             pid,
-            marker,
-            daemons: Vec::new(),
-        };
-        let mut out = BufReader::new(app.child.stdout.take().unwrap()).lines();
-        loop {
-            let line = within("tend-embedder to start its daemons", SOON, out.next_line())
-                .await
-                .unwrap()
-                .expect("tend-embedder exited before it was ready (see stderr)");
-            if line == "ready" {
-                break;
-            }
-            let mut words = line.strip_prefix("started ").unwrap().split(' ');
-            let name = words.next().unwrap().to_owned();
-            let daemon = words.next().unwrap().parse().unwrap();
-            app.daemons.push((name, daemon));
+            marker: manager_marker(pid),
+            daemons,
         }
-        app
     }
 
     /// The PID of daemon `name`.
