@@ -91,6 +91,7 @@ mod kill;
 pub mod logs;
 mod manager;
 pub mod orphans;
+pub mod private_dir;
 mod probe;
 mod procfs;
 pub mod rpc;

@@ -24,7 +24,7 @@ use crate::{
     error::{Error, Result},
     health::HealthBoard,
     logs::{LogBuffer, LogLine},
-    orphans::{self, CleanupReport, OrphanRegistry},
+    orphans::{CleanupReport, OrphanRegistry},
     rpc,
     shared::Shared,
     spawn::Spawner,
@@ -155,9 +155,8 @@ impl BackgroundProcessManager {
             return Ok(context.clone());
         }
         let dir = &self.inner.state_dir;
-        orphans::create_private_dir(dir)
-            .map_err(|e| Error::io(format!("cannot create state directory {dir:?}"), e))?;
-        restrict_to_owner(dir)?;
+        crate::private_dir::PrivateDir::open_or_create(dir)
+            .map_err(|e| Error::io("cannot use the state directory", e))?;
         let registry = OrphanRegistry::open(dir)
             .map_err(|e| Error::io(format!("cannot open orphan registry in {dir:?}"), e))?;
         let spawner =
@@ -468,12 +467,6 @@ fn subscribe_shared(shared: &Shared, socket: &Path, events: impl Iterator<Item =
         },
         |delivery| delivery.subscribe(events),
     );
-}
-
-fn restrict_to_owner(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| Error::io(format!("cannot restrict {dir:?} to its owner"), e))
 }
 
 /// A stream of [`ProcessEvent`]s from [`BackgroundProcessManager::subscribe`].
