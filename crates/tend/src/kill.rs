@@ -20,7 +20,7 @@ use tokio::{
     time::Instant,
 };
 
-use crate::{defaults, procfs, spawn::Leader, state::ExitStatus};
+use crate::{cgroup::DaemonCgroup, defaults, procfs, spawn::Leader, state::ExitStatus};
 
 /// How a group termination ended.
 #[derive(Debug)]
@@ -42,64 +42,122 @@ pub(crate) fn signal_group(pgid: i32, signal: Signal) -> io::Result<()> {
     }
 }
 
-/// Terminates group `pgid` within `grace` (then SIGKILL). `leader` is the
-/// group leader when it is tend's unreaped child; it is reaped here.
+/// Terminates group `pgid` — and, with cgroup containment, everything in
+/// the daemon's cgroup — within `grace` (then SIGKILL, by `cgroup.kill`
+/// where there is a cgroup). `leader` is the group leader when it is
+/// tend's unreaped child; it is reaped here. The group is gone when the
+/// leader is reaped, no live process carries the group id, and the cgroup
+/// reports `populated 0`.
 pub(crate) async fn terminate_group(
     pgid: i32,
+    cgroup: Option<&DaemonCgroup>,
     mut leader: Option<&mut Leader>,
     grace: Duration,
 ) -> Result<Terminated, String> {
     let mut leader_status = None;
-    if group_is_gone(pgid, &mut leader, &mut leader_status) {
+    let target = Target { pgid, cgroup };
+    if target.is_gone(&mut leader, &mut leader_status) {
         return Ok(Terminated { leader_status });
     }
-    signal_group(pgid, Signal::TERM).map_err(|e| format!("SIGTERM to group {pgid}: {e}"))?;
+    target
+        .signal(Signal::TERM)
+        .map_err(|e| format!("SIGTERM to group {pgid}: {e}"))?;
     // A stopped process keeps SIGTERM pending until it is continued.
-    let _ = signal_group(pgid, Signal::CONT);
+    let _ = target.signal(Signal::CONT);
     let grace_deadline = Instant::now() + grace;
-    if wait_group_gone(pgid, &mut leader, &mut leader_status, grace_deadline).await {
+    if target
+        .wait_gone(&mut leader, &mut leader_status, grace_deadline)
+        .await
+    {
         return Ok(Terminated { leader_status });
     }
     tracing::debug!(pgid, "grace period over; sending SIGKILL");
-    kill_group_now(pgid, &mut leader, &mut leader_status);
+    if !target.is_gone(&mut leader, &mut leader_status) {
+        target.kill();
+    }
     let kill_deadline = Instant::now() + defaults::KILL_TIMEOUT;
-    if wait_group_gone(pgid, &mut leader, &mut leader_status, kill_deadline).await {
+    if target
+        .wait_gone(&mut leader, &mut leader_status, kill_deadline)
+        .await
+    {
         return Ok(Terminated { leader_status });
     }
+    let mut survivors = procfs::live_group_members(pgid);
+    if let Some(cgroup) = cgroup {
+        survivors.extend(cgroup.members());
+        survivors.sort_unstable();
+        survivors.dedup();
+    }
     Err(format!(
-        "process group {pgid} still has live members {:?} {:?} after SIGKILL",
-        procfs::live_group_members(pgid),
+        "process group {pgid} still has live members {survivors:?} {:?} after SIGKILL",
         defaults::KILL_TIMEOUT
     ))
 }
 
-fn kill_group_now(
+/// What a termination addresses: a process group, and the daemon's cgroup
+/// where there is one.
+struct Target<'a> {
     pgid: i32,
-    leader: &mut Option<&mut Leader>,
-    leader_status: &mut Option<ExitStatus>,
-) {
-    if !group_is_gone(pgid, leader, leader_status) {
-        let _ = signal_group(pgid, Signal::KILL);
-    }
+    cgroup: Option<&'a DaemonCgroup>,
 }
 
-/// Checks without waiting whether the group is empty. Reaps the leader if
-/// it has exited, so a zombie leader does not count as a member.
-fn group_is_gone(
-    pgid: i32,
-    leader: &mut Option<&mut Leader>,
-    leader_status: &mut Option<ExitStatus>,
-) -> bool {
-    if leader_status.is_none() {
-        if let Some(child) = leader.as_deref_mut() {
-            match child.try_wait() {
-                Ok(Some(status)) => *leader_status = Some(status),
-                Ok(None) => return false,
-                Err(_) => {}
+impl Target<'_> {
+    fn signal(&self, signal: Signal) -> io::Result<()> {
+        if let Some(cgroup) = self.cgroup {
+            cgroup.signal_members(signal);
+        }
+        signal_group(self.pgid, signal)
+    }
+
+    fn kill(&self) {
+        if let Some(cgroup) = self.cgroup {
+            cgroup.kill();
+        }
+        let _ = signal_group(self.pgid, Signal::KILL);
+    }
+
+    /// Checks without waiting whether everything is gone. Reaps the leader
+    /// if it has exited, so a zombie leader does not count as a member.
+    fn is_gone(
+        &self,
+        leader: &mut Option<&mut Leader>,
+        leader_status: &mut Option<ExitStatus>,
+    ) -> bool {
+        if leader_status.is_none() {
+            if let Some(child) = leader.as_deref_mut() {
+                match child.try_wait() {
+                    Ok(Some(status)) => *leader_status = Some(status),
+                    Ok(None) => return false,
+                    Err(_) => {}
+                }
             }
         }
+        self.cgroup.is_none_or(|c| !c.populated()) && procfs_group_empty(self.pgid)
     }
-    procfs_group_empty(pgid)
+
+    /// Waits until everything is gone or `deadline` passes; true when gone.
+    async fn wait_gone(
+        &self,
+        leader: &mut Option<&mut Leader>,
+        leader_status: &mut Option<ExitStatus>,
+        deadline: Instant,
+    ) -> bool {
+        if leader_status.is_none() {
+            if let Some(child) = leader.as_deref_mut() {
+                match tokio::time::timeout_at(deadline, child.wait()).await {
+                    Ok(Ok(status)) => *leader_status = Some(status),
+                    Ok(Err(_)) => {}
+                    Err(_) => return false,
+                }
+            }
+        }
+        if let Some(cgroup) = self.cgroup {
+            if !cgroup.wait_empty(deadline).await {
+                return false;
+            }
+        }
+        wait_members_gone(self.pgid, deadline).await
+    }
 }
 
 fn procfs_group_empty(pgid: i32) -> bool {
@@ -111,25 +169,6 @@ fn procfs_group_empty(pgid: i32) -> bool {
     // Members may be zombies waiting for their new parent to reap them;
     // those are dead and do not count.
     procfs::live_group_members(pgid).is_empty()
-}
-
-/// Waits until the group is empty or `deadline` passes; true when empty.
-async fn wait_group_gone(
-    pgid: i32,
-    leader: &mut Option<&mut Leader>,
-    leader_status: &mut Option<ExitStatus>,
-    deadline: Instant,
-) -> bool {
-    if leader_status.is_none() {
-        if let Some(child) = leader.as_deref_mut() {
-            match tokio::time::timeout_at(deadline, child.wait()).await {
-                Ok(Ok(status)) => *leader_status = Some(status),
-                Ok(Err(_)) => {}
-                Err(_) => return false,
-            }
-        }
-    }
-    wait_members_gone(pgid, deadline).await
 }
 
 /// Waits for every live member of `pgid` to exit, on pidfds, until

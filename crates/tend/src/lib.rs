@@ -81,11 +81,13 @@
 //!   whose *first* start fails is not restarted: `start_process` returns the
 //!   reason at once.
 
+mod cgroup;
 pub mod config;
 pub mod defaults;
 mod delivery;
 pub mod envs;
 mod error;
+mod guard;
 mod health;
 mod kill;
 pub mod logs;
@@ -103,6 +105,7 @@ pub mod subreaper;
 pub mod supervisor;
 mod watch;
 
+pub use cgroup::{CONTAINMENT_ENV, Containment, ContainmentChoice, ResourceUsage};
 pub use config::{BackgroundProcessConfig, HealthCheck, HealthProbe};
 pub use error::{ConfigProblem, ConfigProblems, Error, Result};
 pub use logs::{LogLine, Stream};

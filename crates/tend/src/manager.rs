@@ -13,15 +13,18 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
+    time::Duration,
 };
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::{
+    cgroup::{Containment, ContainmentChoice, ManagerCgroup},
     config::BackgroundProcessConfig,
     defaults,
     delivery::{EventDelivery, PublishedEvent},
     error::{Error, Result},
+    guard::Guard,
     health::HealthBoard,
     logs::{LogBuffer, LogLine},
     orphans::{CleanupReport, OrphanRegistry},
@@ -59,6 +62,8 @@ struct Slot {
 struct Inner {
     state_dir: PathBuf,
     log_ring_lines: usize,
+    containment: ContainmentChoice,
+    guard: bool,
     slots: Mutex<HashMap<String, Slot>>,
     events: broadcast::Sender<ProcessEvent>,
     shutting_down: AtomicBool,
@@ -80,6 +85,8 @@ impl Drop for Inner {
 pub struct ManagerBuilder {
     state_dir: Option<PathBuf>,
     log_ring_lines: usize,
+    containment: ContainmentChoice,
+    guard: bool,
 }
 
 impl ManagerBuilder {
@@ -95,6 +102,23 @@ impl ManagerBuilder {
         self
     }
 
+    /// How daemons are contained: each in a cgroup of its own, or each
+    /// leading a process group (see [`ContainmentChoice`]). The default,
+    /// `Auto`, uses cgroups where a writable cgroup v2 hierarchy is found.
+    pub fn containment(mut self, choice: ContainmentChoice) -> Self {
+        self.containment = choice;
+        self
+    }
+
+    /// Whether a guard process stops the daemons when this process dies
+    /// without stopping them (default: on). Turn it off only where
+    /// something else does — a service manager that kills the whole
+    /// cgroup — or to test the cleanup a later start does.
+    pub fn guard(mut self, on: bool) -> Self {
+        self.guard = on;
+        self
+    }
+
     /// Creates the manager. Nothing touches the disk or the runtime until
     /// the first start.
     pub fn build(self) -> BackgroundProcessManager {
@@ -102,6 +126,8 @@ impl ManagerBuilder {
             inner: Arc::new(Inner {
                 state_dir: self.state_dir.unwrap_or_else(default_state_dir),
                 log_ring_lines: self.log_ring_lines,
+                containment: self.containment,
+                guard: self.guard,
                 slots: Mutex::new(HashMap::new()),
                 events: broadcast::channel(EVENT_CAPACITY).0,
                 shutting_down: AtomicBool::new(false),
@@ -141,6 +167,8 @@ impl BackgroundProcessManager {
         ManagerBuilder {
             state_dir: None,
             log_ring_lines: defaults::LOG_RING_LINES,
+            containment: ContainmentChoice::Auto,
+            guard: true,
         }
     }
 
@@ -161,6 +189,25 @@ impl BackgroundProcessManager {
             .map_err(|e| Error::io(format!("cannot open orphan registry in {dir:?}"), e))?;
         let spawner =
             Spawner::start().map_err(|e| Error::io("cannot start the spawning thread", e))?;
+        let cgroup = self.manager_cgroup(&registry.manager_id())?;
+        let containment = match cgroup {
+            Some(_) => Containment::Cgroup,
+            None => Containment::ProcessGroup,
+        };
+        let guard = if self.inner.guard {
+            // Each supervisor raises the grace to its daemon's.
+            let guard = Guard::start(cgroup.as_ref().map(|c| c.path()), Duration::ZERO)
+                .map_err(|e| Error::io("cannot start the guard process", e))?;
+            Some(Arc::new(guard))
+        } else {
+            None
+        };
+        tracing::info!(
+            %containment,
+            cgroup = ?cgroup.as_ref().map(|c| c.path()),
+            guard = ?guard.as_ref().map(|g| g.pid()),
+            "daemons contained"
+        );
         let watcher = match SocketWatcher::new() {
             Ok(w) => Some(Arc::new(w)),
             Err(e) => {
@@ -180,9 +227,43 @@ impl BackgroundProcessManager {
             watcher,
             orphans: Arc::new(registry),
             health,
+            containment,
+            cgroup: cgroup.map(Arc::new),
+            guard,
         };
         *context = Some(created.clone());
         Ok(created)
+    }
+
+    /// The manager's cgroup, as the containment choice says: `None` for
+    /// process groups.
+    fn manager_cgroup(&self, manager_id: &str) -> Result<Option<ManagerCgroup>> {
+        // Several managers may live in one process.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let id = format!("{manager_id}.{}", NEXT.fetch_add(1, Ordering::Relaxed));
+        match self.inner.containment.resolved() {
+            ContainmentChoice::ProcessGroup => Ok(None),
+            ContainmentChoice::Auto => match ManagerCgroup::create(&id) {
+                Ok(cgroup) => Ok(Some(cgroup)),
+                Err(e) => {
+                    tracing::info!(error = %e, "no writable cgroup v2 here; containing daemons by process group");
+                    Ok(None)
+                }
+            },
+            ContainmentChoice::Cgroup => ManagerCgroup::create(&id).map(Some).map_err(|e| {
+                Error::io(
+                    "cgroup containment was asked for but is not available (choose \"auto\" or \"process-group\")",
+                    e,
+                )
+            }),
+        }
+    }
+
+    /// How this manager contains its daemons; `None` until the first start
+    /// decided it.
+    pub fn containment(&self) -> Option<Containment> {
+        let context = self.inner.context.lock().unwrap_or_else(|e| e.into_inner());
+        context.as_ref().map(|c| c.containment)
     }
 
     /// Starts a daemon and resolves once it is `Running` (its socket

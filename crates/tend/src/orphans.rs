@@ -739,7 +739,13 @@ async fn clean_record(record: &OrphanRecord) -> Result<bool, String> {
         return Ok(false);
     }
     tracing::info!(name = %record.name, pid = record.pid, "stopping orphaned daemon of a dead manager");
-    kill::terminate_group(record.pgid, None, Duration::from_millis(record.grace_ms)).await?;
+    kill::terminate_group(
+        record.pgid,
+        None,
+        None,
+        Duration::from_millis(record.grace_ms),
+    )
+    .await?;
     if let Some(socket) = &record.socket_path {
         let _ = fs::remove_file(socket);
     }

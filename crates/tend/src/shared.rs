@@ -17,6 +17,7 @@ use tokio::{
 };
 
 use crate::{
+    cgroup::DaemonCgroup,
     delivery::EventDelivery,
     kill,
     logs::LogBuffer,
@@ -59,14 +60,22 @@ pub(crate) struct LiveLeader {
     pidfd: Arc<OwnedFd>,
     pub pgid: i32,
     pub socket: Option<PathBuf>,
+    /// The daemon's cgroup, with cgroup containment.
+    pub cgroup: Option<Arc<DaemonCgroup>>,
 }
 
 impl LiveLeader {
-    pub fn new(pidfd: Arc<OwnedFd>, pgid: i32, socket: Option<PathBuf>) -> Self {
+    pub fn new(
+        pidfd: Arc<OwnedFd>,
+        pgid: i32,
+        socket: Option<PathBuf>,
+        cgroup: Option<Arc<DaemonCgroup>>,
+    ) -> Self {
         LiveLeader {
             pidfd,
             pgid,
             socket,
+            cgroup,
         }
     }
 }
@@ -98,10 +107,20 @@ impl Shared {
 
     /// A consistent snapshot, with the uptime computed now.
     pub fn snapshot(&self) -> ProcessInfo {
-        let status = self.lock();
-        let mut info = status.info.clone();
-        info.uptime = status.running_since.map(|since| since.elapsed());
+        let mut info = {
+            let status = self.lock();
+            let mut info = status.info.clone();
+            info.uptime = status.running_since.map(|since| since.elapsed());
+            info
+        };
+        // Read outside the status lock: two small reads of cgroupfs.
+        let cgroup = self.live().as_ref().and_then(|live| live.cgroup.clone());
+        info.usage = cgroup.map(|cgroup| cgroup.usage());
         info
+    }
+
+    fn live(&self) -> MutexGuard<'_, Option<LiveLeader>> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Prepares the snapshot for a start requested by the user: the
@@ -173,8 +192,12 @@ impl Shared {
 
     /// SIGKILLs the live group, if any, without waiting (used on drop).
     pub fn kill_now(&self) {
-        let live = self.live.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let live = self.live().take();
         if let Some(leader) = live {
+            // Everything in the cgroup at once, whatever its process group.
+            if let Some(cgroup) = &leader.cgroup {
+                cgroup.kill();
+            }
             // A signal through the pidfd reaches exactly the leader and fails
             // once it is reaped; while it succeeds, the group id cannot have
             // been reused, so signalling the group is safe.

@@ -16,6 +16,8 @@
 
 mod child;
 
+pub(crate) use child::{ChildStack, reset_signal_handlers};
+
 use std::{
     collections::BTreeMap,
     ffi::{CString, OsStr, OsString, c_char},
@@ -96,6 +98,9 @@ pub(crate) struct SpawnPlan {
     argv: Vec<CString>,
     envp: Vec<CString>,
     cwd: Option<CString>,
+    /// `cgroup.procs` of the daemon's cgroup, which the child joins. The
+    /// caller keeps it open until the spawn returned.
+    cgroup_procs: Option<std::os::fd::RawFd>,
 }
 
 /// `PATH` when the environment has none (glibc's `execvp` default).
@@ -165,7 +170,17 @@ impl SpawnPlan {
             argv,
             envp,
             cwd,
+            cgroup_procs: None,
         })
+    }
+}
+
+impl SpawnPlan {
+    /// Has the child join the cgroup whose `cgroup.procs` is `procs`
+    /// before it executes the daemon.
+    pub fn join_cgroup(mut self, procs: std::os::fd::BorrowedFd<'_>) -> Self {
+        self.cgroup_procs = Some(procs.as_raw_fd());
+        self
     }
 }
 
@@ -290,6 +305,7 @@ impl SpawnerState {
             plan.cwd.as_ref().map_or(ptr::null(), |c| c.as_ptr()),
             self.slots.raw(),
             self.share_files,
+            plan.cgroup_procs.unwrap_or(-1),
         );
         let mut children = own_children();
         let cloned = child::clone_and_exec(&mut setup, &mut self.stack);
@@ -515,7 +531,7 @@ fn unreaped() -> MutexGuard<'static, Unreaped> {
 }
 
 /// Reaps `pid` on the reaper thread once it exits.
-fn reap_later(pid: i32, pidfd: Arc<OwnedFd>) {
+pub(crate) fn reap_later(pid: i32, pidfd: Arc<OwnedFd>) {
     let wake = REAPER_WAKE
         .get_or_init(|| rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK).ok());
     let mut unreaped = unreaped();

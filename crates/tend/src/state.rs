@@ -13,6 +13,8 @@ use std::{
 
 use serde::{Serialize, Serializer};
 
+use crate::cgroup::{Containment, ResourceUsage};
+
 /// Where a supervised process is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -197,6 +199,11 @@ pub struct ProcessInfo {
     pub uptime: Option<Duration>,
     /// How the previous incarnation ended.
     pub last_exit: Option<ExitStatus>,
+    /// How the daemon is contained (set once it was started).
+    pub containment: Option<Containment>,
+    /// CPU time and memory of the live incarnation's cgroup (cgroup
+    /// containment only).
+    pub usage: Option<ResourceUsage>,
 }
 
 impl ProcessInfo {
@@ -211,6 +218,8 @@ impl ProcessInfo {
             started_at: None,
             uptime: None,
             last_exit: None,
+            containment: None,
+            usage: None,
         }
     }
 }
@@ -255,6 +264,10 @@ fn serialize_ms<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::E
         Some(d) => s.serialize_some(&(d.as_millis() as u64)),
         None => s.serialize_none(),
     }
+}
+
+pub(crate) fn serialize_duration_us<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_micros().min(u128::from(u64::MAX)) as u64)
 }
 
 #[cfg(test)]

@@ -17,9 +17,11 @@ use tokio::{
 };
 
 use crate::{
+    cgroup::{Containment, DaemonCgroup, ManagerCgroup},
     config::{BackgroundProcessConfig, HealthCheck},
     defaults,
     error::{Error, Result},
+    guard::Guard,
     health::{self, HealthBoard},
     kill,
     logs::{self, Stream},
@@ -46,6 +48,13 @@ pub(crate) struct Context {
     /// The batched connect health checks, unless the kernel's socket
     /// diagnostics are unavailable (then each supervisor connects).
     pub health: Option<Arc<HealthBoard>>,
+    /// How daemons are contained.
+    pub containment: Containment,
+    /// The manager's cgroup, with cgroup containment.
+    pub cgroup: Option<Arc<ManagerCgroup>>,
+    /// The process that stops the daemons if the manager dies, unless
+    /// turned off.
+    pub guard: Option<Arc<Guard>>,
 }
 
 /// One spawned leader and its output readers.
@@ -53,6 +62,8 @@ struct Incarnation {
     leader: Leader,
     pid: u32,
     pgid: i32,
+    /// The daemon's cgroup, with cgroup containment.
+    cgroup: Option<Arc<DaemonCgroup>>,
     readers: Vec<JoinHandle<()>>,
     /// Position in the log ring where this incarnation's output starts.
     log_mark: u64,
@@ -117,6 +128,9 @@ pub(crate) struct Supervisor {
     control: mpsc::UnboundedReceiver<Control>,
     /// The pending `start_process`, answered at the first readiness.
     start_waiter: Option<oneshot::Sender<Result<()>>>,
+    /// The daemon's cgroup, made at the first spawn and kept across
+    /// restarts (with cgroup containment).
+    cgroup: Option<Arc<DaemonCgroup>>,
 }
 
 impl Supervisor {
@@ -133,12 +147,18 @@ impl Supervisor {
             ctx,
             control,
             start_waiter: Some(start_waiter),
+            cgroup: None,
         }
     }
 
     /// Runs until the process is `Stopped` or in `Error`. The caller has
     /// already applied [`Occurrence::Start`].
     pub async fn run(mut self) {
+        if let Some(guard) = &self.ctx.guard {
+            guard.grace_at_least(self.config.shutdown_grace_period);
+        }
+        self.shared
+            .update(|info| info.containment = Some(self.ctx.containment));
         self.ctx.orphans.cleanup(Some(&self.config.name)).await;
         loop {
             let interrupt = match self.bring_up().await {
@@ -199,6 +219,7 @@ impl Supervisor {
     }
 
     async fn spawn_incarnation(&mut self) -> Result<Incarnation, Interrupt> {
+        let cgroup = self.daemon_cgroup();
         let spawn_error = |source| {
             Interrupt::Failed(Failure::from_error(Error::Spawn {
                 name: self.config.name.clone(),
@@ -206,12 +227,17 @@ impl Supervisor {
                 source,
             }))
         };
-        let plan = SpawnPlan::for_daemon(
+        let mut plan = SpawnPlan::for_daemon(
             &self.config,
             self.config.socket_path.as_deref(),
             &self.ctx.orphans.manager_id(),
         )
         .map_err(spawn_error)?;
+        let cgroup = cgroup.map_err(spawn_error)?;
+        if let Some(cgroup) = &cgroup {
+            // `cgroup` stays alive across the spawn.
+            plan = plan.join_cgroup(cgroup.procs_fd());
+        }
         let spawned = self.ctx.spawner.spawn(plan).await.map_err(spawn_error)?;
         let pid = spawned.pid as u32;
         let pgid = spawned.pid;
@@ -245,10 +271,16 @@ impl Supervisor {
                 tracing::warn!(name = %self.config.name, error = %e, "cannot write orphan record");
             }
         }
+        if let (Some(guard), Some(stat)) = (&self.ctx.guard, &spawned.stat) {
+            if cgroup.is_none() {
+                guard.add_group(pgid, stat.start_time);
+            }
+        }
         self.shared.set_live(Some(LiveLeader::new(
             pidfd,
             pgid,
             self.config.socket_path.clone(),
+            cgroup.clone(),
         )));
         let pipes = [
             (spawned.stdout, Stream::Stdout),
@@ -262,14 +294,27 @@ impl Supervisor {
             })
             .collect();
         self.shared.update(|info| info.pid = Some(pid));
-        tracing::debug!(name = %self.config.name, pid, "spawned");
+        tracing::debug!(name = %self.config.name, pid, cgroup = ?cgroup.as_ref().map(|c| c.path()), "spawned");
         Ok(Incarnation {
             leader,
             pid,
             pgid,
+            cgroup,
             readers,
             log_mark,
         })
+    }
+
+    /// The daemon's cgroup under the manager's, made at the first spawn
+    /// (with cgroup containment; `None` otherwise).
+    fn daemon_cgroup(&mut self) -> std::io::Result<Option<Arc<DaemonCgroup>>> {
+        let Some(manager) = &self.ctx.cgroup else {
+            return Ok(None);
+        };
+        if self.cgroup.is_none() {
+            self.cgroup = Some(Arc::new(manager.daemon(&self.config.name)?));
+        }
+        Ok(self.cgroup.clone())
     }
 
     async fn await_ready(
@@ -389,8 +434,13 @@ impl Supervisor {
                 .apply(Occurrence::StopRequested, "stop requested");
         }
         let grace = self.config.shutdown_grace_period;
-        let terminated =
-            kill::terminate_group(incarnation.pgid, Some(&mut incarnation.leader), grace).await;
+        let terminated = kill::terminate_group(
+            incarnation.pgid,
+            incarnation.cgroup.as_deref(),
+            Some(&mut incarnation.leader),
+            grace,
+        )
+        .await;
         self.shared.set_live(None);
         if let Some(path) = &self.config.socket_path {
             let _ = std::fs::remove_file(path);
@@ -400,6 +450,9 @@ impl Supervisor {
             Ok(t) => {
                 // Gone for good: nothing left for a later cleanup to find.
                 self.ctx.orphans.remove(&self.config.name);
+                if let (Some(guard), None) = (&self.ctx.guard, &incarnation.cgroup) {
+                    guard.remove_group(incarnation.pgid);
+                }
                 t.leader_status
             }
             // Survivors: the orphan record stays, so a later cleanup can

@@ -39,6 +39,13 @@
 //!
 //! After ready (in this order):
 //! - `--pid-file PATH`: write own pid to PATH.
+//! - `--drop-to-uid UID`: set the group and user ids to UID (as
+//!   `memcached -u nobody` does after binding; the kernel then clears the
+//!   parent-death signal).
+//! - `--rewrite-environ`: overwrite the environment block in place, as a
+//!   program that sets its process title does (nginx, redis, PostgreSQL),
+//!   so `/proc/<pid>/environ` no longer shows it; children forked after it
+//!   inherit the rewritten block.
 //! - `--fork-children N`: fork N children in the same process group that
 //!   sleep in `pause()`; the parent prints `child <pid>` for each. With
 //!   `--children-ignore-sigterm` the children ignore SIGTERM (otherwise the
@@ -101,6 +108,7 @@ usage: testd [--socket PATH] [--bind-delay MS] [--listen-delay MS] [--never-bind
              [--faults-once PATH] [--healthy-once PATH]
              [--flood BYTES] [--flood-no-newline] [--flood-invalid-utf8]
              [--close-stdio] [--print-env NAME]... [--print-cwd]
+             [--drop-to-uid UID] [--rewrite-environ]
 The socket path defaults to $SOCKET_PATH; durations are in milliseconds.";
 
 /// Exit code for command-line errors.
@@ -148,6 +156,8 @@ struct Opts {
     flood_no_newline: bool,
     flood_invalid_utf8: bool,
     close_stdio: bool,
+    drop_to_uid: Option<u32>,
+    rewrite_environ: bool,
 }
 
 impl Default for Opts {
@@ -181,6 +191,8 @@ impl Default for Opts {
             flood_no_newline: false,
             flood_invalid_utf8: false,
             close_stdio: false,
+            drop_to_uid: None,
+            rewrite_environ: false,
         }
     }
 }
@@ -250,6 +262,8 @@ fn parse_args(args: impl Iterator<Item = OsString>) -> Opts {
             "--flood-no-newline" => o.flood_no_newline = true,
             "--flood-invalid-utf8" => o.flood_invalid_utf8 = true,
             "--close-stdio" => o.close_stdio = true,
+            "--drop-to-uid" => o.drop_to_uid = Some(parse_num(&flag, value())),
+            "--rewrite-environ" => o.rewrite_environ = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -938,6 +952,49 @@ fn parse_request(line: &[u8]) -> Result<Request<'_>, JsonError> {
     }
 }
 
+/// Sets the group and user ids to `uid`, or exits.
+fn drop_to_uid(uid: u32) {
+    // SAFETY: plain system calls on integers.
+    let failed = unsafe {
+        libc::setgroups(0, std::ptr::null()) != 0
+            || libc::setgid(uid) != 0
+            || libc::setuid(uid) != 0
+    };
+    if failed {
+        say_err(&format!(
+            "testd: cannot drop to uid {uid}: {}",
+            std::io::Error::last_os_error()
+        ));
+        std::process::exit(1);
+    }
+}
+
+/// Zeroes the environment block (`env_start..env_end` of
+/// `/proc/self/stat`, fields 50 and 51) in place.
+fn rewrite_environ() {
+    let stat = std::fs::read("/proc/self/stat").expect("read /proc/self/stat");
+    let after = &stat[stat
+        .iter()
+        .rposition(|&b| b == b')')
+        .expect("stat has a name")
+        + 2..];
+    let fields: Vec<u64> = after
+        .split(|&b| b == b' ')
+        .map(|f| {
+            std::str::from_utf8(f)
+                .ok()
+                .and_then(|f| f.trim().parse().ok())
+                .unwrap_or(0)
+        })
+        .collect();
+    // Field n of proc(5) is at index n - 3 here (the state is field 3).
+    let (start, end) = (fields[50 - 3] as usize, fields[51 - 3] as usize);
+    // SAFETY: the kernel says the environment block is this range of our
+    // own (writable) memory; the strings in it become empty, which
+    // `environ` readers skip.
+    unsafe { std::ptr::write_bytes(start as *mut u8, 0, end - start) };
+}
+
 fn main() {
     let start_ns = now_ns();
     let mut opts = parse_args(std::env::args_os().skip(1));
@@ -999,6 +1056,12 @@ fn main() {
     if let Some(path) = &opts.pid_file {
         let res = std::fs::write(path, format!("{pid}\n"));
         res.unwrap_or_else(|e| say_err(&format!("testd: cannot write {}: {e}", path.display())));
+    }
+    if let Some(uid) = opts.drop_to_uid {
+        drop_to_uid(uid);
+    }
+    if opts.rewrite_environ {
+        rewrite_environ();
     }
     if opts.fork_children > 0 || opts.double_fork {
         // Reap children automatically, so one killed while this process lives

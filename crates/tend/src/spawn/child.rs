@@ -60,6 +60,8 @@ pub(super) enum Step {
     WorkingDirectory = 5,
     /// `execve` of every candidate path.
     Exec = 6,
+    /// Joining the daemon's cgroup.
+    Cgroup = 7,
 }
 
 impl Step {
@@ -71,6 +73,7 @@ impl Step {
             4 => Step::Stdio,
             5 => Step::WorkingDirectory,
             6 => Step::Exec,
+            7 => Step::Cgroup,
             _ => return None,
         })
     }
@@ -84,6 +87,7 @@ impl Step {
             Step::Stdio => "cannot connect the daemon's stdin, stdout and stderr",
             Step::WorkingDirectory => "cannot enter the working directory",
             Step::Exec => "cannot execute the command",
+            Step::Cgroup => "cannot move the daemon into its cgroup",
         }
     }
 }
@@ -107,6 +111,9 @@ pub(super) struct ChildSetup {
     /// Clone with `CLONE_FILES` and unshare the low descriptors only (see
     /// the module doc); without it the child starts with a full copy.
     pub share_files: bool,
+    /// `cgroup.procs` of the daemon's cgroup, open for writing, or -1: the
+    /// child joins the cgroup before anything of the daemon runs.
+    pub cgroup_procs: RawFd,
     /// Written by the child when it fails: the [`Step`] and the errno.
     failed_step: AtomicI32,
     errno: AtomicI32,
@@ -121,8 +128,10 @@ impl ChildSetup {
         cwd: *const c_char,
         stdio: [RawFd; 3],
         share_files: bool,
+        cgroup_procs: RawFd,
     ) -> Self {
         ChildSetup {
+            cgroup_procs,
             candidates,
             argv,
             envp,
@@ -151,7 +160,7 @@ impl ChildSetup {
 
 /// The child's stack: an anonymous mapping with a guard page below it, so
 /// an overflow faults instead of writing over the parent's memory.
-pub(super) struct ChildStack {
+pub(crate) struct ChildStack {
     base: *mut c_void,
     len: usize,
 }
@@ -190,7 +199,7 @@ impl ChildStack {
 
     /// The highest address, where a downward-growing stack starts (the
     /// mapping is page-aligned, so this is 16-byte aligned).
-    fn top(&mut self) -> *mut c_void {
+    pub(crate) fn top(&mut self) -> *mut c_void {
         // SAFETY: one past the end of the mapping, as `clone` expects.
         unsafe { self.base.cast::<u8>().add(self.len).cast() }
     }
@@ -283,6 +292,14 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
 
     if let Err(e) = rustix::process::setpgid(None, None) {
         return setup.fail(Step::ProcessGroup, e.raw_os_error());
+    }
+    if setup.cgroup_procs >= 0 {
+        // Writing 0 moves the writer. With CLONE_FILES the descriptor is
+        // the parent's, still open: the parent is suspended.
+        // SAFETY: writes one byte from a static string to a descriptor.
+        if unsafe { libc::write(setup.cgroup_procs, b"0".as_ptr().cast(), 1) } != 1 {
+            return setup.fail(Step::Cgroup, last_errno());
+        }
     }
     // The daemon gets SIGTERM when the spawning thread dies.
     if let Err(e) =
@@ -385,7 +402,7 @@ fn exec_candidates(setup: &ChildSetup) -> c_int {
 /// SIGPIPE too (Rust programs ignore it, and an ignored signal stays
 /// ignored across exec). Other ignored signals stay ignored, as with the
 /// standard library's spawn.
-fn reset_signal_handlers() {
+pub(crate) fn reset_signal_handlers() {
     for signal in 1..=LAST_SIGNAL {
         if signal == libc::SIGKILL || signal == libc::SIGSTOP {
             continue;

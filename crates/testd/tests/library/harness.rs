@@ -176,6 +176,17 @@ impl Sandbox {
     }
 }
 
+/// How a manager started here contains its daemons (cgroups where this
+/// machine allows them, unless `TEND_CONTAINMENT` says otherwise): found
+/// by starting a worker in a throwaway sandbox.
+pub async fn containment_here() -> tend::Containment {
+    let sb = Sandbox::new();
+    let _probe = sb.start(sb.worker("probe", &["--never-bind"])).await;
+    sb.manager
+        .containment()
+        .expect("decided at the first start")
+}
+
 /// PIDs from lines `<prefix> <pid>`.
 pub fn pids_in(lines: &[String], prefix: &str) -> Vec<u32> {
     lines

@@ -38,6 +38,12 @@ impl Embedder {
         Embedder { child, daemons }
     }
 
+    /// [`Self::start`] without a guard process: what the killed app leaves
+    /// is for the next manager's cleanup.
+    async fn start_unguarded(sb: &Sandbox, specs: &[&str]) -> Self {
+        Self::start_with(sb, specs, &[("TEND_EMBEDDER_GUARD", "0")]).await
+    }
+
     fn daemon(&self, name: &str) -> &Tracked {
         &self.daemons.iter().find(|(n, _)| n == name).unwrap().1
     }
@@ -64,7 +70,7 @@ async fn daemons_die_with_a_manager_killed_by_sigkill() {
 #[tokio::test]
 async fn children_left_by_a_killed_manager_are_stopped_by_the_next_managers_cleanup() {
     let sb = Sandbox::new();
-    let mut app = Embedder::start(&sb, &["a --fork-children 1"]).await;
+    let mut app = Embedder::start_unguarded(&sb, &["a --fork-children 1"]).await;
     let leader = app.daemon("a").pid;
     let mut members = Vec::new();
     wait_for("a's child to be forked", SOON, || {
@@ -88,7 +94,7 @@ async fn children_left_by_a_killed_manager_are_stopped_by_the_next_managers_clea
 #[tokio::test]
 async fn daemon_that_survives_a_killed_manager_is_stopped_by_the_next_managers_cleanup() {
     let sb = Sandbox::new();
-    let mut app = Embedder::start(&sb, &["meek", "stubborn --ignore-sigterm"]).await;
+    let mut app = Embedder::start_unguarded(&sb, &["meek", "stubborn --ignore-sigterm"]).await;
     app.kill().await;
     // Once meek died of its parent-death signal, stubborn got (and ignored)
     // the same signal.
@@ -106,6 +112,114 @@ async fn daemon_that_survives_a_killed_manager_is_stopped_by_the_next_managers_c
         !sb.socket("stubborn").exists(),
         "its socket was left behind"
     );
+}
+
+/// The guard of a killed app stops at once what the parent-death signal
+/// cannot: a daemon that ignores SIGTERM (SIGKILL after its 500 ms grace)
+/// and the children of a daemon.
+#[tokio::test]
+async fn the_guard_of_a_killed_manager_stops_survivors_within_their_grace() {
+    let sb = Sandbox::new();
+    let mut app = Embedder::start(
+        &sb,
+        &[
+            "a --fork-children 1 --children-ignore-sigterm",
+            "stubborn --ignore-sigterm",
+        ],
+    )
+    .await;
+    let leader = app.daemon("a").pid;
+    let mut members = Vec::new();
+    wait_for("a's child to be forked", SOON, || {
+        members = group_members(leader);
+        members.len() == 2
+    })
+    .await;
+    let child = Tracked::new(members.into_iter().find(|&p| p != leader).unwrap());
+    app.kill().await;
+    let killed_at = std::time::Instant::now();
+    // 500 ms of grace, then SIGKILL; a second of slack for a loaded machine.
+    wait_for(
+        "the killed app's survivors to die",
+        Duration::from_millis(1500),
+        || !child.alive() && !app.daemon("stubborn").alive() && !app.daemon("a").alive(),
+    )
+    .await;
+    eprintln!(
+        "survivors of a killed app stopped in {:?}",
+        killed_at.elapsed()
+    );
+}
+
+/// A daemon that changed its uid has lost its parent-death signal (the
+/// kernel clears it), as `memcached -u nobody` does: the guard still
+/// stops it when the app is killed.
+#[tokio::test]
+async fn a_daemon_that_changed_its_uid_dies_with_its_killed_manager() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: changing a daemon's uid needs root");
+        return;
+    }
+    let sb = Sandbox::new();
+    let mut app = Embedder::start(&sb, &["memcached --drop-to-uid 65534"]).await;
+    let daemon = Tracked::new(app.daemon("memcached").pid);
+    wait_for("the daemon to drop to uid 65534", SOON, || {
+        std::fs::read_to_string(format!("/proc/{}/status", daemon.pid)).is_ok_and(|status| {
+            status
+                .lines()
+                .any(|l| l.starts_with("Uid:") && l.contains("65534"))
+        })
+    })
+    .await;
+    app.kill().await;
+    daemon
+        .wait_dead("a daemon that changed its uid, of a killed app")
+        .await;
+}
+
+/// nginx, redis and PostgreSQL overwrite their environment when they set
+/// their process title, so the manager's marker is gone from their
+/// workers. When the app and the leader die together, the workers live
+/// on in the leader's old group; with cgroup containment the guard stops
+/// them all the same. (Process groups cannot prove such workers are
+/// ours once their leader is gone: the known limit of that mode.)
+#[tokio::test]
+async fn workers_that_rewrote_their_environment_die_with_a_killed_manager() {
+    if containment_here().await != tend::Containment::Cgroup {
+        eprintln!("skipped: needs cgroup containment");
+        return;
+    }
+    let sb = Sandbox::new();
+    let mut app = Embedder::start(
+        &sb,
+        &["nginx --rewrite-environ --fork-children 2 --children-ignore-sigterm"],
+    )
+    .await;
+    let leader = app.daemon("nginx").pid;
+    let mut members = Vec::new();
+    wait_for("nginx's workers to be forked", SOON, || {
+        members = group_members(leader);
+        members.len() == 3
+    })
+    .await;
+    let workers: Vec<Tracked> = members
+        .into_iter()
+        .filter(|&p| p != leader)
+        .map(Tracked::new)
+        .collect();
+    for worker in &workers {
+        let environ = std::fs::read(format!("/proc/{}/environ", worker.pid)).unwrap();
+        assert!(
+            !environ.windows(15).any(|w| w == b"TEND_MANAGER_ID"),
+            "the worker's environment still shows the marker"
+        );
+    }
+    app.kill().await;
+    for worker in &workers {
+        worker
+            .wait_dead("a worker with a rewritten environment")
+            .await;
+    }
 }
 
 #[test]
