@@ -24,6 +24,7 @@ mod config;
 mod environments;
 mod failure;
 mod protocol;
+mod sanitize;
 mod server;
 mod state_dir;
 mod table;
@@ -32,7 +33,11 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{config::DEFAULT_CONFIG_FILE, failure::Failure};
+use crate::{
+    config::DEFAULT_CONFIG_FILE,
+    failure::Failure,
+    sanitize::{Layout, escape_controls},
+};
 
 /// Supervise plugin daemons that serve Unix sockets.
 #[derive(Debug, Parser)]
@@ -73,6 +78,12 @@ enum Command {
         /// Keep printing new lines as they come.
         #[arg(short, long)]
         follow: bool,
+        /// Print the lines exactly as the daemon wrote them, control
+        /// characters and escape sequences included (by default they are
+        /// shown escaped, like `\x1b[2J`, so they cannot act on the
+        /// terminal).
+        #[arg(long)]
+        raw: bool,
         #[command(flatten)]
         target: SupervisorArgs,
     },
@@ -142,7 +153,10 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("tend: {:#}", failure.error);
+            // Errors carry daemon-written text (a stderr tail, a JSON-RPC
+            // error message): escaped, it cannot act on the terminal.
+            let message = format!("{:#}", failure.error);
+            say_err!("tend: {}", escape_controls(&message, Layout::Lines));
             failure.exit_code()
         }
     }
@@ -170,8 +184,9 @@ fn run(command: Command) -> Result<(), Failure> {
                 name,
                 lines,
                 follow,
+                raw,
                 target,
-            } => commands::logs::run(&target, &name, lines, follow).await,
+            } => commands::logs::run(&target, &name, lines, follow, raw).await,
             Command::Call {
                 name,
                 method,
