@@ -218,13 +218,34 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
     }
 }
 
-/// Diagnostics go to stderr, filtered by `TEND_LOG` (default `warn`).
+/// Diagnostics go to stderr, filtered by `TEND_LOG` (default `warn`),
+/// colored only on a terminal.
+///
+/// Their fields may carry daemon-written text (a stderr tail in an error),
+/// and the subscriber's own escaping lets carriage returns and newlines
+/// through, so every field is escaped here like the rest of tend's
+/// human-readable output.
 fn init_tracing() {
+    use std::io::IsTerminal as _;
+    use tracing_subscriber::field::MakeExt as _;
+
     let filter = tracing_subscriber::EnvFilter::try_from_env("TEND_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let escaped_fields = tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
+        let text = format!("{value:?}");
+        let text = escape_controls(&text, Layout::Line);
+        if field.name() == "message" {
+            write!(writer, "{text}")
+        } else {
+            write!(writer, "{}={text}", field.name())
+        }
+    })
+    .delimited(" ");
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .fmt_fields(escaped_fields)
         .with_target(false)
         .init();
 }

@@ -36,8 +36,10 @@ pub async fn run(
         // The daemon wrote the message: one line, so a newline in it is
         // escaped too and cannot start a line that looks like tend's. (All
         // of the error is escaped again when printed, `data` included.)
+        // (The method is the operator's, but it is echoed on the same line.)
         let mut text = format!(
-            "{name}: {method} failed: RPC error {}: {}",
+            "{name}: {} failed: RPC error {}: {}",
+            escape_controls(method, Layout::Line),
             error.code,
             escape_controls(&error.message, Layout::Line)
         );
