@@ -24,6 +24,7 @@ mod config;
 mod environments;
 mod failure;
 mod protocol;
+mod sanitize;
 mod server;
 mod state_dir;
 mod table;
@@ -32,7 +33,11 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{config::DEFAULT_CONFIG_FILE, failure::Failure};
+use crate::{
+    config::DEFAULT_CONFIG_FILE,
+    failure::Failure,
+    sanitize::{Layout, escape_controls},
+};
 
 /// Supervise plugin daemons that serve Unix sockets.
 #[derive(Debug, Parser)]
@@ -73,6 +78,12 @@ enum Command {
         /// Keep printing new lines as they come.
         #[arg(short, long)]
         follow: bool,
+        /// Print the lines exactly as the daemon wrote them, control
+        /// characters and escape sequences included (by default they are
+        /// shown escaped, like `\x1b[2J`, so they cannot act on the
+        /// terminal).
+        #[arg(long)]
+        raw: bool,
         #[command(flatten)]
         target: SupervisorArgs,
     },
@@ -142,7 +153,10 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("tend: {:#}", failure.error);
+            // Errors carry daemon-written text (a stderr tail, a JSON-RPC
+            // error message): escaped, it cannot act on the terminal.
+            let message = format!("{:#}", failure.error);
+            say_err!("tend: {}", escape_controls(&message, Layout::Lines));
             failure.exit_code()
         }
     }
@@ -170,8 +184,9 @@ fn run(command: Command) -> Result<(), Failure> {
                 name,
                 lines,
                 follow,
+                raw,
                 target,
-            } => commands::logs::run(&target, &name, lines, follow).await,
+            } => commands::logs::run(&target, &name, lines, follow, raw).await,
             Command::Call {
                 name,
                 method,
@@ -203,13 +218,34 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
     }
 }
 
-/// Diagnostics go to stderr, filtered by `TEND_LOG` (default `warn`).
+/// Diagnostics go to stderr, filtered by `TEND_LOG` (default `warn`),
+/// colored only on a terminal.
+///
+/// Their fields may carry daemon-written text (a stderr tail in an error),
+/// and the subscriber's own escaping lets carriage returns and newlines
+/// through, so every field is escaped here like the rest of tend's
+/// human-readable output.
 fn init_tracing() {
+    use std::io::IsTerminal as _;
+    use tracing_subscriber::field::MakeExt as _;
+
     let filter = tracing_subscriber::EnvFilter::try_from_env("TEND_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let escaped_fields = tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
+        let text = format!("{value:?}");
+        let text = escape_controls(&text, Layout::Line);
+        if field.name() == "message" {
+            write!(writer, "{text}")
+        } else {
+            write!(writer, "{}={text}", field.name())
+        }
+    })
+    .delimited(" ");
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .fmt_fields(escaped_fields)
         .with_target(false)
         .init();
 }

@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use crate::protocol::{ProcessStatus, State};
+use crate::{
+    protocol::{ProcessStatus, State},
+    sanitize::{Layout, escape_controls},
+};
 
 /// Longest last-error text shown in the table; `--json` has all of it.
 const MAX_ERROR_CHARS: usize = 70;
@@ -45,7 +48,7 @@ pub fn render(processes: &[ProcessStatus]) -> String {
 
 fn row(process: &ProcessStatus) -> [String; 7] {
     [
-        process.name.clone(),
+        escape_controls(&process.name, Layout::Line).into_owned(),
         process.state.as_str().to_owned(),
         process.pid.map_or("-".into(), |pid| pid.to_string()),
         process
@@ -87,14 +90,15 @@ pub fn format_uptime(uptime: Duration) -> String {
     }
 }
 
-/// `text` on one line, cut to `max` characters with an ellipsis.
+/// `text` on one line, cut to `max` characters with an ellipsis. Line
+/// breaks and tabs become spaces (the table is one line per daemon, and
+/// the library joins a stderr tail's lines with " | " anyway); any other
+/// control character, written by the daemon, is shown escaped.
 fn shorten(text: &str, max: usize) -> String {
-    let one_line: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
+    let spaced = text.replace(['\n', '\t'], " ");
+    let one_line = escape_controls(&spaced, Layout::Line);
     if one_line.chars().count() <= max {
-        return one_line;
+        return one_line.into_owned();
     }
     let mut cut: String = one_line.chars().take(max - 1).collect();
     cut.push('…');
@@ -156,6 +160,14 @@ a-long-name  error    -     -       3         -       exited with code 1 before 
         echo.health_check_retries = Some(3);
         echo.failed_health_checks = 2;
         assert_eq!(health(&echo), "2/3 failed");
+    }
+
+    #[test]
+    fn errors_are_one_line_with_control_characters_escaped() {
+        assert_eq!(
+            shorten("exited: \x1b]0;pwned\x07\x1b[2J | a\tb\nc\r", 70),
+            r"exited: \x1b]0;pwned\x07\x1b[2J | a b c\r"
+        );
     }
 
     #[test]

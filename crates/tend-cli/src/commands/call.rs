@@ -12,6 +12,7 @@ use crate::{
     SupervisorArgs,
     failure::{CommandResult, Failure},
     protocol::Request,
+    sanitize::{Layout, escape_controls},
 };
 
 /// Runs the command.
@@ -32,9 +33,15 @@ pub async fn run(
     };
     let response = client.call(&request).await?;
     if let Some(error) = response.rpc_error {
+        // The daemon wrote the message: one line, so a newline in it is
+        // escaped too and cannot start a line that looks like tend's. (All
+        // of the error is escaped again when printed, `data` included.)
+        // (The method is the operator's, but it is echoed on the same line.)
         let mut text = format!(
-            "{name}: {method} failed: RPC error {}: {}",
-            error.code, error.message
+            "{name}: {} failed: RPC error {}: {}",
+            escape_controls(method, Layout::Line),
+            error.code,
+            escape_controls(&error.message, Layout::Line)
         );
         if let Some(data) = error.data {
             text.push_str(&format!("\n  data: {data}"));

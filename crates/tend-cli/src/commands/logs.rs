@@ -1,6 +1,9 @@
-//! `tend logs NAME [-n N] [-f]`: a daemon's recent output, and with `-f`
-//! new output as it comes, until the supervisor stops or the user hits
-//! Ctrl-C.
+//! `tend logs NAME [-n N] [-f] [--raw]`: a daemon's recent output, and
+//! with `-f` new output as it comes, until the supervisor stops or the user
+//! hits Ctrl-C.
+//!
+//! The daemon wrote these lines, so their control characters are shown
+//! escaped (see `sanitize`) unless `--raw` asks for them as written.
 
 use std::io::Write;
 
@@ -11,10 +14,17 @@ use crate::{
     SupervisorArgs,
     failure::CommandResult,
     protocol::{LogEntry, Request},
+    sanitize::{Layout, escape_controls},
 };
 
 /// Runs the command.
-pub async fn run(target: &SupervisorArgs, name: &str, lines: usize, follow: bool) -> CommandResult {
+pub async fn run(
+    target: &SupervisorArgs,
+    name: &str,
+    lines: usize,
+    follow: bool,
+    raw: bool,
+) -> CommandResult {
     let mut client = connect(target).await?;
     let request = Request::Logs {
         name: name.into(),
@@ -28,7 +38,7 @@ pub async fn run(target: &SupervisorArgs, name: &str, lines: usize, follow: bool
     }
     let mut out = std::io::stdout().lock();
     for line in first.lines.unwrap_or_default() {
-        print_line(&mut out, &line)?;
+        print_line(&mut out, &line, raw)?;
     }
     out.flush()?;
     drop(out);
@@ -38,7 +48,7 @@ pub async fn run(target: &SupervisorArgs, name: &str, lines: usize, follow: bool
     while let Some(response) = client.receive().await? {
         let mut out = std::io::stdout().lock();
         if let Some(line) = response.line {
-            print_line(&mut out, &line)?;
+            print_line(&mut out, &line, raw)?;
         }
         if let Some(missed) = response.missed {
             eprintln!("tend: {missed} lines skipped (output came faster than it was read)");
@@ -51,6 +61,12 @@ pub async fn run(target: &SupervisorArgs, name: &str, lines: usize, follow: bool
     Ok(())
 }
 
-fn print_line(out: &mut impl Write, line: &LogEntry) -> std::io::Result<()> {
-    writeln!(out, "{}", line.text)
+/// One line of output: as written with `raw`, else with its control
+/// characters escaped (tabs kept).
+fn print_line(out: &mut impl Write, line: &LogEntry, raw: bool) -> std::io::Result<()> {
+    if raw {
+        writeln!(out, "{}", line.text)
+    } else {
+        writeln!(out, "{}", escape_controls(&line.text, Layout::Line))
+    }
 }

@@ -23,6 +23,7 @@ use crate::{
     config::{self, TendConfig},
     environments::Environments,
     failure::{CommandResult, Failure},
+    sanitize::{Layout, escape_controls},
     server::{ControlServer, Preparation, ServerContext},
     table,
 };
@@ -180,7 +181,12 @@ async fn start_all(context: &Arc<ServerContext>) {
     while let Some(joined) = starts.join_next().await {
         match joined {
             Ok((_, Ok(()))) => {}
-            Ok((name, Err(e))) => say_err!("tend: {name} did not start: {e}"),
+            // The reason may end with the daemon's stderr tail, or with an
+            // installer's output of several lines.
+            Ok((name, Err(e))) => say_err!(
+                "tend: {}",
+                escape_controls(&format!("{name} did not start: {e}"), Layout::Lines)
+            ),
             Err(e) => say_err!("tend: a start task failed: {e}"),
         }
     }
@@ -199,7 +205,7 @@ fn report_cleanup(report: &CleanupReport) {
         say!(
             "tend: stopped {} daemon(s) left running by an earlier tend: {}",
             report.killed.len(),
-            report.killed.join(", ")
+            escape_controls(&report.killed.join(", "), Layout::Line)
         );
     }
     if !report.escaped.is_empty() {
@@ -213,7 +219,7 @@ fn report_cleanup(report: &CleanupReport) {
         say!(
             "tend: left alone {} daemon record(s) of another live tend: {}",
             report.owned_by_live_manager.len(),
-            report.owned_by_live_manager.join(", ")
+            escape_controls(&report.owned_by_live_manager.join(", "), Layout::Line)
         );
     }
 }

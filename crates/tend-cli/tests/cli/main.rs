@@ -9,6 +9,7 @@ mod call;
 mod client_errors;
 mod config_errors;
 mod control_socket;
+mod escape;
 mod harness;
 mod health_probe;
 mod kill9;

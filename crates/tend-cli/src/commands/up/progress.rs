@@ -10,7 +10,10 @@ use std::{future::Future, time::SystemTime};
 
 use tend::{BackgroundProcessManager, ProcessEvent, Subscription};
 
-use crate::config::TendConfig;
+use crate::{
+    config::TendConfig,
+    sanitize::{Layout, escape_controls},
+};
 
 /// The event stream and how to print it.
 pub struct Progress {
@@ -56,6 +59,8 @@ impl Progress {
 }
 
 /// One line for `event`, timed from `since`, the name padded to `name_width`.
+/// The reason may hold the daemon's stderr tail, so control characters are
+/// escaped, a newline included: the event stays on its line.
 fn format_event(event: &ProcessEvent, since: SystemTime, name_width: usize) -> String {
     let elapsed = event.time.duration_since(since).unwrap_or_default();
     let pid = event
@@ -65,7 +70,7 @@ fn format_event(event: &ProcessEvent, since: SystemTime, name_width: usize) -> S
     let reason = if event.reason.is_empty() {
         String::new()
     } else {
-        format!(" ({})", event.reason)
+        format!(" ({})", escape_controls(&event.reason, Layout::Line))
     };
     format!(
         "[{:>9.3}s] {:<name_width$}  {} -> {}{pid}{reason}",
@@ -98,6 +103,23 @@ mod tests {
         assert_eq!(
             format_event(&event, since, 6),
             "[    1.530s] echo    starting -> running, pid 42 (ready)"
+        );
+    }
+
+    #[test]
+    fn a_stderr_tail_in_the_reason_is_escaped() {
+        let since = SystemTime::UNIX_EPOCH;
+        let event = ProcessEvent {
+            name: "echo".into(),
+            from: ProcessState::Starting,
+            to: ProcessState::Error,
+            time: since,
+            reason: "exited with code 1: \x1b]0;pwned\x07\x1b[2J | bye\r".into(),
+            pid: None,
+        };
+        assert_eq!(
+            format_event(&event, since, 4),
+            r"[    0.000s] echo  starting -> error (exited with code 1: \x1b]0;pwned\x07\x1b[2J | bye\r)"
         );
     }
 }
