@@ -256,6 +256,7 @@ extern "C" fn guard_main(arg: *mut c_void) -> c_int {
         libc::sigprocmask(libc::SIG_SETMASK, &none, ptr::null_mut());
     }
     keep_only_own_descriptors(setup);
+    clear_environment_block();
     watch_manager(setup);
     match setup.cgroup_dir {
         -1 => stop_groups(setup),
@@ -288,6 +289,35 @@ fn keep_only_own_descriptors(setup: &GuardSetup) {
             first = first.max(fd + 1);
         }
         close_range(first, c_int::MAX);
+    }
+}
+
+/// Zeroes this process's environment block (`env_start..env_end`, fields
+/// 50 and 51 of `/proc/self/stat`), so that the guard — a copy of the
+/// manager — is not mistaken for the manager or its caller by whoever
+/// looks for processes by their environment.
+fn clear_environment_block() {
+    let mut buf = [0u8; 1024];
+    let len = read_file_at(libc::AT_FDCWD, c"/proc/self/stat".as_ptr(), &mut buf);
+    let text = &buf[..len];
+    let Some(close) = text.iter().rposition(|&b| b == b')') else {
+        return;
+    };
+    // After the name, field 3 (the state) comes first.
+    let mut fields = text[close + 1..]
+        .split(|&b| b == b' ')
+        .filter(|f| !f.is_empty());
+    let start = fields.nth(50 - 3).and_then(parse_u64);
+    let end = fields
+        .next()
+        .and_then(|f| parse_u64(f.strip_suffix(b"\n").unwrap_or(f)));
+    if let (Some(start), Some(end)) = (start, end) {
+        if start < end {
+            // SAFETY: the kernel reports this range as this process's own
+            // environment block, mapped and writable; nothing in the guard
+            // reads the environment.
+            unsafe { ptr::write_bytes(start as *mut u8, 0, (end - start) as usize) };
+        }
     }
 }
 

@@ -109,6 +109,8 @@ pub use cgroup::{CONTAINMENT_ENV, Containment, ContainmentChoice, ResourceUsage}
 pub use config::{BackgroundProcessConfig, HealthCheck, HealthProbe};
 pub use error::{ConfigProblem, ConfigProblems, Error, Result};
 pub use logs::{LogLine, Stream};
-pub use manager::{BackgroundProcessManager, ManagerBuilder, Subscription, default_state_dir};
+pub use manager::{
+    BackgroundProcessManager, GUARD_ENV, ManagerBuilder, Subscription, default_state_dir,
+};
 pub use orphans::CleanupReport;
 pub use state::{ExitStatus, ProcessEvent, ProcessInfo, ProcessState};

@@ -36,6 +36,10 @@ use crate::{
     watch::SocketWatcher,
 };
 
+/// The environment variable that turns the guard process off when `0`
+/// (see [`ManagerBuilder::guard`]).
+pub const GUARD_ENV: &str = "TEND_GUARD";
+
 /// Capacity of the event channel; a subscriber that falls further behind
 /// is told how many events it missed.
 const EVENT_CAPACITY: usize = 4096;
@@ -111,9 +115,10 @@ impl ManagerBuilder {
     }
 
     /// Whether a guard process stops the daemons when this process dies
-    /// without stopping them (default: on). Turn it off only where
-    /// something else does — a service manager that kills the whole
-    /// cgroup — or to test the cleanup a later start does.
+    /// without stopping them (default: on; `TEND_GUARD=0` in the
+    /// environment also turns it off). Turn it off only where something
+    /// else does — a service manager that kills the whole cgroup — or to
+    /// test the cleanup a later start does.
     pub fn guard(mut self, on: bool) -> Self {
         self.guard = on;
         self
@@ -194,7 +199,8 @@ impl BackgroundProcessManager {
             Some(_) => Containment::Cgroup,
             None => Containment::ProcessGroup,
         };
-        let guard = if self.inner.guard {
+        let guard_off = std::env::var_os(GUARD_ENV).is_some_and(|v| v == "0");
+        let guard = if self.inner.guard && !guard_off {
             // Each supervisor raises the grace to its daemon's.
             let guard = Guard::start(cgroup.as_ref().map(|c| c.path()), Duration::ZERO)
                 .map_err(|e| Error::io("cannot start the guard process", e))?;

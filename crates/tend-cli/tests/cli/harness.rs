@@ -163,6 +163,11 @@ impl Sandbox {
 
     /// Starts `tend up -c CONFIG` with its output going to files.
     pub fn up(&self, config: &Path) -> Up {
+        self.up_with_env(config, &[])
+    }
+
+    /// [`Self::up`] with extra environment variables.
+    pub fn up_with_env(&self, config: &Path, env: &[(&str, &str)]) -> Up {
         let index = fs::read_dir(self.path()).map(|d| d.count()).unwrap_or(0);
         let stdout = self.path().join(format!("up{index}.out"));
         let stderr = self.path().join(format!("up{index}.err"));
@@ -170,6 +175,7 @@ impl Sandbox {
             .command(&["up", "-c", config.to_str().expect("utf-8 path")])
             .stdout(fs::File::create(&stdout).expect("stdout file"))
             .stderr(fs::File::create(&stderr).expect("stderr file"))
+            .envs(env.iter().copied())
             .spawn()
             .expect("spawn tend up");
         Up {
@@ -392,4 +398,13 @@ pub fn pids_in(text: &str, prefix: &str) -> Vec<u32> {
     text.lines()
         .filter_map(|l| l.strip_prefix(prefix)?.trim().parse().ok())
         .collect()
+}
+
+/// Whether process `pid` runs in a cgroup tend made (cgroup containment),
+/// from its `/proc/<pid>/cgroup`.
+pub fn in_tend_cgroup(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|text| {
+        text.lines()
+            .any(|line| line.starts_with("0::") && line.contains("/tend-"))
+    })
 }

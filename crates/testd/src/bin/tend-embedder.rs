@@ -14,10 +14,6 @@
 //! then `ready`, and the program waits forever. A failed start prints
 //! `failed <name>: <error>` to stderr and exits 1; a usage error exits 100.
 //!
-//! With `TEND_EMBEDDER_GUARD=0` its manager runs without a guard process,
-//! so that tests can see what a later start's cleanup does with what a
-//! killed app left.
-//!
 //! With `TEND_EMBEDDER_DENY_UNSHARE=1` in its environment, it first
 //! installs a seccomp filter that fails `close_range` and `unshare` with
 //! EPERM, as container profiles do, so tests can check that spawning
@@ -92,10 +88,8 @@ async fn run() {
         eprintln!("{USAGE}");
         std::process::exit(100);
     }
-    let guard = std::env::var_os("TEND_EMBEDDER_GUARD").is_none_or(|v| v != "0");
     let manager = BackgroundProcessManager::builder()
         .state_dir(state_dir)
-        .guard(guard)
         .build();
     for spec in specs {
         let mut words = spec.split_whitespace();

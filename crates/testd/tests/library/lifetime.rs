@@ -38,10 +38,10 @@ impl Embedder {
         Embedder { child, daemons }
     }
 
-    /// [`Self::start`] without a guard process: what the killed app leaves
-    /// is for the next manager's cleanup.
+    /// [`Self::start`] without a guard process (`TEND_GUARD=0`): what the
+    /// killed app leaves is for the next manager's cleanup.
     async fn start_unguarded(sb: &Sandbox, specs: &[&str]) -> Self {
-        Self::start_with(sb, specs, &[("TEND_EMBEDDER_GUARD", "0")]).await
+        Self::start_with(sb, specs, &[(tend::GUARD_ENV, "0")]).await
     }
 
     fn daemon(&self, name: &str) -> &Tracked {
