@@ -10,6 +10,7 @@ mod health;
 mod input;
 mod lifetime;
 mod logs;
+mod names;
 mod orphans;
 mod start;
 mod stop;
