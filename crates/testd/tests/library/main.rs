@@ -12,5 +12,6 @@ mod lifetime;
 mod logs;
 mod names;
 mod orphans;
+mod sockets;
 mod start;
 mod stop;
