@@ -93,6 +93,7 @@ mod manager;
 pub mod orphans;
 mod probe;
 mod procfs;
+mod rlimit;
 pub mod rpc;
 mod shared;
 mod sockdiag;

@@ -154,6 +154,9 @@ impl BackgroundProcessManager {
         if let Some(context) = context.as_ref() {
             return Ok(context.clone());
         }
+        // Several descriptors per daemon: lift the usual 1,024 soft limit
+        // (daemons get it back at spawn).
+        crate::rlimit::raise_nofile();
         let dir = &self.inner.state_dir;
         orphans::create_private_dir(dir)
             .map_err(|e| Error::io(format!("cannot create state directory {dir:?}"), e))?;

@@ -12,6 +12,7 @@ mod control_socket;
 mod harness;
 mod health_probe;
 mod kill9;
+mod limits;
 mod lifecycle;
 mod lock;
 mod node_env;
