@@ -13,6 +13,7 @@ mod harness;
 mod health_probe;
 mod kill9;
 mod limits;
+mod names;
 mod lifecycle;
 mod lock;
 mod node_env;
