@@ -291,8 +291,16 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = child.id() as i32;
-        // `spawn` returns once the exec succeeded, so the name is set.
-        let comm = fs::read(format!("/proc/{pid}/comm")).unwrap();
+        // The kernel names the process late in exec, after a vfork-style
+        // parent has been let go: wait for the name.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let comm = loop {
+            let comm = fs::read(format!("/proc/{pid}/comm")).unwrap();
+            if comm.starts_with(b"testd-") || std::time::Instant::now() > deadline {
+                break comm;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        };
         let parsed = stat(pid);
         child.kill().unwrap();
         child.wait().unwrap();

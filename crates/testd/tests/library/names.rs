@@ -64,3 +64,63 @@ async fn stop_waits_for_a_member_named_mid_character_and_kills_it_after_the_grac
     assert!(took >= grace, "stopped after {took:?}, within the grace of {grace:?}");
     assert_eq!(sb.manager.state("a"), Some(ProcessState::Stopped));
 }
+
+/// `testd` run through [`testd_with_cut_name`], in its own process group.
+fn spawn_with_cut_name(link: &std::path::Path) -> Spawned {
+    use std::os::unix::process::CommandExt;
+    let child = std::process::Command::new(link)
+        .env_remove("SOCKET_PATH")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("spawn testd through the link");
+    let spawned = Spawned { child };
+    // The kernel names the process late in exec, after a vfork-style
+    // parent has been let go: wait for the name.
+    let comm = format!("/proc/{}/comm", spawned.pid());
+    let deadline = std::time::Instant::now() + SOON;
+    while !std::fs::read(&comm).is_ok_and(|c| c.starts_with(b"testd-")) {
+        assert!(std::time::Instant::now() < deadline, "testd was not exec'd");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    spawned
+}
+
+/// A live manager whose name is cut mid-character is alive to another
+/// manager's cleanup, which leaves its daemon (named so too) alone.
+#[tokio::test]
+async fn cleanup_leaves_alone_the_daemon_of_a_live_manager_named_mid_character() {
+    let sb = Sandbox::new();
+    let link = testd_with_cut_name(&sb);
+    let other_manager = spawn_with_cut_name(&link);
+    let mut daemon = spawn_with_cut_name(&link);
+    assert_name_is_cut(other_manager.pid());
+    assert_name_is_cut(daemon.pid());
+    let owner = proc_stat(other_manager.pid()).expect("the other manager's stat");
+    let stat = proc_stat(daemon.pid()).expect("the daemon's stat");
+    let record = serde_json::json!({ "add": {
+        "name": "orph",
+        "pid": daemon.pid(),
+        "pgid": daemon.pid(),
+        "sid": stat.sid,
+        "start_time": stat.start_time,
+        "owner_pid": other_manager.pid(),
+        "owner_start_time": owner.start_time,
+        "socket_path": null,
+        "grace_ms": 500,
+    }});
+    let dir = sb.orphans_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let journal = dir.join(format!(
+        "{}.{}.0.journal",
+        other_manager.pid(),
+        owner.start_time
+    ));
+    std::fs::write(&journal, format!("{record}\n")).unwrap();
+    let report = sb.manager.cleanup_orphans().await.unwrap();
+    assert_eq!(report.owned_by_live_manager, ["orph"], "{report:?}");
+    assert!(report.killed.is_empty() && report.stale.is_empty());
+    assert!(!daemon.exited(), "the live manager's daemon was killed");
+}
