@@ -404,7 +404,10 @@ mod tests {
             classify_takeover(&os(libc::ECONNREFUSED)),
             Takeover::Stale
         ));
-        assert!(matches!(classify_takeover(&os(libc::ENOENT)), Takeover::Missing));
+        assert!(matches!(
+            classify_takeover(&os(libc::ENOENT)),
+            Takeover::Missing
+        ));
         assert!(matches!(
             classify_takeover(&os(libc::EAGAIN)),
             Takeover::Accepting

@@ -256,7 +256,9 @@ mod tests {
         assert!(std::str::from_utf8(cut).is_err());
         assert_fields(parse_stat(&stat_line(cut)));
         // Any bytes at all, as prctl(PR_SET_NAME) allows.
-        assert_fields(parse_stat(&stat_line(&[0xff, 0xfe, b')', 0x80, b' ', 0xd0])));
+        assert_fields(parse_stat(&stat_line(&[
+            0xff, 0xfe, b')', 0x80, b' ', 0xd0,
+        ])));
     }
 
     #[test]
@@ -308,7 +310,10 @@ mod tests {
         let parsed = parsed.unwrap().expect("the process is alive");
         assert!(parsed.is_alive());
         assert_eq!(parsed.ppid, std::process::id() as i32);
-        assert_eq!(parsed.pgid, stat(std::process::id() as i32).unwrap().unwrap().pgid);
+        assert_eq!(
+            parsed.pgid,
+            stat(std::process::id() as i32).unwrap().unwrap().pgid
+        );
     }
 
     #[test]

@@ -81,7 +81,8 @@ impl Tracked {
 fn proc_stat(pid: u32) -> Option<(char, u64)> {
     // Bytes: the name may be cut in the middle of a UTF-8 character.
     let text = fs::read(format!("/proc/{pid}/stat")).ok()?;
-    let after_comm = std::str::from_utf8(&text[text.iter().rposition(|&b| b == b')')? + 1..]).ok()?;
+    let after_comm =
+        std::str::from_utf8(&text[text.iter().rposition(|&b| b == b')')? + 1..]).ok()?;
     let fields: Vec<&str> = after_comm.split_whitespace().collect();
     Some((
         fields.first()?.chars().next()?,

@@ -135,11 +135,9 @@ fn up_runs_2000_daemons_under_a_soft_nofile_limit_of_1024_and_they_keep_1024() {
     wait_until("tend up to exit", stopping + SCALE_DEADLINE, || {
         up.try_wait().expect("try_wait").is_some()
     });
-    wait_until(
-        "every daemon to be gone",
-        stopping + SCALE_DEADLINE,
-        || sandbox.marked_processes().is_empty(),
-    );
+    wait_until("every daemon to be gone", stopping + SCALE_DEADLINE, || {
+        sandbox.marked_processes().is_empty()
+    });
     eprintln!(
         "{DAEMONS} daemons under a soft limit of {SOFT}: all running after {up_took:?}, \
          all stopped {:?} later",

@@ -72,5 +72,9 @@ fn escapees_named_mid_character_are_reaped_and_stopped_by_down() {
 
     sandbox.run(&["down", "-c", c]).expect_success();
     up.wait();
-    assert!(!stopped.alive(), "escapee {} outlived `tend down`", stopped.pid);
+    assert!(
+        !stopped.alive(),
+        "escapee {} outlived `tend down`",
+        stopped.pid
+    );
 }

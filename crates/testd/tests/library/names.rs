@@ -61,7 +61,10 @@ async fn stop_waits_for_a_member_named_mid_character_and_kills_it_after_the_grac
         !children[0].alive(),
         "the member that ignores SIGTERM outlived the stop"
     );
-    assert!(took >= grace, "stopped after {took:?}, within the grace of {grace:?}");
+    assert!(
+        took >= grace,
+        "stopped after {took:?}, within the grace of {grace:?}"
+    );
     assert_eq!(sb.manager.state("a"), Some(ProcessState::Stopped));
 }
 

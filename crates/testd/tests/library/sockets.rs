@@ -109,7 +109,7 @@ async fn stream_listener_that_cannot_be_reached_is_refused_and_left_alone() {
     if !rustix::process::geteuid().is_root() {
         let socket = sb.socket("a");
         let listener = UnixListener::bind(&socket).unwrap();
-        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0)).unwrap();
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o000)).unwrap();
         assert_start_refused(&sb, &socket, "Permission denied").await;
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).unwrap();
         let _client = UnixStream::connect(&socket).unwrap();
