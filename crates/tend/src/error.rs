@@ -110,6 +110,18 @@ pub enum Error {
         /// The socket path.
         path: PathBuf,
     },
+    /// A socket is at the configured path that tend cannot prove stale (a
+    /// live datagram or seqpacket socket, one tend may not connect to, or
+    /// another user's), so it refuses to delete it and does not start.
+    #[error("socket path {path:?} for {name:?} is taken: {reason}; refusing to start")]
+    SocketNotStale {
+        /// The process name.
+        name: String,
+        /// The socket path.
+        path: PathBuf,
+        /// What is there and why tend will not remove it.
+        reason: String,
+    },
     /// A stop request cancelled the start before the daemon was ready.
     #[error("{0:?} was stopped before it became ready")]
     Stopped(String),

@@ -96,6 +96,7 @@ pub mod orphans;
 pub mod private_dir;
 mod probe;
 mod procfs;
+mod rlimit;
 pub mod rpc;
 mod shared;
 mod sockdiag;

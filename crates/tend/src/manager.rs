@@ -187,6 +187,9 @@ impl BackgroundProcessManager {
         if let Some(context) = context.as_ref() {
             return Ok(context.clone());
         }
+        // Several descriptors per daemon: lift the usual 1,024 soft limit
+        // (daemons get it back at spawn).
+        crate::rlimit::raise_nofile();
         let dir = &self.inner.state_dir;
         crate::private_dir::PrivateDir::open_or_create(dir)
             .map_err(|e| Error::io("cannot use the state directory", e))?;

@@ -595,10 +595,13 @@ impl OrphanRegistry {
         if owner == self.owner {
             return true;
         }
-        matches!(
-            procfs::stat(owner.0 as i32),
-            Ok(Some(s)) if s.start_time == owner.1 && s.is_alive()
-        )
+        // A stat that cannot be read or parsed does not prove the owner
+        // dead: its daemons are left alone.
+        match procfs::stat(owner.0 as i32) {
+            Ok(Some(s)) => s.start_time == owner.1 && s.is_alive(),
+            Ok(None) => false,
+            Err(_) => true,
+        }
     }
 }
 

@@ -255,17 +255,63 @@ async fn ping(stream: UnixStream) -> Result<(), String> {
 pub(crate) enum SocketBlocked {
     /// Something accepts connections there.
     InUse,
-    /// A file that is not a socket (or a stale socket tend could not
-    /// remove) is in the way.
+    /// A socket is there that tend cannot prove stale, so it is left
+    /// alone; the text says what is there and why.
+    NotStale(String),
+    /// A file that is not a socket is in the way, or the directory or the
+    /// stale socket could not be handled.
     Io(io::Error),
+}
+
+/// What a stream connect to an existing socket file proves about it.
+#[derive(Debug)]
+enum Takeover {
+    /// A listener accepted (or its backlog is full).
+    Accepting,
+    /// `ECONNREFUSED`: no live socket is bound to the file (or a stream
+    /// socket is bound without listening): the file may be removed.
+    Stale,
+    /// The file went away meanwhile.
+    Missing,
+    /// Anything else proves nothing; the text says what is there.
+    Unproven(String),
+}
+
+/// Classifies a stream connect's failure for [`prepare_socket`]. Only
+/// `ECONNREFUSED` proves staleness: `EPROTOTYPE` means a live datagram or
+/// seqpacket socket is bound there, `EACCES`/`EPERM` that tend may not
+/// reach it, and any other error is not understood.
+fn classify_takeover(e: &io::Error) -> Takeover {
+    match e.raw_os_error() {
+        Some(libc::ECONNREFUSED) => Takeover::Stale,
+        Some(libc::ENOENT) => Takeover::Missing,
+        // A full backlog still means a listener is there.
+        Some(libc::EAGAIN) => Takeover::Accepting,
+        Some(libc::EPROTOTYPE) => Takeover::Unproven(
+            "is bound by a live socket of another type (datagram or seqpacket) — \
+             another program uses it"
+                .into(),
+        ),
+        Some(libc::EACCES | libc::EPERM) => Takeover::Unproven(format!(
+            "cannot be probed ({e}), so tend cannot prove it is stale"
+        )),
+        _ => Takeover::Unproven(format!(
+            "cannot be probed (connect failed: {e}), so tend cannot prove it is stale"
+        )),
+    }
 }
 
 /// Makes `path` ready for a new daemon to bind: creates its directory
 /// (0700) if missing, removes a stale socket left by a dead daemon, and
 /// refuses a socket something is listening on or a file that is not a
 /// socket.
+///
+/// A socket file is removed only when all of this holds: a stream connect
+/// to it is refused (`ECONNREFUSED`, no live socket bound there), it
+/// belongs to this user, and it is still the very file probed (same
+/// device and inode) just before the unlink.
 pub(crate) async fn prepare_socket(path: &Path) -> Result<(), SocketBlocked> {
-    use std::os::unix::fs::FileTypeExt;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
     if let Some(dir) = path.parent() {
         if !dir.exists() {
             crate::orphans::create_private_dir(dir).map_err(SocketBlocked::Io)?;
@@ -282,13 +328,121 @@ pub(crate) async fn prepare_socket(path: &Path) -> Result<(), SocketBlocked> {
             "a file that is not a socket is in the way; tend will not delete it",
         )));
     }
-    match probe_once(path) {
-        SocketStatus::Accepting => Err(SocketBlocked::InUse),
-        SocketStatus::Missing => Ok(()),
-        SocketStatus::Refused => match std::fs::remove_file(path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(SocketBlocked::Io(e)),
-        },
+    let owner = || describe_owner(meta.uid());
+    let takeover = match connect_now(path) {
+        Ok(_) => Takeover::Accepting,
+        Err(e) => classify_takeover(&e),
+    };
+    match takeover {
+        Takeover::Accepting => Err(SocketBlocked::InUse),
+        Takeover::Missing => Ok(()),
+        Takeover::Unproven(what) => Err(SocketBlocked::NotStale(format!(
+            "the socket there (owned by {}) {what}; tend leaves it alone",
+            owner()
+        ))),
+        Takeover::Stale => {
+            let me = rustix::process::geteuid().as_raw();
+            if meta.uid() != me {
+                return Err(SocketBlocked::NotStale(format!(
+                    "the stale socket there is owned by {}, not by this user \
+                     (uid {me}); tend removes only its own",
+                    owner()
+                )));
+            }
+            // Unlink only the file probed: another program may have
+            // replaced it since (a narrow window remains between this
+            // check and the unlink, which no system call closes).
+            match std::fs::symlink_metadata(path) {
+                Ok(now) if now.dev() == meta.dev() && now.ino() == meta.ino() => {}
+                Ok(_) => {
+                    return Err(SocketBlocked::NotStale(
+                        "the stale socket there was replaced by another file while tend \
+                         probed it; tend leaves the new one alone"
+                            .into(),
+                    ));
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(SocketBlocked::Io(e)),
+            }
+            match std::fs::remove_file(path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(SocketBlocked::Io(e)),
+            }
+        }
+    }
+}
+
+/// `uid N`, with the user's name when `/etc/passwd` has it cheaply.
+fn describe_owner(uid: u32) -> String {
+    let name = std::fs::read("/etc/passwd").ok().and_then(|passwd| {
+        passwd.split(|&b| b == b'\n').find_map(|line| {
+            let mut fields = line.split(|&b| b == b':');
+            let name = fields.next()?;
+            let id = fields.nth(1)?;
+            (std::str::from_utf8(id).ok()?.parse::<u32>().ok()? == uid)
+                .then(|| String::from_utf8_lossy(name).into_owned())
+        })
+    });
+    match name {
+        Some(name) => format!("uid {uid} ({name})"),
+        None => format!("uid {uid}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(errno: i32) -> io::Error {
+        io::Error::from_raw_os_error(errno)
+    }
+
+    #[test]
+    fn only_a_refused_stream_connect_proves_a_socket_stale() {
+        assert!(matches!(
+            classify_takeover(&os(libc::ECONNREFUSED)),
+            Takeover::Stale
+        ));
+        assert!(matches!(
+            classify_takeover(&os(libc::ENOENT)),
+            Takeover::Missing
+        ));
+        assert!(matches!(
+            classify_takeover(&os(libc::EAGAIN)),
+            Takeover::Accepting
+        ));
+        for errno in [
+            libc::EPROTOTYPE,
+            libc::EACCES,
+            libc::EPERM,
+            libc::ECONNRESET,
+            libc::ETIMEDOUT,
+            libc::EIO,
+        ] {
+            assert!(
+                matches!(classify_takeover(&os(errno)), Takeover::Unproven(_)),
+                "errno {errno}"
+            );
+        }
+        let Takeover::Unproven(what) = classify_takeover(&os(libc::EPROTOTYPE)) else {
+            unreachable!()
+        };
+        assert!(what.contains("datagram or seqpacket"), "{what}");
+        let Takeover::Unproven(what) = classify_takeover(&os(libc::EACCES)) else {
+            unreachable!()
+        };
+        assert!(what.contains("cannot prove it is stale"), "{what}");
+    }
+
+    /// Readiness keeps its meaning: anything but "missing" and "accepting"
+    /// is waited on as the bind→listen gap.
+    #[test]
+    fn readiness_classification_is_unchanged() {
+        assert_eq!(classify(&os(libc::ECONNREFUSED)), SocketStatus::Refused);
+        assert_eq!(classify(&os(libc::EPROTOTYPE)), SocketStatus::Refused);
+        assert_eq!(classify(&os(libc::EACCES)), SocketStatus::Refused);
+        assert_eq!(classify(&os(libc::ENOENT)), SocketStatus::Missing);
+        assert_eq!(classify(&os(libc::EAGAIN)), SocketStatus::Accepting);
     }
 }

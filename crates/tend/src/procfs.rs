@@ -1,7 +1,18 @@
 //! Reading process identity from `/proc`: the facts tend uses to prove a
 //! PID is still the process it started (PIDs are reused within minutes).
+//!
+//! Everything here reads `/proc` as bytes. A process name (`comm`) is
+//! whatever bytes the program or the kernel put there — the kernel cuts
+//! it at 15 bytes, in the middle of a multi-byte character if need be,
+//! and `prctl(PR_SET_NAME)` takes any bytes — so no `/proc` text is
+//! assumed to be UTF-8.
 
 use std::{fs, io};
+
+/// Longest `/proc/<pid>/stat` prefix read: the fields tend uses end
+/// within the first ~450 bytes (a 15-byte name and 20 numeric fields of
+/// at most 20 digits each).
+const STAT_BUFFER_BYTES: usize = 1024;
 
 /// The fields of `/proc/<pid>/stat` tend relies on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,30 +36,99 @@ impl ProcStat {
     }
 }
 
+/// `/proc/<pid>/<file>` as a NUL-terminated path in `buf`, without
+/// allocating (this runs per spawn and per process-group check).
+fn proc_path<'a>(buf: &'a mut [u8; 48], pid: i32, file: &str) -> Option<&'a std::ffi::CStr> {
+    use std::io::Write;
+    let mut cursor = io::Cursor::new(&mut buf[..]);
+    write!(cursor, "/proc/{pid}/{file}\0").ok()?;
+    let len = cursor.position() as usize;
+    std::ffi::CStr::from_bytes_with_nul(&buf[..len]).ok()
+}
+
 /// Reads `/proc/<pid>/stat`; `Ok(None)` when no such process exists.
+/// An error means the file exists but could not be read or understood:
+/// callers must not take it for a dead process.
 pub(crate) fn stat(pid: i32) -> io::Result<Option<ProcStat>> {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(text) => Ok(parse_stat(&text)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        // ESRCH: the process vanished between open and read.
-        Err(e) if e.raw_os_error() == Some(3) => Ok(None),
-        Err(e) => Err(e),
+    use rustix::{
+        fs::{Mode, OFlags},
+        io::Errno,
+    };
+    let mut path = [0; 48];
+    let Some(path) = proc_path(&mut path, pid, "stat") else {
+        return Ok(None);
+    };
+    let file = match rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()) {
+        Ok(file) => file,
+        Err(Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let mut buf = [0u8; STAT_BUFFER_BYTES];
+    let mut len = 0;
+    // One read returns the whole file (the kernel renders it at once);
+    // loop only for the unusual short read.
+    loop {
+        match rustix::io::read(&file, &mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => {
+                len += n;
+                if len == buf.len() {
+                    break;
+                }
+            }
+            Err(Errno::INTR) => {}
+            // ESRCH: the process vanished between open and read.
+            Err(Errno::SRCH) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    match parse_stat(&buf[..len]) {
+        Some(stat) => Ok(Some(stat)),
+        // An empty read: the process was reaped between open and read.
+        None if len == 0 => Ok(None),
+        None => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("cannot parse /proc/{pid}/stat"),
+        )),
     }
 }
 
-/// Parses the text of `/proc/<pid>/stat`. The command name may contain
-/// spaces and parentheses, so fields are counted from the last `)`.
-pub(crate) fn parse_stat(text: &str) -> Option<ProcStat> {
-    let after_comm = &text[text.rfind(')')? + 1..];
-    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+/// Parses `/proc/<pid>/stat` (all of it, or a prefix that holds field 23
+/// or more). The command name may hold any bytes but NUL, spaces and
+/// parentheses included, so fields are counted from the last `)`.
+pub(crate) fn parse_stat(text: &[u8]) -> Option<ProcStat> {
+    let after_comm = &text[text.iter().rposition(|&b| b == b')')? + 1..];
     // Field numbers in proc(5) start at 1 with pid; state is field 3.
-    let field = |n: usize| fields.get(n - 3).copied();
+    let mut fields = [&[][..]; 21];
+    let mut count = 0;
+    for field in after_comm
+        .split(|b| b.is_ascii_whitespace())
+        .filter(|f| !f.is_empty())
+    {
+        if count == fields.len() {
+            break;
+        }
+        fields[count] = field;
+        count += 1;
+    }
+    // Field 22 must be complete: in a full file it is followed by more
+    // fields (52 in all), so field 23 proves it was not cut.
+    if count < fields.len() {
+        return None;
+    }
+    fn number<T: std::str::FromStr>(field: &[u8]) -> Option<T> {
+        std::str::from_utf8(field).ok()?.parse().ok()
+    }
+    let state = match fields[0] {
+        [b] if b.is_ascii_alphabetic() => char::from(*b),
+        _ => return None,
+    };
     Some(ProcStat {
-        state: field(3)?.chars().next()?,
-        ppid: field(4)?.parse().ok()?,
-        pgid: field(5)?.parse().ok()?,
-        sid: field(6)?.parse().ok()?,
-        start_time: field(22)?.parse().ok()?,
+        state,
+        ppid: number(fields[4 - 3])?,
+        pgid: number(fields[5 - 3])?,
+        sid: number(fields[6 - 3])?,
+        start_time: number(fields[22 - 3])?,
     })
 }
 
@@ -132,16 +212,108 @@ mod tests {
         assert!(!children_of_self().unwrap().contains(&pid));
     }
 
-    #[test]
-    fn parses_names_with_spaces_and_parens() {
-        let text = "1234 (a (weird) name) S 1 1234 1234 0 -1 4194560 100 0 0 0 \
-                    1 2 0 0 20 0 1 0 987654 1000 100 18446744073709551615";
-        let s = parse_stat(text).unwrap();
+    /// A stat line for `comm` with the given fields after it.
+    fn stat_line(comm: &[u8]) -> Vec<u8> {
+        let mut line = b"1234 (".to_vec();
+        line.extend_from_slice(comm);
+        line.extend_from_slice(
+            b") S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 100 \
+              18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0 0 0 0 0 0 0 0 0\n",
+        );
+        line
+    }
+
+    fn assert_fields(stat: Option<ProcStat>) {
+        let s = stat.expect("parsed");
         assert_eq!(s.state, 'S');
         assert_eq!(s.ppid, 1);
         assert_eq!(s.pgid, 1234);
         assert_eq!(s.sid, 1234);
         assert_eq!(s.start_time, 987654);
+    }
+
+    #[test]
+    fn parses_names_with_spaces_and_parens() {
+        assert_fields(parse_stat(&stat_line(b"a (weird) name")));
+        assert_fields(parse_stat(&stat_line(b") S 9 9 9 ")));
+        assert_fields(parse_stat(&stat_line(b"((")));
+        assert_fields(parse_stat(&stat_line(b"")));
+    }
+
+    #[test]
+    fn parses_names_with_newlines_and_tabs() {
+        assert_fields(parse_stat(&stat_line(b"two\nlines\t)")));
+        assert_fields(parse_stat(&stat_line(b"\n")));
+    }
+
+    #[test]
+    fn parses_names_that_are_not_utf8() {
+        // "testd-демон-плагин" as the kernel keeps it: cut at 15 bytes, in
+        // the middle of "н" (0xd0 0xbd), so the name ends in a lone 0xd0.
+        let full = "testd-демон-плагин".as_bytes();
+        let cut = &full[..15];
+        assert_eq!(cut.last(), Some(&0xd0));
+        assert!(std::str::from_utf8(cut).is_err());
+        assert_fields(parse_stat(&stat_line(cut)));
+        // Any bytes at all, as prctl(PR_SET_NAME) allows.
+        assert_fields(parse_stat(&stat_line(&[
+            0xff, 0xfe, b')', 0x80, b' ', 0xd0,
+        ])));
+    }
+
+    #[test]
+    fn refuses_a_line_cut_before_the_start_time_is_complete() {
+        let line = stat_line(b"x");
+        let at = line
+            .windows(6)
+            .position(|w| w == b"987654")
+            .expect("start time in the line");
+        // Cut inside field 22, and right after it: field 23 is missing.
+        assert_eq!(parse_stat(&line[..at + 3]), None);
+        assert_eq!(parse_stat(&line[..at + 6]), None);
+        // With field 23 present, a prefix is enough.
+        assert_fields(parse_stat(&line[..at + 8]));
+        assert_eq!(parse_stat(b"1234 (no closing paren S 1 2 3"), None);
+        assert_eq!(parse_stat(b""), None);
+    }
+
+    /// A real process whose name is not UTF-8: a child exec'd through a
+    /// symlink whose name the kernel cuts mid-character.
+    #[test]
+    fn reads_a_process_whose_name_is_cut_mid_character() {
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::Builder::new().prefix("tp").tempdir().unwrap();
+        let link = dir.path().join("testd-демон-плагин");
+        std::os::unix::fs::symlink("/bin/sleep", &link).unwrap();
+        // A multi-call binary dispatches on argv[0]; the kernel names the
+        // process after the file exec'd, here the link.
+        let mut child = std::process::Command::new(&link)
+            .arg0("sleep")
+            .arg("1000")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        // The kernel names the process late in exec, after a vfork-style
+        // parent has been let go: wait for the name.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let comm = loop {
+            let comm = fs::read(format!("/proc/{pid}/comm")).unwrap();
+            if comm.starts_with(b"testd-") || std::time::Instant::now() > deadline {
+                break comm;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        };
+        let parsed = stat(pid);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(comm, b"testd-\xd0\xb4\xd0\xb5\xd0\xbc\xd0\xbe\xd0\n");
+        let parsed = parsed.unwrap().expect("the process is alive");
+        assert!(parsed.is_alive());
+        assert_eq!(parsed.ppid, std::process::id() as i32);
+        assert_eq!(
+            parsed.pgid,
+            stat(std::process::id() as i32).unwrap().unwrap().pgid
+        );
     }
 
     #[test]

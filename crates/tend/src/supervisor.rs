@@ -193,6 +193,11 @@ impl Supervisor {
                         name: self.config.name.clone(),
                         path: path.clone(),
                     },
+                    probe::SocketBlocked::NotStale(reason) => Error::SocketNotStale {
+                        name: self.config.name.clone(),
+                        path: path.clone(),
+                        reason,
+                    },
                     probe::SocketBlocked::Io(source) => {
                         Error::io(format!("cannot prepare socket {path:?}"), source)
                     }

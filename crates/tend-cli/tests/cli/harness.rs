@@ -79,8 +79,11 @@ impl Tracked {
 
 /// `(state, start time)` from `/proc/<pid>/stat`.
 fn proc_stat(pid: u32) -> Option<(char, u64)> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = text[text.rfind(')')? + 1..].split_whitespace().collect();
+    // Bytes: the name may be cut in the middle of a UTF-8 character.
+    let text = fs::read(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm =
+        std::str::from_utf8(&text[text.iter().rposition(|&b| b == b')')? + 1..]).ok()?;
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
     Some((
         fields.first()?.chars().next()?,
         fields.get(19)?.parse().ok()?,

@@ -114,6 +114,9 @@ pub(super) struct ChildSetup {
     /// `cgroup.procs` of the daemon's cgroup, open for writing, or -1: the
     /// child joins the cgroup before anything of the daemon runs.
     pub cgroup_procs: RawFd,
+    /// The soft `RLIMIT_NOFILE` to restore before `execve`, when the
+    /// manager raised its own (see [`crate::rlimit`]).
+    nofile_soft: Option<u64>,
     /// Written by the child when it fails: the [`Step`] and the errno.
     failed_step: AtomicI32,
     errno: AtomicI32,
@@ -139,6 +142,7 @@ impl ChildSetup {
             stdio,
             parent: rustix::process::getpid().as_raw_nonzero().get(),
             share_files,
+            nofile_soft: crate::rlimit::daemon_nofile_soft(),
             failed_step: AtomicI32::new(0),
             errno: AtomicI32::new(0),
         }
@@ -360,6 +364,9 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
             return setup.fail(Step::WorkingDirectory, last_errno());
         }
     }
+    if let Some(soft) = setup.nofile_soft {
+        restore_nofile_soft(soft);
+    }
     unblock_signals();
     exec_candidates(setup)
 }
@@ -422,6 +429,38 @@ pub(crate) fn reset_signal_handlers() {
                 libc::sigaction(signal, &default, ptr::null_mut());
             }
         }
+    }
+}
+
+/// Lowers the soft `RLIMIT_NOFILE` to `soft` (the limit the manager had
+/// before raising it), keeping the hard limit. Best effort: a daemon that
+/// keeps the higher limit still runs.
+fn restore_nofile_soft(soft: u64) {
+    // SAFETY: raw prlimit64 on this process with plain structs on this
+    // stack; it changes only the child's own limits.
+    unsafe {
+        let mut current: libc::rlimit64 = std::mem::zeroed();
+        if libc::syscall(
+            libc::SYS_prlimit64,
+            0,
+            libc::RLIMIT_NOFILE,
+            ptr::null::<libc::rlimit64>(),
+            &mut current as *mut libc::rlimit64,
+        ) != 0
+        {
+            return;
+        }
+        let restored = libc::rlimit64 {
+            rlim_cur: soft.min(current.rlim_max),
+            rlim_max: current.rlim_max,
+        };
+        libc::syscall(
+            libc::SYS_prlimit64,
+            0,
+            libc::RLIMIT_NOFILE,
+            &restored as *const libc::rlimit64,
+            ptr::null_mut::<libc::rlimit64>(),
+        );
     }
 }
 

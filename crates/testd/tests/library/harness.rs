@@ -233,8 +233,11 @@ pub struct ProcStat {
 /// Reads `/proc/<pid>/stat`, counting fields after the last `)` (the
 /// command name may contain spaces and parentheses).
 pub fn proc_stat(pid: u32) -> Option<ProcStat> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = text[text.rfind(')')? + 1..].split_whitespace().collect();
+    // Bytes: the name may be cut in the middle of a UTF-8 character.
+    let text = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm =
+        std::str::from_utf8(&text[text.iter().rposition(|&b| b == b')')? + 1..]).ok()?;
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
     // proc(5) numbers fields from 1 (pid); `fields[0]` is field 3.
     let field = |n: usize| fields.get(n - 3).copied();
     Some(ProcStat {

@@ -10,6 +10,8 @@ mod health;
 mod input;
 mod lifetime;
 mod logs;
+mod names;
 mod orphans;
+mod sockets;
 mod start;
 mod stop;
