@@ -74,7 +74,17 @@ impl Embedder {
     /// `socket_dir`, starting the daemon `specs` (`"name testd-flags…"`),
     /// and waits until it reports them all started.
     pub async fn start(state_dir: &Path, socket_dir: &Path, specs: &[&str]) -> Self {
-        let (child, daemons) = run_embedder(state_dir, socket_dir, specs, &[]).await;
+        Self::start_with_env(state_dir, socket_dir, specs, &[]).await
+    }
+
+    /// Like [`Self::start`], with the extra environment `env`.
+    pub async fn start_with_env(
+        state_dir: &Path,
+        socket_dir: &Path,
+        specs: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let (child, daemons) = run_embedder(state_dir, socket_dir, specs, env).await;
         let pid = child.id().expect("the embedder has a pid");
         Embedder {
             child,
