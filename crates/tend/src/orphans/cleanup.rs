@@ -301,7 +301,8 @@ pub(super) async fn clean(
     let mut escapees = Vec::new();
     let mut escapee_grace = 0;
     if !dead_owners.is_empty() {
-        for (process, grace) in marked_processes(&dead_owners, &doomed, &protected, &proven, &others)
+        for (process, grace) in
+            marked_processes(&dead_owners, &doomed, &protected, &proven, &others)
         {
             match verdict(&process) {
                 Verdict::Kill => {
@@ -383,7 +384,10 @@ pub(super) fn remove_socket(path: &Path) {
             let _ = fs::remove_file(path);
         }
         Ok(_) => {
-            tracing::debug!(?path, "the recorded socket path is no longer a socket; left alone");
+            tracing::debug!(
+                ?path,
+                "the recorded socket path is no longer a socket; left alone"
+            );
         }
         Err(_) => {}
     }
@@ -601,8 +605,9 @@ mod tests {
     async fn join_all_runs_futures_side_by_side_and_keeps_their_order() {
         // Each future waits for the next one to finish: awaited one after
         // the other, the first would wait forever.
-        let (senders, receivers): (Vec<_>, Vec<_>) =
-            (0..5).map(|_| tokio::sync::oneshot::channel::<()>()).unzip();
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..5)
+            .map(|_| tokio::sync::oneshot::channel::<()>())
+            .unzip();
         let mut senders: Vec<Option<_>> = senders.into_iter().map(Some).collect();
         let last = senders[4].take().unwrap();
         let futures: Vec<_> = receivers

@@ -16,10 +16,10 @@
 //! cache outlives the process. Once a journal has more than twice as many
 //! lines as live records (plus some slack), it is rewritten with only
 //! those; a manager dropped with no live record deletes its journal
-//! ([`journal`]).
+//! (`journal.rs`).
 //!
 //! # What cleanup touches
-//! Cleanup acts only on what it can prove is its own ([`cleanup`]):
+//! Cleanup acts only on what it can prove is its own (`cleanup.rs`):
 //! - **Journals of this user.** The orphans directory is a [`PrivateDir`]
 //!   (opened once with `O_NOFOLLOW`, refused unless this user's), and
 //!   every journal in it is opened, renamed and removed through its
@@ -443,7 +443,9 @@ mod tests {
         let elsewhere = temp.path().join("elsewhere");
         fs::create_dir(&elsewhere).unwrap();
         std::os::unix::fs::symlink(&elsewhere, state.path().join("orphans")).unwrap();
-        let err = OrphanRegistry::open(&state).err().expect("a link was followed");
+        let err = OrphanRegistry::open(&state)
+            .err()
+            .expect("a link was followed");
         assert!(err.to_string().contains("symbolic link"), "{err}");
     }
 
@@ -502,7 +504,10 @@ mod tests {
         let report = registry.cleanup(None).await;
         assert_eq!(report.stale, ["forged"], "{report:?}");
         assert!(report.killed.is_empty());
-        assert!(matches!(child.0.try_wait(), Ok(None)), "the process was signalled");
+        assert!(
+            matches!(child.0.try_wait(), Ok(None)),
+            "the process was signalled"
+        );
         assert!(!path.exists());
     }
 

@@ -511,8 +511,14 @@ async fn state_directory_another_user_created_first_is_refused() {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("uid 65534"), "{planted}: {err}");
-        assert!(!victim.exited(), "{planted}: a planted journal got a process killed");
-        assert!(precious.exists(), "{planted}: a planted journal got a file deleted");
+        assert!(
+            !victim.exited(),
+            "{planted}: a planted journal got a process killed"
+        );
+        assert!(
+            precious.exists(),
+            "{planted}: a planted journal got a file deleted"
+        );
         assert!(journal.exists());
     }
 }
@@ -540,7 +546,10 @@ async fn journal_that_is_a_link_is_never_read() {
         }
         let report = sb.manager.cleanup_orphans().await.unwrap();
         assert_eq!(report, tend::CleanupReport::default(), "hard link: {hard}");
-        assert!(!victim.exited(), "hard link {hard}: a linked journal got a process killed");
+        assert!(
+            !victim.exited(),
+            "hard link {hard}: a linked journal got a process killed"
+        );
         assert!(precious.exists());
         assert!(outside.exists() && link.symlink_metadata().is_ok());
     }
@@ -571,7 +580,11 @@ async fn record_naming_pid_or_group_1_is_dropped_without_a_signal() {
 async fn recorded_socket_path_is_removed_only_while_it_is_a_socket() {
     let sb = Sandbox::new();
     let owner = Owner::dead();
-    let mut orphans = [Spawned::testd(&[]), Spawned::testd(&[]), Spawned::testd(&[])];
+    let mut orphans = [
+        Spawned::testd(&[]),
+        Spawned::testd(&[]),
+        Spawned::testd(&[]),
+    ];
     let socket = sb.path("real.sock");
     let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
     let file = sb.path("file.sock");

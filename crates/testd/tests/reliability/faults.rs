@@ -310,8 +310,7 @@ async fn unrelated_group_reusing_a_dead_daemons_pid_is_spared_by_cleanup() {
 /// cleans that record first. The app does not kill itself nor the shell
 /// above it, and its start succeeds.
 #[tokio::test]
-async fn cleanup_run_from_a_descendant_of_a_dead_managers_daemon_spares_itself_and_its_ancestors()
-{
+async fn cleanup_run_from_a_descendant_of_a_dead_managers_daemon_spares_itself_and_its_ancestors() {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let sb = Sandbox::new();
     let dead = dead_pid();
@@ -362,7 +361,9 @@ async fn cleanup_run_from_a_descendant_of_a_dead_managers_daemon_spares_itself_a
     let mut out = BufReader::new(shell.stdout.take().unwrap()).lines();
     let mut daemon = None;
     loop {
-        let line = within("the app to start x", SOON, out.next_line()).await.unwrap();
+        let line = within("the app to start x", SOON, out.next_line())
+            .await
+            .unwrap();
         let Some(line) = line else {
             let status = shell.wait().await.unwrap();
             panic!("the app or its shell was killed by its own cleanup: the shell {status}");
