@@ -72,7 +72,14 @@
 //!   it still runs. Each spawn is also recorded, with the PID's start time,
 //!   in the manager's journal in the state directory, so the next start (or
 //!   [`BackgroundProcessManager::cleanup_orphans`]) stops whatever survived
-//!   — and never a process that merely reuses a recorded PID.
+//!   — and only what it proves is its own ([`orphans`]): journals of this
+//!   user in a state directory of this user (never a file another user
+//!   planted, nor a link), well-formed records (never PID or group 1), a
+//!   group whose leader still has the recorded start time (never a process
+//!   that merely reuses a recorded PID), and never the process running the
+//!   cleanup or its ancestors. A process that only carries a dead manager's
+//!   `TEND_MANAGER_ID` is reported in [`CleanupReport::suspects`], not
+//!   killed, unless it descends from one of the daemons stopped.
 //! - **Restarts are bounded.** A daemon that fails after it was once ready
 //!   is restarted after `restart_delay`, doubling per attempt up to a cap
 //!   with a little jitter, at most `max_restart_attempts` times in a row;

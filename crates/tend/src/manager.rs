@@ -191,9 +191,9 @@ impl BackgroundProcessManager {
         // (daemons get it back at spawn).
         crate::rlimit::raise_nofile();
         let dir = &self.inner.state_dir;
-        crate::private_dir::PrivateDir::open_or_create(dir)
+        let state = crate::private_dir::PrivateDir::open_or_create(dir)
             .map_err(|e| Error::io("cannot use the state directory", e))?;
-        let registry = OrphanRegistry::open(dir)
+        let registry = OrphanRegistry::open(&state)
             .map_err(|e| Error::io(format!("cannot open orphan registry in {dir:?}"), e))?;
         let spawner =
             Spawner::start().map_err(|e| Error::io("cannot start the spawning thread", e))?;

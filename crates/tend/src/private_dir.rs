@@ -178,6 +178,17 @@ impl PrivateDir {
         }
     }
 
+    /// The device and inode of the entry `name`, without following a
+    /// symlink; `None` when there is no such entry. Tells whether a file
+    /// opened earlier is still the one under that name.
+    pub fn identity(&self, name: impl AsRef<OsStr>) -> io::Result<Option<(u64, u64)>> {
+        match rustix::fs::statat(&self.fd, name.as_ref(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) => Ok(Some((stat.st_dev, stat.st_ino))),
+            Err(rustix::io::Errno::NOENT) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Renames `from` to `to`, both inside this directory.
     pub fn rename(&self, from: impl AsRef<OsStr>, to: impl AsRef<OsStr>) -> io::Result<()> {
         rustix::fs::renameat(&self.fd, from.as_ref(), &self.fd, to.as_ref())?;

@@ -51,6 +51,9 @@
 //!   `--children-ignore-sigterm` the children ignore SIGTERM (otherwise the
 //!   default disposition kills them). SIGCHLD is then ignored, so children
 //!   that die while the parent lives are reaped at once (no zombies).
+//! - `--detach-child`: fork a child that leaves the process group and the
+//!   session (`setsid`) but stays this process's child, sleeping forever;
+//!   prints `detached <pid>`.
 //! - `--double-fork`: create a grandchild in its own session (fork, setsid,
 //!   fork, intermediate exits) that sleeps forever; prints `escaped <pid>`.
 //! - `--flood BYTES`: write BYTES bytes to stdout as fast as possible, as
@@ -102,7 +105,7 @@ const USAGE: &str = "\
 usage: testd [--socket PATH] [--bind-delay MS] [--listen-delay MS] [--never-bind]
              [--exit-code N] [--exit-immediately] [--exit-after MS] [--abort-after MS]
              [--stderr TEXT]... [--stdout TEXT]... [--ignore-sigterm] [--term-delay MS]
-             [--fork-children N] [--children-ignore-sigterm] [--double-fork]
+             [--fork-children N] [--children-ignore-sigterm] [--double-fork] [--detach-child]
              [--stop-accepting-after MS] [--never-accept] [--backlog N] [--wedge] [--log-accepts]
              [--pid-file PATH] [--timestamps PATH] [--record-start PATH]
              [--faults-once PATH] [--healthy-once PATH]
@@ -142,6 +145,7 @@ struct Opts {
     fork_children: u32,
     children_ignore_sigterm: bool,
     double_fork: bool,
+    detach_child: bool,
     stop_accepting_after: Option<u64>,
     never_accept: bool,
     backlog: Option<i32>,
@@ -177,6 +181,7 @@ impl Default for Opts {
             fork_children: 0,
             children_ignore_sigterm: false,
             double_fork: false,
+            detach_child: false,
             stop_accepting_after: None,
             never_accept: false,
             backlog: None,
@@ -248,6 +253,7 @@ fn parse_args(args: impl Iterator<Item = OsString>) -> Opts {
             "--fork-children" => o.fork_children = parse_num(&flag, value()),
             "--children-ignore-sigterm" => o.children_ignore_sigterm = true,
             "--double-fork" => o.double_fork = true,
+            "--detach-child" => o.detach_child = true,
             "--stop-accepting-after" => o.stop_accepting_after = Some(parse_num(&flag, value())),
             "--never-accept" => o.never_accept = true,
             "--backlog" => o.backlog = Some(parse_num(&flag, value())),
@@ -467,6 +473,28 @@ fn fork_child(ignore_sigterm: bool) -> Option<libc::pid_t> {
         -1 => None,
         0 => {
             child_setup(ignore_sigterm);
+            child_sleep_forever()
+        }
+        pid => Some(pid),
+    }
+}
+
+/// Forks one child that leaves the process group and session (`setsid`)
+/// but stays this process's child; returns its pid.
+fn detach_child() -> Option<libc::pid_t> {
+    // SAFETY: the child only calls async-signal-safe functions (setsid,
+    // sigaction, sigprocmask, close_range, pause) before it dies by a
+    // signal.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => None,
+        0 => {
+            // SAFETY: setsid has no preconditions; a forked child is never
+            // a group leader, so it succeeds.
+            unsafe {
+                libc::setsid();
+            }
+            child_setup(false);
             child_sleep_forever()
         }
         pid => Some(pid),
@@ -1063,7 +1091,7 @@ fn main() {
     if opts.rewrite_environ {
         rewrite_environ();
     }
-    if opts.fork_children > 0 || opts.double_fork {
+    if opts.fork_children > 0 || opts.double_fork || opts.detach_child {
         // Reap children automatically, so one killed while this process lives
         // does not linger as a zombie.
         set_disposition(libc::SIGCHLD, libc::SIG_IGN);
@@ -1073,6 +1101,12 @@ fn main() {
         .collect();
     for child in children {
         say(&format!("child {child}"));
+    }
+    if opts.detach_child {
+        match detach_child() {
+            Some(pid) => say(&format!("detached {pid}")),
+            None => say_err("testd: fork failed"),
+        }
     }
     if opts.double_fork {
         match double_fork() {

@@ -215,6 +215,13 @@ fn report_cleanup(report: &CleanupReport) {
             report.escaped
         );
     }
+    if !report.suspects.is_empty() {
+        say!(
+            "tend: left alone {} process(es) that carry the marker of an earlier tend but are not proven its daemons' (check them, and kill them if they are leftovers): pid {:?}",
+            report.suspects.len(),
+            report.suspects
+        );
+    }
     if !report.owned_by_live_manager.is_empty() {
         say!(
             "tend: left alone {} daemon record(s) of another live tend: {}",

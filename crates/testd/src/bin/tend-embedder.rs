@@ -14,7 +14,10 @@
 //! then `ready`, and the program waits forever. A failed start prints
 //! `failed <name>: <error>` to stderr and exits 1; a usage error exits 100.
 //!
-//! With `TEND_EMBEDDER_DENY_UNSHARE=1` in its environment, it first
+//! `TEND_EMBEDDER_GRACE_MS` sets another grace period. With
+//! `TEND_EMBEDDER_SETSID=1` it first leaves its parent's session and
+//! process group (as a shell's job would). With
+//! `TEND_EMBEDDER_DENY_UNSHARE=1` in its environment, it first
 //! installs a seccomp filter that fails `close_range` and `unshare` with
 //! EPERM, as container profiles do, so tests can check that spawning
 //! copes.
@@ -26,6 +29,9 @@ use tend::{BackgroundProcessConfig, BackgroundProcessManager};
 const USAGE: &str = "usage: tend-embedder STATE_DIR SOCKET_DIR TESTD SPEC...";
 
 fn main() {
+    if std::env::var_os("TEND_EMBEDDER_SETSID").is_some_and(|v| v == "1") {
+        rustix::process::setsid().expect("setsid");
+    }
     if std::env::var_os("TEND_EMBEDDER_DENY_UNSHARE").is_some_and(|v| v == "1") {
         deny_close_range_and_unshare();
     }
@@ -88,6 +94,11 @@ async fn run() {
         eprintln!("{USAGE}");
         std::process::exit(100);
     }
+    let grace = std::env::var("TEND_EMBEDDER_GRACE_MS")
+        .ok()
+        .map_or(Duration::from_millis(500), |ms| {
+            Duration::from_millis(ms.parse().expect("TEND_EMBEDDER_GRACE_MS in ms"))
+        });
     let manager = BackgroundProcessManager::builder()
         .state_dir(state_dir)
         .build();
@@ -101,7 +112,7 @@ async fn run() {
             .args(words)
             .socket_path(PathBuf::from(socket_dir).join(format!("{name}.sock")))
             .startup_timeout(Duration::from_secs(10))
-            .shutdown_grace_period(Duration::from_millis(500));
+            .shutdown_grace_period(grace);
         if let Err(e) = manager.start_process(config).await {
             eprintln!("failed {name}: {e}");
             std::process::exit(1);

@@ -1,7 +1,8 @@
 //! Orphan records: what a manager does with the records of dead managers,
-//! simulated by writing records by hand for processes the test spawned —
-//! as the journal a manager appends to, or as the single-record files of
-//! older versions.
+//! simulated by writing journals by hand for processes the test spawned —
+//! and what it refuses to touch: files another user planted, links, and
+//! the single-record files of older versions, which nothing reads any
+//! more.
 
 use std::{collections::BTreeMap, path::PathBuf};
 
@@ -55,18 +56,13 @@ fn exact_record(name: &str, process: &Spawned, owner: &Owner) -> Value {
     record_json(name, process.pid(), start_time, owner)
 }
 
-/// Writes the single-record file an older manager `owner` would have
-/// written for `name` running as `pid`, but with `start_time`.
+/// Writes the journal a manager `owner` would have left with one record,
+/// of `name` running as `pid` but with `start_time`.
 fn write_record(sb: &Sandbox, name: &str, pid: u32, start_time: u64, owner: &Owner) -> PathBuf {
-    let record = record_json(name, pid, start_time, owner);
-    let dir = sb.orphans_dir();
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("{name}@{}.json", owner.pid));
-    std::fs::write(&path, record.to_string()).unwrap();
-    path
+    write_journal(sb, owner, &add(record_json(name, pid, start_time, owner)))
 }
 
-/// Writes an exact single-record file of `process` for `name`.
+/// Writes a journal with the exact record of `process` for `name`.
 fn record_of(sb: &Sandbox, name: &str, process: &Spawned, owner: &Owner) -> PathBuf {
     let start_time = proc_stat(process.pid()).unwrap().start_time;
     write_record(sb, name, process.pid(), start_time, owner)
@@ -86,7 +82,9 @@ fn tombstone(name: &str, pid: u32) -> String {
 fn write_journal(sb: &Sandbox, owner: &Owner, text: &str) -> PathBuf {
     let dir = sb.orphans_dir();
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("{}.{}.0.journal", owner.pid, owner.start_time));
+    // A serial no registry of this test process reaches, so a journal
+    // naming this process as its manager is not its manager's own.
+    let path = dir.join(format!("{}.{}.99999.journal", owner.pid, owner.start_time));
     std::fs::write(&path, text).unwrap();
     path
 }
@@ -259,15 +257,21 @@ async fn no_record_is_left_once_the_daemon_gave_up() {
     assert!(others.is_empty(), "files other than journals: {others:?}");
 }
 
+/// Older versions wrote one `<name>@<pid>.json` file per daemon; nothing
+/// writes them any more, and nothing reads them: such a file is neither
+/// acted on nor removed.
 #[tokio::test]
-async fn unreadable_record_is_removed() {
+async fn legacy_single_record_file_is_neither_read_nor_removed() {
     let sb = Sandbox::new();
+    let mut daemon = Spawned::testd(&[]);
+    let owner = Owner::dead();
     std::fs::create_dir_all(sb.orphans_dir()).unwrap();
-    let record = sb.orphans_dir().join("junk@1.json");
-    std::fs::write(&record, "{not json").unwrap();
+    let legacy = sb.orphans_dir().join(format!("orph@{}.json", owner.pid));
+    std::fs::write(&legacy, exact_record("orph", &daemon, &owner).to_string()).unwrap();
     let report = sb.manager.cleanup_orphans().await.unwrap();
     assert_eq!(report, tend::CleanupReport::default());
-    assert!(!record.exists());
+    assert!(!daemon.exited(), "a legacy record was acted on");
+    assert!(legacy.exists());
 }
 
 // ---- journals ---------------------------------------------------------------
@@ -426,4 +430,184 @@ async fn manager_dropped_with_nothing_running_deletes_its_journal() {
         journals(&sb).is_empty()
     })
     .await;
+}
+
+// ---- what cleanup refuses to touch -------------------------------------------
+
+/// Whether this process may act as another user (chown); root-only tests
+/// print why they are skipped otherwise.
+fn root_or_skip() -> bool {
+    let root = rustix::process::geteuid().is_root();
+    if !root {
+        eprintln!("skipped: needs root to plant files of another user (uid 65534)");
+    }
+    root
+}
+
+/// Changes the owner of `path` to the attacker, uid and gid 65534.
+fn give_to_attacker(path: &std::path::Path) {
+    std::os::unix::fs::chown(path, Some(65534), Some(65534)).unwrap();
+}
+
+/// The record of `victim` (a process of this user the attacker wants
+/// killed) naming `precious` (a file only this user may delete) as its
+/// socket.
+fn bait(victim: &Spawned, owner: &Owner, precious: &std::path::Path) -> String {
+    let mut record = exact_record("bait", victim, owner);
+    record["socket_path"] = json!(precious);
+    add(record)
+}
+
+/// Another local user dropped a journal into the orphans directory (here
+/// one the test chowns to uid 65534) naming a process and a file of this
+/// user: it is never read, so neither is touched.
+#[tokio::test]
+async fn journal_another_user_planted_is_never_read() {
+    if !root_or_skip() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let mut victim = Spawned::testd(&[]);
+    let precious = sb.path("precious");
+    std::fs::write(&precious, "keep").unwrap();
+    let owner = Owner::dead();
+    sb.manager.cleanup_orphans().await.unwrap();
+    let journal = write_journal(&sb, &owner, &bait(&victim, &owner, &precious));
+    give_to_attacker(&journal);
+    let report = sb.manager.cleanup_orphans().await.unwrap();
+    assert_eq!(report, tend::CleanupReport::default());
+    let _daemon = sb.start(sb.daemon("bait", &[])).await;
+    assert!(!victim.exited(), "a planted journal got a process killed");
+    assert!(precious.exists(), "a planted journal got a file deleted");
+    assert!(journal.exists(), "another user's file was removed");
+}
+
+/// Another local user created the default state directory (or its
+/// `orphans/`) before this user's first manager ran, and put a journal in
+/// it: the manager refuses the directory, naming its owner, and touches
+/// nothing.
+#[tokio::test]
+async fn state_directory_another_user_created_first_is_refused() {
+    if !root_or_skip() {
+        return;
+    }
+    for planted in ["state", "state/orphans"] {
+        let sb = Sandbox::new();
+        let mut victim = Spawned::testd(&[]);
+        let precious = sb.path("precious");
+        std::fs::write(&precious, "keep").unwrap();
+        let owner = Owner::dead();
+        let journal = write_journal(&sb, &owner, &bait(&victim, &owner, &precious));
+        for path in [sb.state_dir(), sb.orphans_dir(), journal.clone()] {
+            if path.starts_with(sb.path(planted)) {
+                give_to_attacker(&path);
+            }
+        }
+        let err = sb.manager.cleanup_orphans().await.unwrap_err();
+        assert!(err.to_string().contains("uid 65534"), "{planted}: {err}");
+        let err = sb
+            .manager
+            .start_process(sb.daemon("bait", &[]))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("uid 65534"), "{planted}: {err}");
+        assert!(
+            !victim.exited(),
+            "{planted}: a planted journal got a process killed"
+        );
+        assert!(
+            precious.exists(),
+            "{planted}: a planted journal got a file deleted"
+        );
+        assert!(journal.exists());
+    }
+}
+
+/// A journal that is a symlink to, or a hard link of, a file elsewhere is
+/// not read: whoever can write to that file does not get to name
+/// processes to kill.
+#[tokio::test]
+async fn journal_that_is_a_link_is_never_read() {
+    let sb = Sandbox::new();
+    let mut victim = Spawned::testd(&[]);
+    let precious = sb.path("precious");
+    std::fs::write(&precious, "keep").unwrap();
+    sb.manager.cleanup_orphans().await.unwrap();
+    for hard in [false, true] {
+        let owner = Owner::dead();
+        let outside = sb.path(&format!("outside-{hard}"));
+        std::fs::write(&outside, bait(&victim, &owner, &precious)).unwrap();
+        let link = write_journal(&sb, &owner, "");
+        std::fs::remove_file(&link).unwrap();
+        if hard {
+            std::fs::hard_link(&outside, &link).unwrap();
+        } else {
+            std::os::unix::fs::symlink(&outside, &link).unwrap();
+        }
+        let report = sb.manager.cleanup_orphans().await.unwrap();
+        assert_eq!(report, tend::CleanupReport::default(), "hard link: {hard}");
+        assert!(
+            !victim.exited(),
+            "hard link {hard}: a linked journal got a process killed"
+        );
+        assert!(precious.exists());
+        assert!(outside.exists() && link.symlink_metadata().is_ok());
+    }
+}
+
+/// A record naming group 1 would be `kill(-1, …)`, every process of the
+/// user; one naming PID 1 the init process. Neither is signalled: the
+/// record is dropped as stale.
+#[tokio::test]
+async fn record_naming_pid_or_group_1_is_dropped_without_a_signal() {
+    let sb = Sandbox::new();
+    let mut bystander = Spawned::testd(&[]);
+    let owner = Owner::dead();
+    let mut pgid_one = record_json("everyone", 1, proc_stat(1).unwrap().start_time, &owner);
+    pgid_one["pgid"] = json!(1);
+    let journal = write_journal(&sb, &owner, &add(pgid_one));
+    let report = sb.manager.cleanup_orphans().await.unwrap();
+    assert_eq!(report.stale, ["everyone"], "{report:?}");
+    assert!(report.killed.is_empty(), "{report:?}");
+    assert!(!bystander.exited());
+    assert!(!journal.exists());
+}
+
+/// A cleaned daemon's recorded socket path is removed only while it is
+/// still a socket: a file, or a link to a socket, that took its place is
+/// kept.
+#[tokio::test]
+async fn recorded_socket_path_is_removed_only_while_it_is_a_socket() {
+    let sb = Sandbox::new();
+    let owner = Owner::dead();
+    let mut orphans = [
+        Spawned::testd(&[]),
+        Spawned::testd(&[]),
+        Spawned::testd(&[]),
+    ];
+    let socket = sb.path("real.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let file = sb.path("file.sock");
+    std::fs::write(&file, "keep").unwrap();
+    let elsewhere = sb.path("elsewhere.sock");
+    let _other = std::os::unix::net::UnixListener::bind(&elsewhere).unwrap();
+    let link = sb.path("link.sock");
+    std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+    let mut lines = String::new();
+    for (name, (orphan, path)) in ["s", "f", "l"]
+        .iter()
+        .zip(orphans.iter().zip([&socket, &file, &link]))
+    {
+        let mut record = exact_record(name, orphan, &owner);
+        record["socket_path"] = json!(path);
+        lines += &add(record);
+    }
+    write_journal(&sb, &owner, &lines);
+    let report = sb.manager.cleanup_orphans().await.unwrap();
+    assert_eq!(report.killed, ["f", "l", "s"], "{report:?}");
+    assert!(orphans.iter_mut().all(Spawned::exited));
+    assert!(!socket.exists(), "the recorded socket was kept");
+    assert!(file.exists(), "a file in place of the socket was removed");
+    assert!(link.symlink_metadata().is_ok(), "a link was removed");
+    assert!(elsewhere.exists(), "a link was followed");
 }

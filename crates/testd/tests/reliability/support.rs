@@ -74,7 +74,25 @@ impl Embedder {
     /// `socket_dir`, starting the daemon `specs` (`"name testd-flags…"`),
     /// and waits until it reports them all started.
     pub async fn start(state_dir: &Path, socket_dir: &Path, specs: &[&str]) -> Self {
-        let (child, daemons) = run_embedder(state_dir, socket_dir, specs, &[]).await;
+        Self::start_with_env(state_dir, socket_dir, specs, &[]).await
+    }
+
+    /// Like [`Self::start`], with the extra environment `env`.
+    ///
+    /// The app runs without a guard process (`TEND_GUARD=0`): these tests
+    /// are about what a killed app leaves for the next cleanup, which the
+    /// guard would otherwise have stopped already (the guard has tests of
+    /// its own in `library::lifetime`).
+    pub async fn start_with_env(
+        state_dir: &Path,
+        socket_dir: &Path,
+        specs: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let env: Vec<(&str, &str)> = std::iter::once((tend::GUARD_ENV, "0"))
+            .chain(env.iter().copied())
+            .collect();
+        let (child, daemons) = run_embedder(state_dir, socket_dir, specs, &env).await;
         let pid = child.id().expect("the embedder has a pid");
         Embedder {
             child,
