@@ -196,7 +196,7 @@ pub(crate) struct ManagerCgroup {
 /// The name prefix of a manager's cgroup, followed by its id.
 pub(crate) const MANAGER_PREFIX: &str = "tend-";
 /// The name prefix of a daemon's cgroup, followed by its name.
-const DAEMON_PREFIX: &str = "d-";
+pub(crate) const DAEMON_PREFIX: &str = "d-";
 
 impl ManagerCgroup {
     /// Creates the cgroup of manager `id` under this process's own cgroup.
@@ -412,6 +412,164 @@ impl DaemonCgroup {
     }
 }
 
+/// The cgroup of a manager that is no longer alive, proven tend's: a
+/// directory named `tend-<pid>.<start time>.<n>` in the cgroup v2 tree,
+/// created by this user (cgroupfs gives a directory its creator's uid, and
+/// only those a cgroup is delegated to can create one), whose manager —
+/// that PID with that start time — is gone.
+#[derive(Debug)]
+pub(crate) struct DeadManagerCgroup {
+    path: PathBuf,
+    dir: OwnedFd,
+}
+
+/// What cleaning dead managers' cgroups did: per daemon (by name) whose
+/// cgroup still had processes, each process's PID and process group.
+pub(crate) type CgroupCleanup = Vec<(String, Vec<(u32, i32)>)>;
+
+/// The manager (PID and start time) a cgroup name `tend-<pid>.<start>.<n>`
+/// gives.
+pub(crate) fn manager_of(name: &OsStr) -> Option<(u32, u64)> {
+    let rest = name.to_str()?.strip_prefix(MANAGER_PREFIX)?;
+    let mut parts = rest.split('.');
+    let pid = parts.next()?.parse().ok()?;
+    let start = parts.next()?.parse().ok()?;
+    parts.next()?.parse::<u64>().ok()?;
+    parts.next().is_none().then_some((pid, start))
+}
+
+impl DeadManagerCgroup {
+    /// Opens the manager cgroup at `path` if it is proven a dead manager's
+    /// (see the type); `alive` says whether a manager still runs.
+    pub fn open(path: &Path, alive: impl Fn((u32, u64)) -> bool) -> Option<Self> {
+        let owner = manager_of(path.file_name()?)?;
+        if alive(owner) {
+            return None;
+        }
+        let mount = std::fs::read("/proc/self/mountinfo")
+            .ok()
+            .and_then(|m| v2_mount_point(&m))?;
+        if !path.starts_with(&mount) {
+            return None;
+        }
+        let dir = open_dir(path).ok()?;
+        let stat = rustix::fs::fstat(&dir).ok()?;
+        let fs = rustix::fs::fstatfs(&dir).ok()?;
+        // CGROUP2_SUPER_MAGIC: a directory of the cgroup v2 file system.
+        if stat.st_uid != rustix::process::geteuid().as_raw() || fs.f_type as u64 != 0x6367_7270 {
+            return None;
+        }
+        Some(DeadManagerCgroup {
+            path: path.to_owned(),
+            dir,
+        })
+    }
+
+    /// Dead managers' cgroups beside this process's own manager cgroups
+    /// (under this process's cgroup), where a killed manager that ran in
+    /// the same cgroup left them.
+    pub fn beside_ours(alive: impl Fn((u32, u64)) -> bool) -> Vec<Self> {
+        let Ok(parent) = own_cgroup_dir() else {
+            return Vec::new();
+        };
+        let Ok(parent_dir) = open_dir(&parent) else {
+            return Vec::new();
+        };
+        child_cgroups(&parent_dir)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|name| manager_of(name).is_some())
+            .filter_map(|name| Self::open(&parent.join(name), &alive))
+            .collect()
+    }
+
+    /// Removes the cgroup (and its daemons' cgroups) if no process is in
+    /// it; a populated one is left as it is.
+    pub fn remove_if_empty(&self) {
+        if read_control(&self.dir, "cgroup.events").is_ok_and(|text| !events_say_populated(&text)) {
+            remove_tree(&self.dir, &self.path);
+        }
+    }
+
+    /// The daemons' cgroups inside, by daemon name.
+    fn daemons(&self) -> Vec<(String, DaemonCgroup)> {
+        child_cgroups(&self.dir)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|leaf| {
+                let name = leaf.to_str()?.strip_prefix(DAEMON_PREFIX)?.to_owned();
+                let path = self.path.join(&leaf);
+                let dir = open_dir(&path).ok()?;
+                let procs = rustix::fs::openat(
+                    &dir,
+                    "cgroup.procs",
+                    OFlags::WRONLY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .ok()?;
+                Some((name, DaemonCgroup { path, dir, procs }))
+            })
+            .collect()
+    }
+}
+
+/// Stops everything in `dead` managers' cgroups at once — SIGTERM (and
+/// SIGCONT) to every member, each daemon's grace period (`grace_of` its
+/// name) for its cgroup to empty, then `cgroup.kill` — and removes the
+/// cgroups left empty. Only the daemon `only` when given. The graces run
+/// side by side: the whole cleanup takes the longest one, not their sum.
+pub(crate) async fn clean_dead_managers(
+    dead: &[DeadManagerCgroup],
+    only: Option<&str>,
+    grace_of: impl Fn(&str) -> Duration,
+) -> CgroupCleanup {
+    use rustix::process::Signal;
+    let mut cleaned = CgroupCleanup::new();
+    let started = Instant::now();
+    let mut pending = Vec::new();
+    for manager in dead {
+        for (name, daemon) in manager.daemons() {
+            if only.is_some_and(|only| only != name) {
+                continue;
+            }
+            let members = daemon.member_pidfds();
+            if members.is_empty() {
+                continue;
+            }
+            tracing::info!(name, cgroup = ?daemon.path(), "stopping what a dead manager left in its daemon's cgroup");
+            let pids = daemon
+                .members()
+                .into_iter()
+                .map(|pid| {
+                    let pgid = crate::procfs::stat(pid)
+                        .ok()
+                        .flatten()
+                        .map_or(0, |s| s.pgid);
+                    (pid as u32, pgid)
+                })
+                .collect();
+            for pidfd in &members {
+                let _ = rustix::process::pidfd_send_signal(pidfd, Signal::TERM);
+                let _ = rustix::process::pidfd_send_signal(pidfd, Signal::CONT);
+            }
+            pending.push((started + grace_of(&name), daemon));
+            cleaned.push((name, pids));
+        }
+    }
+    for (deadline, daemon) in &pending {
+        if !daemon.wait_empty(*deadline).await {
+            daemon.kill();
+            daemon
+                .wait_empty(Instant::now() + crate::defaults::KILL_TIMEOUT)
+                .await;
+        }
+    }
+    for manager in dead {
+        remove_tree(&manager.dir, &manager.path);
+    }
+    cleaned
+}
+
 /// Whether `cgroup.events` text says `populated 1`.
 fn events_say_populated(text: &[u8]) -> bool {
     keyed_value(text, b"populated").is_none_or(|v| v != 0)
@@ -521,6 +679,20 @@ mod tests {
         let text = b"4:memory:/process_api/30f9\n1:cpu:/\n0::/user.slice/app.scope\n";
         assert_eq!(v2_membership(text), Some(&b"/user.slice/app.scope"[..]));
         assert_eq!(v2_membership(b"1:cpu:/\n"), None);
+    }
+
+    #[test]
+    fn manager_cgroup_names_give_their_manager() {
+        assert_eq!(manager_of(OsStr::new("tend-12.345.0")), Some((12, 345)));
+        for other in [
+            "tend-12.345",
+            "tend-a.345.0",
+            "tend-1.2.3.4",
+            "d-x",
+            "12.345.0",
+        ] {
+            assert_eq!(manager_of(OsStr::new(other)), None, "{other}");
+        }
     }
 
     #[test]

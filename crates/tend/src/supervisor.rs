@@ -271,6 +271,7 @@ impl Supervisor {
                 stat,
                 self.config.socket_path.as_deref(),
                 self.config.shutdown_grace_period,
+                cgroup.as_ref().map(|c| c.path()),
             );
             if let Err(e) = self.ctx.orphans.write(&record) {
                 tracing::warn!(name = %self.config.name, error = %e, "cannot write orphan record");

@@ -23,10 +23,11 @@
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
+    ffi::OsStr,
     fs,
     future::Future,
     os::unix::fs::FileTypeExt,
-    path::Path,
+    path::{Path, PathBuf},
     pin::Pin,
     task::Poll,
     time::Duration,
@@ -36,7 +37,7 @@ use super::{
     CleanupReport, OrphanRecord,
     journal::{DeadJournal, Entry, Tombstone, encode},
 };
-use crate::{kill, procfs, spawn};
+use crate::{cgroup, kill, procfs, spawn};
 
 /// How many parents up a marked process's ancestry is followed; deeper
 /// chains are left unproven.
@@ -366,6 +367,116 @@ pub(super) async fn clean(
     tombstones
 }
 
+/// What cleaning dead managers' cgroups stopped.
+#[derive(Debug, Default)]
+pub(super) struct CgroupsCleaned {
+    /// Daemons whose cgroup still had processes.
+    daemons: Vec<String>,
+    /// Processes that were outside their daemon's recorded group: they
+    /// escaped it, but not its cgroup.
+    escaped: Vec<u32>,
+}
+
+impl CgroupsCleaned {
+    /// Adds what was stopped to `report`: the daemons count as killed (the
+    /// record cleanup that ran after found them gone), the processes
+    /// outside their group as escaped.
+    pub fn report_into(self, report: &mut CleanupReport) {
+        for name in self.daemons {
+            report.stale.retain(|stale| *stale != name);
+            if !report.killed.contains(&name) {
+                report.killed.push(name);
+            }
+        }
+        report.escaped.extend(self.escaped);
+    }
+}
+
+/// Stops what dead managers left in their cgroups: the cgroups the records
+/// of the dead `journals` name (of daemon `only`, or all; `alive` says
+/// which managers still run). A record's cgroup is used only if it is
+/// `<manager cgroup>/d-<name>` with the manager cgroup named after the
+/// journal's owner, on the cgroup v2 file system and created by this user
+/// (see [`cgroup::DeadManagerCgroup`]); everything in it is then the
+/// daemon's by construction, whatever its process group or environment.
+pub(super) async fn clean_cgroups(
+    journals: &[DeadJournal],
+    only: Option<&str>,
+    alive: impl Fn((u32, u64)) -> bool,
+) -> CgroupsCleaned {
+    let mut graces: HashMap<String, Duration> = HashMap::new();
+    let mut groups: HashMap<String, i32> = HashMap::new();
+    let mut sockets: HashMap<String, PathBuf> = HashMap::new();
+    let mut managers: BTreeSet<PathBuf> = BTreeSet::new();
+    for journal in journals {
+        for record in journal.replay.live.values() {
+            if only.is_some_and(|n| n != record.name) || refusal(record, journal.owner).is_some() {
+                continue;
+            }
+            let Some(path) = &record.cgroup else {
+                continue;
+            };
+            let leaf = format!("{}{}", cgroup::DAEMON_PREFIX, record.name);
+            let manager = path.parent().filter(|parent| {
+                path.file_name() == Some(OsStr::new(&leaf))
+                    && parent.file_name().and_then(cgroup::manager_of) == Some(journal.owner)
+            });
+            let Some(manager) = manager else {
+                tracing::warn!(name = %record.name, ?path, "ignoring a recorded cgroup that is not where its manager puts its daemons");
+                continue;
+            };
+            let grace = graces.entry(record.name.clone()).or_default();
+            *grace = (*grace).max(Duration::from_millis(record.grace_ms));
+            groups.insert(record.name.clone(), record.pgid);
+            if let Some(socket) = &record.socket_path {
+                sockets.insert(record.name.clone(), socket.clone());
+            }
+            managers.insert(manager.to_owned());
+        }
+    }
+    if only.is_none() {
+        // Housekeeping: dead managers' cgroups beside ours that are empty
+        // (their guard or a cleanup stopped everything but could not
+        // remove them). Populated ones are only stopped through a journal
+        // of this state directory, so that a cleanup never reaches the
+        // daemons of another app's killed manager.
+        for found in cgroup::DeadManagerCgroup::beside_ours(&alive) {
+            found.remove_if_empty();
+        }
+    }
+    let dead: Vec<cgroup::DeadManagerCgroup> = managers
+        .iter()
+        .filter_map(|path| cgroup::DeadManagerCgroup::open(path, &alive))
+        .collect();
+    if dead.is_empty() {
+        return CgroupsCleaned::default();
+    }
+    let grace_of = |name: &str| {
+        graces
+            .get(name)
+            .copied()
+            .unwrap_or(crate::defaults::SHUTDOWN_GRACE_PERIOD)
+    };
+    let mut cleaned = CgroupsCleaned::default();
+    for (name, members) in cgroup::clean_dead_managers(&dead, only, grace_of).await {
+        // Without a record the daemon's group is unknown: none is called
+        // an escapee.
+        if let Some(&pgid) = groups.get(&name) {
+            cleaned.escaped.extend(
+                members
+                    .iter()
+                    .filter(|&&(_, group)| group != pgid)
+                    .map(|&(pid, _)| pid),
+            );
+        }
+        if let Some(socket) = sockets.get(&name) {
+            remove_socket(socket);
+        }
+        cleaned.daemons.push(name);
+    }
+    cleaned
+}
+
 /// Stops a proven daemon group and removes its socket.
 async fn kill_group(record: &OrphanRecord) -> Result<(), String> {
     tracing::info!(name = %record.name, pid = record.pid, "stopping orphaned daemon of a dead manager");
@@ -516,6 +627,7 @@ mod tests {
             owner_start_time: owner.1,
             socket_path: None,
             grace_ms: 100,
+            cgroup: None,
         }
     }
 

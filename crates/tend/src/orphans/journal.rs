@@ -407,6 +407,7 @@ mod tests {
             owner_start_time: 2,
             socket_path: Some(PathBuf::from(format!("/run/{name}.sock"))),
             grace_ms: 100,
+            cgroup: None,
         }
     }
 

@@ -85,6 +85,10 @@ pub(crate) struct OrphanRecord {
     pub owner_start_time: u64,
     pub socket_path: Option<std::path::PathBuf>,
     pub grace_ms: u64,
+    /// The daemon's cgroup, with cgroup containment: everything in it is
+    /// the daemon's by construction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<std::path::PathBuf>,
 }
 
 /// What a cleanup did.
@@ -171,6 +175,7 @@ impl OrphanRegistry {
         stat: &procfs::ProcStat,
         socket_path: Option<&Path>,
         grace: Duration,
+        cgroup: Option<&Path>,
     ) -> OrphanRecord {
         OrphanRecord {
             name: name.to_owned(),
@@ -182,6 +187,7 @@ impl OrphanRegistry {
             owner_start_time: self.owner.1,
             socket_path: socket_path.map(Path::to_path_buf),
             grace_ms: grace.as_millis() as u64,
+            cgroup: cgroup.map(Path::to_path_buf),
         }
     }
 
@@ -244,7 +250,9 @@ impl OrphanRegistry {
             }
             dead.push((name, owner));
         }
-        if dead.is_empty() {
+        // A full cleanup also looks for dead managers' cgroups that no
+        // journal names (a journal lost or never written).
+        if dead.is_empty() && only.is_some() {
             return report;
         }
         // Locked in one order by every manager, so two cleanups never each
@@ -259,7 +267,13 @@ impl OrphanRegistry {
                 Err(e) => self.refuse(name, &e),
             }
         }
+        // What is in a dead manager's cgroups is its own by construction:
+        // stopped first, as a whole, so the record cleanup that follows
+        // finds those daemons gone.
+        let in_cgroups =
+            cleanup::clean_cgroups(&locked, only, |owner| self.owner_alive(owner)).await;
         let tombstones = cleanup::clean(&mut locked, only, &mut report).await;
+        in_cgroups.report_into(&mut report);
         for (journal, tombstones) in locked.iter().zip(tombstones) {
             if let Err(e) = journal::settle(&self.dir, journal, &tombstones) {
                 tracing::warn!(journal = ?journal.name, error = %e, "cannot update a dead manager's orphan journal");
@@ -343,6 +357,7 @@ mod tests {
             owner_start_time: 2,
             socket_path: Some(PathBuf::from(format!("/run/{name}.sock"))),
             grace_ms: 100,
+            cgroup: None,
         }
     }
 

@@ -52,7 +52,8 @@ async fn wait_state(sb: &Sandbox, name: &str, state: ProcessState) {
 /// report). Cgroup containment, being added separately, is what proves and
 /// kills such an escapee; the test kills it itself.
 #[tokio::test]
-async fn killed_apps_daemons_die_within_a_second_and_cleanup_reports_the_reparented_escapee() {
+async fn killed_apps_daemons_die_within_a_second_and_cleanup_stops_or_reports_the_reparented_escapee()
+ {
     let sb = Sandbox::new();
     let mut app = Embedder::start(
         &sb.state_dir(),
@@ -113,6 +114,19 @@ async fn killed_apps_daemons_die_within_a_second_and_cleanup_reports_the_reparen
     let report = sb.manager.cleanup_orphans().await.unwrap();
     let mut killed = report.killed.clone();
     killed.sort();
+    if containment_here().await == tend::Containment::Cgroup {
+        // The escapee left its daemon's group and session but not its
+        // cgroup: it is stopped with what is left of "escaper".
+        assert_eq!(killed, ["escaper", "forker", "stubborn"], "{report:?}");
+        assert_eq!(report.escaped, [escapee.pid], "{report:?}");
+        assert!(report.suspects.is_empty(), "{report:?}");
+        escapee
+            .wait_dead("the escapee in its daemon's cgroup")
+            .await;
+        let left = marked(&app.marker);
+        assert!(left.is_empty(), "alive after cleanup: {left:?}");
+        return;
+    }
     assert_eq!(killed, ["forker", "stubborn"], "{report:?}");
     assert!(report.escaped.is_empty(), "{report:?}");
     assert_eq!(report.suspects, [escapee.pid], "{report:?}");
@@ -160,12 +174,13 @@ async fn escapee_still_below_its_daemon_is_killed_by_cleanup() {
 }
 
 /// The next start of a name stops what the killed app left of it before it
-/// spawns anew. A double-forked escapee of that daemon, reparented, is not
-/// proven to descend from it: it is reported (a warning) and left alive.
-/// Cgroup containment, being added separately, is what proves and kills
-/// it; the test kills it itself.
+/// spawns anew. A double-forked escapee of that daemon, reparented, is
+/// stopped with it under cgroup containment (it never leaves the daemon's
+/// cgroup); with process groups nothing proves it descends from the
+/// daemon: it is reported (a warning) and left alive, and the test kills
+/// it itself.
 #[tokio::test]
-async fn next_start_stops_the_survivors_of_a_killed_app_and_spares_its_unproven_escapee() {
+async fn next_start_stops_the_survivors_of_a_killed_app_and_its_escapee_where_proven() {
     let sb = Sandbox::new();
     let mut app = Embedder::start(
         &sb.state_dir(),
@@ -190,8 +205,12 @@ async fn next_start_stops_the_survivors_of_a_killed_app_and_spares_its_unproven_
     let new = sb.start(sb.daemon("stubborn", &[])).await;
     assert!(!old.alive(), "the old daemon survived the new start");
     let left = marked(&app.marker);
-    assert_eq!(left, [escapee.pid], "alive after the new start: {left:?}");
     assert!(new.alive());
+    if containment_here().await == tend::Containment::Cgroup {
+        assert!(left.is_empty(), "alive after the new start: {left:?}");
+        return;
+    }
+    assert_eq!(left, [escapee.pid], "alive after the new start: {left:?}");
     escapee.signal(Signal::KILL);
     escapee.wait_dead("the unproven escapee").await;
 }
