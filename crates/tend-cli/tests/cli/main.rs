@@ -19,3 +19,4 @@ mod publish;
 mod python_env;
 mod reliability;
 mod signals;
+mod trust;
