@@ -51,7 +51,12 @@ impl ControlClient {
         let peer = stream
             .peer_cred()
             .with_context(|| format!("cannot tell who listens on {}", socket.display()))?;
-        check_peer(socket, peer.uid(), peer.pid(), rustix::process::geteuid().as_raw())?;
+        check_peer(
+            socket,
+            peer.uid(),
+            peer.pid(),
+            rustix::process::geteuid().as_raw(),
+        )?;
         let (reader, writer) = stream.into_split();
         Ok(ControlClient {
             reader: BufReader::new(reader),
@@ -141,10 +146,15 @@ fn check_socket_dir(socket: &Path) -> anyhow::Result<()> {
         Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR)
             if std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) =>
         {
-            return Err(refuse(format!("its directory {} is a symbolic link", dir.display())));
+            return Err(refuse(format!(
+                "its directory {} is a symbolic link",
+                dir.display()
+            )));
         }
         Err(e) => {
-            return Err(anyhow!(io::Error::from(e)).context(format!("cannot open {}", dir.display())));
+            return Err(
+                anyhow!(io::Error::from(e)).context(format!("cannot open {}", dir.display()))
+            );
         }
     };
     let stat = rustix::fs::fstat(&fd)?;
@@ -166,9 +176,9 @@ fn check_socket_dir(socket: &Path) -> anyhow::Result<()> {
         return Ok(());
     };
     match rustix::fs::statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW) {
-        Ok(stat) if FileType::from_raw_mode(stat.st_mode) != FileType::Socket => {
-            Err(refuse("it is not a socket (a symbolic link, or a file)".into()))
-        }
+        Ok(stat) if FileType::from_raw_mode(stat.st_mode) != FileType::Socket => Err(refuse(
+            "it is not a socket (a symbolic link, or a file)".into(),
+        )),
         _ => Ok(()),
     }
 }
@@ -196,7 +206,9 @@ mod tests {
         let socket = Path::new("/s/tend.sock");
         assert!(check_peer(socket, 1000, Some(5), 1000).is_ok());
         assert!(check_peer(socket, 0, Some(5), 1000).is_ok());
-        let refusal = check_peer(socket, 65534, Some(42), 1000).unwrap_err().to_string();
+        let refusal = check_peer(socket, 65534, Some(42), 1000)
+            .unwrap_err()
+            .to_string();
         for part in ["/s/tend.sock", "uid 65534", "pid 42", "nothing was sent"] {
             assert!(refusal.contains(part), "{part}: {refusal}");
         }

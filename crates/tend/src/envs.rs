@@ -612,7 +612,10 @@ fn check_own_entries(env_dir: &PrivateDir) -> io::Result<()> {
                 stat.st_uid
             ))
         } else if stat.st_mode & 0o022 != 0 {
-            Some(format!("may be written by others (mode {:o})", stat.st_mode & 0o7777))
+            Some(format!(
+                "may be written by others (mode {:o})",
+                stat.st_mode & 0o7777
+            ))
         } else {
             None
         };
@@ -982,7 +985,10 @@ mod tests {
 
     #[tokio::test]
     async fn an_environment_reached_through_a_symlink_is_refused() {
-        let temp = tempfile::Builder::new().prefix("ev").tempdir_in("/tmp").unwrap();
+        let temp = tempfile::Builder::new()
+            .prefix("ev")
+            .tempdir_in("/tmp")
+            .unwrap();
         let elsewhere = temp.path().join("elsewhere");
         let marker = temp.path().join("ran");
         plant_venv(&elsewhere, &marker);
@@ -990,7 +996,10 @@ mod tests {
         std::fs::create_dir(&root).unwrap();
         std::os::unix::fs::symlink(&elsewhere, root.join("py")).unwrap();
         let envs = PluginEnvironmentManager::new(&root);
-        let err = envs.ensure_python("py", temp.path(), None).await.unwrap_err();
+        let err = envs
+            .ensure_python("py", temp.path(), None)
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("symbolic link"), "{err}");
         assert!(!marker.exists(), "the planted interpreter ran");
 
@@ -998,7 +1007,10 @@ mod tests {
         std::fs::remove_file(root.join("py")).unwrap();
         std::fs::create_dir(root.join("py")).unwrap();
         std::os::unix::fs::symlink(elsewhere.join("venv"), root.join("py/venv")).unwrap();
-        let err = envs.ensure_python("py", temp.path(), None).await.unwrap_err();
+        let err = envs
+            .ensure_python("py", temp.path(), None)
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("not a directory"), "{err}");
         assert!(!marker.exists(), "the planted interpreter ran");
     }
@@ -1009,21 +1021,30 @@ mod tests {
             eprintln!("skipped: needs root to make files of another user");
             return;
         }
-        let temp = tempfile::Builder::new().prefix("ev").tempdir_in("/tmp").unwrap();
+        let temp = tempfile::Builder::new()
+            .prefix("ev")
+            .tempdir_in("/tmp")
+            .unwrap();
         let marker = temp.path().join("ran");
         let root = temp.path().join("envs");
         let env_dir = root.join("py");
         plant_venv(&env_dir, &marker);
         std::os::unix::fs::chown(&env_dir, Some(65534), Some(65534)).unwrap();
         let envs = PluginEnvironmentManager::new(&root);
-        let err = envs.ensure_python("py", temp.path(), None).await.unwrap_err();
+        let err = envs
+            .ensure_python("py", temp.path(), None)
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("uid 65534"), "{err}");
         assert!(!marker.exists(), "the planted interpreter ran");
 
         // Our environment directory, their venv.
         std::os::unix::fs::chown(&env_dir, Some(0), Some(0)).unwrap();
         std::os::unix::fs::chown(env_dir.join("venv"), Some(65534), Some(65534)).unwrap();
-        let err = envs.ensure_python("py", temp.path(), None).await.unwrap_err();
+        let err = envs
+            .ensure_python("py", temp.path(), None)
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("uid 65534"), "{err}");
         assert!(!marker.exists(), "the planted interpreter ran");
     }

@@ -336,7 +336,14 @@ impl FakeServer {
 fn client_commands<'a>(config: &'a str, socket: &'a str) -> Vec<Vec<&'a str>> {
     vec![
         vec!["status", "-c", config],
-        vec!["call", "one", "secret_method", "{\"password\": 1}", "-c", config],
+        vec![
+            "call",
+            "one",
+            "secret_method",
+            "{\"password\": 1}",
+            "-c",
+            config,
+        ],
         vec!["publish", "secret_event", "{\"password\": 1}", "-c", config],
         vec!["logs", "one", "-c", config],
         vec!["down", "--socket", socket],
@@ -359,8 +366,16 @@ fn clients_send_nothing_to_a_socket_in_another_users_directory() {
     for args in client_commands(config.to_str().unwrap(), socket.to_str().unwrap()) {
         let run = sandbox.run(&args);
         run.expect_code(1);
-        for part in ["refusing to talk to", "belongs to uid 65534", "nothing was sent"] {
-            assert!(run.stderr.contains(part), "{args:?}: {part:?}: {}", run.stderr);
+        for part in [
+            "refusing to talk to",
+            "belongs to uid 65534",
+            "nothing was sent",
+        ] {
+            assert!(
+                run.stderr.contains(part),
+                "{args:?}: {part:?}: {}",
+                run.stderr
+            );
         }
     }
     assert_eq!(server.received(), (0, 0));
@@ -370,7 +385,11 @@ fn clients_send_nothing_to_a_socket_in_another_users_directory() {
     set_mode(&state_dir, 0o777);
     let run = sandbox.run(&["status", "-c", config.to_str().unwrap()]);
     run.expect_code(1);
-    assert!(run.stderr.contains("may be written by others"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("may be written by others"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(server.received(), (0, 0));
 }
 
@@ -430,11 +449,18 @@ fn clients_send_nothing_to_a_listener_of_another_user() {
             "runs as uid 65534",
             pid.as_str(),
         ] {
-            assert!(run.stderr.contains(part), "{args:?}: {part:?}: {}", run.stderr);
+            assert!(
+                run.stderr.contains(part),
+                "{args:?}: {part:?}: {}",
+                run.stderr
+            );
         }
     }
     let (connections, bytes) = server.received();
-    assert_eq!(connections, 5, "each client connected, then checked its peer");
+    assert_eq!(
+        connections, 5,
+        "each client connected, then checked its peer"
+    );
     assert_eq!(bytes, 0, "a client sent something to the impostor");
 }
 
@@ -459,11 +485,20 @@ fn a_config_file_others_can_write_is_refused() {
     .unwrap();
     set_mode(&config, 0o666);
     let c = config.to_str().unwrap();
-    for args in [vec!["check"], vec!["status"], vec!["up"], vec!["up", "-c", c]] {
+    for args in [
+        vec!["check"],
+        vec!["status"],
+        vec!["up"],
+        vec!["up", "-c", c],
+    ] {
         let run = sandbox.run_in(&shared, &args);
         run.expect_code(2);
         for part in [c, "any user may write it", "chmod o-w"] {
-            assert!(run.stderr.contains(part), "{args:?}: {part:?}: {}", run.stderr);
+            assert!(
+                run.stderr.contains(part),
+                "{args:?}: {part:?}: {}",
+                run.stderr
+            );
         }
     }
     set_mode(&config, 0o644);
