@@ -224,10 +224,49 @@ fn settings_only(text: &str) -> String {
 
 fn read(file: &Path) -> Result<(PathBuf, String), ConfigError> {
     let file = std::path::absolute(file).unwrap_or_else(|_| file.to_owned());
-    match fs::read_to_string(&file) {
+    match read_trusted(&file) {
         Ok(text) => Ok((file, text)),
         Err(source) => Err(ConfigError::Unreadable { file, source }),
     }
+}
+
+/// Reads the config file, refusing one that another user could have
+/// written: it names the programs `tend up` runs as this user, and the
+/// state directory clients send requests into. The file must belong to
+/// this user or root and must not be writable by others; it is checked on
+/// the descriptor it is read from. This holds for `-c FILE` as much as for
+/// `./tend.toml`: naming a file explicitly does not make a file someone
+/// else can rewrite any safer to run.
+fn read_trusted(file: &Path) -> io::Result<String> {
+    use std::{io::Read, os::unix::fs::MetadataExt};
+    let mut opened = fs::File::open(file)?;
+    let metadata = opened.metadata()?;
+    let me = rustix::process::geteuid().as_raw();
+    let problem = if metadata.uid() != me && metadata.uid() != 0 {
+        Some(format!(
+            "it belongs to uid {}, not to this user (uid {me}) or root",
+            metadata.uid()
+        ))
+    } else if metadata.mode() & 0o002 != 0 {
+        Some(format!(
+            "any user may write it (mode {:o})",
+            metadata.mode() & 0o7777
+        ))
+    } else {
+        None
+    };
+    if let Some(problem) = problem {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{problem}; tend runs what a config names, so it uses only a file that no \
+                 other user can have written (`chmod o-w` it, or copy it to a file of your own)"
+            ),
+        ));
+    }
+    let mut text = String::new();
+    opened.read_to_string(&mut text)?;
+    Ok(text)
 }
 
 fn base_dir(file: &Path) -> &Path {

@@ -1,14 +1,24 @@
 //! The state directory of one `tend up`: where its control socket, its lock,
 //! the library's orphan records and (by default) daemon logs and sockets live.
+//!
+//! Everything in it is trusted (the lock names the running supervisor, the
+//! environments hold the interpreters daemons run), so `tend up` opens it
+//! once as a [`PrivateDir`]: never through a symlink, refused unless this
+//! user owns it, restricted to 0700 on the descriptor. The lock and the
+//! `logs` folder are then reached through that descriptor and refused
+//! unless they are this user's own; nothing another user planted there is
+//! adopted. The default location (`/dev/shm/tend-<uid>`) is a name any
+//! local user can take first: they get a refusal that names the path, not
+//! our trust.
 
 use std::{
     fmt, fs,
     io::{self, Read, Seek, Write},
-    os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
 use rustix::fs::FlockOperation;
+use tend::private_dir::{FileMode, PrivateDir};
 
 /// File name of the control socket inside the state directory.
 const CONTROL_SOCKET_NAME: &str = "tend.sock";
@@ -40,6 +50,7 @@ impl StateDir {
     }
 
     /// The lock file held by the running `tend up`.
+    #[cfg(test)]
     pub fn lock_file(&self) -> PathBuf {
         self.path.join(LOCK_FILE_NAME)
     }
@@ -49,43 +60,38 @@ impl StateDir {
         self.path.join(LOGS_DIR_NAME).join(format!("{name}.log"))
     }
 
-    /// Creates the directory (and its parents) if needed, and makes sure it
-    /// belongs to this user and is private to them (mode 0700).
-    pub fn create_private(&self) -> io::Result<()> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.path)?;
-        let metadata = fs::metadata(&self.path)?;
-        let me = rustix::process::geteuid().as_raw();
-        if metadata.uid() != me {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                format!(
-                    "state directory {} belongs to uid {}, not to you (uid {me})",
-                    self.path.display(),
-                    metadata.uid()
-                ),
-            ));
-        }
-        if metadata.permissions().mode() & 0o777 != 0o700 {
-            fs::set_permissions(&self.path, fs::Permissions::from_mode(0o700))?;
-        }
-        Ok(())
+    /// Opens the directory, creating it (and its parents) if needed:
+    /// refused when it is a symlink or another user's, restricted to 0700
+    /// when it is ours. Its `logs` folder is opened (or created) the same
+    /// way.
+    pub fn open_private(&self) -> io::Result<OpenStateDir> {
+        let dir = PrivateDir::open_or_create(&self.path)?;
+        dir.subdir(LOGS_DIR_NAME)?;
+        Ok(OpenStateDir {
+            dir,
+            path: self.path.clone(),
+        })
     }
+}
 
+/// A state directory opened by [`StateDir::open_private`].
+#[derive(Debug)]
+pub struct OpenStateDir {
+    dir: PrivateDir,
+    path: PathBuf,
+}
+
+impl OpenStateDir {
     /// Takes the lock that makes this process the only `tend up` of the
     /// directory, and writes its PID into the lock file. The lock is held
-    /// until the returned guard is dropped (or the process dies).
+    /// until the returned guard is dropped (or the process dies). The lock
+    /// file is opened through the directory's descriptor and only if it is
+    /// this user's own regular file (never through a symlink).
     pub fn lock(&self) -> Result<SupervisorLock, LockError> {
-        let path = self.lock_file();
-        let mut file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
+        let path = self.path.join(LOCK_FILE_NAME);
+        let mut file = self
+            .dir
+            .open_file(LOCK_FILE_NAME, FileMode::ReadWrite)
             .map_err(|source| LockError::Io {
                 path: path.clone(),
                 source,
@@ -178,18 +184,33 @@ mod tests {
         (temp, dir)
     }
 
+    use std::os::unix::fs::PermissionsExt;
+
     #[test]
     fn created_private() {
         let (_temp, dir) = temp_state_dir();
-        dir.create_private().unwrap();
-        let mode = fs::metadata(dir.path()).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o700);
+        dir.open_private().unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(dir.path()), 0o700);
+        assert_eq!(mode(&dir.path().join(LOGS_DIR_NAME)), 0o700);
+    }
+
+    #[test]
+    fn a_symlinked_lock_file_is_refused_and_its_target_untouched() {
+        let (temp, dir) = temp_state_dir();
+        let open = dir.open_private().unwrap();
+        let precious = temp.path().join("precious");
+        fs::write(&precious, "keep").unwrap();
+        std::os::unix::fs::symlink(&precious, dir.lock_file()).unwrap();
+        let err = open.lock().unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        assert_eq!(fs::read_to_string(&precious).unwrap(), "keep");
     }
 
     #[test]
     fn second_lock_is_refused_and_names_the_holder() {
         let (_temp, dir) = temp_state_dir();
-        dir.create_private().unwrap();
+        let dir = dir.open_private().unwrap();
         let held = dir.lock().unwrap();
         match dir.lock() {
             Err(LockError::Held { holder_pid, .. }) => {

@@ -41,6 +41,16 @@
 //! processes — never install into one environment at once: the second
 //! waits, then finds the fingerprint the first one wrote.
 //!
+//! # Whose environment
+//! An environment is code the plugin runs: one another user planted would
+//! run as this user. So the envs root and each environment directory are
+//! opened through [`PrivateDir`] (never through a symlink, refused unless
+//! this user's own, restricted to 0700), the lock file inside must be this
+//! user's too, and an existing `venv`, `venv/bin`, `node` or
+//! `node/node_modules` is used only if it is a directory of this user that
+//! nobody else may write. Anything else is refused, never adopted: the
+//! error names the path to remove.
+//!
 //! Changes inside local packages that a dependency file points to (a
 //! `./pkg` line, a `file:` dependency) are not noticed; touch the
 //! dependency file to force a reinstall.
@@ -61,7 +71,11 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
-use crate::{config::validate_name, spawn};
+use crate::{
+    config::validate_name,
+    private_dir::{FileMode, PrivateDir},
+    spawn,
+};
 
 /// The name of the lock file in each environment directory.
 pub const LOCK_FILE: &str = ".lock";
@@ -519,19 +533,20 @@ impl PluginEnvironmentManager {
             Arc::clone(locks.entry(dir.to_path_buf()).or_default())
         };
         let local = local.lock_owned().await;
-        tokio::fs::create_dir_all(dir)
-            .await
-            .map_err(io_error(format!("cannot create {}", dir.display())))?;
+        let untrusted = |source| EnvError::Io {
+            context: format!("cannot use the environment directory {}", dir.display()),
+            source,
+        };
+        let env_dir = PrivateDir::open_or_create(&self.root)
+            .and_then(|root| root.subdir(name))
+            .map_err(untrusted)?;
         let path = dir.join(LOCK_FILE);
         let lock_error = |source| EnvError::Io {
             context: format!("cannot lock {}", path.display()),
             source,
         };
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
+        let file = env_dir
+            .open_file(LOCK_FILE, FileMode::ReadWrite)
             .map_err(lock_error)?;
         let file = match flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => file,
@@ -549,6 +564,8 @@ impl PluginEnvironmentManager {
             }
             Err(error) => return Err(lock_error(error)),
         };
+        // Under the lock: another process of this user may be building.
+        check_own_entries(&env_dir).map_err(untrusted)?;
         Ok(EnvLock {
             _file: file,
             _local: local,
@@ -570,6 +587,49 @@ fn flock(file: &File, operation: rustix::fs::FlockOperation) -> io::Result<()> {
             result => return result.map_err(io::Error::from),
         }
     }
+}
+
+/// Refuses an existing `venv`, `venv/bin`, `node` or `node/node_modules`
+/// in `env_dir` that is not a directory of this user closed to others'
+/// writes (a symlink included): its contents would be run or loaded as
+/// this user. Each is checked after its parent, so once `venv` passed,
+/// nobody else can swap `venv/bin`.
+fn check_own_entries(env_dir: &PrivateDir) -> io::Result<()> {
+    use rustix::fs::{AtFlags, FileType};
+    let me = rustix::process::geteuid().as_raw();
+    for entry in ["venv", "venv/bin", "node", "node/node_modules"] {
+        let stat = match rustix::fs::statat(env_dir.fd(), entry, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) => stat,
+            Err(rustix::io::Errno::NOENT) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let path = env_dir.path().join(entry);
+        let problem = if FileType::from_raw_mode(stat.st_mode) != FileType::Directory {
+            Some("is not a directory (a symbolic link, or a file)".to_owned())
+        } else if stat.st_uid != me {
+            Some(format!(
+                "belongs to uid {}, not to this user (uid {me})",
+                stat.st_uid
+            ))
+        } else if stat.st_mode & 0o022 != 0 {
+            Some(format!(
+                "may be written by others (mode {:o})",
+                stat.st_mode & 0o7777
+            ))
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} {problem}; tend will not use an environment it did not build: remove it",
+                    path.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn venv_python(dir: &Path) -> PathBuf {
@@ -907,6 +967,86 @@ mod tests {
         }
         assert_eq!(envs.python_path(".."), Path::new("python3"));
         assert_eq!(envs.python_path("weather"), Path::new("python3"));
+    }
+
+    /// A venv whose interpreter would leave a marker if anything ran it.
+    fn plant_venv(env_dir: &Path, marker: &Path) {
+        let bin = env_dir.join("venv/bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let python = bin.join("python");
+        std::fs::write(
+            &python,
+            format!("#!/bin/sh\ntouch {}\necho Python 3.99\n", marker.display()),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_environment_reached_through_a_symlink_is_refused() {
+        let temp = tempfile::Builder::new()
+            .prefix("ev")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let elsewhere = temp.path().join("elsewhere");
+        let marker = temp.path().join("ran");
+        plant_venv(&elsewhere, &marker);
+        let root = temp.path().join("envs");
+        std::fs::create_dir(&root).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, root.join("py")).unwrap();
+        let envs = PluginEnvironmentManager::new(&root);
+        let err = envs
+            .ensure_python("py", temp.path(), None)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert!(!marker.exists(), "the planted interpreter ran");
+
+        // A symlinked venv inside an environment of ours, too.
+        std::fs::remove_file(root.join("py")).unwrap();
+        std::fs::create_dir(root.join("py")).unwrap();
+        std::os::unix::fs::symlink(elsewhere.join("venv"), root.join("py/venv")).unwrap();
+        let err = envs
+            .ensure_python("py", temp.path(), None)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("not a directory"), "{err}");
+        assert!(!marker.exists(), "the planted interpreter ran");
+    }
+
+    #[tokio::test]
+    async fn another_users_environment_is_refused() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: needs root to make files of another user");
+            return;
+        }
+        let temp = tempfile::Builder::new()
+            .prefix("ev")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let marker = temp.path().join("ran");
+        let root = temp.path().join("envs");
+        let env_dir = root.join("py");
+        plant_venv(&env_dir, &marker);
+        std::os::unix::fs::chown(&env_dir, Some(65534), Some(65534)).unwrap();
+        let envs = PluginEnvironmentManager::new(&root);
+        let err = envs
+            .ensure_python("py", temp.path(), None)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("uid 65534"), "{err}");
+        assert!(!marker.exists(), "the planted interpreter ran");
+
+        // Our environment directory, their venv.
+        std::os::unix::fs::chown(&env_dir, Some(0), Some(0)).unwrap();
+        std::os::unix::fs::chown(env_dir.join("venv"), Some(65534), Some(65534)).unwrap();
+        let err = envs
+            .ensure_python("py", temp.path(), None)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("uid 65534"), "{err}");
+        assert!(!marker.exists(), "the planted interpreter ran");
     }
 
     #[tokio::test]

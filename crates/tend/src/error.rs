@@ -157,6 +157,22 @@ pub enum Error {
     /// The manager was dropped while the operation was pending.
     #[error("the manager was dropped while {0:?} was being handled")]
     ManagerGone(String),
+    /// The daemon's log file cannot be used: a symlink, a file of another
+    /// user, one with several links, or one others may write. Refused at
+    /// start, before anything is spawned, so no output goes astray.
+    #[error(
+        "cannot use the log file {} of {name:?}: {source}; remove it, or set another log_file",
+        path.display()
+    )]
+    LogFile {
+        /// The process.
+        name: String,
+        /// The log file.
+        path: std::path::PathBuf,
+        /// What was wrong.
+        #[source]
+        source: io::Error,
+    },
     /// A file-system or OS operation failed.
     #[error("{context}: {source}")]
     Io {

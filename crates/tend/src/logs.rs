@@ -6,15 +6,22 @@
 //! are cut, invalid UTF-8 is replaced, and the ring keeps only the newest
 //! lines. A log file that cannot be written (disk full, read-only) is
 //! reported once and then skipped; supervision goes on.
+//!
+//! A log file is opened only if it is this user's own: never through a
+//! symlink (`O_NOFOLLOW`), and only a regular file of the effective user
+//! with a single link that neither group nor others may write
+//! ([`open_log_file`]). A log file may sit where other users create names
+//! too (`/tmp/app.log`): a file they planted would receive the daemon's
+//! output, and a link they planted would send it into a file of ours.
+//! The check runs at every start, so a refused file fails the start.
 
 use std::{
     cell::RefCell,
     collections::VecDeque,
-    fs::{self, File, OpenOptions},
+    fs::{self, File},
     io::{self, Write},
     os::fd::OwnedFd,
-    os::unix::fs::OpenOptionsExt,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::Mutex,
     time::SystemTime,
 };
@@ -76,24 +83,25 @@ struct Ring {
 }
 
 impl LogBuffer {
-    pub fn new(capacity: usize, file: Option<PathBuf>) -> Self {
+    /// A buffer of `capacity` lines, also written to `file` (a path with
+    /// the file already opened by [`open_log_file`]).
+    pub fn new(capacity: usize, file: Option<(PathBuf, File)>) -> Self {
         LogBuffer {
             ring: Mutex::new(Ring {
                 lines: VecDeque::with_capacity(capacity.min(64)),
                 next: 0,
             }),
             capacity,
-            file: Mutex::new(file.map(RotatingFile::new)),
+            file: Mutex::new(file.map(|(path, file)| RotatingFile::opened(path, file))),
             live: Mutex::new(None),
         }
     }
 
-    /// Sends further lines to `file` (or to no file).
-    pub fn set_file(&self, file: Option<PathBuf>) {
+    /// Sends further lines to `file` (a path with the file already opened
+    /// by [`open_log_file`]), or to no file.
+    pub fn set_file(&self, file: Option<(PathBuf, File)>) {
         let mut current = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        if current.as_ref().map(|f| &f.path) != file.as_ref() {
-            *current = file.map(RotatingFile::new);
-        }
+        *current = file.map(|(path, file)| RotatingFile::opened(path, file));
     }
 
     /// Stores one line.
@@ -296,11 +304,23 @@ struct RotatingFile {
 }
 
 impl RotatingFile {
+    #[cfg(test)]
     fn new(path: PathBuf) -> Self {
         RotatingFile {
             path,
             file: None,
             size: 0,
+            failed: false,
+        }
+    }
+
+    /// Continues `file`, opened at `path` by [`open_log_file`].
+    fn opened(path: PathBuf, file: File) -> Self {
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        RotatingFile {
+            path,
+            file: Some(file),
+            size,
             failed: false,
         }
     }
@@ -330,17 +350,7 @@ impl RotatingFile {
             self.size = 0;
         }
         if self.file.is_none() {
-            if let Some(dir) = self.path.parent() {
-                if !dir.as_os_str().is_empty() && !dir.exists() {
-                    crate::orphans::create_private_dir(dir)?;
-                }
-            }
-            // Daemon output may hold secrets: readable by its owner only.
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o600)
-                .open(&self.path)?;
+            let file = open_log_file(&self.path)?;
             self.size = file.metadata()?.len();
             self.file = Some(file);
         }
@@ -350,6 +360,55 @@ impl RotatingFile {
         }
         Ok(())
     }
+}
+
+/// Opens the log file at `path` for appending, creating it (mode 0600:
+/// daemon output may hold secrets) and its missing folders (0700) if
+/// needed. Never follows a symlink, and refuses a file that is not a
+/// regular file of the effective user with one link, or that its group or
+/// others may write: output must not go into a file someone else planted
+/// or can read back through a descriptor they opened while it was open
+/// to them.
+pub(crate) fn open_log_file(path: &Path) -> io::Result<File> {
+    use rustix::fs::{Mode, OFlags};
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() && !dir.exists() {
+            crate::orphans::create_private_dir(dir)?;
+        }
+    }
+    let fd = rustix::fs::open(
+        path,
+        OFlags::WRONLY
+            | OFlags::APPEND
+            | OFlags::CREATE
+            | OFlags::NOFOLLOW
+            | OFlags::CLOEXEC
+            | OFlags::NOCTTY
+            // A FIFO planted there must not hang the open; refused below.
+            | OFlags::NONBLOCK,
+        Mode::RUSR | Mode::WUSR,
+    )
+    .map_err(|e| match e {
+        rustix::io::Errno::LOOP => io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "it is a symbolic link, which tend does not follow for a log file",
+        ),
+        e => e.into(),
+    })?;
+    crate::private_dir::check_own_file(&fd, path)?;
+    let mode = rustix::fs::fstat(&fd)?.st_mode;
+    if mode & 0o022 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "its mode {:o} lets others write it (chmod 600 it)",
+                mode & 0o7777
+            ),
+        ));
+    }
+    let flags = rustix::fs::fcntl_getfl(&fd)?;
+    rustix::fs::fcntl_setfl(&fd, flags - OFlags::NONBLOCK)?;
+    Ok(File::from(fd))
 }
 
 /// `log` → `log.1` → `log.2` …, dropping the oldest beyond `keep`.
@@ -468,6 +527,62 @@ mod tests {
         assert_eq!(buffer.stderr_tail_since(0, 2), "3 | 4");
         assert_eq!(buffer.stderr_tail_since(4, 2), "4");
         assert_eq!(buffer.mark(), 5);
+    }
+
+    fn is_root() -> bool {
+        rustix::process::geteuid().is_root()
+    }
+
+    #[test]
+    fn a_log_file_is_created_private_and_reused_when_ours() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/d.log");
+        open_log_file(&path).unwrap().write_all(b"one\n").unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        open_log_file(&path).unwrap().write_all(b"two\n").unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "one\ntwo\n");
+
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
+        let err = open_log_file(&path).unwrap_err();
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+    }
+
+    #[test]
+    fn a_log_file_never_follows_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let precious = dir.path().join("precious");
+        fs::write(&precious, "keep").unwrap();
+        let link = dir.path().join("app2.log");
+        std::os::unix::fs::symlink(&precious, &link).unwrap();
+        let err = open_log_file(&link).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        // Nor does the buffer write through it later (after a rotation).
+        let mut file = RotatingFile::new(link);
+        file.write_line(&LogLine {
+            stream: Stream::Stdout,
+            time: SystemTime::now(),
+            text: "secret".into(),
+        });
+        assert_eq!(fs::read_to_string(&precious).unwrap(), "keep");
+    }
+
+    #[test]
+    fn another_users_log_file_is_refused() {
+        if !is_root() {
+            eprintln!("skipped: needs root to make a file of another user");
+            return;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let planted = dir.path().join("app.log");
+        fs::write(&planted, "").unwrap();
+        std::os::unix::fs::chown(&planted, Some(65534), Some(65534)).unwrap();
+        fs::set_permissions(&planted, fs::Permissions::from_mode(0o666)).unwrap();
+        let err = open_log_file(&planted).unwrap_err();
+        assert!(err.to_string().contains("uid 65534"), "{err}");
+        assert_eq!(fs::metadata(&planted).unwrap().len(), 0);
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::{
     error::{Error, Result},
     guard::Guard,
     health::HealthBoard,
-    logs::{LogBuffer, LogLine},
+    logs::{self, LogBuffer, LogLine},
     orphans::{CleanupReport, OrphanRegistry},
     rpc,
     shared::Shared,
@@ -291,6 +291,19 @@ impl BackgroundProcessManager {
             return Err(Error::ShuttingDown(config.name));
         }
         let context = self.context()?;
+        // Opened (and checked) at every start, so a log file that cannot be
+        // trusted fails the start instead of losing the output later.
+        let log_file = match &config.log_file {
+            Some(path) => Some((
+                path.clone(),
+                logs::open_log_file(path).map_err(|source| Error::LogFile {
+                    name: config.name.clone(),
+                    path: path.clone(),
+                    source,
+                })?,
+            )),
+            None => None,
+        };
         let (waiter, started) = oneshot::channel();
         {
             let mut slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
@@ -309,12 +322,12 @@ impl BackgroundProcessManager {
                             state,
                         });
                     }
-                    slot.shared.logs.set_file(config.log_file.clone());
+                    slot.shared.logs.set_file(log_file);
                     Arc::clone(&slot.shared)
                 }
                 None => Arc::new(Shared::new(
                     &config.name,
-                    LogBuffer::new(self.inner.log_ring_lines, config.log_file.clone()),
+                    LogBuffer::new(self.inner.log_ring_lines, log_file),
                     self.inner.events.clone(),
                 )),
             };

@@ -261,7 +261,7 @@ fn refused_open(e: rustix::io::Errno, path: &Path) -> io::Error {
             io::ErrorKind::PermissionDenied,
             format!(
                 "{} is a symbolic link; tend does not follow links for its own files \
-                 (another user may have planted it)",
+                 (another user may have planted it): remove the link, or use another path",
                 path.display()
             ),
         ),

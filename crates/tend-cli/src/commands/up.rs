@@ -34,10 +34,14 @@ use signals::ShutdownSignals;
 pub async fn run(file: &Path) -> CommandResult {
     let config = config::load(file).map_err(Failure::usage)?;
     let state_dir = &config.state_dir;
-    state_dir
-        .create_private()
-        .with_context(|| format!("cannot use state directory {}", state_dir.path().display()))?;
-    let lock = state_dir.lock()?;
+    let opened = state_dir.open_private().with_context(|| {
+        format!(
+            "cannot use state directory {} (choose another with settings.state_dir, \
+             or XDG_RUNTIME_DIR for the default)",
+            state_dir.path().display()
+        )
+    })?;
+    let lock = opened.lock()?;
     let mut signals = ShutdownSignals::install()?;
 
     let manager = BackgroundProcessManager::builder()

@@ -169,9 +169,15 @@ fn peers_of_another_uid_are_refused() {
     let _up = sandbox.up(&config);
     wait_for_states(&sandbox, &config, &[("a", "running")]);
     // Open the way through the file system, so only SO_PEERCRED is left.
+    // (Folders others may write would make the client refuse the server
+    // first: see `trust`.)
     let socket = sandbox.state_dir().join("tend.sock");
-    for path in [sandbox.path(), &sandbox.state_dir(), &socket] {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).unwrap();
+    for (path, mode) in [
+        (sandbox.path(), 0o755),
+        (&sandbox.state_dir(), 0o755),
+        (&socket, 0o777),
+    ] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
     }
     let nobody = 65534;
     let output = sandbox

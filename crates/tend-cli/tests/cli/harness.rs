@@ -144,8 +144,14 @@ impl Sandbox {
 
     /// Runs `tend ARGS` to its end (killing it at the deadline).
     pub fn run(&self, args: &[&str]) -> Run {
+        self.run_in(self.path(), args)
+    }
+
+    /// Runs `tend ARGS` in the current directory `dir` to its end.
+    pub fn run_in(&self, dir: &Path, args: &[&str]) -> Run {
         let child = self
             .command(args)
+            .current_dir(dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -22,3 +22,4 @@ mod publish;
 mod python_env;
 mod reliability;
 mod signals;
+mod trust;
