@@ -611,3 +611,103 @@ async fn recorded_socket_path_is_removed_only_while_it_is_a_socket() {
     assert!(link.symlink_metadata().is_ok(), "a link was removed");
     assert!(elsewhere.exists(), "a link was followed");
 }
+
+/// This process's cgroup v2 directory, if there is a writable one.
+fn own_cgroup() -> Option<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mount = mountinfo.lines().find_map(|line| {
+        let (fields, fs) = line.split_once(" - ")?;
+        (fs.split(' ').next()? == "cgroup2").then(|| fields.split(' ').nth(4).map(PathBuf::from))?
+    })?;
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let own = cgroups.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let dir = mount.join(own.trim_start_matches('/'));
+    let probe = dir.join(format!("tend-probe-{}", std::process::id()));
+    std::fs::create_dir(&probe).ok()?;
+    std::fs::remove_dir(&probe).ok()?;
+    Some(dir)
+}
+
+/// Cgroup directories a test made, removed (innermost first) on drop,
+/// after the processes in them were killed.
+struct Cgroups(Vec<PathBuf>);
+
+impl Cgroups {
+    /// Makes `path` (and records it for removal) and moves `process` in.
+    fn make_with(&mut self, path: PathBuf, process: &Spawned) {
+        std::fs::create_dir_all(&path).unwrap();
+        self.0.push(path.parent().unwrap().to_owned());
+        self.0.push(path.clone());
+        std::fs::write(path.join("cgroup.procs"), process.pid().to_string()).unwrap();
+    }
+}
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        for path in self.0.iter().rev() {
+            // The kernel unlinks a dead task from its cgroup a moment after
+            // its parent reaped it: until then the cgroup is busy.
+            let deadline = std::time::Instant::now() + SOON;
+            while path.exists()
+                && std::fs::remove_dir(path).is_err()
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+/// A record's cgroup is used only when it is proven tend's: named
+/// `tend-<journal's manager>/d-<name>` and created by this user. A planted
+/// record naming another user's cgroup, or a cgroup that is not where its
+/// manager would put the daemon, kills nothing in it; the proven one is
+/// stopped as a whole.
+#[tokio::test]
+async fn recorded_cgroup_is_used_only_when_proven_tends() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root to make cgroups of another user");
+        return;
+    }
+    let Some(own) = own_cgroup() else {
+        eprintln!("skipped: no writable cgroup v2 here");
+        return;
+    };
+    let sb = Sandbox::new();
+    let (theirs, misplaced, ours) = (Owner::dead(), Owner::dead(), Owner::dead());
+    let mut in_theirs = Spawned::testd(&[]);
+    let mut in_misplaced = Spawned::testd(&[]);
+    let mut in_ours = Spawned::testd(&[]);
+    let mut cgroups = Cgroups(Vec::new());
+    let cgroup_of = |owner: &Owner, leaf: &str| {
+        own.join(format!("tend-{}.{}.99999", owner.pid, owner.start_time))
+            .join(leaf)
+    };
+    // Another user's: made by root here, then given to uid 65534, as if
+    // that user had made it under a cgroup delegated to them.
+    let their_cgroup = cgroup_of(&theirs, "d-victim");
+    cgroups.make_with(their_cgroup.clone(), &in_theirs);
+    for dir in [&their_cgroup, their_cgroup.parent().unwrap()] {
+        std::os::unix::fs::chown(dir, Some(65534), Some(65534)).unwrap();
+    }
+    // Ours, but not where manager `misplaced` puts daemon "x".
+    let wrong_place = cgroup_of(&misplaced, "d-elsewhere");
+    cgroups.make_with(wrong_place.clone(), &in_misplaced);
+    let our_cgroup = cgroup_of(&ours, "d-ours");
+    cgroups.make_with(our_cgroup.clone(), &in_ours);
+
+    let journal = |name: &str, owner: &Owner, cgroup: &PathBuf| {
+        let mut record = record_json(name, dead_pid(), 1, owner);
+        record["cgroup"] = json!(cgroup);
+        write_journal(&sb, owner, &add(record));
+    };
+    journal("victim", &theirs, &their_cgroup);
+    journal("x", &misplaced, &wrong_place);
+    journal("ours", &ours, &our_cgroup);
+    let report = sb.manager.cleanup_orphans().await.unwrap();
+    assert_eq!(report.killed, ["ours"], "{report:?}");
+    assert!(in_ours.exited(), "the process in the proven cgroup lives");
+    assert!(!in_theirs.exited(), "another user's cgroup was acted on");
+    assert!(!in_misplaced.exited(), "a misplaced cgroup was acted on");
+    drop((in_theirs, in_misplaced, in_ours));
+}
