@@ -70,8 +70,11 @@ impl std::error::Error for PrepareError {
 impl Environments {
     /// The environments `config` asks for, kept in `<state_dir>/envs`.
     /// Nothing is created until a daemon that has one is prepared.
-    pub fn new(config: &TendConfig) -> Self {
+    /// Installers are registered in `children`, the table the subreaper
+    /// of `tend up` consults.
+    pub fn new(config: &TendConfig, children: tend::ChildTable) -> Self {
         let envs = PluginEnvironmentManager::new(envs_root(config.state_dir.path()))
+            .children(children)
             .on_progress(report_progress);
         Environments {
             envs,

@@ -67,6 +67,9 @@ pub struct ServerContext {
     pub manager: BackgroundProcessManager,
     /// The config `tend up` runs.
     pub config: TendConfig,
+    /// The children of this process: the manager's daemons, the
+    /// environment installers, and what the subreaper must not reap.
+    pub children: tend::ChildTable,
     /// How far the environment of each daemon that has one got, by name.
     preparations: Mutex<HashMap<String, Preparation>>,
     /// Set to `true` to make `tend up` stop everything and exit.
@@ -78,7 +81,11 @@ pub struct ServerContext {
 
 impl ServerContext {
     /// The context of a supervisor running `config` with `manager`.
-    pub fn new(manager: BackgroundProcessManager, config: TendConfig) -> Self {
+    pub fn new(
+        manager: BackgroundProcessManager,
+        config: TendConfig,
+        children: tend::ChildTable,
+    ) -> Self {
         let preparations = config
             .environments
             .keys()
@@ -87,6 +94,7 @@ impl ServerContext {
         ServerContext {
             manager,
             config,
+            children,
             preparations: Mutex::new(preparations),
             shutdown: watch::channel(false).0,
             down_clients: Mutex::new(Vec::new()),

@@ -72,9 +72,9 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
 use crate::{
+    children::ChildTable,
     config::validate_name,
     private_dir::{FileMode, PrivateDir},
-    spawn,
 };
 
 /// The name of the lock file in each environment directory.
@@ -217,6 +217,8 @@ pub struct PluginEnvironmentManager {
     npm: OsString,
     node: OsString,
     progress: Option<ProgressCallback>,
+    /// Where the installers this manager runs are registered.
+    children: ChildTable,
     /// One async mutex per environment directory, so that tasks of this
     /// process queue here instead of each parking a blocking thread in
     /// `flock`. The `flock` is what actually excludes other processes.
@@ -244,8 +246,17 @@ impl PluginEnvironmentManager {
             npm: "npm".into(),
             node: "node".into(),
             progress: None,
+            children: ChildTable::new(),
             local_locks: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The table of this process's children to register installers in:
+    /// in a child subreaper, the one given to [`crate::subreaper::enable`]
+    /// (see [`ChildTable`]).
+    pub fn children(mut self, table: ChildTable) -> Self {
+        self.children = table;
+        self
     }
 
     /// The Python that creates virtualenvs (default `python3`).
@@ -343,7 +354,7 @@ impl PluginEnvironmentManager {
         let hash_file = dir.join("python.hash");
 
         let existing = if python.exists() {
-            match interpreter_version(python.as_os_str()).await {
+            match interpreter_version(&self.children, python.as_os_str()).await {
                 Ok(version) => Some(version),
                 Err(error) => {
                     tracing::warn!(plugin = name, %error, "the venv's interpreter does not run; recreating the venv");
@@ -361,8 +372,8 @@ impl PluginEnvironmentManager {
                 remove_file_if_exists(&hash_file).await?;
                 remove_dir_if_exists(&venv).await?;
                 let args = [OsStr::new("-m"), OsStr::new("venv"), venv.as_os_str()];
-                run(&self.python, &args, &dir).await?;
-                interpreter_version(python.as_os_str()).await?
+                run(&self.children, &self.python, &args, &dir).await?;
+                interpreter_version(&self.children, python.as_os_str()).await?
             }
         };
         let outcome = |installed| EnsureOutcome {
@@ -403,7 +414,7 @@ impl PluginEnvironmentManager {
             OsStr::new("-r"),
             requirements.as_os_str(),
         ];
-        run(python.as_os_str(), &args, &plugin_path).await?;
+        run(&self.children, python.as_os_str(), &args, &plugin_path).await?;
         write_fingerprint(&hash_file, &wanted).await?;
         Ok(outcome(true))
     }
@@ -452,7 +463,7 @@ impl PluginEnvironmentManager {
                 ));
             }
         };
-        let version = interpreter_version(&self.node).await?;
+        let version = interpreter_version(&self.children, &self.node).await?;
         let wanted = fingerprint(&[
             b"node",
             version.as_bytes(),
@@ -501,7 +512,7 @@ impl PluginEnvironmentManager {
             OsStr::new("--no-audit"),
             OsStr::new("--no-fund"),
         ];
-        run(&self.npm, &args, &node_dir).await?;
+        run(&self.children, &self.npm, &args, &node_dir).await?;
         // npm creates no node_modules for a package without dependencies;
         // the daemon's NODE_PATH should point at a directory all the same.
         tokio::fs::create_dir_all(&modules)
@@ -701,24 +712,25 @@ async fn remove_dir_if_exists(path: &Path) -> Result<(), EnvError> {
 }
 
 /// `<program> --version`, trimmed (`Python 3.11.7`, `v22.1.0`).
-async fn interpreter_version(program: &OsStr) -> Result<String, EnvError> {
+async fn interpreter_version(children: &ChildTable, program: &OsStr) -> Result<String, EnvError> {
     let command = display_command(program, &[OsStr::new("--version")], None);
-    let child = spawn::spawn_registered(
-        tokio::process::Command::new(program)
-            .arg("--version")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true),
-    )
-    .map_err(|source| EnvError::Spawn {
-        command: command.clone(),
-        source,
-    })?;
+    let child = children
+        .spawn_registered(
+            tokio::process::Command::new(program)
+                .arg("--version")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true),
+        )
+        .map_err(|source| EnvError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
     let pid = child.id();
     let output = child.wait_with_output().await;
     if let Some(pid) = pid {
-        spawn::forget_child(pid);
+        children.forget(pid);
     }
     let output = output.map_err(|source| EnvError::Spawn {
         command: command.clone(),
@@ -742,7 +754,12 @@ async fn interpreter_version(program: &OsStr) -> Result<String, EnvError> {
 /// Runs `program args` in `cwd` with stdout and stderr on one pipe, so the
 /// tail quoted on failure keeps their order. Killed if the future is
 /// dropped.
-async fn run(program: &OsStr, args: &[&OsStr], cwd: &Path) -> Result<(), EnvError> {
+async fn run(
+    children: &ChildTable,
+    program: &OsStr,
+    args: &[&OsStr],
+    cwd: &Path,
+) -> Result<(), EnvError> {
     let command = display_command(program, args, Some(cwd));
     tracing::debug!(%command, "running");
     let pipe_error = io_error(format!("cannot create a pipe for `{command}`"));
@@ -763,10 +780,12 @@ async fn run(program: &OsStr, args: &[&OsStr], cwd: &Path) -> Result<(), EnvErro
         // The builder holds our copies of the pipe's write end; it is
         // dropped at the end of this block, so EOF comes when the child
         // (and whatever it started) is done writing.
-        spawn::spawn_registered(&mut builder).map_err(|source| EnvError::Spawn {
-            command: command.clone(),
-            source,
-        })?
+        children
+            .spawn_registered(&mut builder)
+            .map_err(|source| EnvError::Spawn {
+                command: command.clone(),
+                source,
+            })?
     };
     let pid = child.id();
     let mut output = tokio::net::unix::pipe::Receiver::from_owned_fd(output)
@@ -793,7 +812,7 @@ async fn run(program: &OsStr, args: &[&OsStr], cwd: &Path) -> Result<(), EnvErro
     drop(output);
     let status = child.wait().await;
     if let Some(pid) = pid {
-        spawn::forget_child(pid);
+        children.forget(pid);
     }
     let status = status.map_err(io_error(format!("cannot wait for `{command}`")))?;
     if status.success() {
@@ -1054,6 +1073,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let script = "echo to-stdout; echo to-stderr >&2; exit 3";
         let error = run(
+            &ChildTable::new(),
             OsStr::new("sh"),
             &[OsStr::new("-c"), OsStr::new(script)],
             dir.path(),
@@ -1078,6 +1098,7 @@ mod tests {
     async fn a_missing_program_is_a_spawn_error() {
         let dir = tempfile::tempdir().unwrap();
         let error = run(
+            &ChildTable::new(),
             OsStr::new("/nonexistent/tend-test-program"),
             &[],
             dir.path(),

@@ -47,7 +47,7 @@ use std::{
     time::Duration,
 };
 
-use crate::spawn;
+use crate::{children::ChildTable, spawn};
 
 /// Groups the guard can track in process-group containment; more are
 /// left to the journal cleanup (a warning is logged once).
@@ -99,6 +99,7 @@ struct GuardSetup {
 /// the guard to the reaper thread.
 pub(crate) struct Guard {
     pid: i32,
+    children: ChildTable,
     pidfd: Arc<OwnedFd>,
     messages: OwnedFd,
     grace: std::sync::Mutex<Duration>,
@@ -107,7 +108,11 @@ pub(crate) struct Guard {
 impl Guard {
     /// Starts the guard of this process. `cgroup` is the manager's cgroup
     /// directory in cgroup containment.
-    pub fn start(cgroup: Option<&Path>, grace: Duration) -> io::Result<Guard> {
+    pub fn start(
+        children: &ChildTable,
+        cgroup: Option<&Path>,
+        grace: Duration,
+    ) -> io::Result<Guard> {
         use rustix::{fs::OFlags, pipe::PipeFlags};
         let manager_pidfd = rustix::process::pidfd_open(
             rustix::process::getpid(),
@@ -150,7 +155,7 @@ impl Guard {
         let mut pidfd: c_int = -1;
         // Registered under the lock the subreaper takes, so it never
         // mistakes the guard for an adopted orphan.
-        let mut children = spawn::own_children();
+        let mut registered = children.lock();
         // SAFETY: without CLONE_VM the child runs `guard_main` on its own
         // copy of this memory (`stack` included), so nothing it does can
         // reach the parent's data; `setup` is valid in that copy. With
@@ -170,11 +175,12 @@ impl Guard {
         // SAFETY: a successful clone with CLONE_PIDFD stored a fresh pidfd
         // that nothing else owns.
         let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-        children.insert(pid, None);
-        drop(children);
+        registered.insert(pid, None);
+        drop(registered);
         tracing::debug!(pid, "guard started");
         Ok(Guard {
             pid,
+            children: children.clone(),
             pidfd: Arc::new(pidfd),
             messages: writer,
             grace: std::sync::Mutex::new(grace),
@@ -233,7 +239,7 @@ impl Drop for Guard {
     fn drop(&mut self) {
         // Closing the pipe (the field drops after this) tells the guard to
         // finish; it exits once it found nothing left.
-        spawn::reap_later(self.pid, Arc::clone(&self.pidfd));
+        self.children.reap_later(self.pid, Arc::clone(&self.pidfd));
     }
 }
 

@@ -89,6 +89,7 @@
 //!   reason at once.
 
 mod cgroup;
+mod children;
 pub mod config;
 pub mod defaults;
 mod delivery;
@@ -114,6 +115,7 @@ pub mod supervisor;
 mod watch;
 
 pub use cgroup::{CONTAINMENT_ENV, Containment, ContainmentChoice, ResourceUsage};
+pub use children::ChildTable;
 pub use config::{BackgroundProcessConfig, HealthCheck, HealthProbe};
 pub use error::{ConfigProblem, ConfigProblems, Error, Result};
 pub use logs::{LogLine, Stream};

@@ -20,6 +20,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::{
     cgroup::{Containment, ContainmentChoice, ManagerCgroup},
+    children::ChildTable,
     config::BackgroundProcessConfig,
     defaults,
     delivery::{EventDelivery, PublishedEvent},
@@ -68,6 +69,7 @@ struct Inner {
     log_ring_lines: usize,
     containment: ContainmentChoice,
     guard: bool,
+    children: ChildTable,
     slots: Mutex<HashMap<String, Slot>>,
     events: broadcast::Sender<ProcessEvent>,
     shutting_down: AtomicBool,
@@ -91,6 +93,7 @@ pub struct ManagerBuilder {
     log_ring_lines: usize,
     containment: ContainmentChoice,
     guard: bool,
+    children: Option<ChildTable>,
 }
 
 impl ManagerBuilder {
@@ -124,6 +127,16 @@ impl ManagerBuilder {
         self
     }
 
+    /// The table of this process's children to register daemons in. A
+    /// process that is a child subreaper ([`crate::subreaper::enable`])
+    /// must give every manager and environment manager the table it gave
+    /// the subreaper, so the subreaper never reaps their children; by
+    /// default each manager has a table of its own.
+    pub fn children(mut self, table: ChildTable) -> Self {
+        self.children = Some(table);
+        self
+    }
+
     /// Creates the manager. Nothing touches the disk or the runtime until
     /// the first start.
     pub fn build(self) -> BackgroundProcessManager {
@@ -133,6 +146,7 @@ impl ManagerBuilder {
                 log_ring_lines: self.log_ring_lines,
                 containment: self.containment,
                 guard: self.guard,
+                children: self.children.unwrap_or_default(),
                 slots: Mutex::new(HashMap::new()),
                 events: broadcast::channel(EVENT_CAPACITY).0,
                 shutting_down: AtomicBool::new(false),
@@ -174,6 +188,7 @@ impl BackgroundProcessManager {
             log_ring_lines: defaults::LOG_RING_LINES,
             containment: ContainmentChoice::Auto,
             guard: true,
+            children: None,
         }
     }
 
@@ -195,8 +210,8 @@ impl BackgroundProcessManager {
             .map_err(|e| Error::io("cannot use the state directory", e))?;
         let registry = OrphanRegistry::open(&state)
             .map_err(|e| Error::io(format!("cannot open orphan registry in {dir:?}"), e))?;
-        let spawner =
-            Spawner::start().map_err(|e| Error::io("cannot start the spawning thread", e))?;
+        let spawner = Spawner::start(self.inner.children.clone())
+            .map_err(|e| Error::io("cannot start the spawning thread", e))?;
         let cgroup = self.manager_cgroup(&registry.manager_id())?;
         let containment = match cgroup {
             Some(_) => Containment::Cgroup,
@@ -205,8 +220,12 @@ impl BackgroundProcessManager {
         let guard_off = std::env::var_os(GUARD_ENV).is_some_and(|v| v == "0");
         let guard = if self.inner.guard && !guard_off {
             // Each supervisor raises the grace to its daemon's.
-            let guard = Guard::start(cgroup.as_ref().map(|c| c.path()), Duration::ZERO)
-                .map_err(|e| Error::io("cannot start the guard process", e))?;
+            let guard = Guard::start(
+                &self.inner.children,
+                cgroup.as_ref().map(|c| c.path()),
+                Duration::ZERO,
+            )
+            .map_err(|e| Error::io("cannot start the guard process", e))?;
             Some(Arc::new(guard))
         } else {
             None
@@ -236,6 +255,7 @@ impl BackgroundProcessManager {
             watcher,
             orphans: Arc::new(registry),
             health,
+            children: self.inner.children.clone(),
             containment,
             cgroup: cgroup.map(Arc::new),
             guard,

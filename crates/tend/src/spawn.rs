@@ -28,7 +28,7 @@ use std::{
     },
     path::Path,
     ptr,
-    sync::{Arc, Mutex, MutexGuard, mpsc},
+    sync::{Arc, mpsc},
     thread,
 };
 
@@ -39,44 +39,10 @@ use rustix::{
 };
 use tokio::{
     io::{Interest, unix::AsyncFd},
-    process::{Child, Command},
     sync::oneshot,
 };
 
-use crate::{config::BackgroundProcessConfig, state::ExitStatus};
-
-/// PIDs (with start times) of the leaders tend spawned and has not yet
-/// seen exit. The subreaper reaps only zombies that are *not* in here.
-static OWN_CHILDREN: Mutex<BTreeMap<i32, Option<u64>>> = Mutex::new(BTreeMap::new());
-
-/// Locks the registry of tend's own children.
-pub(crate) fn own_children() -> MutexGuard<'static, BTreeMap<i32, Option<u64>>> {
-    OWN_CHILDREN.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Spawns `command` (a helper such as an installer, not a daemon) and
-/// registers the child as tend's own, under the lock the subreaper takes,
-/// so it is never mistaken for an adopted orphan and reaped behind tokio's
-/// back. Every child this process starts while it may be a subreaper must
-/// be registered this way (daemons are, by [`Spawner`]) and forgotten with
-/// [`forget_child`] once reaped.
-pub(crate) fn spawn_registered(command: &mut Command) -> io::Result<Child> {
-    let mut children = own_children();
-    let child = command.spawn()?;
-    if let Some(pid) = child.id() {
-        let start = crate::procfs::stat(pid as i32)
-            .ok()
-            .flatten()
-            .map(|s| s.start_time);
-        children.insert(pid as i32, start);
-    }
-    Ok(child)
-}
-
-/// Forgets a leader once it has been reaped.
-pub(crate) fn forget_child(pid: u32) {
-    own_children().remove(&(pid as i32));
-}
+use crate::{children::ChildTable, config::BackgroundProcessConfig, state::ExitStatus};
 
 /// The environment variable that tells a daemon where to listen.
 pub const SOCKET_PATH_ENV: &str = "SOCKET_PATH";
@@ -265,6 +231,8 @@ impl StdioSlots {
 
 /// What the spawning thread keeps from spawn to spawn.
 struct SpawnerState {
+    /// Where each child is registered, from before the clone on.
+    children: ChildTable,
     slots: StdioSlots,
     stack: child::ChildStack,
     /// Whether children may share the descriptor table until they unshare
@@ -307,7 +275,7 @@ impl SpawnerState {
             self.share_files,
             plan.cgroup_procs.unwrap_or(-1),
         );
-        let mut children = own_children();
+        let mut children = self.children.lock();
         let cloned = child::clone_and_exec(&mut setup, &mut self.stack);
         self.slots.release();
         let (pid, pidfd) = cloned?;
@@ -381,9 +349,10 @@ pub(crate) struct Spawner {
 impl Spawner {
     /// Starts the spawning thread, with its reserved descriptors and the
     /// children's stack.
-    pub fn start() -> io::Result<Self> {
+    pub fn start(children: ChildTable) -> io::Result<Self> {
         check_pidfd_support()?;
         let mut state = SpawnerState {
+            children,
             slots: StdioSlots::open()?,
             stack: child::ChildStack::new()?,
             share_files: true,
@@ -442,11 +411,14 @@ pub(crate) struct Leader {
     pid: i32,
     pidfd: AsyncFd<Arc<OwnedFd>>,
     status: Option<ExitStatus>,
+    /// The table the leader is registered in until it is reaped.
+    children: ChildTable,
 }
 
 impl Leader {
-    /// Takes over `pidfd` of leader `pid`; must run inside the runtime.
-    pub fn new(pid: i32, pidfd: Arc<OwnedFd>) -> io::Result<Self> {
+    /// Takes over `pidfd` of leader `pid`, registered in `children`; must
+    /// run inside the runtime.
+    pub fn new(pid: i32, pidfd: Arc<OwnedFd>, children: ChildTable) -> io::Result<Self> {
         // A pidfd becomes readable when its process exits.
         // SAFETY: the AsyncFd holds one reference to the descriptor, so it
         // stays open for as long as it is registered; the other holders
@@ -456,6 +428,7 @@ impl Leader {
             pid,
             pidfd,
             status: None,
+            children,
         })
     }
 
@@ -482,7 +455,7 @@ impl Leader {
             (None, None) => ExitStatus::Code(-1),
         };
         self.status = Some(status);
-        forget_child(self.id());
+        self.children.forget(self.id());
         Ok(self.status)
     }
 
@@ -505,99 +478,8 @@ impl Drop for Leader {
     /// the reaper thread.
     fn drop(&mut self) {
         if matches!(self.try_wait(), Ok(None)) {
-            reap_later(self.pid, Arc::clone(self.pidfd.get_ref()));
-        }
-    }
-}
-
-/// Leaders whose supervisors were dropped before reaping them.
-struct Unreaped {
-    leaders: Vec<(i32, Arc<OwnedFd>)>,
-    /// Whether the reaper thread runs.
-    reaper: bool,
-}
-
-static UNREAPED: Mutex<Unreaped> = Mutex::new(Unreaped {
-    leaders: Vec::new(),
-    reaper: false,
-});
-
-/// Wakes the reaper thread when a leader is added: it blocks in `poll` on
-/// the pidfds it already has.
-static REAPER_WAKE: std::sync::OnceLock<Option<(OwnedFd, OwnedFd)>> = std::sync::OnceLock::new();
-
-fn unreaped() -> MutexGuard<'static, Unreaped> {
-    UNREAPED.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Reaps `pid` on the reaper thread once it exits.
-pub(crate) fn reap_later(pid: i32, pidfd: Arc<OwnedFd>) {
-    let wake = REAPER_WAKE
-        .get_or_init(|| rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK).ok());
-    let mut unreaped = unreaped();
-    unreaped.leaders.push((pid, pidfd));
-    if let Some((_, writer)) = wake {
-        let _ = rustix::io::write(writer, &[0]);
-    }
-    if !unreaped.reaper {
-        let started = thread::Builder::new()
-            .name("tend-reaper".into())
-            .spawn(reap_dropped_leaders);
-        match started {
-            Ok(_) => unreaped.reaper = true,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot start the reaper thread; a zombie remains")
-            }
-        }
-    }
-}
-
-/// The reaper thread: reaps every handed-over leader as it exits, and ends
-/// when none is left.
-fn reap_dropped_leaders() {
-    let wake = REAPER_WAKE
-        .get()
-        .and_then(Option::as_ref)
-        .map(|(reader, _)| reader);
-    loop {
-        let leaders = {
-            let mut unreaped = unreaped();
-            unreaped.leaders.retain(|(pid, pidfd)| {
-                let reaped = rustix::process::waitid(
-                    WaitId::PidFd(pidfd.as_fd()),
-                    WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
-                );
-                match reaped {
-                    Ok(None) => true,
-                    // Reaped now, or not reapable at all (ECHILD).
-                    _ => {
-                        forget_child(*pid as u32);
-                        false
-                    }
-                }
-            });
-            if unreaped.leaders.is_empty() {
-                unreaped.reaper = false;
-                return;
-            }
-            unreaped.leaders.clone()
-        };
-        let mut fds: Vec<rustix::event::PollFd<'_>> = leaders
-            .iter()
-            .map(|(_, pidfd)| rustix::event::PollFd::new(&**pidfd, rustix::event::PollFlags::IN))
-            .chain(wake.map(|w| rustix::event::PollFd::new(w, rustix::event::PollFlags::IN)))
-            .collect();
-        match rustix::event::poll(&mut fds, None) {
-            Ok(_) | Err(rustix::io::Errno::INTR) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "the reaper cannot wait; zombies may remain");
-                unreaped().reaper = false;
-                return;
-            }
-        }
-        if let Some(wake) = wake {
-            let mut drained = [0u8; 64];
-            while matches!(rustix::io::read(wake, &mut drained), Ok(n) if n > 0) {}
+            self.children
+                .reap_later(self.pid, Arc::clone(self.pidfd.get_ref()));
         }
     }
 }

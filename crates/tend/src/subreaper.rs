@@ -23,26 +23,32 @@ use tokio::{
     task::JoinHandle,
 };
 
-use crate::{kill, procfs, spawn};
+use crate::{children::ChildTable, kill, procfs};
 
 /// Marks the calling process as a child subreaper and reaps adopted
 /// zombies until dropped.
 pub struct Subreaper {
     reaper: JoinHandle<()>,
+    children: ChildTable,
 }
 
 /// Makes this process a child subreaper and starts reaping adopted
-/// children. Must be called inside a tokio runtime.
-pub fn enable() -> io::Result<Subreaper> {
+/// children: every zombie child not in `children`. Every manager and
+/// environment manager of the process must register its children in that
+/// same table ([`crate::ManagerBuilder::children`],
+/// [`crate::envs::PluginEnvironmentManager::children`]), or the subreaper
+/// would take their exit status. Must be called inside a tokio runtime.
+pub fn enable(children: ChildTable) -> io::Result<Subreaper> {
     rustix::process::set_child_subreaper(Some(rustix::process::getpid()))?;
     let mut sigchld = signal(SignalKind::child())?;
+    let table = children.clone();
     let reaper = tokio::spawn(async move {
-        reap_adopted();
+        reap_adopted(&table);
         while sigchld.recv().await.is_some() {
-            reap_adopted();
+            reap_adopted(&table);
         }
     });
-    Ok(Subreaper { reaper })
+    Ok(Subreaper { reaper, children })
 }
 
 impl Drop for Subreaper {
@@ -57,7 +63,7 @@ impl Subreaper {
     /// processes were signalled. Call it after the manager stopped its
     /// daemons, when every remaining child is an adopted one.
     pub async fn kill_adopted(&self, grace: Duration) -> usize {
-        let targets = adopted_descendants();
+        let targets = adopted_descendants(&self.children);
         if targets.is_empty() {
             return 0;
         }
@@ -66,14 +72,14 @@ impl Subreaper {
             "stopping descendants that escaped their daemon's process group"
         );
         kill::terminate_pids(&targets, grace).await;
-        reap_adopted();
+        reap_adopted(&self.children);
         targets.len()
     }
 }
 
 /// Reaps zombie children that tend did not spawn itself.
-fn reap_adopted() {
-    let own = spawn::own_children();
+fn reap_adopted(children: &ChildTable) {
+    let own = children.lock();
     let me = std::process::id() as i32;
     // Runs at every SIGCHLD: with many daemons, reading each process's
     // stat would cost more than the rest of the exit's handling. Own
@@ -106,10 +112,10 @@ fn reap_adopted() {
 
 /// Live children of this process that tend did not spawn, and all their
 /// descendants.
-fn adopted_descendants() -> Vec<i32> {
+fn adopted_descendants(children: &ChildTable) -> Vec<i32> {
     let me = std::process::id() as i32;
     let table = process_table();
-    let own = spawn::own_children();
+    let own = children.lock();
     let mut frontier: Vec<i32> = table
         .iter()
         .filter(|(_, stat)| stat.ppid == me && stat.is_alive())

@@ -18,6 +18,7 @@ use tokio::{
 
 use crate::{
     cgroup::{Containment, DaemonCgroup, ManagerCgroup},
+    children::ChildTable,
     config::{BackgroundProcessConfig, HealthCheck},
     defaults,
     error::{Error, Result},
@@ -48,6 +49,8 @@ pub(crate) struct Context {
     /// The batched connect health checks, unless the kernel's socket
     /// diagnostics are unavailable (then each supervisor connects).
     pub health: Option<Arc<HealthBoard>>,
+    /// The children of this process, shared with its subreaper.
+    pub children: ChildTable,
     /// How daemons are contained.
     pub containment: Containment,
     /// The manager's cgroup, with cgroup containment.
@@ -247,7 +250,7 @@ impl Supervisor {
         let pid = spawned.pid as u32;
         let pgid = spawned.pid;
         let pidfd = Arc::new(spawned.pidfd);
-        let leader = match Leader::new(spawned.pid, Arc::clone(&pidfd)) {
+        let leader = match Leader::new(spawned.pid, Arc::clone(&pidfd), self.ctx.children.clone()) {
             Ok(leader) => leader,
             Err(source) => {
                 // Without its pidfd registered tend could not see it exit:
@@ -257,7 +260,7 @@ impl Supervisor {
                     rustix::process::WaitId::PidFd(std::os::fd::AsFd::as_fd(&*pidfd)),
                     rustix::process::WaitIdOptions::EXITED,
                 );
-                crate::spawn::forget_child(pid);
+                self.ctx.children.forget(pid);
                 return Err(spawn_error(source));
             }
         };

@@ -44,8 +44,12 @@ pub async fn run(file: &Path) -> CommandResult {
     let lock = opened.lock()?;
     let mut signals = ShutdownSignals::install()?;
 
+    // One table of this process's children for the manager, the
+    // environment installers and the subreaper.
+    let children = tend::ChildTable::new();
     let manager = BackgroundProcessManager::builder()
         .state_dir(state_dir.path())
+        .children(children.clone())
         .build();
     let cleanup = manager
         .cleanup_orphans()
@@ -53,7 +57,11 @@ pub async fn run(file: &Path) -> CommandResult {
         .context("cannot clean up after an earlier run")?;
     report_cleanup(&cleanup);
 
-    let context = Arc::new(ServerContext::new(manager.clone(), config.clone()));
+    let context = Arc::new(ServerContext::new(
+        manager.clone(),
+        config.clone(),
+        children,
+    ));
     let server = ControlServer::bind(&state_dir.control_socket(), Arc::clone(&context))
         .with_context(|| format!("cannot listen on {}", state_dir.control_socket().display()))?;
     say!(
@@ -76,7 +84,11 @@ pub async fn run(file: &Path) -> CommandResult {
             false
         }
     };
-    let subreaper = if prepared { enable_subreaper() } else { None };
+    let subreaper = if prepared {
+        enable_subreaper(&context.children)
+    } else {
+        None
+    };
     let started = prepared
         && progress
             .print_while(async {
@@ -145,7 +157,7 @@ pub async fn run(file: &Path) -> CommandResult {
 ///
 /// Cancel safety: dropping the future kills the running installers.
 async fn prepare_environments(context: &Arc<ServerContext>) {
-    let environments = Arc::new(Environments::new(&context.config));
+    let environments = Arc::new(Environments::new(&context.config, context.children.clone()));
     let mut preparations = JoinSet::new();
     for name in context.config.environments.keys() {
         let context = Arc::clone(context);
@@ -238,8 +250,8 @@ fn report_cleanup(report: &CleanupReport) {
 /// Makes this process the reaper of its daemons' orphaned descendants, so
 /// double-forked ones are found and killed at shutdown. Failing that,
 /// supervision goes on without it.
-fn enable_subreaper() -> Option<Subreaper> {
-    match tend::subreaper::enable() {
+fn enable_subreaper(children: &tend::ChildTable) -> Option<Subreaper> {
+    match tend::subreaper::enable(children.clone()) {
         Ok(subreaper) => Some(subreaper),
         Err(e) => {
             tracing::warn!(error = %e, "cannot become a child subreaper; double-forked descendants may survive a stop");
