@@ -13,3 +13,4 @@ mod logs;
 mod orphans;
 mod start;
 mod stop;
+mod usage;
