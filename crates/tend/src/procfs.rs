@@ -85,6 +85,37 @@ pub(crate) fn live_group_members(pgid: i32) -> Vec<i32> {
         .collect()
 }
 
+/// The resident set of `pid` in bytes (`/proc/<pid>/statm`, second field,
+/// times the page size); `None` if it vanished or cannot be read.
+pub(crate) fn resident_bytes(pid: i32) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * rustix::param::page_size() as u64)
+}
+
+/// CPU time of `pid` (user and system) and of the children it reaped,
+/// from `/proc/<pid>/stat` fields 14 to 17; `None` if it cannot be read.
+pub(crate) fn cpu_time(pid: i32) -> Option<std::time::Duration> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let ticks = parse_cpu_ticks(&text)?;
+    let per_second = rustix::param::clock_ticks_per_second().max(1);
+    Some(std::time::Duration::from_micros(
+        ticks.saturating_mul(1_000_000) / per_second,
+    ))
+}
+
+/// utime + stime + cutime + cstime (fields 14 to 17) of a `stat` text.
+fn parse_cpu_ticks(text: &str) -> Option<u64> {
+    let after_comm = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    (14..=17).try_fold(0u64, |sum, n| {
+        // cutime and cstime are signed in the kernel; never negative in
+        // practice.
+        let ticks: i64 = fields.get(n - 3)?.parse().ok()?;
+        Some(sum + ticks.max(0) as u64)
+    })
+}
+
 /// Whether the environment of `pid` holds exactly `entry` (`NAME=value`).
 /// Unreadable environments (another user's process) never match.
 pub(crate) fn environ_contains(pid: i32, entry: &[u8]) -> bool {
@@ -142,6 +173,16 @@ mod tests {
         assert_eq!(s.pgid, 1234);
         assert_eq!(s.sid, 1234);
         assert_eq!(s.start_time, 987654);
+    }
+
+    #[test]
+    fn cpu_ticks_are_summed() {
+        let text = "1234 (a b) S 1 1234 1234 0 -1 4194560 100 0 0 0 \
+                    10 20 3 4 20 0 1 0 987654 1000 100";
+        assert_eq!(parse_cpu_ticks(text), Some(37));
+        assert!(cpu_time(std::process::id() as i32).is_some());
+        assert!(resident_bytes(std::process::id() as i32).unwrap() > 0);
+        assert_eq!(resident_bytes(i32::MAX), None);
     }
 
     #[test]

@@ -17,11 +17,11 @@ use tokio::{
 };
 
 use crate::{
-    cgroup::DaemonCgroup,
+    cgroup::{DaemonCgroup, ResourceUsage},
     delivery::EventDelivery,
     kill,
     logs::LogBuffer,
-    rpc,
+    procfs, rpc,
     state::{Occurrence, ProcessEvent, ProcessInfo, ProcessState, next_state},
 };
 
@@ -113,9 +113,20 @@ impl Shared {
             info.uptime = status.running_since.map(|since| since.elapsed());
             info
         };
-        // Read outside the status lock: two small reads of cgroupfs.
-        let cgroup = self.live().as_ref().and_then(|live| live.cgroup.clone());
-        info.usage = cgroup.map(|cgroup| cgroup.usage());
+        // Read outside the status lock: a few small reads of cgroupfs or
+        // /proc.
+        let live = self
+            .live()
+            .as_ref()
+            .map(|live| (live.cgroup.clone(), live.pgid));
+        info.usage = live.map(|(cgroup, leader)| match cgroup {
+            Some(cgroup) => cgroup.usage(),
+            // The leader alone: see `ResourceUsage`.
+            None => ResourceUsage {
+                cpu: procfs::cpu_time(leader).unwrap_or_default(),
+                memory_bytes: procfs::resident_bytes(leader),
+            },
+        });
         info
     }
 

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use tend::{BackgroundProcessManager, ContainmentChoice};
 
-use crate::harness::{Sandbox, testd};
+use crate::harness::{SOON, Sandbox, testd};
 
 /// Starts 200 workers under each containment and times `list()`: run with
 /// `cargo test --release -p testd --test library list_cost -- --ignored
@@ -47,4 +47,135 @@ async fn list_cost_per_daemon() {
         );
         manager.stop_all_processes().await;
     }
+}
+
+fn manager_in(sb: &Sandbox, choice: ContainmentChoice) -> BackgroundProcessManager {
+    BackgroundProcessManager::builder()
+        .state_dir(sb.state_dir())
+        .containment(choice)
+        .build()
+}
+
+/// A running daemon's CPU time and memory are in its snapshot, under
+/// either containment (the memory from `/proc` where the v2 memory
+/// controller is missing, as on hybrid hosts).
+#[tokio::test]
+async fn usage_of_a_running_daemon() {
+    for choice in [ContainmentChoice::Auto, ContainmentChoice::ProcessGroup] {
+        let sb = Sandbox::new();
+        let manager = manager_in(&sb, choice);
+        manager
+            .start_process(sb.worker("busy", &["--never-bind"]))
+            .await
+            .unwrap();
+        let _tracked = crate::harness::Tracked::new(manager.pid("busy").unwrap());
+        let containment = manager.containment().unwrap();
+        assert_eq!(
+            manager.process_info("busy").unwrap().containment,
+            Some(containment)
+        );
+        // Ready at spawn: the leader may not have exec'd testd yet, which
+        // maps its binary and a tokio runtime, well over 256 KiB.
+        let memory = || {
+            let usage = manager.process_info("busy").unwrap().usage;
+            usage.expect("usage of a live daemon").memory_bytes
+        };
+        crate::harness::wait_for(&format!("{containment}: testd's memory"), SOON, || {
+            memory().is_some_and(|bytes| bytes > 256 << 10)
+        })
+        .await;
+        let memory = memory().unwrap();
+        assert!(memory < 1 << 30, "{containment}: {memory} bytes");
+        manager.stop_process("busy").await.unwrap();
+        assert_eq!(manager.process_info("busy").unwrap().usage, None);
+    }
+}
+
+/// Limits under process-group containment are refused before anything is
+/// spawned, with the daemon, the limit and the reason named.
+#[tokio::test]
+async fn limits_are_refused_with_process_groups() {
+    let sb = Sandbox::new();
+    let manager = manager_in(&sb, ContainmentChoice::ProcessGroup);
+    let error = manager
+        .start_process(sb.worker("capped", &["--never-bind"]).pids_max(10))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, tend::Error::LimitUnavailable { limit: "pids_max", .. }),
+        "{error:?}"
+    );
+    let text = error.to_string();
+    assert!(text.contains("\"capped\""), "{text}");
+    assert!(text.contains("pids_max needs cgroup containment"), "{text}");
+    assert!(manager.process_info("capped").is_none());
+    assert!(manager.list().is_empty());
+}
+
+/// Where the controller is delegated, the limit is written to the daemon's
+/// cgroup; where it is not, the start fails with the reason and nothing is
+/// left running or registered.
+async fn limit_applies_or_is_refused(
+    limit: &str,
+    config: impl Fn(tend::BackgroundProcessConfig) -> tend::BackgroundProcessConfig,
+    file: &str,
+    written: &str,
+) {
+    let sb = Sandbox::new();
+    let manager = manager_in(&sb, ContainmentChoice::Cgroup);
+    let name = "capped";
+    let started = manager
+        .start_process(config(sb.worker(name, &["--never-bind"])))
+        .await;
+    let Some(cgroup) = manager.cgroup_path() else {
+        eprintln!("skipped: no cgroup containment here: {started:?}");
+        return;
+    };
+    match started {
+        Ok(()) => {
+            let _tracked = crate::harness::Tracked::new(manager.pid(name).unwrap());
+            let value = std::fs::read_to_string(cgroup.join(format!("d-{name}")).join(file))
+                .unwrap();
+            assert_eq!(value.trim(), written, "{file}");
+            eprintln!("{limit}: applied ({file} = {written})");
+            manager.stop_process(name).await.unwrap();
+        }
+        Err(error) => {
+            eprintln!("{limit}: refused here, as it should be: {error}");
+            let text = error.to_string();
+            assert!(
+                matches!(&error, tend::Error::LimitUnavailable { limit: l, .. } if *l == limit),
+                "{error:?}"
+            );
+            assert!(text.contains(&format!("cannot start \"{name}\"")), "{text}");
+            assert!(text.contains(&format!("{limit} needs the")), "{text}");
+            assert!(text.contains("controller"), "{text}");
+            assert!(text.contains(&format!("remove {limit}")), "{text}");
+            assert!(manager.process_info(name).is_none());
+            assert!(manager.list().is_empty());
+            // No daemon cgroup was made, so nothing can run in one.
+            assert!(!cgroup.join(format!("d-{name}")).exists());
+        }
+    }
+}
+
+#[tokio::test]
+async fn memory_max_applies_or_is_refused() {
+    limit_applies_or_is_refused(
+        "memory_max",
+        |c| c.memory_max(256 << 20),
+        "memory.max",
+        "268435456",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn pids_max_applies_or_is_refused() {
+    limit_applies_or_is_refused("pids_max", |c| c.pids_max(32), "pids.max", "32").await;
+}
+
+#[tokio::test]
+async fn cpu_max_applies_or_is_refused() {
+    limit_applies_or_is_refused("cpu_max", |c| c.cpu_max(0.5), "cpu.max", "50000 100000").await;
 }
