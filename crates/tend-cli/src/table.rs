@@ -57,9 +57,9 @@ fn row(process: &ProcessStatus) -> [String; 9] {
         process
             .uptime_ms
             .map_or("-".into(), |ms| format_uptime(Duration::from_millis(ms))),
-        process
-            .usage
-            .map_or("-".into(), |usage| format_cpu(Duration::from_micros(usage.cpu_us))),
+        process.usage.map_or("-".into(), |usage| {
+            format_cpu(Duration::from_micros(usage.cpu_us))
+        }),
         process
             .usage
             .and_then(|usage| usage.memory_bytes)

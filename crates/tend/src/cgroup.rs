@@ -251,7 +251,10 @@ impl ManagerCgroup {
                 })
                 .unwrap_or_default()
         };
-        if listed("cgroup.subtree_control").iter().any(|c| c == controller) {
+        if listed("cgroup.subtree_control")
+            .iter()
+            .any(|c| c == controller)
+        {
             return Ok(());
         }
         let offered = listed("cgroup.controllers");
@@ -265,13 +268,17 @@ impl ManagerCgroup {
                 "which this cgroup v2 does not offer (available: {available})"
             ));
         }
-        write_control(&self.dir, "cgroup.subtree_control", format!("+{controller}").as_bytes())
-            .map_err(|e| {
-                format!(
-                    "which could not be enabled in {}: {e}",
-                    self.path.join("cgroup.subtree_control").display()
-                )
-            })
+        write_control(
+            &self.dir,
+            "cgroup.subtree_control",
+            format!("+{controller}").as_bytes(),
+        )
+        .map_err(|e| {
+            format!(
+                "which could not be enabled in {}: {e}",
+                self.path.join("cgroup.subtree_control").display()
+            )
+        })
     }
 
     /// The cgroup of daemon `name` (whose characters `config` validated),
@@ -458,7 +465,9 @@ impl DaemonCgroup {
             .map(Duration::from_micros)
             .unwrap_or_default();
         let memory_bytes = match read_control(&self.dir, "memory.current") {
-            Ok(text) => std::str::from_utf8(&text).ok().and_then(|t| t.trim().parse().ok()),
+            Ok(text) => std::str::from_utf8(&text)
+                .ok()
+                .and_then(|t| t.trim().parse().ok()),
             // No memory controller here: the members' resident sets.
             Err(_) => Some(
                 self.members()
@@ -477,8 +486,8 @@ impl DaemonCgroup {
     pub fn apply_limits(&self, limits: &[Limit]) -> io::Result<()> {
         for limit in limits {
             match &limit.value {
-                Some(value) => write_control(&self.dir, limit.file, value.as_bytes()).map_err(
-                    |e| {
+                Some(value) => {
+                    write_control(&self.dir, limit.file, value.as_bytes()).map_err(|e| {
                         io::Error::new(
                             e.kind(),
                             format!(
@@ -486,8 +495,8 @@ impl DaemonCgroup {
                                 self.path.join(limit.file).display()
                             ),
                         )
-                    },
-                )?,
+                    })?
+                }
                 None => match write_control(&self.dir, limit.file, b"max") {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -534,9 +543,9 @@ pub(crate) fn limits_of(config: &crate::BackgroundProcessConfig) -> [Limit; 3] {
             field: "cpu_max",
             controller: "cpu",
             file: "cpu.max",
-            value: config.cpu_max.map(|cpus| {
-                format!("{} {CPU_PERIOD_US}", cpu_quota_us(cpus))
-            }),
+            value: config
+                .cpu_max
+                .map(|cpus| format!("{} {CPU_PERIOD_US}", cpu_quota_us(cpus))),
         },
     ]
 }

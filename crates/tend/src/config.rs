@@ -392,7 +392,7 @@ impl BackgroundProcessConfig {
             );
         }
         if let Some(cpus) = self.cpu_max {
-            if !cpus.is_finite() || cpus < MIN_CPU_MAX || cpus > MAX_CPU_MAX {
+            if !(MIN_CPU_MAX..=MAX_CPU_MAX).contains(&cpus) {
                 problem(
                     "cpu_max",
                     format!(

@@ -293,7 +293,9 @@ impl BackgroundProcessManager {
             return Err(Error::ShuttingDown(config.name));
         }
         let context = self.context()?;
-        check_limits(&config, &context)?;
+        // A refused limit leaves the daemon in `Error`, with the reason, so
+        // a status shows why it is not running.
+        let refusal = check_limits(&config, &context).err();
         let (waiter, started) = oneshot::channel();
         {
             let mut slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
@@ -326,6 +328,30 @@ impl BackgroundProcessManager {
             shared.begin_start();
             shared.apply(Occurrence::Start, "start requested");
             let (control, requests) = mpsc::unbounded_channel();
+            if let Some(refusal) = refusal {
+                let reason = refusal.to_string();
+                shared.update(|info| {
+                    info.containment = Some(context.containment);
+                    info.last_error = Some(reason.clone());
+                });
+                shared.apply(
+                    Occurrence::Failed {
+                        will_restart: false,
+                    },
+                    &reason,
+                );
+                // No supervisor reads `requests`: a stop finds nothing to do.
+                drop(requests);
+                slots.insert(
+                    config.name.clone(),
+                    Slot {
+                        shared,
+                        control,
+                        config,
+                    },
+                );
+                return Err(refusal);
+            }
             let supervisor = Supervisor::new(
                 config.clone(),
                 Arc::clone(&shared),

@@ -85,35 +85,59 @@ pub(crate) fn live_group_members(pgid: i32) -> Vec<i32> {
         .collect()
 }
 
+/// Reads a small `/proc` file (at most 1 KiB is kept) without the
+/// `statx` that `fs::read` adds: this runs per daemon per status request.
+fn read_small(path: &str, buf: &mut [u8; 1024]) -> Option<usize> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ok()?;
+    let mut filled = 0;
+    while filled < buf.len() {
+        match rustix::io::read(&fd, &mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(_) => return None,
+        }
+    }
+    Some(filled)
+}
+
 /// The resident set of `pid` in bytes (`/proc/<pid>/statm`, second field,
 /// times the page size); `None` if it vanished or cannot be read.
 pub(crate) fn resident_bytes(pid: i32) -> Option<u64> {
-    let text = fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let mut buf = [0u8; 1024];
+    let len = read_small(&format!("/proc/{pid}/statm"), &mut buf)?;
+    let text = std::str::from_utf8(&buf[..len]).ok()?;
     let pages: u64 = text.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * rustix::param::page_size() as u64)
 }
 
-/// CPU time of `pid` (user and system) and of the children it reaped,
-/// from `/proc/<pid>/stat` fields 14 to 17; `None` if it cannot be read.
-pub(crate) fn cpu_time(pid: i32) -> Option<std::time::Duration> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let ticks = parse_cpu_ticks(&text)?;
+/// CPU time of `pid` (user and system, its own and that of the children
+/// it reaped) and its resident set in bytes, from one read of
+/// `/proc/<pid>/stat`; `None` if it cannot be read.
+pub(crate) fn cpu_and_resident(pid: i32) -> Option<(std::time::Duration, u64)> {
+    let mut buf = [0u8; 1024];
+    let len = read_small(&format!("/proc/{pid}/stat"), &mut buf)?;
+    let text = std::str::from_utf8(&buf[..len]).ok()?;
+    let (ticks, rss_pages) = parse_usage(text)?;
     let per_second = rustix::param::clock_ticks_per_second().max(1);
-    Some(std::time::Duration::from_micros(
-        ticks.saturating_mul(1_000_000) / per_second,
+    Some((
+        std::time::Duration::from_micros(ticks.saturating_mul(1_000_000) / per_second),
+        rss_pages.saturating_mul(rustix::param::page_size() as u64),
     ))
 }
 
-/// utime + stime + cutime + cstime (fields 14 to 17) of a `stat` text.
-fn parse_cpu_ticks(text: &str) -> Option<u64> {
+/// utime + stime + cutime + cstime (fields 14 to 17) and rss (field 24,
+/// in pages) of a `stat` text.
+fn parse_usage(text: &str) -> Option<(u64, u64)> {
     let after_comm = &text[text.rfind(')')? + 1..];
     let fields: Vec<&str> = after_comm.split_whitespace().collect();
-    (14..=17).try_fold(0u64, |sum, n| {
-        // cutime and cstime are signed in the kernel; never negative in
-        // practice.
-        let ticks: i64 = fields.get(n - 3)?.parse().ok()?;
-        Some(sum + ticks.max(0) as u64)
-    })
+    // Signed in the kernel; never negative in practice.
+    let field = |n: usize| -> Option<u64> {
+        let value: i64 = fields.get(n - 3)?.parse().ok()?;
+        Some(value.max(0) as u64)
+    };
+    let ticks = (14..=17).try_fold(0u64, |sum, n| Some(sum + field(n)?))?;
+    Some((ticks, field(24)?))
 }
 
 /// Whether the environment of `pid` holds exactly `entry` (`NAME=value`).
@@ -178,11 +202,14 @@ mod tests {
     #[test]
     fn cpu_ticks_are_summed() {
         let text = "1234 (a b) S 1 1234 1234 0 -1 4194560 100 0 0 0 \
-                    10 20 3 4 20 0 1 0 987654 1000 100";
-        assert_eq!(parse_cpu_ticks(text), Some(37));
-        assert!(cpu_time(std::process::id() as i32).is_some());
-        assert!(resident_bytes(std::process::id() as i32).unwrap() > 0);
+                    10 20 3 4 20 0 1 0 987654 1000 100 18446744073709551615";
+        assert_eq!(parse_usage(text), Some((37, 100)));
+        let me = std::process::id() as i32;
+        let (_, rss) = cpu_and_resident(me).unwrap();
+        assert!(rss > 0);
+        assert!(resident_bytes(me).unwrap() > 0);
         assert_eq!(resident_bytes(i32::MAX), None);
+        assert_eq!(cpu_and_resident(i32::MAX), None);
     }
 
     #[test]

@@ -122,10 +122,13 @@ impl Shared {
         info.usage = live.map(|(cgroup, leader)| match cgroup {
             Some(cgroup) => cgroup.usage(),
             // The leader alone: see `ResourceUsage`.
-            None => ResourceUsage {
-                cpu: procfs::cpu_time(leader).unwrap_or_default(),
-                memory_bytes: procfs::resident_bytes(leader),
-            },
+            None => {
+                let read = procfs::cpu_and_resident(leader);
+                ResourceUsage {
+                    cpu: read.map(|(cpu, _)| cpu).unwrap_or_default(),
+                    memory_bytes: read.map(|(_, rss)| rss),
+                }
+            }
         });
         info
     }

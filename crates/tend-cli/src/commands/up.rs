@@ -65,7 +65,10 @@ pub async fn run(file: &Path) -> CommandResult {
     // Decided when the manager cleaned up, before any daemon starts.
     match (manager.containment(), manager.cgroup_path()) {
         (Some(containment), Some(cgroup)) => {
-            say!("tend: containment: {containment} (daemons in {})", cgroup.display())
+            say!(
+                "tend: containment: {containment} (daemons in {})",
+                cgroup.display()
+            )
         }
         (Some(containment), None) => say!("tend: containment: {containment}"),
         (None, _) => {}

@@ -5,8 +5,7 @@
 //! bytes.
 
 /// What a size value should look like, for error messages.
-pub const SIZE_HINT: &str =
-    "expected a size such as \"512M\", \"1.5G\" or \"64KiB\" (powers of 1024), or an integer of bytes";
+pub const SIZE_HINT: &str = "expected a size such as \"512M\", \"1.5G\" or \"64KiB\" (powers of 1024), or an integer of bytes";
 
 /// The units a size may use, with their factor.
 const UNITS: [(&str, u64); 5] = [
@@ -35,7 +34,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .or_else(|| unit.strip_suffix('b'))
         .unwrap_or(&unit);
     let Some(&(_, factor)) = UNITS.iter().find(|(u, _)| *u == prefix) else {
-        return Err(format!("size {text:?} has an unknown unit {unit:?}; {SIZE_HINT}"));
+        return Err(format!(
+            "size {text:?} has an unknown unit {unit:?}; {SIZE_HINT}"
+        ));
     };
     let too_large = || format!("size {text:?} is too large");
     match number.split_once('.') {
@@ -86,9 +87,16 @@ mod tests {
     fn nonsense_is_refused_with_a_hint() {
         for bad in ["", "M", "1X", "1.2.3G", ".5G", "5.G", "-1G", "1 G B"] {
             let error = parse_size(bad).unwrap_err();
-            assert!(error.contains("expected a size") || error.contains("unknown unit"), "{bad}: {error}");
+            assert!(
+                error.contains("expected a size") || error.contains("unknown unit"),
+                "{bad}: {error}"
+            );
         }
-        assert!(parse_size("99999999999T").unwrap_err().contains("too large"));
+        assert!(
+            parse_size("99999999999T")
+                .unwrap_err()
+                .contains("too large")
+        );
         assert!(size_from_integer(-1).is_err());
         assert_eq!(size_from_integer(4096), Ok(4096));
     }

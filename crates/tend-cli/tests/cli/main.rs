@@ -20,3 +20,4 @@ mod publish;
 mod python_env;
 mod reliability;
 mod signals;
+mod usage;

@@ -45,6 +45,27 @@ async fn list_cost_per_daemon() {
             "list() with {:?}: {per_daemon:?} per daemon ({DAEMONS} daemons, {ROUNDS} rounds)",
             manager.containment().unwrap()
         );
+        // References under the same load: one read of each daemon's
+        // `cpu.stat` (all that list() read before the memory fallback), or
+        // of each leader's `/proc/<pid>/stat`.
+        let pids: Vec<u32> = manager.list().iter().filter_map(|i| i.pid).collect();
+        let files: Vec<std::path::PathBuf> = match manager.cgroup_path() {
+            Some(cgroup) => (0..DAEMONS)
+                .map(|i| cgroup.join(format!("d-w{i}/cpu.stat")))
+                .collect(),
+            None => pids
+                .iter()
+                .map(|pid| format!("/proc/{pid}/stat").into())
+                .collect(),
+        };
+        let begin = Instant::now();
+        for _ in 0..ROUNDS {
+            for file in &files {
+                let _ = std::fs::read(file);
+            }
+        }
+        let reference = begin.elapsed() / (ROUNDS * DAEMONS as u32);
+        eprintln!("  reference: one read of {:?}: {reference:?}", files[0]);
         manager.stop_all_processes().await;
     }
 }
@@ -102,14 +123,19 @@ async fn limits_are_refused_with_process_groups() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&error, tend::Error::LimitUnavailable { limit: "pids_max", .. }),
+        matches!(
+            &error,
+            tend::Error::LimitUnavailable {
+                limit: "pids_max",
+                ..
+            }
+        ),
         "{error:?}"
     );
     let text = error.to_string();
     assert!(text.contains("\"capped\""), "{text}");
     assert!(text.contains("pids_max needs cgroup containment"), "{text}");
-    assert!(manager.process_info("capped").is_none());
-    assert!(manager.list().is_empty());
+    assert_refused_in_error(&manager, "capped", &text).await;
 }
 
 /// Where the controller is delegated, the limit is written to the daemon's
@@ -134,8 +160,8 @@ async fn limit_applies_or_is_refused(
     match started {
         Ok(()) => {
             let _tracked = crate::harness::Tracked::new(manager.pid(name).unwrap());
-            let value = std::fs::read_to_string(cgroup.join(format!("d-{name}")).join(file))
-                .unwrap();
+            let value =
+                std::fs::read_to_string(cgroup.join(format!("d-{name}")).join(file)).unwrap();
             assert_eq!(value.trim(), written, "{file}");
             eprintln!("{limit}: applied ({file} = {written})");
             manager.stop_process(name).await.unwrap();
@@ -151,12 +177,25 @@ async fn limit_applies_or_is_refused(
             assert!(text.contains(&format!("{limit} needs the")), "{text}");
             assert!(text.contains("controller"), "{text}");
             assert!(text.contains(&format!("remove {limit}")), "{text}");
-            assert!(manager.process_info(name).is_none());
-            assert!(manager.list().is_empty());
+            assert_refused_in_error(&manager, name, &text).await;
             // No daemon cgroup was made, so nothing can run in one.
             assert!(!cgroup.join(format!("d-{name}")).exists());
         }
     }
+}
+
+/// A refused daemon is in `Error` with the refusal as its last error,
+/// with no PID, and stopping it does nothing.
+async fn assert_refused_in_error(manager: &BackgroundProcessManager, name: &str, text: &str) {
+    let info = manager
+        .process_info(name)
+        .expect("the refused daemon is listed");
+    assert_eq!(info.state, tend::ProcessState::Error);
+    assert_eq!(info.pid, None);
+    assert_eq!(info.usage, None);
+    assert_eq!(info.last_error.as_deref(), Some(text));
+    manager.stop_process(name).await.unwrap();
+    assert_eq!(manager.state(name), Some(tend::ProcessState::Error));
 }
 
 #[tokio::test]
