@@ -121,8 +121,10 @@ pub struct BackgroundProcessConfig {
     /// Resource limits need cgroup containment and the controller
     /// delegated to the manager's cgroup: tend enables it in the manager
     /// cgroup's `cgroup.subtree_control` where its parent offers it.
-    /// Where it cannot, the start fails with
-    /// [`Error::LimitUnavailable`] and nothing is run.
+    /// Where it cannot (or the manager contains its daemons by process
+    /// group), the start fails with [`Error::LimitUnavailable`]: nothing
+    /// is spawned, and the daemon is left in `Error` with the reason as
+    /// its `last_error`.
     pub memory_max: Option<u64>,
     /// Most processes and threads the daemon's cgroup may hold at once
     /// (`pids.max`): a fork beyond it fails with `EAGAIN`. Needs the

@@ -80,7 +80,8 @@ pub enum Error {
     /// A resource limit of the config cannot be enforced here: the
     /// manager contains its daemons by process group, or the cgroup
     /// controller the limit needs is not delegated to it. Nothing was
-    /// spawned.
+    /// spawned; the daemon is left in `Error` with this as its
+    /// `last_error`.
     #[error("cannot start {name:?}: {limit} {reason}")]
     LimitUnavailable {
         /// The process name.
