@@ -25,6 +25,18 @@ use crate::{
     state::{Occurrence, ProcessEvent, ProcessInfo, ProcessState, next_state},
 };
 
+/// Whether the process of `pidfd` has exited (a pidfd polls readable
+/// then); an error counts as exited.
+fn has_exited(pidfd: &OwnedFd) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
+    let zero = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    rustix::event::poll(&mut fds, Some(&zero)).map_or(true, |ready| ready > 0)
+}
+
 /// What the supervisor publishes and the manager reads.
 pub(crate) struct Shared {
     pub name: String,
@@ -118,16 +130,22 @@ impl Shared {
         let live = self
             .live()
             .as_ref()
-            .map(|live| (live.cgroup.clone(), live.pgid));
-        info.usage = live.map(|(cgroup, leader)| match cgroup {
-            Some(cgroup) => cgroup.usage(),
+            .map(|live| (live.cgroup.clone(), live.pgid, Arc::clone(&live.pidfd)));
+        info.usage = live.and_then(|(cgroup, leader, pidfd)| match cgroup {
+            Some(cgroup) => Some(cgroup.usage()),
             // The leader alone: see `ResourceUsage`.
             None => {
                 let read = procfs::cpu_and_resident(leader);
-                ResourceUsage {
+                // Still running after the read, so the PID read was the
+                // leader's and not a reused one (it may be reaped before
+                // `live` is cleared).
+                if has_exited(&pidfd) {
+                    return None;
+                }
+                Some(ResourceUsage {
                     cpu: read.map(|(cpu, _)| cpu).unwrap_or_default(),
                     memory_bytes: read.map(|(_, rss)| rss),
-                }
+                })
             }
         });
         info
