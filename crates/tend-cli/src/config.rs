@@ -9,6 +9,7 @@
 //! contains a `/`, `python.requirements` and `node.package` against `cwd`.
 
 pub mod duration;
+mod size;
 mod values;
 
 use std::{
@@ -18,7 +19,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use tend::{BackgroundProcessConfig, HealthCheck, HealthProbe, defaults};
+use tend::{BackgroundProcessConfig, ContainmentChoice, HealthCheck, HealthProbe, defaults};
 use toml_edit::ImDocument;
 
 use crate::state_dir::StateDir;
@@ -28,7 +29,7 @@ use values::{Entry, Problems, Span, entries, line_of};
 pub const DEFAULT_CONFIG_FILE: &str = "tend.toml";
 
 const TOP_LEVEL_KEYS: &[&str] = &["settings", "process"];
-const SETTINGS_KEYS: &[&str] = &["state_dir"];
+const SETTINGS_KEYS: &[&str] = &["state_dir", "containment"];
 const PROCESS_KEYS: &[&str] = &[
     "command",
     "args",
@@ -43,6 +44,9 @@ const PROCESS_KEYS: &[&str] = &[
     "log_file",
     "healthcheck",
     "events",
+    "memory_max",
+    "pids_max",
+    "cpu_max",
     "python",
     "node",
 ];
@@ -65,6 +69,8 @@ pub struct TendConfig {
     pub file: PathBuf,
     /// Where the supervisor keeps its state.
     pub state_dir: StateDir,
+    /// How the daemons are to be contained (`[settings] containment`).
+    pub containment: ContainmentChoice,
     /// The daemons, in file order.
     pub processes: Vec<BackgroundProcessConfig>,
     /// The environments to prepare before starting a daemon, by daemon
@@ -188,7 +194,7 @@ fn state_dir_in(file: &Path, text: &str) -> Result<StateDir, ConfigError> {
             key_span: key.span(),
             value_span: item.span(),
         });
-    let state_dir = read_settings(settings.as_ref(), base_dir(file), &mut problems);
+    let (state_dir, _) = read_settings(settings.as_ref(), base_dir(file), &mut problems);
     if problems.is_empty() {
         Ok(state_dir)
     } else {
@@ -303,7 +309,7 @@ pub fn parse(file: &Path, text: &str) -> Result<TendConfig, ConfigError> {
             _ => problems.unknown_key(&entry, TOP_LEVEL_KEYS),
         }
     }
-    let state_dir = read_settings(settings.as_ref(), base, &mut problems);
+    let (state_dir, containment) = read_settings(settings.as_ref(), base, &mut problems);
 
     let mut processes = Vec::new();
     match process_tables {
@@ -336,6 +342,7 @@ pub fn parse(file: &Path, text: &str) -> Result<TendConfig, ConfigError> {
         Ok(TendConfig {
             file: file.to_owned(),
             state_dir,
+            containment,
             processes: processes.into_iter().map(|read| read.config).collect(),
             environments,
         })
@@ -351,7 +358,8 @@ fn read_settings(
     settings: Option<&Entry<'_>>,
     base: &Path,
     problems: &mut Problems<'_>,
-) -> StateDir {
+) -> (StateDir, ContainmentChoice) {
+    let mut containment = ContainmentChoice::Auto;
     let mut state_dir = None;
     let mut state_dir_span = None;
     if let Some(table) = settings.and_then(|entry| problems.table(entry)) {
@@ -362,6 +370,19 @@ fn read_settings(
                     state_dir = problems.non_empty_string(&entry).map(|dir| base.join(dir));
                     state_dir_span = entry.span();
                 }
+                "settings.containment" => match problems.string(&entry).as_deref() {
+                    Some("auto") => containment = ContainmentChoice::Auto,
+                    Some("cgroup") => containment = ContainmentChoice::Cgroup,
+                    Some("process-group") => containment = ContainmentChoice::ProcessGroup,
+                    Some(other) => problems.add(
+                        entry.span(),
+                        &entry.key,
+                        format!(
+                            "must be \"auto\", \"cgroup\" or \"process-group\", found {other:?}"
+                        ),
+                    ),
+                    None => {}
+                },
                 _ => problems.unknown_key(&entry, SETTINGS_KEYS),
             }
         }
@@ -380,7 +401,7 @@ fn read_settings(
             ),
         );
     }
-    state_dir
+    (state_dir, containment)
 }
 
 /// Where each key of one process was written, for problems found later.
@@ -495,6 +516,9 @@ fn read_process(
                     config = config.events(events);
                 }
             }
+            "memory_max" => config.memory_max = problems.size(&entry),
+            "pids_max" => config.pids_max = problems.large_count(&entry),
+            "cpu_max" => config.cpu_max = problems.number(&entry),
             // Recorded even when invalid, so that the default command
             // applies and no second problem is reported for it.
             "python" => {

@@ -7,7 +7,7 @@ use std::{path::PathBuf, time::SystemTime};
 
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
-use tend::{LogLine, ProcessInfo, ProcessState, Stream};
+use tend::{Containment, LogLine, ProcessInfo, ProcessState, ResourceUsage, Stream};
 
 /// Longest request line the supervisor reads; a longer one is answered
 /// with an error and the connection closed.
@@ -250,6 +250,33 @@ pub struct ProcessStatus {
     pub uptime_ms: Option<u64>,
     /// How the previous incarnation ended, in words.
     pub last_exit: Option<String>,
+    /// How the daemon is contained: `cgroup` or `process-group`; null
+    /// until it was started.
+    #[serde(default)]
+    pub containment: Option<Containment>,
+    /// CPU time and memory of its live incarnation; null while none is
+    /// alive.
+    #[serde(default)]
+    pub usage: Option<Usage>,
+}
+
+/// CPU time and memory of one daemon (see [`tend::ResourceUsage`] for
+/// what each covers under each containment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// CPU time, user and system, in microseconds.
+    pub cpu_us: u64,
+    /// Memory in use, in bytes; null when it could not be read.
+    pub memory_bytes: Option<u64>,
+}
+
+impl From<ResourceUsage> for Usage {
+    fn from(usage: ResourceUsage) -> Self {
+        Usage {
+            cpu_us: usage.cpu.as_micros().min(u128::from(u64::MAX)) as u64,
+            memory_bytes: usage.memory_bytes,
+        }
+    }
 }
 
 impl ProcessStatus {
@@ -273,6 +300,8 @@ impl ProcessStatus {
             started_at: None,
             uptime_ms: None,
             last_exit: None,
+            containment: None,
+            usage: None,
         }
     }
 
@@ -289,6 +318,8 @@ impl ProcessStatus {
             started_at: info.started_at.map(unix_ms),
             uptime_ms: info.uptime.map(|d| d.as_millis() as u64),
             last_exit: info.last_exit.map(|exit| exit.to_string()),
+            containment: info.containment,
+            usage: info.usage.map(Usage::from),
         }
     }
 }

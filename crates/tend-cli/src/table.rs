@@ -1,4 +1,5 @@
-//! The status table: name, state, pid, uptime, restarts, health, last error.
+//! The status table: name, state, pid, uptime, CPU time, memory,
+//! restarts, health, last error; and the containment line under it.
 
 use std::time::Duration;
 
@@ -10,11 +11,13 @@ use crate::{
 /// Longest last-error text shown in the table; `--json` has all of it.
 const MAX_ERROR_CHARS: usize = 70;
 
-const HEADERS: [&str; 7] = [
+const HEADERS: [&str; 9] = [
     "NAME",
     "STATE",
     "PID",
     "UPTIME",
+    "CPU",
+    "MEM",
     "RESTARTS",
     "HEALTH",
     "LAST ERROR",
@@ -22,7 +25,7 @@ const HEADERS: [&str; 7] = [
 
 /// The table for `processes`, one line each under a header line.
 pub fn render(processes: &[ProcessStatus]) -> String {
-    let rows: Vec<[String; 7]> = processes.iter().map(row).collect();
+    let rows: Vec<[String; 9]> = processes.iter().map(row).collect();
     let mut widths = HEADERS.map(str::len);
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -46,7 +49,7 @@ pub fn render(processes: &[ProcessStatus]) -> String {
     out
 }
 
-fn row(process: &ProcessStatus) -> [String; 7] {
+fn row(process: &ProcessStatus) -> [String; 9] {
     [
         escape_controls(&process.name, Layout::Line).into_owned(),
         process.state.as_str().to_owned(),
@@ -54,6 +57,13 @@ fn row(process: &ProcessStatus) -> [String; 7] {
         process
             .uptime_ms
             .map_or("-".into(), |ms| format_uptime(Duration::from_millis(ms))),
+        process.usage.map_or("-".into(), |usage| {
+            format_cpu(Duration::from_micros(usage.cpu_us))
+        }),
+        process
+            .usage
+            .and_then(|usage| usage.memory_bytes)
+            .map_or("-".into(), format_bytes),
         process.restart_attempts.to_string(),
         health(process),
         process
@@ -71,6 +81,43 @@ fn health(process: &ProcessStatus) -> String {
         }
         (Some(_), State::Running) => "ok".into(),
         _ => "-".into(),
+    }
+}
+
+/// The line under the table saying how the daemons are contained
+/// (`containment: cgroup`), from the first daemon that says; `None`
+/// before any was started.
+pub fn containment_line(processes: &[ProcessStatus]) -> Option<String> {
+    let containment = processes.iter().find_map(|p| p.containment)?;
+    Some(format!("containment: {containment}"))
+}
+
+/// CPU time: `0.03s` and `1.2s` under a minute (two decimals under a
+/// second), then like an uptime (`5m03s`).
+pub fn format_cpu(cpu: Duration) -> String {
+    let secs = cpu.as_secs_f64();
+    if secs < 1.0 {
+        format!("{secs:.2}s")
+    } else if secs < 60.0 {
+        format!("{secs:.1}s")
+    } else {
+        format_uptime(cpu)
+    }
+}
+
+/// Bytes in binary units: `512 B`, `12.3 KiB`, `12.3 MiB`, `1.5 GiB`.
+pub fn format_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
     }
 }
 
@@ -121,6 +168,8 @@ mod tests {
             started_at: None,
             uptime_ms: None,
             last_exit: None,
+            containment: None,
+            usage: None,
         }
     }
 
@@ -142,16 +191,43 @@ mod tests {
         echo.pid = Some(1234);
         echo.uptime_ms = Some(65_000);
         echo.health_check_retries = Some(3);
+        echo.usage = Some(crate::protocol::Usage {
+            cpu_us: 1_234_567,
+            memory_bytes: Some(12_900_000),
+        });
         let mut broken = status("a-long-name", State::Error);
         broken.last_error = Some("exited with code 1\nbefore it was ready".into());
         broken.restart_attempts = 3;
         let table = render(&[echo, broken]);
         let expected = "\
-NAME         STATE    PID   UPTIME  RESTARTS  HEALTH  LAST ERROR
-echo         running  1234  1m05s   0         ok      -
-a-long-name  error    -     -       3         -       exited with code 1 before it was ready
+NAME         STATE    PID   UPTIME  CPU   MEM       RESTARTS  HEALTH  LAST ERROR
+echo         running  1234  1m05s   1.2s  12.3 MiB  0         ok      -
+a-long-name  error    -     -       -     -         3         -       exited with code 1 before it was ready
 ";
         assert_eq!(table, expected);
+    }
+
+    #[test]
+    fn usage_is_readable() {
+        assert_eq!(format_cpu(Duration::from_millis(30)), "0.03s");
+        assert_eq!(format_cpu(Duration::from_millis(1_240)), "1.2s");
+        assert_eq!(format_cpu(Duration::from_secs(303)), "5m03s");
+        assert_eq!(format_bytes(512), "512 B");
+        assert_eq!(format_bytes(12_595), "12.3 KiB");
+        assert_eq!(format_bytes(12_900_000), "12.3 MiB");
+        assert_eq!(format_bytes(3 << 29), "1.5 GiB");
+    }
+
+    #[test]
+    fn containment_is_said_once() {
+        let mut echo = status("echo", State::Running);
+        assert_eq!(containment_line(std::slice::from_ref(&echo)), None);
+        echo.containment = Some(tend::Containment::ProcessGroup);
+        let waiting = status("a", State::Starting);
+        assert_eq!(
+            containment_line(&[waiting, echo]).as_deref(),
+            Some("containment: process-group")
+        );
     }
 
     #[test]

@@ -105,18 +105,30 @@ impl ContainmentChoice {
     }
 }
 
-/// CPU time and memory of one daemon's cgroup.
+/// CPU time and memory of one daemon.
+///
+/// With cgroup containment the figures cover every process in the
+/// daemon's cgroup. With process-group containment they are the group
+/// leader's alone (from `/proc/<pid>/stat` and `statm`): finding the other
+/// members of a process group takes a scan of all of `/proc` per daemon,
+/// too dear for a `tend status` of 1,000 daemons, and what left the group
+/// would be missed anyway.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct ResourceUsage {
-    /// CPU time used by every member, past and present (`cpu.stat`).
+    /// CPU time (user and system). Cgroup: every member, past and
+    /// present (`usage_usec` of `cpu.stat`). Process group: the leader and
+    /// the children it has reaped.
     #[serde(
         serialize_with = "crate::state::serialize_duration_us",
         rename = "cpu_us"
     )]
     pub cpu: Duration,
-    /// Memory charged to the cgroup now (`memory.current`), where the
-    /// memory controller is enabled for it.
+    /// Memory in use now, in bytes. Cgroup: `memory.current` where the
+    /// memory controller is enabled for the cgroup (page cache and kernel
+    /// memory included), otherwise the sum of the members' resident sets.
+    /// Process group: the leader's resident set. `None` when it could not
+    /// be read.
     pub memory_bytes: Option<u64>,
 }
 
@@ -220,6 +232,53 @@ impl ManagerCgroup {
     /// The cgroup's directory.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Makes sure `controller` is enabled for the daemons' cgroups: in the
+    /// manager cgroup's `cgroup.subtree_control` (which the "no internal
+    /// processes" rule allows, as the manager cgroup holds no process).
+    /// That works only where the manager cgroup's parent offers the
+    /// controller; otherwise the error says why, in words that follow
+    /// "needs the memory controller, ".
+    pub fn enable_controller(&self, controller: &str) -> Result<(), String> {
+        let listed = |file: &str| -> Vec<String> {
+            read_control(&self.dir, file)
+                .map(|text| {
+                    String::from_utf8_lossy(&text)
+                        .split_whitespace()
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        if listed("cgroup.subtree_control")
+            .iter()
+            .any(|c| c == controller)
+        {
+            return Ok(());
+        }
+        let offered = listed("cgroup.controllers");
+        if !offered.iter().any(|c| c == controller) {
+            let available = if offered.is_empty() {
+                "none".to_owned()
+            } else {
+                offered.join(", ")
+            };
+            return Err(format!(
+                "which this cgroup v2 does not offer (available: {available})"
+            ));
+        }
+        write_control(
+            &self.dir,
+            "cgroup.subtree_control",
+            format!("+{controller}").as_bytes(),
+        )
+        .map_err(|e| {
+            format!(
+                "which could not be enabled in {}: {e}",
+                self.path.join("cgroup.subtree_control").display()
+            )
+        })
     }
 
     /// The cgroup of daemon `name` (whose characters `config` validated),
@@ -405,11 +464,97 @@ impl DaemonCgroup {
             .and_then(|text| keyed_value(&text, b"usage_usec"))
             .map(Duration::from_micros)
             .unwrap_or_default();
-        let memory_bytes = read_control(&self.dir, "memory.current")
-            .ok()
-            .and_then(|text| std::str::from_utf8(&text).ok()?.trim().parse().ok());
+        let memory_bytes = match read_control(&self.dir, "memory.current") {
+            Ok(text) => std::str::from_utf8(&text)
+                .ok()
+                .and_then(|t| t.trim().parse().ok()),
+            // No memory controller here: the members' resident sets.
+            Err(_) => Some(
+                self.members()
+                    .into_iter()
+                    .filter_map(crate::procfs::resident_bytes)
+                    .sum(),
+            ),
+        };
         ResourceUsage { cpu, memory_bytes }
     }
+
+    /// Applies `limits` to the cgroup: each limit set is written to its
+    /// control file, and each one unset is reset to `max` where the file
+    /// exists (the cgroup may be left by an incarnation with other
+    /// limits). The manager enabled the controllers beforehand.
+    pub fn apply_limits(&self, limits: &[Limit]) -> io::Result<()> {
+        for limit in limits {
+            match &limit.value {
+                Some(value) => {
+                    write_control(&self.dir, limit.file, value.as_bytes()).map_err(|e| {
+                        io::Error::new(
+                            e.kind(),
+                            format!(
+                                "cannot write {value:?} to {}: {e}",
+                                self.path.join(limit.file).display()
+                            ),
+                        )
+                    })?
+                }
+                None => match write_control(&self.dir, limit.file, b"max") {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => tracing::debug!(file = limit.file, error = %e, "cannot reset limit"),
+                },
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One resource limit of a daemon, as its cgroup takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Limit {
+    /// The config field that sets it (`memory_max`).
+    pub field: &'static str,
+    /// The cgroup v2 controller that enforces it (`memory`).
+    pub controller: &'static str,
+    /// The control file it is written to (`memory.max`).
+    pub file: &'static str,
+    /// What is written there; `None` when the config sets no limit.
+    pub value: Option<String>,
+}
+
+/// The period `cpu.max` is written with: 100 ms, the kernel's default.
+pub(crate) const CPU_PERIOD_US: u64 = 100_000;
+
+/// The limits of `config`, set or not, in a fixed order.
+pub(crate) fn limits_of(config: &crate::BackgroundProcessConfig) -> [Limit; 3] {
+    [
+        Limit {
+            field: "memory_max",
+            controller: "memory",
+            file: "memory.max",
+            value: config.memory_max.map(|bytes| bytes.to_string()),
+        },
+        Limit {
+            field: "pids_max",
+            controller: "pids",
+            file: "pids.max",
+            value: config.pids_max.map(|pids| pids.to_string()),
+        },
+        Limit {
+            field: "cpu_max",
+            controller: "cpu",
+            file: "cpu.max",
+            value: config
+                .cpu_max
+                .map(|cpus| format!("{} {CPU_PERIOD_US}", cpu_quota_us(cpus))),
+        },
+    ]
+}
+
+/// The `cpu.max` quota, in microseconds per [`CPU_PERIOD_US`], for a
+/// share of `cpus` CPUs (validated: at least 0.01, so at least the
+/// kernel's minimum quota of 1 ms).
+pub(crate) fn cpu_quota_us(cpus: f64) -> u64 {
+    ((cpus * CPU_PERIOD_US as f64).round() as u64).max(1_000)
 }
 
 /// The cgroup of a manager that is no longer alive, proven tend's: a
@@ -693,6 +838,21 @@ mod tests {
         ] {
             assert_eq!(manager_of(OsStr::new(other)), None, "{other}");
         }
+    }
+
+    #[test]
+    fn cpu_shares_become_quotas() {
+        assert_eq!(cpu_quota_us(0.5), 50_000);
+        assert_eq!(cpu_quota_us(2.0), 200_000);
+        assert_eq!(cpu_quota_us(0.01), 1_000);
+        assert_eq!(cpu_quota_us(0.001), 1_000);
+        let config = crate::BackgroundProcessConfig::new("p", "/bin/true")
+            .memory_max(512 << 20)
+            .cpu_max(0.25);
+        let limits = limits_of(&config);
+        assert_eq!(limits[0].value.as_deref(), Some("536870912"));
+        assert_eq!(limits[1].value, None);
+        assert_eq!(limits[2].value.as_deref(), Some("25000 100000"));
     }
 
     #[test]

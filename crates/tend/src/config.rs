@@ -115,6 +115,26 @@ pub struct BackgroundProcessConfig {
     /// Events the daemon is subscribed to when it starts (see
     /// [`crate::BackgroundProcessManager::publish`]).
     pub events: Vec<String>,
+    /// Most memory the daemon's cgroup may use, in bytes (`memory.max`):
+    /// beyond it the kernel reclaims, then kills a member (OOM).
+    ///
+    /// Resource limits need cgroup containment and the controller
+    /// delegated to the manager's cgroup: tend enables it in the manager
+    /// cgroup's `cgroup.subtree_control` where its parent offers it.
+    /// Where it cannot (or the manager contains its daemons by process
+    /// group), the start fails with [`Error::LimitUnavailable`]: nothing
+    /// is spawned, and the daemon is left in `Error` with the reason as
+    /// its `last_error`.
+    pub memory_max: Option<u64>,
+    /// Most processes and threads the daemon's cgroup may hold at once
+    /// (`pids.max`): a fork beyond it fails with `EAGAIN`. Needs the
+    /// `pids` controller (see [`memory_max`](Self::memory_max)).
+    pub pids_max: Option<u64>,
+    /// CPU time the daemon's cgroup may use, in CPUs: `0.5` is half of one
+    /// CPU, `2.0` two full CPUs (`cpu.max` of `50000 100000` and
+    /// `200000 100000`: a quota per 100 ms period). At least `0.01`. Needs
+    /// the `cpu` controller (see [`memory_max`](Self::memory_max)).
+    pub cpu_max: Option<f64>,
 }
 
 impl BackgroundProcessConfig {
@@ -136,6 +156,9 @@ impl BackgroundProcessConfig {
             stable_period: defaults::STABLE_PERIOD,
             log_file: None,
             events: Vec::new(),
+            memory_max: None,
+            pids_max: None,
+            cpu_max: None,
         }
     }
 
@@ -237,6 +260,32 @@ impl BackgroundProcessConfig {
         self
     }
 
+    /// Limits the daemon's memory to `bytes` (see
+    /// [`memory_max`](Self::memory_max)).
+    pub fn memory_max(mut self, bytes: u64) -> Self {
+        self.memory_max = Some(bytes);
+        self
+    }
+
+    /// Limits the daemon to `count` processes and threads (see
+    /// [`pids_max`](Self::pids_max)).
+    pub fn pids_max(mut self, count: u64) -> Self {
+        self.pids_max = Some(count);
+        self
+    }
+
+    /// Limits the daemon's CPU time to `cpus` CPUs, `0.5` being half of
+    /// one (see [`cpu_max`](Self::cpu_max)).
+    pub fn cpu_max(mut self, cpus: f64) -> Self {
+        self.cpu_max = Some(cpus);
+        self
+    }
+
+    /// Whether any resource limit is set.
+    pub fn has_limits(&self) -> bool {
+        self.memory_max.is_some() || self.pids_max.is_some() || self.cpu_max.is_some()
+    }
+
     /// Checks the config and returns every problem found.
     pub fn validate(&self) -> Result<(), Error> {
         let mut problems = Vec::new();
@@ -335,6 +384,26 @@ impl BackgroundProcessConfig {
             problem("events", "event names must not be empty".into());
         }
 
+        if self.memory_max == Some(0) {
+            problem("memory_max", "must be greater than zero".into());
+        }
+        if self.pids_max == Some(0) {
+            problem(
+                "pids_max",
+                "must be at least 1 (the daemon itself is a process)".into(),
+            );
+        }
+        if let Some(cpus) = self.cpu_max {
+            if !(MIN_CPU_MAX..=MAX_CPU_MAX).contains(&cpus) {
+                problem(
+                    "cpu_max",
+                    format!(
+                        "must be a number of CPUs from {MIN_CPU_MAX} to {MAX_CPU_MAX} (0.5 is half of one CPU), found {cpus}"
+                    ),
+                );
+            }
+        }
+
         if problems.is_empty() {
             Ok(())
         } else {
@@ -345,6 +414,13 @@ impl BackgroundProcessConfig {
         }
     }
 }
+
+/// The smallest `cpu_max`: 1 ms of CPU per 100 ms period, the kernel's
+/// smallest quota.
+pub const MIN_CPU_MAX: f64 = 0.01;
+/// The largest `cpu_max`, far beyond any machine, so the quota stays well
+/// inside the kernel's range.
+pub const MAX_CPU_MAX: f64 = 1_000_000.0;
 
 fn has_nul(s: &OsStr) -> bool {
     s.as_bytes().contains(&0)
@@ -490,6 +566,26 @@ mod tests {
         let config =
             BackgroundProcessConfig::new("p", "/bin/true").healthcheck(HealthCheck::default());
         assert_eq!(problems(&config), ["healthcheck"]);
+    }
+
+    #[test]
+    fn limits_are_checked() {
+        let good = BackgroundProcessConfig::new("p", "/bin/true")
+            .memory_max(1 << 20)
+            .pids_max(1)
+            .cpu_max(0.01);
+        assert!(good.validate().is_ok());
+        assert!(good.has_limits());
+        assert!(!BackgroundProcessConfig::new("p", "/bin/true").has_limits());
+        let bad = BackgroundProcessConfig::new("p", "/bin/true")
+            .memory_max(0)
+            .pids_max(0)
+            .cpu_max(0.0);
+        assert_eq!(problems(&bad), ["memory_max", "pids_max", "cpu_max"]);
+        for cpus in [-1.0, f64::NAN, f64::INFINITY, 0.001, 2e6] {
+            let config = BackgroundProcessConfig::new("p", "/bin/true").cpu_max(cpus);
+            assert_eq!(problems(&config), ["cpu_max"], "{cpus}");
+        }
     }
 
     #[test]

@@ -77,6 +77,20 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A resource limit of the config cannot be enforced here: the
+    /// manager contains its daemons by process group, or the cgroup
+    /// controller the limit needs is not delegated to it. Nothing was
+    /// spawned; the daemon is left in `Error` with this as its
+    /// `last_error`.
+    #[error("cannot start {name:?}: {limit} {reason}")]
+    LimitUnavailable {
+        /// The process name.
+        name: String,
+        /// The config field of the limit (`memory_max`).
+        limit: &'static str,
+        /// Why, and what to do about it.
+        reason: String,
+    },
     /// The daemon exited before its socket accepted a connection.
     #[error("{name:?} {status} before it was ready{}", tail_suffix(stderr_tail))]
     ExitedBeforeReady {

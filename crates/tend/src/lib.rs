@@ -87,6 +87,14 @@
 //!   resets once the daemon stays `Running` for `stable_period`. A daemon
 //!   whose *first* start fails is not restarted: `start_process` returns the
 //!   reason at once.
+//! - **Resources, where the kernel can tell.** With cgroup containment
+//!   ([`ContainmentChoice`]) each daemon's cgroup gives its CPU time and
+//!   memory in [`ProcessInfo::usage`] and takes its optional limits
+//!   ([`BackgroundProcessConfig::memory_max`], `pids_max`, `cpu_max`); a
+//!   limit the manager cannot enforce (process-group containment, or the
+//!   controller not delegated) is refused with
+//!   [`Error::LimitUnavailable`] before anything is spawned. With process
+//!   groups, `usage` is the group leader's.
 
 mod cgroup;
 mod children;

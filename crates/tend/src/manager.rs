@@ -295,6 +295,17 @@ impl BackgroundProcessManager {
         context.as_ref().map(|c| c.containment)
     }
 
+    /// The cgroup this manager's daemons' cgroups are made in, with cgroup
+    /// containment; `None` otherwise, or until the first start (or
+    /// [`cleanup_orphans`](Self::cleanup_orphans)) decided it.
+    pub fn cgroup_path(&self) -> Option<PathBuf> {
+        let context = self.inner.context.lock().unwrap_or_else(|e| e.into_inner());
+        context
+            .as_ref()
+            .and_then(|c| c.cgroup.as_ref())
+            .map(|cgroup| cgroup.path().to_owned())
+    }
+
     /// Starts a daemon and resolves once it is `Running` (its socket
     /// accepted a connection), or fails with the reason: invalid config,
     /// spawn failure, exit before readiness (with its stderr tail), startup
@@ -324,6 +335,9 @@ impl BackgroundProcessManager {
             )),
             None => None,
         };
+        // A refused limit leaves the daemon in `Error`, with the reason, so
+        // a status shows why it is not running.
+        let refusal = check_limits(&config, &context).err();
         let (waiter, started) = oneshot::channel();
         {
             let mut slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
@@ -356,6 +370,30 @@ impl BackgroundProcessManager {
             shared.begin_start();
             shared.apply(Occurrence::Start, "start requested");
             let (control, requests) = mpsc::unbounded_channel();
+            if let Some(refusal) = refusal {
+                let reason = refusal.to_string();
+                shared.update(|info| {
+                    info.containment = Some(context.containment);
+                    info.last_error = Some(reason.clone());
+                });
+                shared.apply(
+                    Occurrence::Failed {
+                        will_restart: false,
+                    },
+                    &reason,
+                );
+                // No supervisor reads `requests`: a stop finds nothing to do.
+                drop(requests);
+                slots.insert(
+                    config.name.clone(),
+                    Slot {
+                        shared,
+                        control,
+                        config,
+                    },
+                );
+                return Err(refusal);
+            }
             let supervisor = Supervisor::new(
                 config.clone(),
                 Arc::clone(&shared),
@@ -623,4 +661,36 @@ impl Subscription {
             }
         }
     }
+}
+
+/// Refuses a config whose resource limits this manager cannot enforce:
+/// under process-group containment, or where a controller is not
+/// delegated. Enables the controllers needed on the way.
+fn check_limits(config: &BackgroundProcessConfig, context: &Context) -> Result<()> {
+    if !config.has_limits() {
+        return Ok(());
+    }
+    for limit in crate::cgroup::limits_of(config) {
+        if limit.value.is_none() {
+            continue;
+        }
+        let refused = |reason: String| Error::LimitUnavailable {
+            name: config.name.clone(),
+            limit: limit.field,
+            reason,
+        };
+        let Some(cgroup) = &context.cgroup else {
+            return Err(refused(format!(
+                "needs cgroup containment, but this manager contains its daemons by process group (no writable cgroup v2 here, or process-group was chosen); remove {} or run with cgroup containment",
+                limit.field
+            )));
+        };
+        cgroup.enable_controller(limit.controller).map_err(|why| {
+            refused(format!(
+                "needs the {} controller, {why}; remove {} or run where the controller is delegated",
+                limit.controller, limit.field
+            ))
+        })?;
+    }
+    Ok(())
 }

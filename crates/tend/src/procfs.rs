@@ -46,16 +46,17 @@ fn proc_path<'a>(buf: &'a mut [u8; 48], pid: i32, file: &str) -> Option<&'a std:
     std::ffi::CStr::from_bytes_with_nul(&buf[..len]).ok()
 }
 
-/// Reads `/proc/<pid>/stat`; `Ok(None)` when no such process exists.
-/// An error means the file exists but could not be read or understood:
-/// callers must not take it for a dead process.
-pub(crate) fn stat(pid: i32) -> io::Result<Option<ProcStat>> {
+/// Reads `/proc/<pid>/<file>` into `buf` (what fits), without allocating
+/// and without the `statx` that `fs::read` adds: this runs per spawn, per
+/// process-group check and per daemon per status request. Its length;
+/// `Ok(None)` when no such process exists.
+fn read_proc(pid: i32, file: &str, buf: &mut [u8]) -> io::Result<Option<usize>> {
     use rustix::{
         fs::{Mode, OFlags},
         io::Errno,
     };
     let mut path = [0; 48];
-    let Some(path) = proc_path(&mut path, pid, "stat") else {
+    let Some(path) = proc_path(&mut path, pid, file) else {
         return Ok(None);
     };
     let file = match rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()) {
@@ -63,7 +64,6 @@ pub(crate) fn stat(pid: i32) -> io::Result<Option<ProcStat>> {
         Err(Errno::NOENT) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let mut buf = [0u8; STAT_BUFFER_BYTES];
     let mut len = 0;
     // One read returns the whole file (the kernel renders it at once);
     // loop only for the unusual short read.
@@ -82,6 +82,17 @@ pub(crate) fn stat(pid: i32) -> io::Result<Option<ProcStat>> {
             Err(e) => return Err(e.into()),
         }
     }
+    Ok(Some(len))
+}
+
+/// Reads `/proc/<pid>/stat`; `Ok(None)` when no such process exists.
+/// An error means the file exists but could not be read or understood:
+/// callers must not take it for a dead process.
+pub(crate) fn stat(pid: i32) -> io::Result<Option<ProcStat>> {
+    let mut buf = [0u8; STAT_BUFFER_BYTES];
+    let Some(len) = read_proc(pid, "stat", &mut buf)? else {
+        return Ok(None);
+    };
     match parse_stat(&buf[..len]) {
         Some(stat) => Ok(Some(stat)),
         // An empty read: the process was reaped between open and read.
@@ -93,32 +104,37 @@ pub(crate) fn stat(pid: i32) -> io::Result<Option<ProcStat>> {
     }
 }
 
-/// Parses `/proc/<pid>/stat` (all of it, or a prefix that holds field 23
-/// or more). The command name may hold any bytes but NUL, spaces and
-/// parentheses included, so fields are counted from the last `)`.
-pub(crate) fn parse_stat(text: &[u8]) -> Option<ProcStat> {
+/// The first `N` fields after the name in `stat` text (field `n` of
+/// proc(5) at index `n - 3`). The name may hold any bytes but NUL, spaces
+/// and parentheses included, so fields are counted from the last `)`.
+/// `None` unless `N` fields and one more are there: the one more proves
+/// the last was not cut.
+fn fields_after_name<const N: usize>(text: &[u8]) -> Option<[&[u8]; N]> {
     let after_comm = &text[text.iter().rposition(|&b| b == b')')? + 1..];
-    // Field numbers in proc(5) start at 1 with pid; state is field 3.
-    let mut fields = [&[][..]; 21];
-    let mut count = 0;
-    for field in after_comm
+    let mut fields = [&[][..]; N];
+    for (count, field) in after_comm
         .split(|b| b.is_ascii_whitespace())
         .filter(|f| !f.is_empty())
+        .enumerate()
     {
-        if count == fields.len() {
-            break;
+        if count == N {
+            return Some(fields);
         }
         fields[count] = field;
-        count += 1;
     }
-    // Field 22 must be complete: in a full file it is followed by more
-    // fields (52 in all), so field 23 proves it was not cut.
-    if count < fields.len() {
-        return None;
-    }
-    fn number<T: std::str::FromStr>(field: &[u8]) -> Option<T> {
-        std::str::from_utf8(field).ok()?.parse().ok()
-    }
+    None
+}
+
+/// A decimal field of `/proc` text.
+fn number<T: std::str::FromStr>(field: &[u8]) -> Option<T> {
+    std::str::from_utf8(field).ok()?.parse().ok()
+}
+
+/// Parses `/proc/<pid>/stat` (all of it, or a prefix that holds field 23
+/// or more).
+pub(crate) fn parse_stat(text: &[u8]) -> Option<ProcStat> {
+    // Fields 3 (state) to 22 (start time), and 23 to prove 22 whole.
+    let fields: [&[u8]; 20] = fields_after_name(text)?;
     let state = match fields[0] {
         [b] if b.is_ascii_alphabetic() => char::from(*b),
         _ => return None,
@@ -163,6 +179,40 @@ pub(crate) fn live_group_members(pgid: i32) -> Vec<i32> {
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|&pid| matches!(stat(pid), Ok(Some(s)) if s.pgid == pgid && s.is_alive()))
         .collect()
+}
+
+/// The resident set of `pid` in bytes (`/proc/<pid>/statm`, second field,
+/// times the page size); `None` if it vanished or cannot be read.
+pub(crate) fn resident_bytes(pid: i32) -> Option<u64> {
+    let mut buf = [0u8; 256];
+    let len = read_proc(pid, "statm", &mut buf).ok()??;
+    let pages: u64 = number(buf[..len].split(|b| b.is_ascii_whitespace()).nth(1)?)?;
+    Some(pages * rustix::param::page_size() as u64)
+}
+
+/// CPU time of `pid` (user and system, its own and that of the children
+/// it reaped) and its resident set in bytes, from one read of
+/// `/proc/<pid>/stat`; `None` if it cannot be read.
+pub(crate) fn cpu_and_resident(pid: i32) -> Option<(std::time::Duration, u64)> {
+    let mut buf = [0u8; STAT_BUFFER_BYTES];
+    let len = read_proc(pid, "stat", &mut buf).ok()??;
+    let (ticks, rss_pages) = parse_usage(&buf[..len])?;
+    let per_second = rustix::param::clock_ticks_per_second().max(1);
+    Some((
+        std::time::Duration::from_micros(ticks.saturating_mul(1_000_000) / per_second),
+        rss_pages.saturating_mul(rustix::param::page_size() as u64),
+    ))
+}
+
+/// utime + stime + cutime + cstime (fields 14 to 17) and rss (field 24,
+/// in pages) of `stat` text.
+fn parse_usage(text: &[u8]) -> Option<(u64, u64)> {
+    // Fields 3 to 24, and 25 to prove 24 whole.
+    let fields: [&[u8]; 22] = fields_after_name(text)?;
+    // Signed in the kernel; never negative in practice.
+    let field = |n: usize| number::<i64>(fields[n - 3]).map(|v| v.max(0) as u64);
+    let ticks = (14..=17).try_fold(0u64, |sum, n| Some(sum + field(n)?))?;
+    Some((ticks, field(24)?))
 }
 
 /// Whether the environment of `pid` holds exactly `entry` (`NAME=value`).
@@ -314,6 +364,23 @@ mod tests {
             parsed.pgid,
             stat(std::process::id() as i32).unwrap().unwrap().pgid
         );
+    }
+
+    #[test]
+    fn cpu_ticks_are_summed() {
+        let text = "1234 (a b) S 1 1234 1234 0 -1 4194560 100 0 0 0 \
+                    10 20 3 4 20 0 1 0 987654 1000 100 18446744073709551615";
+        assert_eq!(parse_usage(text.as_bytes()), Some((37, 100)));
+        // A name that is not UTF-8 changes nothing.
+        let cut = b"1234 (testd-\xd0\xb4\xd0) S 1 1234 1234 0 -1 4194560 100 0 0 0 \
+                    10 20 3 4 20 0 1 0 987654 1000 100 18446744073709551615";
+        assert_eq!(parse_usage(cut), Some((37, 100)));
+        let me = std::process::id() as i32;
+        let (_, rss) = cpu_and_resident(me).unwrap();
+        assert!(rss > 0);
+        assert!(resident_bytes(me).unwrap() > 0);
+        assert_eq!(resident_bytes(i32::MAX), None);
+        assert_eq!(cpu_and_resident(i32::MAX), None);
     }
 
     #[test]

@@ -17,13 +17,25 @@ use tokio::{
 };
 
 use crate::{
-    cgroup::DaemonCgroup,
+    cgroup::{DaemonCgroup, ResourceUsage},
     delivery::EventDelivery,
     kill,
     logs::LogBuffer,
-    rpc,
+    procfs, rpc,
     state::{Occurrence, ProcessEvent, ProcessInfo, ProcessState, next_state},
 };
+
+/// Whether the process of `pidfd` has exited (a pidfd polls readable
+/// then); an error counts as exited.
+fn has_exited(pidfd: &OwnedFd) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
+    let zero = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    rustix::event::poll(&mut fds, Some(&zero)).map_or(true, |ready| ready > 0)
+}
 
 /// What the supervisor publishes and the manager reads.
 pub(crate) struct Shared {
@@ -113,9 +125,29 @@ impl Shared {
             info.uptime = status.running_since.map(|since| since.elapsed());
             info
         };
-        // Read outside the status lock: two small reads of cgroupfs.
-        let cgroup = self.live().as_ref().and_then(|live| live.cgroup.clone());
-        info.usage = cgroup.map(|cgroup| cgroup.usage());
+        // Read outside the status lock: a few small reads of cgroupfs or
+        // /proc.
+        let live = self
+            .live()
+            .as_ref()
+            .map(|live| (live.cgroup.clone(), live.pgid, Arc::clone(&live.pidfd)));
+        info.usage = live.and_then(|(cgroup, leader, pidfd)| match cgroup {
+            Some(cgroup) => Some(cgroup.usage()),
+            // The leader alone: see `ResourceUsage`.
+            None => {
+                let read = procfs::cpu_and_resident(leader);
+                // Still running after the read, so the PID read was the
+                // leader's and not a reused one (it may be reaped before
+                // `live` is cleared).
+                if has_exited(&pidfd) {
+                    return None;
+                }
+                Some(ResourceUsage {
+                    cpu: read.map(|(cpu, _)| cpu).unwrap_or_default(),
+                    memory_bytes: read.map(|(_, rss)| rss),
+                })
+            }
+        });
         info
     }
 

@@ -201,8 +201,9 @@ pub struct ProcessInfo {
     pub last_exit: Option<ExitStatus>,
     /// How the daemon is contained (set once it was started).
     pub containment: Option<Containment>,
-    /// CPU time and memory of the live incarnation's cgroup (cgroup
-    /// containment only).
+    /// CPU time and memory of the live incarnation, while one is alive:
+    /// of its whole cgroup with cgroup containment, of its leader alone
+    /// with process-group containment (see [`ResourceUsage`]).
     pub usage: Option<ResourceUsage>,
 }
 

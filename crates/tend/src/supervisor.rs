@@ -321,7 +321,10 @@ impl Supervisor {
             return Ok(None);
         };
         if self.cgroup.is_none() {
-            self.cgroup = Some(Arc::new(manager.daemon(&self.config.name)?));
+            let cgroup = manager.daemon(&self.config.name)?;
+            // The manager enabled the controllers in `start_process`.
+            cgroup.apply_limits(&crate::cgroup::limits_of(&self.config))?;
+            self.cgroup = Some(Arc::new(cgroup));
         }
         Ok(self.cgroup.clone())
     }

@@ -19,7 +19,12 @@ pub async fn run(target: &SupervisorArgs, name: Option<String>, json: bool) -> C
     let text = if json {
         serde_json::to_string_pretty(&processes)? + "\n"
     } else {
-        table::render(&processes)
+        let mut text = table::render(&processes);
+        if let Some(line) = table::containment_line(&processes) {
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
     };
     std::io::stdout().lock().write_all(text.as_bytes())?;
     Ok(())

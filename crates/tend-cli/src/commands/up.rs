@@ -50,6 +50,7 @@ pub async fn run(file: &Path) -> CommandResult {
     let manager = BackgroundProcessManager::builder()
         .state_dir(state_dir.path())
         .children(children.clone())
+        .containment(config.containment)
         .build();
     let cleanup = manager
         .cleanup_orphans()
@@ -73,6 +74,17 @@ pub async fn run(file: &Path) -> CommandResult {
         config.file.display(),
         state_dir.path().display()
     );
+    // Decided when the manager cleaned up, before any daemon starts.
+    match (manager.containment(), manager.cgroup_path()) {
+        (Some(containment), Some(cgroup)) => {
+            say!(
+                "tend: containment: {containment} (daemons in {})",
+                cgroup.display()
+            )
+        }
+        (Some(containment), None) => say!("tend: containment: {containment}"),
+        (None, _) => {}
+    }
     let mut progress = Progress::subscribe(&manager, &config);
 
     // Environments first: a daemon starts with the interpreter its

@@ -422,3 +422,81 @@ fn state_dir_is_found_despite_errors_elsewhere() {
     let state_dir = super::load_state_dir(&file).unwrap();
     assert!(state_dir.path().ends_with("st"));
 }
+
+#[test]
+fn limits_and_containment_are_read() {
+    let config = parsed(
+        r#"
+[settings]
+containment = "process-group"
+
+[process.a]
+command = "a"
+memory_max = "512M"
+pids_max = 64
+cpu_max = 0.5
+
+[process.b]
+command = "b"
+memory_max = 1048576
+cpu_max = 2
+"#,
+    );
+    assert_eq!(config.containment, ContainmentChoice::ProcessGroup);
+    let (a, b) = (&config.processes[0], &config.processes[1]);
+    assert_eq!(a.memory_max, Some(512 << 20));
+    assert_eq!(a.pids_max, Some(64));
+    assert_eq!(a.cpu_max, Some(0.5));
+    assert_eq!(b.memory_max, Some(1 << 20));
+    assert_eq!(b.pids_max, None);
+    assert_eq!(b.cpu_max, Some(2.0));
+    let plain = parsed("[process.a]\ncommand = \"a\"\n");
+    assert_eq!(plain.containment, ContainmentChoice::Auto);
+    assert_eq!(plain.processes[0].memory_max, None);
+    for (text, choice) in [
+        ("auto", ContainmentChoice::Auto),
+        ("cgroup", ContainmentChoice::Cgroup),
+    ] {
+        let config = parsed(&format!(
+            "[settings]\ncontainment = \"{text}\"\n[process.a]\ncommand = \"a\"\n"
+        ));
+        assert_eq!(config.containment, choice);
+    }
+}
+
+#[test]
+fn bad_limits_and_containment_have_their_line_and_key() {
+    let text = r#"[settings]
+containment = "jail"
+
+[process.a]
+command = "a"
+memory_max = "12 parsecs"
+pids_max = 0
+cpu_max = -1
+
+[process.b]
+command = "b"
+memory_max = 0
+pids_max = -3
+cpu_max = "half"
+"#;
+    assert_eq!(
+        places(text),
+        [
+            (Some(2), "settings.containment".into()),
+            (Some(6), "process.a.memory_max".into()),
+            (Some(7), "process.a.pids_max".into()),
+            (Some(8), "process.a.cpu_max".into()),
+            (Some(12), "process.b.memory_max".into()),
+            (Some(13), "process.b.pids_max".into()),
+            (Some(14), "process.b.cpu_max".into()),
+        ]
+    );
+    let messages: Vec<String> = problems(text).into_iter().map(|p| p.message).collect();
+    assert!(messages[0].contains("\"process-group\""), "{}", messages[0]);
+    assert!(messages[1].contains("unknown unit"), "{}", messages[1]);
+    assert!(messages[2].contains("at least 1"), "{}", messages[2]);
+    assert!(messages[3].contains("number of CPUs"), "{}", messages[3]);
+    assert!(messages[6].contains("must be a number"), "{}", messages[6]);
+}

@@ -8,6 +8,7 @@ use toml_edit::{Item, TableLike, Value};
 use super::{
     ConfigProblem,
     duration::{duration_from_millis, parse_duration},
+    size::{parse_size, size_from_integer},
 };
 
 /// Byte range of something in the config text.
@@ -198,6 +199,50 @@ impl<'text> Problems<'text> {
         parsed
             .map_err(|message| self.add(entry.span(), &entry.key, message))
             .ok()
+    }
+
+    /// A memory size: a string with units or an integer of bytes.
+    pub fn size(&mut self, entry: &Entry<'_>) -> Option<u64> {
+        let parsed = match entry.item {
+            Item::Value(Value::String(text)) => parse_size(text.value()),
+            Item::Value(Value::Integer(bytes)) => size_from_integer(*bytes.value()),
+            _ => {
+                self.wrong_type(entry, "a size string or an integer of bytes");
+                return None;
+            }
+        };
+        parsed
+            .map_err(|message| self.add(entry.span(), &entry.key, message))
+            .ok()
+    }
+
+    /// A large count: an integer, not negative.
+    pub fn large_count(&mut self, entry: &Entry<'_>) -> Option<u64> {
+        let Some(value) = entry.item.as_integer() else {
+            self.wrong_type(entry, "an integer");
+            return None;
+        };
+        u64::try_from(value)
+            .map_err(|_| {
+                self.add(
+                    entry.span(),
+                    &entry.key,
+                    format!("must not be negative, found {value}"),
+                )
+            })
+            .ok()
+    }
+
+    /// A number: a float or an integer.
+    pub fn number(&mut self, entry: &Entry<'_>) -> Option<f64> {
+        match entry.item {
+            Item::Value(Value::Float(value)) => Some(*value.value()),
+            Item::Value(Value::Integer(value)) => Some(*value.value() as f64),
+            _ => {
+                self.wrong_type(entry, "a number");
+                None
+            }
+        }
     }
 
     /// A count: an integer from 0 to 4294967295.

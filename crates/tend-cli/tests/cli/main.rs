@@ -23,3 +23,4 @@ mod python_env;
 mod reliability;
 mod signals;
 mod trust;
+mod usage;

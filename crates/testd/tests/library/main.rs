@@ -15,3 +15,4 @@ mod orphans;
 mod sockets;
 mod start;
 mod stop;
+mod usage;
