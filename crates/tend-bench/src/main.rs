@@ -76,7 +76,8 @@ struct Cli {
 /// Options of a benchmark run.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
-    /// Tiny sizes for CI: 20 repetitions, 10 daemons, a 2 s idle window.
+    /// Tiny sizes for CI: 20 repetitions, 10 daemons, a 1 s idle window
+    /// (per containment).
     #[arg(long)]
     pub smoke: bool,
     /// Numbers of daemons for the scale and CLI figures.

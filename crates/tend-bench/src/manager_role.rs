@@ -466,12 +466,12 @@ fn tend_round(runtime: &Runtime, case: &mut LatencyCase) -> anyhow::Result<TendR
     let coop = &case.coop;
     runtime.block_on(async {
         let mut t = TendRound::default();
-        let seen = read_stamps(&lat_stamps)?.len();
+        let seen = read_stamps(lat_stamps)?.len();
         let t0 = now_ns();
         manager.start_process(coop.clone()).await?;
         let returned = now_ns();
         let running = next_event(events, "lat", ProcessState::Running).await?;
-        let first = next_stamp(&lat_stamps, seen, STAMP_POLL)?;
+        let first = next_stamp(lat_stamps, seen, STAMP_POLL)?;
         t.spawn_to_exec = first.start_ns - t0;
         t.spawn_to_listen = first.listen_ns - t0;
         t.listen_to_running = running - first.listen_ns;
@@ -482,7 +482,7 @@ fn tend_round(runtime: &Runtime, case: &mut LatencyCase) -> anyhow::Result<TendR
         let killed = now_ns();
         sigkill(pid)?;
         let running = next_event(events, "lat", ProcessState::Running).await?;
-        let second = next_stamp(&lat_stamps, seen + 1, STAMP_POLL)?;
+        let second = next_stamp(lat_stamps, seen + 1, STAMP_POLL)?;
         t.kill_to_exec = second.start_ns - killed;
         t.kill_to_listen = second.listen_ns - killed;
         t.kill_to_running = running - killed;

@@ -39,7 +39,7 @@ impl Settings {
     /// The settings for `args`: smoke or full sizes, then overrides.
     pub fn from_args(args: &RunArgs) -> Self {
         let (reps, sizes, idle_secs, stubborn_reps, status_reps) = if args.smoke {
-            (20, vec![10], 2, 3, 5)
+            (20, vec![10], 1, 3, 5)
         } else {
             (300, vec![10, 100, 1000], 60, 20, 30)
         };
