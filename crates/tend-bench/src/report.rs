@@ -575,9 +575,14 @@ impl Results {
         let cs = &self.containments;
         let _ = writeln!(
             md,
-            "Containments measured side by side: {}. Every tend column comes from a \
-             manager built with that containment explicitly; a containment other than \
-             the one asked for would be flagged in its heading.\n",
+            "{}: {}. Every tend column comes from a manager built with that containment \
+             explicitly; a containment other than the one asked for would be flagged in \
+             its heading.\n",
+            if cs.len() == 1 {
+                "Containment measured"
+            } else {
+                "Containments measured side by side"
+            },
             cs.iter().map(|c| c.label()).collect::<Vec<_>>().join(", ")
         );
 
