@@ -105,6 +105,28 @@ fn children() -> Vec<i32> {
         .collect()
 }
 
+/// Reaps children that exit by themselves within `within` — tend's guard
+/// processes, adopted here when their manager exits, finish their cleanup
+/// and exit a little after it — so that only processes really left behind
+/// are counted and killed afterwards. Returns how many were reaped. The
+/// same caveat as for [`kill_children`] applies.
+pub fn reap_exiting(within: Duration) -> usize {
+    let deadline = Instant::now() + within;
+    let mut reaped = 0;
+    loop {
+        let kids = children();
+        for &pid in &kids {
+            if let Ok(Some(_)) = rustix::process::waitpid(Pid::from_raw(pid), WaitOptions::NOHANG) {
+                reaped += 1;
+            }
+        }
+        if kids.is_empty() || Instant::now() >= deadline {
+            return reaped;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// SIGKILLs every child of this process and its process group (a daemon
 /// leads its own), reaps them, and repeats while killing them makes their
 /// own children orphans that land here. Returns how many processes it

@@ -32,6 +32,15 @@
 //!   of the daemon becomes readable, seen by a thread blocked in `poll`.
 //!   The raw stop uses the same observer, so its figure is the noise floor
 //!   of that method.
+//! - **Both containments side by side.** Every supervised figure is taken
+//!   under each containment of `--containment` (default: `cgroup` and
+//!   `process-group` where a writable cgroup v2 exists). Latency rounds
+//!   run raw, then each containment, in an order reversed every round;
+//!   each scale size runs raw, tend under one containment, raw, tend under
+//!   the other, raw (the first containment alternating between sizes), and
+//!   compares both with the mean of all the raw runs of the size. The
+//!   manager role builds its manager with the containment asked for and
+//!   reports the one in force, which the report shows.
 //! - **Nothing leaks.** The benchmark is a child subreaper: whatever its
 //!   children leave behind is adopted and killed on exit, on error, on
 //!   panic and on SIGINT/SIGTERM/SIGHUP; the manager process dies with the
@@ -67,7 +76,8 @@ struct Cli {
 /// Options of a benchmark run.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
-    /// Tiny sizes for CI: 20 repetitions, 10 daemons, a 2 s idle window.
+    /// Tiny sizes for CI: 20 repetitions, 10 daemons, a 1 s idle window
+    /// (per containment).
     #[arg(long)]
     pub smoke: bool,
     /// Numbers of daemons for the scale and CLI figures.
@@ -94,6 +104,47 @@ pub struct RunArgs {
     /// Skip the CLI figures.
     #[arg(long)]
     pub no_cli: bool,
+    /// Containments to measure tend under, side by side (default: both
+    /// where a writable cgroup v2 exists, else process-group alone).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub containment: Option<Vec<BenchContainment>>,
+}
+
+/// A containment tend is measured under; the manager role asks for it
+/// explicitly ([`tend::ContainmentChoice`]), never through the environment.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum BenchContainment {
+    /// Each daemon in a cgroup v2 of its own.
+    Cgroup,
+    /// Each daemon leading a process group.
+    ProcessGroup,
+}
+
+impl BenchContainment {
+    /// The library's choice for this containment.
+    pub fn choice(self) -> tend::ContainmentChoice {
+        match self {
+            BenchContainment::Cgroup => tend::ContainmentChoice::Cgroup,
+            BenchContainment::ProcessGroup => tend::ContainmentChoice::ProcessGroup,
+        }
+    }
+
+    /// The name used on the command line and in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            BenchContainment::Cgroup => "cgroup",
+            BenchContainment::ProcessGroup => "process-group",
+        }
+    }
+}
+
+impl std::fmt::Display for BenchContainment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// Roles the benchmark runs itself in; not for direct use.

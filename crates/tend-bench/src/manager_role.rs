@@ -2,11 +2,19 @@
 //! can read the manager's memory and CPU time without counting its own.
 //!
 //! - `manager latency` alternates raw and supervised repetitions of start,
-//!   crash-restart and stop of one daemon and prints every sample as one
-//!   JSON line ([`LatencySamples`]).
-//! - `manager scale` starts N daemons when told, then answers the parent's
-//!   commands on stdin (`go`, `report`, `stop`) with one JSON line each
-//!   ([`ScaleMsg`]).
+//!   crash-restart and stop of one daemon, supervised by one manager per
+//!   containment asked for (their order reversed every round), and prints
+//!   every sample as one JSON line ([`LatencySamples`]).
+//! - `manager scale` starts N daemons under one containment when told,
+//!   then answers the parent's commands on stdin (`go`, `report`, `stop`)
+//!   with one JSON line each ([`ScaleMsg`]).
+//! - `manager probe` starts one daemon under one containment and reports
+//!   the containment in force, or why the start failed ([`ProbeMsg`]).
+//!
+//! Every manager is built with its containment given explicitly
+//! ([`tend::ManagerBuilder::containment`]), so `TEND_CONTAINMENT` in the
+//! environment changes nothing, and each reports the containment actually
+//! in force (`manager.containment()` after its first start).
 //!
 //! Raw daemons are spawned from the main thread outside any async context;
 //! tend's side runs through `block_on` on the same thread, with the
@@ -26,6 +34,7 @@ use tend::{BackgroundProcessConfig, BackgroundProcessManager, HealthCheck, Proce
 use tokio::runtime::Runtime;
 
 use crate::{
+    BenchContainment,
     clock::{now_ns, ns_of, read_stamps, wait_stamps},
     raw::{self, RawDaemon},
     sys::ExitWatch,
@@ -54,6 +63,31 @@ enum Mode {
     Latency(LatencyArgs),
     /// N daemons at once, driven step by step by the parent.
     Scale(ScaleArgs),
+    /// Which containment is in force when one is asked for.
+    Probe(ProbeArgs),
+}
+
+/// Arguments of `manager probe`.
+#[derive(Debug, Clone, Args)]
+pub struct ProbeArgs {
+    /// The test daemon.
+    #[arg(long)]
+    pub testd: PathBuf,
+    /// Scratch directory.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// The containment to ask for.
+    #[arg(long, value_enum)]
+    pub containment: BenchContainment,
+}
+
+/// The answer of `manager probe`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ProbeMsg {
+    /// The containment in force after the start, if it succeeded.
+    pub in_force: Option<String>,
+    /// Why the start failed, if it did.
+    pub error: Option<String>,
 }
 
 /// Arguments of `manager latency`.
@@ -74,6 +108,9 @@ pub struct LatencyArgs {
     /// Grace period of the SIGTERM-ignoring daemon, ms.
     #[arg(long)]
     pub grace_ms: u64,
+    /// Containments, one manager each.
+    #[arg(long, value_enum, value_delimiter = ',', required = true)]
+    pub containment: Vec<BenchContainment>,
 }
 
 /// Arguments of `manager scale`.
@@ -91,12 +128,35 @@ pub struct ScaleArgs {
     /// Health-check interval, ms.
     #[arg(long)]
     pub health_ms: u64,
+    /// The containment to ask for.
+    #[arg(long, value_enum)]
+    pub containment: BenchContainment,
 }
 
-/// Every latency sample, in nanoseconds. `raw_*` come from the baseline,
-/// `tend_*` from the supervised daemon, alternating per repetition.
+/// Every latency sample, in nanoseconds: the raw baseline's and, per
+/// containment, the supervised daemon's, alternating per repetition.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct LatencySamples {
+    /// The baseline.
+    pub raw: RawSamples,
+    /// One entry per containment, in the order asked for.
+    pub tend: Vec<TendSamples>,
+}
+
+/// The supervised samples under one containment.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TendSamples {
+    /// The containment asked for.
+    pub requested: BenchContainment,
+    /// The containment the manager reported in force (`None`: no start).
+    pub in_force: Option<String>,
+    /// The samples.
+    pub series: TendSeries,
+}
+
+/// Raw samples, in nanoseconds.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct RawSamples {
     /// spawn() called → testd's `main` runs.
     pub raw_spawn_to_exec: Vec<i64>,
     /// spawn() called → testd listens.
@@ -115,6 +175,11 @@ pub struct LatencySamples {
     pub raw_stop: Vec<i64>,
     /// Exit seen on a pidfd → reaped (the observer's noise floor).
     pub raw_stop_after_exit: Vec<i64>,
+}
+
+/// Supervised samples under one containment, in nanoseconds.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct TendSeries {
     /// `start_process` called → testd's `main` runs.
     pub tend_spawn_to_exec: Vec<i64>,
     /// `start_process` called → testd listens.
@@ -153,6 +218,8 @@ pub enum ScaleMsg {
     Ready,
     /// Every `start_process` has returned.
     Running {
+        /// The containment in force (`manager.containment()`).
+        in_force: Option<String>,
         /// Just before the first `start_process` (ns).
         t0_ns: i64,
         /// When the last `start_process` returned (ns).
@@ -194,6 +261,7 @@ pub fn run(args: ManagerArgs) -> anyhow::Result<()> {
     match args.mode {
         Mode::Latency(args) => latency(&runtime, &args),
         Mode::Scale(args) => scale(&runtime, &args),
+        Mode::Probe(args) => probe(&runtime, &args),
     }
 }
 
@@ -248,96 +316,190 @@ fn next_stamp(path: &Path, seen: usize, poll: Duration) -> anyhow::Result<crate:
     Ok(wait_stamps(path, seen + 1, poll, STEP_TIMEOUT)?[seen])
 }
 
+/// A manager built with `containment` asked for explicitly.
+fn manager_for(dir: &Path, containment: BenchContainment) -> BackgroundProcessManager {
+    BackgroundProcessManager::builder()
+        .state_dir(dir.join(format!("state-{containment}")))
+        .containment(containment.choice())
+        .build()
+}
+
+/// What `manager.containment()` says, as the report names it.
+fn in_force(manager: &BackgroundProcessManager) -> Option<String> {
+    manager.containment().map(|c| c.to_string())
+}
+
+fn probe(runtime: &Runtime, args: &ProbeArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.dir)?;
+    let manager = manager_for(&args.dir, args.containment);
+    let config = BackgroundProcessConfig::new("probe", &args.testd)
+        .socket_path(args.dir.join("probe.sock"))
+        .startup_timeout(STEP_TIMEOUT);
+    let started = runtime.block_on(manager.start_process(config));
+    let message = ProbeMsg {
+        in_force: in_force(&manager),
+        error: started.as_ref().err().map(|e| format!("{e:#}")),
+    };
+    runtime.block_on(manager.stop_all_processes());
+    emit(&message)
+}
+
+/// One containment's manager and daemons in the latency role.
+struct LatencyCase {
+    containment: BenchContainment,
+    manager: BackgroundProcessManager,
+    events: tend::Subscription,
+    coop: BackgroundProcessConfig,
+    stamps: PathBuf,
+    stubborn: BackgroundProcessConfig,
+    series: TendSeries,
+}
+
 fn latency(runtime: &Runtime, args: &LatencyArgs) -> anyhow::Result<()> {
     let dir = &args.dir;
     let testd = &args.testd;
-    let manager = BackgroundProcessManager::builder()
-        .state_dir(dir.join("state"))
-        .build();
-    let mut events = manager.subscribe();
-    let lat_stamps = dir.join("lat.ts");
-    let coop = BackgroundProcessConfig::new("lat", testd)
-        .args(["--timestamps".as_ref(), lat_stamps.as_os_str()])
-        .socket_path(dir.join("lat.sock"))
-        .restart_delay(Duration::ZERO)
-        .max_restart_attempts(u32::MAX)
-        .startup_timeout(STEP_TIMEOUT);
-    let stub_stamps = dir.join("stub.ts");
     let grace = Duration::from_millis(args.grace_ms);
-    let stubborn = BackgroundProcessConfig::new("stubborn", testd)
-        .args([
-            "--timestamps".as_ref(),
-            stub_stamps.as_os_str(),
-            "--ignore-sigterm".as_ref(),
-        ])
-        .socket_path(dir.join("stub.sock"))
-        .shutdown_grace_period(grace)
-        .startup_timeout(STEP_TIMEOUT);
+    let mut cases: Vec<LatencyCase> = args
+        .containment
+        .iter()
+        .map(|&containment| {
+            let manager = manager_for(dir, containment);
+            let events = manager.subscribe();
+            let stamps = dir.join(format!("lat-{containment}.ts"));
+            let coop = BackgroundProcessConfig::new("lat", testd)
+                .args(["--timestamps".as_ref(), stamps.as_os_str()])
+                .socket_path(dir.join(format!("lat-{containment}.sock")))
+                .restart_delay(Duration::ZERO)
+                .max_restart_attempts(u32::MAX)
+                .startup_timeout(STEP_TIMEOUT);
+            let stub_stamps = dir.join(format!("stub-{containment}.ts"));
+            let stubborn = BackgroundProcessConfig::new("stubborn", testd)
+                .args([
+                    "--timestamps".as_ref(),
+                    stub_stamps.as_os_str(),
+                    "--ignore-sigterm".as_ref(),
+                ])
+                .socket_path(dir.join(format!("stub-{containment}.sock")))
+                .shutdown_grace_period(grace)
+                .startup_timeout(STEP_TIMEOUT);
+            LatencyCase {
+                containment,
+                manager,
+                events,
+                coop,
+                stamps,
+                stubborn,
+                series: TendSeries::default(),
+            }
+        })
+        .collect();
     let raw_socket = dir.join("raw.sock");
     let raw_stamps = dir.join("raw.ts");
 
-    let mut s = LatencySamples::default();
+    let mut raw_samples = RawSamples::default();
     // Round 0 warms caches (binary pages, dentries, the runtime's threads)
     // and is not recorded.
     for round in 0..=args.reps {
         let record = round > 0;
         let raw = raw_round(testd, &raw_socket, &raw_stamps)?;
-        let tend = runtime.block_on(async {
-            let mut t = TendRound::default();
-            let seen = read_stamps(&lat_stamps)?.len();
-            let t0 = now_ns();
-            manager.start_process(coop.clone()).await?;
-            let returned = now_ns();
-            let running = next_event(&mut events, "lat", ProcessState::Running).await?;
-            let first = next_stamp(&lat_stamps, seen, STAMP_POLL)?;
-            t.spawn_to_exec = first.start_ns - t0;
-            t.spawn_to_listen = first.listen_ns - t0;
-            t.listen_to_running = running - first.listen_ns;
-            t.running_to_return = returned - running;
-            t.start_total = returned - t0;
-
-            let pid = manager.pid("lat").context("no pid while running")?;
-            let killed = now_ns();
-            sigkill(pid)?;
-            let running = next_event(&mut events, "lat", ProcessState::Running).await?;
-            let second = next_stamp(&lat_stamps, seen + 1, STAMP_POLL)?;
-            t.kill_to_exec = second.start_ns - killed;
-            t.kill_to_listen = second.listen_ns - killed;
-            t.kill_to_running = running - killed;
-            t.crash_listen_to_running = running - second.listen_ns;
-
-            let pid = manager.pid("lat").context("no pid while running")?;
-            let watch = ExitWatch::start(pid)?;
-            let t0 = now_ns();
-            manager.stop_process("lat").await?;
-            let returned = now_ns();
-            let stopped = next_event(&mut events, "lat", ProcessState::Stopped).await?;
-            let exited = watch.exited_ns()?;
-            t.stop_total = returned - t0;
-            t.stop_after_exit = returned - exited;
-            t.stopped_event_after_exit = stopped - exited;
-            anyhow::Ok(t)
-        })?;
         if record {
-            raw.record(&mut s);
-            tend.record(&mut s);
+            raw.record(&mut raw_samples);
+        }
+        // Raw first, then the containments, in an order reversed every
+        // round so neither always follows the raw daemon.
+        let order: Vec<usize> = if round % 2 == 0 {
+            (0..cases.len()).collect()
+        } else {
+            (0..cases.len()).rev().collect()
+        };
+        for i in order {
+            let case = &mut cases[i];
+            let tend = tend_round(runtime, case)?;
+            if record {
+                tend.record(&mut case.series);
+            }
         }
     }
-    for _ in 0..args.stubborn_reps {
-        let (total, after_exit) = runtime.block_on(async {
-            manager.start_process(stubborn.clone()).await?;
-            let pid = manager.pid("stubborn").context("no pid while running")?;
-            let watch = ExitWatch::start(pid)?;
-            let t0 = now_ns();
-            manager.stop_process("stubborn").await?;
-            let returned = now_ns();
-            anyhow::Ok((returned - t0, returned - watch.exited_ns()?))
-        })?;
-        s.tend_stubborn_stop_total.push(total);
-        s.tend_stubborn_after_exit.push(after_exit);
+    for rep in 0..args.stubborn_reps {
+        let order: Vec<usize> = if rep % 2 == 0 {
+            (0..cases.len()).collect()
+        } else {
+            (0..cases.len()).rev().collect()
+        };
+        for i in order {
+            let case = &mut cases[i];
+            let manager = &case.manager;
+            let stubborn = &case.stubborn;
+            let (total, after_exit) = runtime.block_on(async {
+                manager.start_process(stubborn.clone()).await?;
+                let pid = manager.pid("stubborn").context("no pid while running")?;
+                let watch = ExitWatch::start(pid)?;
+                let t0 = now_ns();
+                manager.stop_process("stubborn").await?;
+                let returned = now_ns();
+                anyhow::Ok((returned - t0, returned - watch.exited_ns()?))
+            })?;
+            case.series.tend_stubborn_stop_total.push(total);
+            case.series.tend_stubborn_after_exit.push(after_exit);
+        }
     }
-    runtime.block_on(manager.stop_all_processes());
-    emit(&s)
+    let mut tend = Vec::new();
+    for case in cases {
+        runtime.block_on(case.manager.stop_all_processes());
+        tend.push(TendSamples {
+            requested: case.containment,
+            in_force: in_force(&case.manager),
+            series: case.series,
+        });
+    }
+    emit(&LatencySamples {
+        raw: raw_samples,
+        tend,
+    })
+}
+
+/// One supervised round (start, crash, stop) under one containment.
+fn tend_round(runtime: &Runtime, case: &mut LatencyCase) -> anyhow::Result<TendRound> {
+    let manager = &case.manager;
+    let events = &mut case.events;
+    let lat_stamps = &case.stamps;
+    let coop = &case.coop;
+    runtime.block_on(async {
+        let mut t = TendRound::default();
+        let seen = read_stamps(lat_stamps)?.len();
+        let t0 = now_ns();
+        manager.start_process(coop.clone()).await?;
+        let returned = now_ns();
+        let running = next_event(events, "lat", ProcessState::Running).await?;
+        let first = next_stamp(lat_stamps, seen, STAMP_POLL)?;
+        t.spawn_to_exec = first.start_ns - t0;
+        t.spawn_to_listen = first.listen_ns - t0;
+        t.listen_to_running = running - first.listen_ns;
+        t.running_to_return = returned - running;
+        t.start_total = returned - t0;
+
+        let pid = manager.pid("lat").context("no pid while running")?;
+        let killed = now_ns();
+        sigkill(pid)?;
+        let running = next_event(events, "lat", ProcessState::Running).await?;
+        let second = next_stamp(lat_stamps, seen + 1, STAMP_POLL)?;
+        t.kill_to_exec = second.start_ns - killed;
+        t.kill_to_listen = second.listen_ns - killed;
+        t.kill_to_running = running - killed;
+        t.crash_listen_to_running = running - second.listen_ns;
+
+        let pid = manager.pid("lat").context("no pid while running")?;
+        let watch = ExitWatch::start(pid)?;
+        let t0 = now_ns();
+        manager.stop_process("lat").await?;
+        let returned = now_ns();
+        let stopped = next_event(events, "lat", ProcessState::Stopped).await?;
+        let exited = watch.exited_ns()?;
+        t.stop_total = returned - t0;
+        t.stop_after_exit = returned - exited;
+        t.stopped_event_after_exit = stopped - exited;
+        anyhow::Ok(t)
+    })
 }
 
 /// One raw round's samples.
@@ -354,7 +516,7 @@ struct RawRound {
 }
 
 impl RawRound {
-    fn record(self, s: &mut LatencySamples) {
+    fn record(self, s: &mut RawSamples) {
         s.raw_spawn_to_exec.push(self.spawn_to_exec);
         s.raw_spawn_to_listen.push(self.spawn_to_listen);
         s.raw_spawn_to_accept.push(self.spawn_to_accept);
@@ -426,7 +588,7 @@ struct TendRound {
 }
 
 impl TendRound {
-    fn record(self, s: &mut LatencySamples) {
+    fn record(self, s: &mut TendSeries) {
         s.tend_spawn_to_exec.push(self.spawn_to_exec);
         s.tend_spawn_to_listen.push(self.spawn_to_listen);
         s.tend_listen_to_running.push(self.listen_to_running);
@@ -445,9 +607,7 @@ impl TendRound {
 }
 
 fn scale(runtime: &Runtime, args: &ScaleArgs) -> anyhow::Result<()> {
-    let manager = BackgroundProcessManager::builder()
-        .state_dir(args.dir.join("state"))
-        .build();
+    let manager = manager_for(&args.dir, args.containment);
     let stamps = args.dir.join("tend.ts");
     let sockets = args.dir.join("s");
     std::fs::create_dir_all(&sockets)?;
@@ -497,6 +657,7 @@ fn scale(runtime: &Runtime, args: &ScaleArgs) -> anyhow::Result<()> {
         })
         .collect();
     emit(&ScaleMsg::Running {
+        in_force: in_force(&manager),
         t0_ns,
         all_started_ns,
         last_running_ns,

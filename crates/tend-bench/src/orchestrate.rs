@@ -15,11 +15,11 @@ use anyhow::{Context, bail};
 use rustix::process::Signal;
 
 use crate::{
-    RunArgs, cleanup, cli_path,
+    BenchContainment, RunArgs, cleanup, cli_path,
     clock::{now_ns, read_stamps, wait_stamps},
-    manager_role::{LatencySamples, ScaleMsg},
+    manager_role::{LatencySamples, ProbeMsg, ScaleMsg},
     raw::{self, RawDaemon},
-    report::{self, Results, ScaleRow, Settings},
+    report::{self, Results, ScaleRow, Settings, TendScaleRow},
     stats::summarize,
     sys::{self, Machine},
 };
@@ -57,15 +57,34 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let guard = cleanup::Guard::install(scratch)?;
     let dir = guard.dir().to_owned();
     let started = SystemTime::now();
+    let containments = containments(
+        &exe,
+        &testd,
+        &dir.join("probe"),
+        args.containment.as_deref(),
+        &mut notes,
+    )?;
+    sweep("probe", &mut notes);
     let load_before = sys::loadavg();
     let cpu_before = sys::system_cpu();
 
     progress(format_args!(
-        "latency: {} rounds raw and supervised, {} stops of a SIGTERM-ignoring daemon",
-        settings.reps, settings.stubborn_reps
+        "latency: {} rounds raw and supervised ({}), {} stops of a SIGTERM-ignoring daemon each",
+        settings.reps,
+        names(&containments),
+        settings.stubborn_reps
     ));
-    let samples = latency(&exe, &testd, &dir.join("lat"), &settings)?;
+    let samples = latency(&exe, &testd, &dir.join("lat"), &settings, &containments)?;
     sweep("latency", &mut notes);
+    for t in &samples.tend {
+        if t.in_force.as_deref() != Some(t.requested.name()) {
+            notes.push(format!(
+                "latency: {} asked for, {} in force",
+                t.requested,
+                t.in_force.as_deref().unwrap_or("none")
+            ));
+        }
+    }
 
     let cli = if args.no_cli {
         Err("skipped with --no-cli".to_owned())
@@ -77,7 +96,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let mut scale = Vec::new();
     let mut cli_rows = Vec::new();
-    for &n in &settings.sizes {
+    for (i, &n) in settings.sizes.iter().enumerate() {
         let needed = n as u64 * FDS_PER_DAEMON + 256;
         if needed > nofile {
             let note = format!(
@@ -87,12 +106,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             notes.push(note);
             continue;
         }
+        // The containment measured first alternates between sizes.
+        let mut order = containments.clone();
+        if i % 2 == 1 {
+            order.reverse();
+        }
         let row = scale_row(
             &exe,
             &testd,
             &dir.join(format!("n{n}")),
             n,
             &settings,
+            &order,
             &mut notes,
         );
         match row {
@@ -121,6 +146,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         load_after: sys::loadavg(),
         busy_cpus: sys::system_cpu().busy_since(&cpu_before),
         settings,
+        containments: containments.clone(),
         samples: &samples,
         scale,
         cli: cli.map(|_| cli_rows),
@@ -143,14 +169,81 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The containments as a list for messages.
+fn names(containments: &[BenchContainment]) -> String {
+    containments
+        .iter()
+        .map(|c| c.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The containments to measure: those asked for, or both where cgroups
+/// work and process groups alone where they do not (with a note saying
+/// why). Whether cgroups work is asked of tend itself: a manager built
+/// with cgroup containment starts one daemon and says what is in force.
+fn containments(
+    exe: &Path,
+    testd: &Path,
+    dir: &Path,
+    asked: Option<&[BenchContainment]>,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<Vec<BenchContainment>> {
+    let mut wanted = Vec::new();
+    for &c in asked.unwrap_or(&[BenchContainment::Cgroup, BenchContainment::ProcessGroup]) {
+        if !wanted.contains(&c) {
+            wanted.push(c);
+        }
+    }
+    if !wanted.contains(&BenchContainment::Cgroup) {
+        return Ok(wanted);
+    }
+    std::fs::create_dir_all(dir)?;
+    let mut child = ManagerChild::spawn(
+        exe,
+        &[
+            "probe".as_ref(),
+            "--testd".as_ref(),
+            testd.as_os_str(),
+            "--dir".as_ref(),
+            dir.as_os_str(),
+            "--containment".as_ref(),
+            "cgroup".as_ref(),
+        ],
+    )?;
+    let answer: ProbeMsg = child.recv(Duration::from_secs(60))?;
+    child.finish()?;
+    if answer.in_force.as_deref() == Some("cgroup") {
+        return Ok(wanted);
+    }
+    let why = answer.error.unwrap_or_else(|| {
+        format!(
+            "{} in force when cgroup was asked for",
+            answer.in_force.as_deref().unwrap_or("nothing")
+        )
+    });
+    if asked.is_some() {
+        bail!("--containment cgroup: cgroup containment does not work here: {why}");
+    }
+    let note = format!(
+        "tend measured under process-group containment alone: cgroup containment \
+         does not work here ({why})"
+    );
+    progress(format_args!("{note}"));
+    notes.push(note);
+    Ok(vec![BenchContainment::ProcessGroup])
+}
+
 /// A progress line on stderr.
 fn progress(message: std::fmt::Arguments<'_>) {
     eprintln!("tend-bench: {message}");
 }
 
-/// Kills whatever a phase left behind; anything found is a leak worth
-/// reporting.
+/// Kills whatever a phase left behind, after a second for processes that
+/// are exiting anyway; anything killed is a leak worth reporting.
 fn sweep(phase: &str, notes: &mut Vec<String>) {
+    // tend's guard processes exit on their own shortly after their manager.
+    cleanup::reap_exiting(Duration::from_secs(1));
     let strays = cleanup::kill_children();
     if strays > 0 {
         notes.push(format!("{phase}: {strays} processes left behind"));
@@ -240,8 +333,14 @@ fn latency(
     testd: &Path,
     dir: &Path,
     settings: &Settings,
+    containments: &[BenchContainment],
 ) -> anyhow::Result<LatencySamples> {
     std::fs::create_dir_all(dir)?;
+    let containment = containments
+        .iter()
+        .map(|c| c.name())
+        .collect::<Vec<_>>()
+        .join(",");
     let reps = settings.reps.to_string();
     let stubborn = settings.stubborn_reps.to_string();
     let grace = settings.grace_ms.to_string();
@@ -259,11 +358,14 @@ fn latency(
             stubborn.as_ref(),
             "--grace-ms".as_ref(),
             grace.as_ref(),
+            "--containment".as_ref(),
+            containment.as_ref(),
         ],
     )?;
+    let cases = containments.len().max(1) as u32;
     let budget = Duration::from_secs(120)
-        + Duration::from_millis(50) * settings.reps as u32
-        + Duration::from_millis(settings.grace_ms + 500) * settings.stubborn_reps as u32;
+        + Duration::from_millis(50) * settings.reps as u32 * cases
+        + Duration::from_millis(settings.grace_ms + 500) * settings.stubborn_reps as u32 * cases;
     let samples = child.recv(budget)?;
     child.finish()?;
     Ok(samples)
@@ -278,12 +380,14 @@ struct RawScale {
 }
 
 impl RawScale {
-    fn mean(a: &RawScale, b: &RawScale) -> RawScale {
+    fn mean(runs: &[RawScale]) -> RawScale {
+        let n = runs.len().max(1);
+        let mean = |f: fn(&RawScale) -> i64| runs.iter().map(f).sum::<i64>() / n as i64;
         RawScale {
-            all_listening_ns: (a.all_listening_ns + b.all_listening_ns) / 2,
-            spawn_calls_ns: (a.spawn_calls_ns + b.spawn_calls_ns) / 2,
-            stop_all_ns: (a.stop_all_ns + b.stop_all_ns) / 2,
-            check_cpu_us: (a.check_cpu_us + b.check_cpu_us) / 2.0,
+            all_listening_ns: mean(|r| r.all_listening_ns),
+            spawn_calls_ns: mean(|r| r.spawn_calls_ns),
+            stop_all_ns: mean(|r| r.stop_all_ns),
+            check_cpu_us: runs.iter().map(|r| r.check_cpu_us).sum::<f64>() / n as f64,
         }
     }
 }
@@ -329,24 +433,78 @@ fn raw_scale(testd: &Path, dir: &Path, n: usize) -> anyhow::Result<RawScale> {
     })
 }
 
+/// One size: raw, then tend under each containment with a raw run after
+/// each, so every supervised run is bracketed by raw runs; every
+/// containment is compared with the mean of all the raw runs of the size.
 fn scale_row(
     exe: &Path,
     testd: &Path,
     dir: &Path,
     n: usize,
     settings: &Settings,
+    order: &[BenchContainment],
     notes: &mut Vec<String>,
 ) -> anyhow::Result<ScaleRow> {
     progress(format_args!("scale n={n}: raw parallel spawn"));
-    let raw_before = raw_scale(testd, &dir.join("raw-before"), n)?;
-    sweep(&format!("scale {n}, first raw run"), notes);
+    let mut raws = vec![raw_scale(testd, &dir.join("raw-0"), n)?];
+    sweep(&format!("scale {n}, raw run 1"), notes);
+    let mut runs = Vec::new();
+    for (i, &containment) in order.iter().enumerate() {
+        let run = tend_scale(
+            exe,
+            testd,
+            &dir.join(format!("tend-{containment}")),
+            n,
+            settings,
+            containment,
+        );
+        sweep(&format!("scale {n}, tend ({containment})"), notes);
+        match run {
+            Ok(run) => runs.push(run),
+            Err(e) => notes.push(format!("size {n}, {containment}: {e:#}")),
+        }
+        progress(format_args!("scale n={n}: raw parallel spawn again"));
+        raws.push(raw_scale(testd, &dir.join(format!("raw-{}", i + 1)), n)?);
+        sweep(&format!("scale {n}, raw run {}", i + 2), notes);
+    }
+    let raw = RawScale::mean(&raws);
+    let ms = |ns: i64| ns as f64 / 1e6;
+    let tend = runs
+        .into_iter()
+        .map(|mut r| {
+            r.start_ratio = r.all_running_ms / ms(raw.all_listening_ns);
+            r.stop_all_over_raw = r.stop_all_ms / ms(raw.stop_all_ns);
+            r
+        })
+        .collect();
+    Ok(ScaleRow {
+        n,
+        raw_all_listening_ms: ms(raw.all_listening_ns),
+        raw_all_listening_runs_ms: raws.iter().map(|r| ms(r.all_listening_ns)).collect(),
+        raw_spawn_calls_ms: ms(raw.spawn_calls_ns),
+        raw_stop_all_ms: ms(raw.stop_all_ns),
+        raw_stop_all_runs_ms: raws.iter().map(|r| ms(r.stop_all_ns)).collect(),
+        raw_check_cpu_us: raw.check_cpu_us,
+        raw_idle_floor_pct: raw.check_cpu_us * n as f64 / (settings.health_ms as f64 * 1e3) * 100.0,
+        tend,
+    })
+}
 
+/// n daemons supervised by a manager process under `containment`; the
+/// ratios to raw are filled in by the caller.
+fn tend_scale(
+    exe: &Path,
+    testd: &Path,
+    tend_dir: &Path,
+    n: usize,
+    settings: &Settings,
+    containment: BenchContainment,
+) -> anyhow::Result<TendScaleRow> {
     progress(format_args!(
-        "scale n={n}: supervised, then {} s idle with a {} ms health check",
+        "scale n={n}: supervised ({containment}), then {} s idle with a {} ms health check",
         settings.idle_secs, settings.health_ms
     ));
-    let tend_dir = dir.join("tend");
-    std::fs::create_dir_all(&tend_dir)?;
+    std::fs::create_dir_all(tend_dir)?;
     let n_arg = n.to_string();
     let health = settings.health_ms.to_string();
     let mut child = ManagerChild::spawn(
@@ -361,6 +519,8 @@ fn scale_row(
             n_arg.as_ref(),
             "--health-ms".as_ref(),
             health.as_ref(),
+            "--containment".as_ref(),
+            containment.name().as_ref(),
         ],
     )?;
     let pid = child.pid();
@@ -372,6 +532,7 @@ fn scale_row(
     let cpu_ready = sys::cpu_secs(pid).unwrap_or(0.0);
     child.send("go")?;
     let ScaleMsg::Running {
+        in_force,
         t0_ns,
         all_started_ns,
         last_running_ns,
@@ -416,30 +577,17 @@ fn scale_row(
     };
     let cpu_stop = sys::cpu_secs(pid).unwrap_or(0.0) - cpu_before_stop;
     child.finish()?;
-    sweep(&format!("scale {n}, tend"), notes);
-    progress(format_args!("scale n={n}: raw parallel spawn again"));
-    let raw_after = raw_scale(testd, &dir.join("raw-after"), n)?;
-    // The supervised run is bracketed by two raw runs, so load that comes
-    // or goes during the size weighs on both sides alike.
-    let raw = RawScale::mean(&raw_before, &raw_after);
     let stamps = read_stamps(&tend_dir.join("tend.ts"))?;
     let last_listen = stamps.iter().map(|s| s.listen_ns).max().unwrap_or(0);
 
     let ms = |ns: i64| ns as f64 / 1e6;
-    let tend_all_running = all_started_ns - t0_ns;
-    Ok(ScaleRow {
-        n,
-        raw_all_listening_ms: ms(raw.all_listening_ns),
-        raw_all_listening_runs_ms: [
-            ms(raw_before.all_listening_ns),
-            ms(raw_after.all_listening_ns),
-        ],
-        raw_spawn_calls_ms: ms(raw.spawn_calls_ns),
-        raw_stop_all_ms: ms(raw.stop_all_ns),
-        tend_all_running_ms: ms(tend_all_running),
-        tend_last_listen_ms: ms(last_listen - t0_ns),
-        tend_last_running_after_last_listen_ms: ms(last_running_ns - last_listen),
-        start_ratio: tend_all_running as f64 / raw.all_listening_ns as f64,
+    Ok(TendScaleRow {
+        requested: containment,
+        in_force,
+        all_running_ms: ms(all_started_ns - t0_ns),
+        last_listen_ms: ms(last_listen - t0_ns),
+        last_running_after_last_listen_ms: ms(last_running_ns - last_listen),
+        start_ratio: f64::NAN,
         start_cpu_ms: (cpu_running - cpu_ready) * 1e3,
         rss_idle_kib,
         rss_running_kib,
@@ -449,14 +597,12 @@ fn scale_row(
             / n as f64,
         idle_secs: window,
         idle_cpu_pct: (cpu_idle_end - cpu_running) / window * 100.0,
-        raw_check_cpu_us: raw.check_cpu_us,
-        raw_idle_floor_pct: raw.check_cpu_us * n as f64 / (settings.health_ms as f64 * 1e3) * 100.0,
         running_after_idle: running,
         restarts,
         failed_health_checks,
         stop_all_ms: ms(stop_all_ns),
         stop_all_cpu_ms: cpu_stop * 1e3,
-        stop_all_over_raw: stop_all_ns as f64 / raw.stop_all_ns as f64,
+        stop_all_over_raw: f64::NAN,
         not_stopped,
         list: summarize(&list_ns),
     })

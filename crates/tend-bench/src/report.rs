@@ -1,12 +1,13 @@
 //! The results of a run: settings, summaries, the targets of issue 6 with
-//! a verdict each, as JSON and as markdown.
+//! a verdict each per containment, as JSON and as markdown; every
+//! supervised figure has a column per containment next to the raw one.
 
 use std::{collections::BTreeMap, fmt::Write};
 
 use serde::Serialize;
 
 use crate::{
-    RunArgs,
+    BenchContainment, RunArgs,
     cli_path::CliRow,
     manager_role::LatencySamples,
     stats::{Summary, summarize},
@@ -38,7 +39,7 @@ impl Settings {
     /// The settings for `args`: smoke or full sizes, then overrides.
     pub fn from_args(args: &RunArgs) -> Self {
         let (reps, sizes, idle_secs, stubborn_reps, status_reps) = if args.smoke {
-            (20, vec![10], 2, 3, 5)
+            (20, vec![10], 1, 3, 5)
         } else {
             (300, vec![10, 100, 1000], 60, 20, 30)
         };
@@ -55,26 +56,53 @@ impl Settings {
     }
 }
 
-/// Figures for one size.
+/// Figures for one size: the raw baseline and tend under each
+/// containment.
 #[derive(Debug, Clone, Serialize)]
 pub struct ScaleRow {
     /// Number of daemons.
     pub n: usize,
-    /// Raw: first spawn → last daemon listening (mean of the two runs).
+    /// Raw: first spawn → last daemon listening (mean of the raw runs).
     pub raw_all_listening_ms: f64,
-    /// The raw run before and the one after the supervised run.
-    pub raw_all_listening_runs_ms: [f64; 2],
-    /// Raw: time to issue the n spawn calls.
+    /// Each raw run, in order: one before the first supervised run and one
+    /// after each.
+    pub raw_all_listening_runs_ms: Vec<f64>,
+    /// Raw: time to issue the n spawn calls (mean).
     pub raw_spawn_calls_ms: f64,
-    /// Raw: SIGTERM to all → all reaped.
+    /// Raw: SIGTERM to all → all reaped (mean of the raw runs).
     pub raw_stop_all_ms: f64,
-    /// tend: first `start_process` → the last one returned.
-    pub tend_all_running_ms: f64,
-    /// tend: first `start_process` → the last daemon listened.
-    pub tend_last_listen_ms: f64,
-    /// tend: last daemon listened → last `Running`.
-    pub tend_last_running_after_last_listen_ms: f64,
-    /// tend all running / raw all listening.
+    /// Each raw run's stop all, in order.
+    pub raw_stop_all_runs_ms: Vec<f64>,
+    /// CPU of one plain connect-and-close health check, raw, µs.
+    pub raw_check_cpu_us: f64,
+    /// What n plain checks per interval would cost, % of one core: the
+    /// floor under `idle_cpu_pct`.
+    pub raw_idle_floor_pct: f64,
+    /// tend, one entry per containment that completed.
+    pub tend: Vec<TendScaleRow>,
+}
+
+impl ScaleRow {
+    /// tend's figures under `containment`, if that run completed.
+    pub fn under(&self, containment: BenchContainment) -> Option<&TendScaleRow> {
+        self.tend.iter().find(|t| t.requested == containment)
+    }
+}
+
+/// tend's figures for one size under one containment.
+#[derive(Debug, Clone, Serialize)]
+pub struct TendScaleRow {
+    /// The containment asked for.
+    pub requested: BenchContainment,
+    /// The containment the manager reported in force.
+    pub in_force: Option<String>,
+    /// First `start_process` → the last one returned.
+    pub all_running_ms: f64,
+    /// First `start_process` → the last daemon listened.
+    pub last_listen_ms: f64,
+    /// Last daemon listened → last `Running`.
+    pub last_running_after_last_listen_ms: f64,
+    /// All running / raw all listening (the size's raw mean).
     pub start_ratio: f64,
     /// Manager CPU spent starting the n daemons, ms.
     pub start_cpu_ms: f64,
@@ -92,11 +120,6 @@ pub struct ScaleRow {
     pub idle_secs: f64,
     /// Manager CPU over the idle window, % of one core.
     pub idle_cpu_pct: f64,
-    /// CPU of one plain connect-and-close health check, raw, µs.
-    pub raw_check_cpu_us: f64,
-    /// What n plain checks per interval would cost, % of one core: the
-    /// floor under `idle_cpu_pct`.
-    pub raw_idle_floor_pct: f64,
     /// Daemons still `Running` after the window.
     pub running_after_idle: usize,
     /// Restarts counted during the window.
@@ -107,7 +130,7 @@ pub struct ScaleRow {
     pub stop_all_ms: f64,
     /// Manager CPU spent in `stop_all_processes`, ms.
     pub stop_all_cpu_ms: f64,
-    /// tend stop_all / raw stop all.
+    /// `stop_all_processes` / raw stop all (the size's raw mean).
     pub stop_all_over_raw: f64,
     /// Daemons not `Stopped` after `stop_all_processes`.
     pub not_stopped: usize,
@@ -139,6 +162,31 @@ pub struct Target {
     pub met: Option<bool>,
 }
 
+/// tend's latency figures and verdicts under one containment.
+#[derive(Debug, Clone, Serialize)]
+pub struct ContainmentResults {
+    /// The containment asked for.
+    pub requested: BenchContainment,
+    /// The containment the manager reported in force.
+    pub in_force: Option<String>,
+    /// Latency summaries by series name (`tend_*`, see `TendSeries`).
+    pub latency: BTreeMap<String, Summary>,
+    /// The issue's targets under this containment.
+    pub targets: Vec<Target>,
+}
+
+impl ContainmentResults {
+    /// The column heading: the containment, flagged if another was in
+    /// force.
+    fn label(&self) -> String {
+        match self.in_force.as_deref() {
+            Some(f) if f == self.requested.name() => f.to_owned(),
+            Some(f) => format!("{} (**{f} in force**)", self.requested),
+            None => format!("{} (never started)", self.requested),
+        }
+    }
+}
+
 /// The results of one run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Results {
@@ -156,14 +204,14 @@ pub struct Results {
     pub busy_cpus: f64,
     /// The settings.
     pub settings: Settings,
-    /// Latency summaries by series name (see `LatencySamples`).
+    /// Raw latency summaries by series name (see `RawSamples`).
     pub latency: BTreeMap<String, Summary>,
+    /// tend's latency and verdicts, per containment in the order measured.
+    pub containments: Vec<ContainmentResults>,
     /// Scale figures by size.
     pub scale: Vec<ScaleRow>,
-    /// CLI figures by size.
+    /// CLI figures by size (tend's default containment).
     pub cli: CliSection,
-    /// The issue's targets.
-    pub targets: Vec<Target>,
     /// Anything unusual: skipped sizes, leftover processes.
     pub notes: Vec<String>,
 }
@@ -177,6 +225,7 @@ pub struct Inputs<'a> {
     pub load_after: [f64; 3],
     pub busy_cpus: f64,
     pub settings: Settings,
+    pub containments: Vec<BenchContainment>,
     pub samples: &'a LatencySamples,
     pub scale: Vec<ScaleRow>,
     pub cli: Result<Vec<CliRow>, String>,
@@ -270,25 +319,38 @@ const LATENCY_ROWS: &[(&str, Option<&str>, &str)] = &[
 impl Results {
     /// Summarises the inputs and judges the targets.
     pub fn new(inputs: Inputs<'_>) -> Self {
-        let mut latency = BTreeMap::new();
-        if let Ok(serde_json::Value::Object(series)) = serde_json::to_value(inputs.samples) {
-            for (name, values) in series {
-                let values: Vec<i64> = serde_json::from_value(values).unwrap_or_default();
-                if let Some(summary) = summarize(&values) {
-                    latency.insert(name, summary);
-                }
-            }
-        }
+        let latency = summaries(&inputs.samples.raw);
         let grace_ns = inputs.settings.grace_ms as i64 * 1_000_000;
-        let over_grace: Vec<i64> = inputs
-            .samples
-            .tend_stubborn_stop_total
+        let containments = inputs
+            .containments
             .iter()
-            .map(|t| t - grace_ns)
+            .map(|&requested| {
+                let samples = inputs
+                    .samples
+                    .tend
+                    .iter()
+                    .find(|t| t.requested == requested);
+                let mut latency = samples.map_or_else(BTreeMap::new, |t| summaries(&t.series));
+                let over_grace: Vec<i64> = samples
+                    .map(|t| {
+                        t.series
+                            .tend_stubborn_stop_total
+                            .iter()
+                            .map(|t| t - grace_ns)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if let Some(summary) = summarize(&over_grace) {
+                    latency.insert("tend_stubborn_over_grace".to_owned(), summary);
+                }
+                ContainmentResults {
+                    requested,
+                    in_force: samples.and_then(|t| t.in_force.clone()),
+                    latency,
+                    targets: Vec::new(),
+                }
+            })
             .collect();
-        if let Some(summary) = summarize(&over_grace) {
-            latency.insert("tend_stubborn_over_grace".to_owned(), summary);
-        }
         let (cli, skipped) = match inputs.cli {
             Ok(rows) => (rows, None),
             Err(reason) => (Vec::new(), Some(reason)),
@@ -302,29 +364,35 @@ impl Results {
             busy_cpus: inputs.busy_cpus,
             settings: inputs.settings,
             latency,
+            containments,
             scale: inputs.scale,
             cli: CliSection { rows: cli, skipped },
-            targets: Vec::new(),
             notes: inputs.notes,
         };
-        results.targets = results.judge();
+        for i in 0..results.containments.len() {
+            let targets = results.judge(&results.containments[i]);
+            results.containments[i].targets = targets;
+        }
         results
     }
 
-    fn median(&self, series: &str) -> Option<f64> {
-        self.latency.get(series).map(|s| s.median_us)
+    /// The row the "1,000 daemons" targets are judged on under
+    /// `containment`: n = 1000, or the largest size measured.
+    fn scale_reference(&self, containment: BenchContainment) -> Option<(&ScaleRow, &TendScaleRow)> {
+        let rows = || {
+            self.scale
+                .iter()
+                .filter_map(move |r| r.under(containment).map(|t| (r, t)))
+        };
+        rows()
+            .find(|(r, _)| r.n == 1000)
+            .or_else(|| rows().max_by_key(|(r, _)| r.n))
     }
 
-    /// The row the "1,000 daemons" targets are judged on: n = 1000, or
-    /// the largest size measured.
-    fn scale_reference(&self) -> Option<&ScaleRow> {
-        self.scale
-            .iter()
-            .find(|r| r.n == 1000)
-            .or_else(|| self.scale.iter().max_by_key(|r| r.n))
-    }
-
-    fn judge(&self) -> Vec<Target> {
+    fn judge(&self, c: &ContainmentResults) -> Vec<Target> {
+        let raw_median = |series: &str| self.latency.get(series).map(|s| s.median_us);
+        let tend = |series: &str| c.latency.get(series);
+        let tend_median = |series: &str| tend(series).map(|s| s.median_us);
         let mut targets = Vec::new();
         let mut add = |item: &str, what: &str, target: &str, measured: Option<(String, bool)>| {
             let (measured, met) = match measured {
@@ -343,15 +411,14 @@ impl Results {
             "1",
             "readiness notice: `listen()` → `Running` (median)",
             "< 1 ms",
-            self.median("tend_listen_to_running")
-                .map(|m| (us(m), m < 1000.0)),
+            tend_median("tend_listen_to_running").map(|m| (us(m), m < 1000.0)),
         );
         add(
             "1",
             "`start_process` / raw spawn → `listen()` (medians)",
             "≤ 1.1",
-            self.median("tend_start_total")
-                .zip(self.median("raw_spawn_to_listen"))
+            tend_median("tend_start_total")
+                .zip(raw_median("raw_spawn_to_listen"))
                 .map(|(t, r)| {
                     (
                         format!("{:.2} ({} / {})", t / r, us(t), us(r)),
@@ -363,8 +430,8 @@ impl Results {
             "2",
             "crash: SIGKILL → `Running` minus raw spawn → `listen()` (medians)",
             "≤ 2 ms",
-            self.median("tend_kill_to_running")
-                .zip(self.median("raw_spawn_to_listen"))
+            tend_median("tend_kill_to_running")
+                .zip(raw_median("raw_spawn_to_listen"))
                 .map(|(t, r)| {
                     (
                         format!("{} ({} − {})", us(t - r), us(t), us(r)),
@@ -376,7 +443,7 @@ impl Results {
             "3",
             "stop: daemon exited → `stop_process` returned (median; p99)",
             "< 2 ms",
-            self.latency.get("tend_stop_after_exit").map(|s| {
+            tend("tend_stop_after_exit").map(|s| {
                 (
                     format!("{}; p99 {}", us(s.median_us), us(s.p99_us)),
                     s.median_us < 2000.0,
@@ -387,14 +454,14 @@ impl Results {
             "3",
             "SIGTERM-ignoring daemon: `stop_process` − grace (max)",
             "≤ 50 ms",
-            self.latency.get("tend_stubborn_over_grace").map(|s| {
+            tend("tend_stubborn_over_grace").map(|s| {
                 (
                     format!("{} (grace {} ms)", us(s.max_us), self.settings.grace_ms),
                     s.max_us <= 50_000.0,
                 )
             }),
         );
-        let reference = self.scale_reference();
+        let reference = self.scale_reference(c.requested);
         let at = |r: &ScaleRow| {
             if r.n == 1000 {
                 String::new()
@@ -406,16 +473,16 @@ impl Results {
             "4",
             "1,000 daemons: all `Running` / raw all listening",
             "≤ 1.2",
-            reference.map(|r| {
+            reference.map(|(r, t)| {
                 (
                     format!(
                         "{:.2} ({:.0} ms / {:.0} ms){}",
-                        r.start_ratio,
-                        r.tend_all_running_ms,
+                        t.start_ratio,
+                        t.all_running_ms,
                         r.raw_all_listening_ms,
                         at(r)
                     ),
-                    r.start_ratio <= 1.2,
+                    t.start_ratio <= 1.2,
                 )
             }),
         );
@@ -423,8 +490,8 @@ impl Results {
             "4",
             "1,000 daemons: manager RSS",
             "≤ 25 MiB",
-            reference.map(|r| {
-                let rss = r.rss_running_kib.max(r.rss_after_idle_kib);
+            reference.map(|(r, t)| {
+                let rss = t.rss_running_kib.max(t.rss_after_idle_kib);
                 (
                     format!("{:.1} MiB{}", rss as f64 / 1024.0, at(r)),
                     rss <= 25 * 1024,
@@ -435,16 +502,16 @@ impl Results {
             "4",
             "1,000 daemons: manager CPU, idle with a 1 s health check",
             "≤ 2 % of a core",
-            reference.map(|r| {
+            reference.map(|(r, t)| {
                 (
                     format!(
                         "{:.2} % over {:.0} s (plain connects alone: {:.2} %){}",
-                        r.idle_cpu_pct,
-                        r.idle_secs,
+                        t.idle_cpu_pct,
+                        t.idle_secs,
                         r.raw_idle_floor_pct,
                         at(r)
                     ),
-                    r.idle_cpu_pct <= 2.0,
+                    t.idle_cpu_pct <= 2.0,
                 )
             }),
         );
@@ -452,19 +519,19 @@ impl Results {
             "4",
             "1,000 daemons: `stop_all_processes` / raw SIGTERM-all-and-reap",
             "≤ 1.2 (one stop's time, not the sum)",
-            reference.map(|r| {
-                let single = self.median("tend_stop_total").unwrap_or(f64::NAN) / 1e3;
+            reference.map(|(r, t)| {
+                let single = tend_median("tend_stop_total").unwrap_or(f64::NAN) / 1e3;
                 (
                     format!(
                         "{:.2} ({:.0} ms / {:.0} ms; one stop {:.1} ms, sum would be {:.0} ms){}",
-                        r.stop_all_over_raw,
-                        r.stop_all_ms,
+                        t.stop_all_over_raw,
+                        t.stop_all_ms,
                         r.raw_stop_all_ms,
                         single,
                         single * r.n as f64,
                         at(r)
                     ),
-                    r.stop_all_over_raw <= 1.2,
+                    t.stop_all_over_raw <= 1.2,
                 )
             }),
         );
@@ -505,116 +572,197 @@ impl Results {
             if s.smoke { ", smoke run" } else { "" }
         );
 
+        let cs = &self.containments;
+        let _ = writeln!(
+            md,
+            "{}: {}. Every tend column comes from a manager built with that containment \
+             explicitly; a containment other than the one asked for would be flagged in \
+             its heading.\n",
+            if cs.len() == 1 {
+                "Containment measured"
+            } else {
+                "Containments measured side by side"
+            },
+            cs.iter().map(|c| c.label()).collect::<Vec<_>>().join(", ")
+        );
+
         let _ = writeln!(md, "## Targets\n");
-        let _ = writeln!(md, "| # | Measure | Target | Measured | Met |");
-        let _ = writeln!(md, "|---|---|---|---|---|");
-        for t in &self.targets {
-            let met = match t.met {
-                Some(true) => "yes",
-                Some(false) => "**no**",
-                None => "–",
-            };
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} | {} |",
-                t.item, t.what, t.target, t.measured, met
-            );
+        let mut head = "| # | Measure | Target |".to_owned();
+        let mut rule = "|---|---|---|".to_owned();
+        for c in cs {
+            let _ = write!(head, " {} | met |", c.label());
+            rule.push_str("---|---|");
+        }
+        let _ = writeln!(md, "{head}\n{rule}");
+        let rows = cs.first().map_or(0, |c| c.targets.len());
+        for i in 0..rows {
+            let t = &cs[0].targets[i];
+            let mut line = format!("| {} | {} | {} |", t.item, t.what, t.target);
+            for c in cs {
+                let (measured, met) = c
+                    .targets
+                    .get(i)
+                    .map_or(("–", "–"), |t| (t.measured.as_str(), verdict(t.met)));
+                let _ = write!(line, " {measured} | {met} |");
+            }
+            let _ = writeln!(md, "{line}");
         }
 
         let _ = writeln!(
             md,
-            "\n## Latency\n\nMicroseconds over {} rounds; raw and tend rounds alternate.\n",
+            "\n## Latency\n\nMicroseconds over {} rounds; each round runs raw, then tend under \
+             each containment (their order reversed every round).\n",
             s.reps
         );
-        let _ = writeln!(
-            md,
-            "| Measure | raw median | raw p99 | tend median | tend p99 | tend − raw (medians) |"
-        );
-        let _ = writeln!(md, "|---|--:|--:|--:|--:|--:|");
+        let mut head = "| Measure | raw median | raw p99 |".to_owned();
+        let mut rule = "|---|--:|--:|".to_owned();
+        for c in cs {
+            let _ = write!(head, " {0} median | {0} p99 | {0} − raw |", c.label());
+            rule.push_str("--:|--:|--:|");
+        }
+        let _ = writeln!(md, "{head}\n{rule}");
+        let cell = |v: Option<f64>| v.map_or("–".to_owned(), num);
         for (label, raw, tend) in LATENCY_ROWS {
             let raw = raw.and_then(|r| self.latency.get(r));
-            let Some(tend) = self.latency.get(*tend) else {
+            if cs.iter().all(|c| !c.latency.contains_key(*tend)) {
                 continue;
-            };
-            let cell = |v: Option<f64>| v.map_or("–".to_owned(), num);
-            let _ = writeln!(
-                md,
-                "| {label} | {} | {} | {} | {} | {} |",
+            }
+            let mut line = format!(
+                "| {label} | {} | {} |",
                 cell(raw.map(|r| r.median_us)),
                 cell(raw.map(|r| r.p99_us)),
-                num(tend.median_us),
-                num(tend.p99_us),
-                cell(raw.map(|r| tend.median_us - r.median_us)),
             );
+            for c in cs {
+                let t = c.latency.get(*tend);
+                let _ = write!(
+                    line,
+                    " {} | {} | {} |",
+                    cell(t.map(|t| t.median_us)),
+                    cell(t.map(|t| t.p99_us)),
+                    cell(raw.zip(t).map(|(r, t)| t.median_us - r.median_us)),
+                );
+            }
+            let _ = writeln!(md, "{line}");
         }
 
         if !self.scale.is_empty() {
             let _ = writeln!(
                 md,
                 "\n## Scale: start and stop\n\nMilliseconds. Raw: n daemons spawned back to back, \
-                 until the last `listen()`, run before and after tend (the mean of both; each \
-                 in brackets); tend: n concurrent `start_process` until the last returned.\n"
+                 until the last `listen()`, run before the first supervised run and after each \
+                 (the mean of all; each in brackets, in order); tend: n concurrent \
+                 `start_process` until the last returned. Ratios are to the raw mean.\n"
             );
-            let _ = writeln!(
-                md,
-                "| Daemons | raw all listening | tend all `Running` | ratio | tend last listen → \
-                 last `Running` | manager CPU to start | raw stop all | `stop_all_processes` | \
-                 ratio | `list()` median (µs) |"
-            );
-            let _ = writeln!(md, "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+            let mut head = "| Daemons | raw all listening |".to_owned();
+            let mut rule = "|--:|--:|".to_owned();
+            for c in cs {
+                let _ = write!(head, " {} all `Running` | ratio |", c.label());
+                rule.push_str("--:|--:|");
+            }
+            head.push_str(" raw stop all |");
+            rule.push_str("--:|");
+            for c in cs {
+                let _ = write!(head, " {} `stop_all_processes` | ratio |", c.label());
+                rule.push_str("--:|--:|");
+            }
+            let _ = writeln!(md, "{head}\n{rule}");
+            let runs = |v: &[f64]| {
+                v.iter()
+                    .map(|x| format!("{x:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
             for r in &self.scale {
-                let _ = writeln!(
-                    md,
-                    "| {} | {:.1} ({:.0}, {:.0}) | {:.1} | {:.2} | {:.1} | {:.0} | {:.1} | {:.1} | {:.2} | {} |",
+                let mut line = format!(
+                    "| {} | {:.1} ({}) |",
                     r.n,
                     r.raw_all_listening_ms,
-                    r.raw_all_listening_runs_ms[0],
-                    r.raw_all_listening_runs_ms[1],
-                    r.tend_all_running_ms,
-                    r.start_ratio,
-                    r.tend_last_running_after_last_listen_ms,
-                    r.start_cpu_ms,
-                    r.raw_stop_all_ms,
-                    r.stop_all_ms,
-                    r.stop_all_over_raw,
-                    r.list.map_or("–".to_owned(), |l| num(l.median_us)),
+                    runs(&r.raw_all_listening_runs_ms)
                 );
+                for c in cs {
+                    match r.under(c.requested) {
+                        Some(t) => {
+                            let _ =
+                                write!(line, " {:.1} | {:.2} |", t.all_running_ms, t.start_ratio);
+                        }
+                        None => line.push_str(" – | – |"),
+                    }
+                }
+                let _ = write!(
+                    line,
+                    " {:.1} ({}) |",
+                    r.raw_stop_all_ms,
+                    runs(&r.raw_stop_all_runs_ms)
+                );
+                for c in cs {
+                    match r.under(c.requested) {
+                        Some(t) => {
+                            let _ = write!(
+                                line,
+                                " {:.1} | {:.2} |",
+                                t.stop_all_ms, t.stop_all_over_raw
+                            );
+                        }
+                        None => line.push_str(" – | – |"),
+                    }
+                }
+                let _ = writeln!(md, "{line}");
             }
             let _ = writeln!(
                 md,
-                "\n## Scale: the manager's memory and CPU\n\nRaw floor: what n plain \
-                 connect-and-close checks per interval cost (measured on the raw daemons), \
-                 the least any supervisor pays for such a check.\n"
+                "\n## Scale: the manager's memory and CPU\n\nOne row per size and containment. \
+                 Raw floor: what n plain connect-and-close checks per interval cost (measured \
+                 on the raw daemons), the least any supervisor pays for such a check.\n"
             );
             let _ = writeln!(
                 md,
-                "| Daemons | RSS before start (MiB) | RSS running (MiB) | after idle (MiB) | \
-                 peak (MiB) | per daemon (KiB) | idle CPU (% of a core) | raw floor (%) | \
-                 window (s) | running after | restarts | failed checks |"
+                "| Daemons | containment | last listen → last `Running` (ms) | CPU to start (ms) | \
+                 RSS before start (MiB) | RSS running (MiB) | after idle (MiB) | peak (MiB) | \
+                 per daemon (KiB) | idle CPU (% of a core) | raw floor (%) | window (s) | \
+                 running after | restarts | failed checks | CPU to stop all (ms) | not stopped | \
+                 `list()` median (µs) |"
             );
-            let _ = writeln!(md, "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+            let _ = writeln!(
+                md,
+                "|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+            );
             for r in &self.scale {
-                let mib = |kib: u64| kib as f64 / 1024.0;
-                let _ = writeln!(
-                    md,
-                    "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.0} | {} | {} | {} |",
-                    r.n,
-                    mib(r.rss_idle_kib),
-                    mib(r.rss_running_kib),
-                    mib(r.rss_after_idle_kib),
-                    mib(r.hwm_kib),
-                    r.rss_per_daemon_kib,
-                    r.idle_cpu_pct,
-                    r.raw_idle_floor_pct,
-                    r.idle_secs,
-                    r.running_after_idle,
-                    r.restarts,
-                    r.failed_health_checks,
-                );
+                for c in cs {
+                    let Some(t) = r.under(c.requested) else {
+                        continue;
+                    };
+                    let mib = |kib: u64| kib as f64 / 1024.0;
+                    let _ = writeln!(
+                        md,
+                        "| {} | {} | {:.1} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.0} | {} | {} | {} | {:.0} | {} | {} |",
+                        r.n,
+                        c.label(),
+                        t.last_running_after_last_listen_ms,
+                        t.start_cpu_ms,
+                        mib(t.rss_idle_kib),
+                        mib(t.rss_running_kib),
+                        mib(t.rss_after_idle_kib),
+                        mib(t.hwm_kib),
+                        t.rss_per_daemon_kib,
+                        t.idle_cpu_pct,
+                        r.raw_idle_floor_pct,
+                        t.idle_secs,
+                        t.running_after_idle,
+                        t.restarts,
+                        t.failed_health_checks,
+                        t.stop_all_cpu_ms,
+                        t.not_stopped,
+                        t.list.map_or("–".to_owned(), |l| num(l.median_us)),
+                    );
+                }
             }
         }
 
-        let _ = writeln!(md, "\n## CLI\n");
+        let _ = writeln!(
+            md,
+            "\n## CLI\n\n`tend up` with tend's default containment (`auto`: cgroups where \
+             available, `TEND_CONTAINMENT` decides otherwise).\n"
+        );
         match &self.cli.skipped {
             Some(reason) => {
                 let _ = writeln!(md, "Skipped: {reason}.");
@@ -661,6 +809,29 @@ impl Results {
             }
         }
         md
+    }
+}
+
+/// Summaries of every series of `samples` (a struct of `Vec<i64>`s).
+fn summaries(samples: &impl Serialize) -> BTreeMap<String, Summary> {
+    let mut latency = BTreeMap::new();
+    if let Ok(serde_json::Value::Object(series)) = serde_json::to_value(samples) {
+        for (name, values) in series {
+            let values: Vec<i64> = serde_json::from_value(values).unwrap_or_default();
+            if let Some(summary) = summarize(&values) {
+                latency.insert(name, summary);
+            }
+        }
+    }
+    latency
+}
+
+/// A verdict for a table cell.
+fn verdict(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "yes",
+        Some(false) => "**no**",
+        None => "–",
     }
 }
 
