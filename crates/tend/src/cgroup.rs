@@ -24,6 +24,7 @@
 //! seccomp policies; the migration works everywhere cgroups do.
 
 use std::{
+    collections::HashMap,
     ffi::{OsStr, OsString},
     io,
     os::{
@@ -31,6 +32,7 @@ use std::{
         unix::ffi::{OsStrExt, OsStringExt},
     },
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -38,6 +40,8 @@ use rustix::fs::{AtFlags, Mode, OFlags};
 use serde::{Deserialize, Serialize};
 use tokio::{
     io::{Interest, unix::AsyncFd},
+    sync::Notify,
+    task::JoinHandle,
     time::Instant,
 };
 
@@ -203,6 +207,9 @@ fn v2_membership(cgroups: &[u8]) -> Option<&[u8]> {
 pub(crate) struct ManagerCgroup {
     path: PathBuf,
     dir: OwnedFd,
+    /// The watcher of the daemons' `cgroup.events`; `None` without
+    /// inotify (waits then poll).
+    events: Option<CgroupEvents>,
 }
 
 /// The name prefix of a manager's cgroup, followed by its id.
@@ -226,7 +233,10 @@ impl ManagerCgroup {
             }
         }
         let dir = open_dir(&path)?;
-        Ok(ManagerCgroup { path, dir })
+        let events = CgroupEvents::start()
+            .inspect_err(|e| tracing::info!(error = %e, "no inotify for cgroup events; stops poll"))
+            .ok();
+        Ok(ManagerCgroup { path, dir, events })
     }
 
     /// The cgroup's directory.
@@ -303,7 +313,17 @@ impl ManagerCgroup {
             OFlags::WRONLY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        Ok(DaemonCgroup { path, dir, procs })
+        let watch = match &self.events {
+            Some(events) => Some(events.watch(&path.join("cgroup.events"))?),
+            None => None,
+        };
+        Ok(DaemonCgroup {
+            path,
+            dir,
+            procs,
+            watch,
+            killed: Default::default(),
+        })
     }
 }
 
@@ -356,12 +376,31 @@ pub(crate) struct DaemonCgroup {
     /// `cgroup.procs`, open for writing: the spawned child writes `0` to it
     /// to join.
     procs: OwnedFd,
+    /// Its `cgroup.events` in the manager's shared inotify instance.
+    watch: Option<EventsWatch>,
+    /// Whether `cgroup.kill` was written: see [`Self::clone_into_ok`].
+    killed: std::sync::atomic::AtomicBool,
 }
 
 impl DaemonCgroup {
     /// The cgroup's directory.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether a child may be cloned straight into this cgroup
+    /// (`clone3(CLONE_INTO_CGROUP)`): not once `cgroup.kill` was written
+    /// to it. Linux (6.18 here) compares the target cgroup's kill count
+    /// with the *parent's* cgroup's for such a clone, so every child
+    /// cloned into a cgroup killed before is SIGKILLed at birth; a child
+    /// that joins through `cgroup.procs` is not.
+    pub fn clone_into_ok(&self) -> bool {
+        !self.killed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The cgroup's directory, to clone a child into.
+    pub fn dir_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.dir.as_fd()
     }
 
     /// The descriptor a spawned child joins the cgroup through.
@@ -387,11 +426,14 @@ impl DaemonCgroup {
         read_control(&self.dir, "cgroup.events").map_or(true, |text| events_say_populated(&text))
     }
 
-    /// Sends `signal` to every member, each through a pidfd opened while it
-    /// is listed in the cgroup (so a PID reused meanwhile is never hit).
-    pub fn signal_members(&self, signal: rustix::process::Signal) {
+    /// Sends `signals`, in order, to every member, each through a pidfd
+    /// opened while it is listed in the cgroup (so a PID reused meanwhile
+    /// is never hit). One listing serves all the signals.
+    pub fn signal_members(&self, signals: &[rustix::process::Signal]) {
         for pidfd in self.member_pidfds() {
-            let _ = rustix::process::pidfd_send_signal(&pidfd, signal);
+            for &signal in signals {
+                let _ = rustix::process::pidfd_send_signal(&pidfd, signal);
+            }
         }
     }
 
@@ -421,8 +463,10 @@ impl DaemonCgroup {
     /// SIGKILLs every member at once (`cgroup.kill`, Linux 5.14); on older
     /// kernels, each member through its pidfd.
     pub fn kill(&self) {
+        self.killed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         if write_control(&self.dir, "cgroup.kill", b"1").is_err() {
-            self.signal_members(rustix::process::Signal::KILL);
+            self.signal_members(&[rustix::process::Signal::KILL]);
         }
     }
 
@@ -430,8 +474,22 @@ impl DaemonCgroup {
     /// true when empty. Woken by inotify on `cgroup.events`, which the
     /// kernel marks modified when `populated` changes.
     pub async fn wait_empty(&self, deadline: Instant) -> bool {
-        let events = self.path.join("cgroup.events");
-        let watch = EventsWatch::new(&events);
+        // Mostly empty already: the leader was the last and has been reaped.
+        if !self.populated() {
+            return true;
+        }
+        let own_watch;
+        let changed: &dyn WaitChanged = match &self.watch {
+            Some(shared) => shared,
+            // A dead manager's cgroup, cleaned once: an instance of its own.
+            None => match OwnEventsWatch::new(&self.path.join("cgroup.events")) {
+                Ok(watch) => {
+                    own_watch = watch;
+                    &own_watch
+                }
+                Err(_) => &Polling,
+            },
+        };
         loop {
             if !self.populated() {
                 return true;
@@ -439,20 +497,11 @@ impl DaemonCgroup {
             if Instant::now() >= deadline {
                 return false;
             }
-            match &watch {
-                Ok(watch) => {
-                    if tokio::time::timeout_at(deadline, watch.changed())
-                        .await
-                        .is_err()
-                    {
-                        return !self.populated();
-                    }
-                }
-                // No inotify: look again on a short timer.
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(5).min(deadline - Instant::now()))
-                        .await
-                }
+            if tokio::time::timeout_at(deadline, changed.changed())
+                .await
+                .is_err()
+            {
+                return !self.populated();
             }
         }
     }
@@ -652,7 +701,16 @@ impl DeadManagerCgroup {
                     Mode::empty(),
                 )
                 .ok()?;
-                Some((name, DaemonCgroup { path, dir, procs }))
+                Some((
+                    name,
+                    DaemonCgroup {
+                        path,
+                        dir,
+                        procs,
+                        watch: None,
+                        killed: Default::default(),
+                    },
+                ))
             })
             .collect()
     }
@@ -757,12 +815,151 @@ pub(crate) fn write_control(dir: impl AsFd, file: &str, value: &[u8]) -> io::Res
     Ok(())
 }
 
-/// An inotify watch on one `cgroup.events` file.
+/// Something that resolves when a `cgroup.events` file may have changed.
+trait WaitChanged: Sync {
+    /// Resolves at the next change (or a spurious wake-up: callers look
+    /// again).
+    fn changed(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
+}
+
+/// One inotify instance per manager for every daemon's `cgroup.events`,
+/// read by one task that wakes the daemon a change concerns.
+///
+/// Why one instance, not one per wait: closing an inotify instance waits
+/// for a kernel grace period (`fsnotify_destroy_group`, 8–16 ms measured),
+/// and a stop that made and closed its own put that wait on a runtime
+/// worker at every stop (1,000 stops then took 32 times a raw stop).
+/// Adding and removing a watch does not wait.
+pub(crate) struct CgroupEvents {
+    shared: Arc<EventsShared>,
+    reader: JoinHandle<()>,
+}
+
+struct EventsShared {
+    fd: AsyncFd<OwnedFd>,
+    /// Who waits on which watch descriptor.
+    waiters: Mutex<HashMap<i32, Arc<Notify>>>,
+}
+
+impl EventsShared {
+    fn waiters(&self) -> std::sync::MutexGuard<'_, HashMap<i32, Arc<Notify>>> {
+        self.waiters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl CgroupEvents {
+    /// Creates the instance and its reader task on the current runtime.
+    fn start() -> io::Result<Self> {
+        use rustix::fs::inotify;
+        let fd = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)?;
+        // SAFETY: `fd` is a fresh inotify descriptor moved into the
+        // AsyncFd, which owns it until drop.
+        let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }?;
+        let shared = Arc::new(EventsShared {
+            fd,
+            waiters: Mutex::new(HashMap::new()),
+        });
+        let reader = tokio::spawn(read_cgroup_events(Arc::clone(&shared)));
+        Ok(CgroupEvents { shared, reader })
+    }
+
+    /// Watches the `cgroup.events` file at `path` until the returned watch
+    /// is dropped.
+    fn watch(&self, path: &Path) -> io::Result<EventsWatch> {
+        use rustix::fs::inotify;
+        // Under the lock, so the reader cannot see an event of `wd` before
+        // its waiter is there.
+        let mut waiters = self.shared.waiters();
+        let wd = inotify::add_watch(&self.shared.fd, path, inotify::WatchFlags::MODIFY)?;
+        let notify = Arc::new(Notify::new());
+        waiters.insert(wd, Arc::clone(&notify));
+        Ok(EventsWatch {
+            shared: Arc::clone(&self.shared),
+            wd,
+            notify,
+        })
+    }
+}
+
+impl std::fmt::Debug for CgroupEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CgroupEvents").finish_non_exhaustive()
+    }
+}
+
+impl Drop for CgroupEvents {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+async fn read_cgroup_events(shared: Arc<EventsShared>) {
+    use rustix::fs::inotify;
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+    loop {
+        let Ok(mut guard) = shared.fd.readable().await else {
+            return;
+        };
+        let mut reader = inotify::Reader::new(guard.get_inner(), &mut buf);
+        loop {
+            match reader.next() {
+                Ok(event) => {
+                    if let Some(notify) = shared.waiters().get(&event.wd()) {
+                        notify.notify_one();
+                    }
+                }
+                Err(rustix::io::Errno::AGAIN) => {
+                    guard.clear_ready();
+                    break;
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading cgroup events failed; stops wait for their deadline");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// One daemon's `cgroup.events` in its manager's [`CgroupEvents`].
+#[derive(Debug)]
 struct EventsWatch {
+    shared: Arc<EventsShared>,
+    wd: i32,
+    notify: Arc<Notify>,
+}
+
+impl std::fmt::Debug for EventsShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventsShared").finish_non_exhaustive()
+    }
+}
+
+impl WaitChanged for EventsWatch {
+    fn changed(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        // `notify_one` keeps a permit when nobody waits: a change between
+        // two waits is not lost.
+        Box::pin(self.notify.notified())
+    }
+}
+
+impl Drop for EventsWatch {
+    fn drop(&mut self) {
+        self.shared.waiters().remove(&self.wd);
+        // Fails harmlessly once the cgroup is removed (the kernel dropped
+        // the watch with it).
+        let _ = rustix::fs::inotify::remove_watch(&self.shared.fd, self.wd);
+    }
+}
+
+/// An inotify instance of its own on one `cgroup.events` file, for the
+/// rare waits on a cgroup of no live manager (cleaning a dead one's).
+struct OwnEventsWatch {
     fd: AsyncFd<OwnedFd>,
 }
 
-impl EventsWatch {
+impl OwnEventsWatch {
     fn new(path: &Path) -> io::Result<Self> {
         use rustix::fs::inotify;
         let fd = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)?;
@@ -770,22 +967,34 @@ impl EventsWatch {
         // SAFETY: `fd` is a fresh inotify descriptor moved into the
         // AsyncFd, which owns it until drop.
         let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }?;
-        Ok(EventsWatch { fd })
+        Ok(OwnEventsWatch { fd })
     }
+}
 
-    /// Resolves at the next modification (after draining the queue).
-    async fn changed(&self) {
-        loop {
-            let Ok(mut ready) = self.fd.readable().await else {
-                return std::future::pending().await;
-            };
-            let mut buf = [0u8; 1024];
-            match rustix::io::read(self.fd.get_ref(), &mut buf) {
-                Ok(_) => return,
-                Err(rustix::io::Errno::AGAIN) => ready.clear_ready(),
-                Err(_) => return std::future::pending().await,
+impl WaitChanged for OwnEventsWatch {
+    fn changed(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            loop {
+                let Ok(mut ready) = self.fd.readable().await else {
+                    return std::future::pending().await;
+                };
+                let mut buf = [0u8; 1024];
+                match rustix::io::read(self.fd.get_ref(), &mut buf) {
+                    Ok(_) => return,
+                    Err(rustix::io::Errno::AGAIN) => ready.clear_ready(),
+                    Err(_) => return std::future::pending().await,
+                }
             }
-        }
+        })
+    }
+}
+
+/// Without inotify: look again every few milliseconds.
+struct Polling;
+
+impl WaitChanged for Polling {
+    fn changed(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(tokio::time::sleep(Duration::from_millis(5)))
     }
 }
 

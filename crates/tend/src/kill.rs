@@ -59,11 +59,10 @@ pub(crate) async fn terminate_group(
     if target.is_gone(&mut leader, &mut leader_status) {
         return Ok(Terminated { leader_status });
     }
-    target
-        .signal(Signal::TERM)
-        .map_err(|e| format!("SIGTERM to group {pgid}: {e}"))?;
     // A stopped process keeps SIGTERM pending until it is continued.
-    let _ = target.signal(Signal::CONT);
+    target
+        .signal(&[Signal::TERM, Signal::CONT])
+        .map_err(|e| format!("SIGTERM to group {pgid}: {e}"))?;
     let grace_deadline = Instant::now() + grace;
     if target
         .wait_gone(&mut leader, &mut leader_status, grace_deadline)
@@ -102,11 +101,14 @@ struct Target<'a> {
 }
 
 impl Target<'_> {
-    fn signal(&self, signal: Signal) -> io::Result<()> {
+    /// Sends `signals`, in order, to the group and the cgroup's members.
+    fn signal(&self, signals: &[Signal]) -> io::Result<()> {
         if let Some(cgroup) = self.cgroup {
-            cgroup.signal_members(signal);
+            cgroup.signal_members(signals);
         }
-        signal_group(self.pgid, signal)
+        signals
+            .iter()
+            .try_for_each(|&signal| signal_group(self.pgid, signal))
     }
 
     fn kill(&self) {

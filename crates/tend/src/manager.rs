@@ -508,8 +508,13 @@ impl BackgroundProcessManager {
 
     /// Snapshots of every process, sorted by name.
     pub fn list(&self) -> Vec<ProcessInfo> {
-        let slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let mut infos: Vec<ProcessInfo> = slots.values().map(|s| s.shared.snapshot()).collect();
+        // Snapshots read cgroup files: taken outside the registry lock,
+        // which starts and stops need.
+        let shared: Vec<Arc<Shared>> = {
+            let slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
+            slots.values().map(|s| Arc::clone(&s.shared)).collect()
+        };
+        let mut infos: Vec<ProcessInfo> = shared.iter().map(|s| s.snapshot()).collect();
         infos.sort_by(|a, b| a.name.cmp(&b.name));
         infos
     }
@@ -612,8 +617,12 @@ impl BackgroundProcessManager {
     }
 
     fn with_shared<T>(&self, name: &str, f: impl FnOnce(&Shared) -> T) -> Option<T> {
-        let slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
-        slots.get(name).map(|slot| f(&slot.shared))
+        // `f` runs outside the registry lock (a snapshot reads files).
+        let shared = {
+            let slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
+            Arc::clone(&slots.get(name)?.shared)
+        };
+        Some(f(&shared))
     }
 }
 

@@ -64,9 +64,11 @@ pub(crate) struct SpawnPlan {
     argv: Vec<CString>,
     envp: Vec<CString>,
     cwd: Option<CString>,
-    /// `cgroup.procs` of the daemon's cgroup, which the child joins. The
-    /// caller keeps it open until the spawn returned.
-    cgroup_procs: Option<std::os::fd::RawFd>,
+    /// The daemon's cgroup: its directory (to clone into, if that may be
+    /// done) and its `cgroup.procs` (for the child to join through, where
+    /// cloning into it is not possible). The caller keeps both open until
+    /// the spawn returned.
+    cgroup: Option<(Option<std::os::fd::RawFd>, std::os::fd::RawFd)>,
 }
 
 /// `PATH` when the environment has none (glibc's `execvp` default).
@@ -136,16 +138,21 @@ impl SpawnPlan {
             argv,
             envp,
             cwd,
-            cgroup_procs: None,
+            cgroup: None,
         })
     }
 }
 
 impl SpawnPlan {
-    /// Has the child join the cgroup whose `cgroup.procs` is `procs`
-    /// before it executes the daemon.
-    pub fn join_cgroup(mut self, procs: std::os::fd::BorrowedFd<'_>) -> Self {
-        self.cgroup_procs = Some(procs.as_raw_fd());
+    /// Has the daemon start in the cgroup whose directory is `dir` (or,
+    /// without `dir` or where cloning into it is not possible, join it
+    /// through `procs`, its `cgroup.procs`) before it executes.
+    pub fn join_cgroup(
+        mut self,
+        dir: Option<std::os::fd::BorrowedFd<'_>>,
+        procs: std::os::fd::BorrowedFd<'_>,
+    ) -> Self {
+        self.cgroup = Some((dir.map(|d| d.as_raw_fd()), procs.as_raw_fd()));
         self
     }
 }
@@ -239,18 +246,26 @@ struct SpawnerState {
     /// its low part (see [`child`]); cleared for good when a policy denies
     /// the unsharing.
     share_files: bool,
+    /// Whether daemons with a cgroup are cloned straight into it; cleared
+    /// for good when the kernel or a seccomp policy refuses `clone3`.
+    clone_into_cgroup: bool,
 }
 
 impl SpawnerState {
     /// Spawns the daemon described by `plan`; runs on the spawning thread.
     fn spawn(&mut self, plan: &SpawnPlan) -> io::Result<Spawned> {
-        match self.spawn_once(plan) {
-            Err(Failed::Descriptors(error)) if self.share_files => {
-                tracing::info!(%error, "cannot unshare descriptors in spawned children; copying them instead");
-                self.share_files = false;
-                self.spawn_once(plan).map_err(Failed::into_io)
+        loop {
+            match self.spawn_once(plan) {
+                Err(Failed::Descriptors(error)) if self.share_files => {
+                    tracing::info!(%error, "cannot unshare descriptors in spawned children; copying them instead");
+                    self.share_files = false;
+                }
+                Err(Failed::CloneIntoCgroup(error)) => {
+                    tracing::info!(%error, "cannot clone daemons into their cgroup (clone3); they join it before exec instead");
+                    self.clone_into_cgroup = false;
+                }
+                other => return other.map_err(Failed::into_io),
             }
-            other => other.map_err(Failed::into_io),
         }
     }
 
@@ -273,12 +288,26 @@ impl SpawnerState {
             plan.cwd.as_ref().map_or(ptr::null(), |c| c.as_ptr()),
             self.slots.raw(),
             self.share_files,
-            plan.cgroup_procs.unwrap_or(-1),
+            match plan.cgroup {
+                // Cloned into it: nothing to join.
+                Some((Some(_), _)) if self.clone_into_cgroup => -1,
+                Some((_, procs)) => procs,
+                None => -1,
+            },
         );
+        let into_cgroup = plan
+            .cgroup
+            .and_then(|(dir, _)| dir)
+            .filter(|_| self.clone_into_cgroup);
         let mut children = self.children.lock();
-        let cloned = child::clone_and_exec(&mut setup, &mut self.stack);
+        let cloned = child::clone_and_exec(&mut setup, &mut self.stack, into_cgroup);
         self.slots.release();
-        let (pid, pidfd) = cloned?;
+        let (pid, pidfd) = match cloned {
+            Err(error) if into_cgroup.is_some() && refuses_clone3(&error) => {
+                return Err(Failed::CloneIntoCgroup(error));
+            }
+            other => other?,
+        };
         if let Some((step, error)) = setup.failure() {
             // The child has exited; reap it, still under the registry lock,
             // so neither a zombie nor a confused subreaper is left.
@@ -310,11 +339,23 @@ impl SpawnerState {
     }
 }
 
-/// Why a spawn failed: the descriptor step is told apart, since the spawner
-/// can retry it another way.
+/// Why a spawn failed: the descriptor step and `clone3` are told apart,
+/// since the spawner can retry them another way.
 enum Failed {
     Descriptors(io::Error),
+    CloneIntoCgroup(io::Error),
     Io(io::Error),
+}
+
+/// Whether `error` from `clone3(CLONE_INTO_CGROUP)` says the call itself is
+/// not available here: a kernel without clone3 (`ENOSYS`, before 5.3) or
+/// without `CLONE_INTO_CGROUP` (`E2BIG`, `EINVAL`, before 5.7), or a seccomp
+/// policy that refuses it (`EPERM`, `ENOSYS`).
+fn refuses_clone3(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::ENOSYS | libc::EPERM | libc::E2BIG | libc::EINVAL)
+    )
 }
 
 impl Failed {
@@ -324,7 +365,7 @@ impl Failed {
                 error.kind(),
                 format!("{}: {error}", child::Step::Descriptors.describe()),
             ),
-            Failed::Io(error) => error,
+            Failed::CloneIntoCgroup(error) | Failed::Io(error) => error,
         }
     }
 }
@@ -356,6 +397,7 @@ impl Spawner {
             slots: StdioSlots::open()?,
             stack: child::ChildStack::new()?,
             share_files: true,
+            clone_into_cgroup: child::CAN_CLONE_INTO_CGROUP,
         };
         let (requests, incoming) = mpsc::channel::<SpawnRequest>();
         thread::Builder::new()

@@ -244,7 +244,10 @@ impl Supervisor {
         let cgroup = cgroup.map_err(spawn_error)?;
         if let Some(cgroup) = &cgroup {
             // `cgroup` stays alive across the spawn.
-            plan = plan.join_cgroup(cgroup.procs_fd());
+            plan = plan.join_cgroup(
+                cgroup.clone_into_ok().then(|| cgroup.dir_fd()),
+                cgroup.procs_fd(),
+            );
         }
         let spawned = self.ctx.spawner.spawn(plan).await.map_err(spawn_error)?;
         let pid = spawned.pid as u32;

@@ -311,3 +311,34 @@ async fn daemons_start_where_seccomp_denies_unsharing_descriptors() {
     }
     app.kill().await;
 }
+
+/// With cgroup containment a daemon starts inside its own cgroup,
+/// `tend-<manager>/d-<name>` (created there by `clone3`, or joined before
+/// exec where that is refused), and its children are in it too.
+#[tokio::test]
+async fn a_daemon_and_its_children_run_in_the_daemons_cgroup() {
+    let sb = Sandbox::new();
+    let daemon = sb
+        .start(sb.daemon("boxed", &["--fork-children", "1"]))
+        .await;
+    if sb.manager.containment() != Some(tend::Containment::Cgroup) {
+        eprintln!("skipped: needs cgroup containment");
+        return;
+    }
+    let children = sb.wait_for_pids("boxed", "child ", 1).await;
+    let cgroup_of = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+            .unwrap()
+    };
+    let own = cgroup_of(daemon.pid);
+    assert!(own.ends_with("/d-boxed"), "{own}");
+    let manager = own.rsplit_once('/').unwrap().0;
+    assert!(
+        manager.rsplit('/').next().unwrap().starts_with("tend-"),
+        "{own}"
+    );
+    assert_eq!(cgroup_of(children[0].pid), own);
+}
