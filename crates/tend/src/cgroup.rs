@@ -210,6 +210,9 @@ pub(crate) struct ManagerCgroup {
     /// The watcher of the daemons' `cgroup.events`; `None` without
     /// inotify (waits then poll).
     events: Option<CgroupEvents>,
+    /// The daemons whose cgroup was killed (`cgroup.kill`) and is still
+    /// the one at its path (see [`DaemonCgroup::clone_into_ok`]).
+    killed: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 /// The name prefix of a manager's cgroup, followed by its id.
@@ -236,7 +239,12 @@ impl ManagerCgroup {
         let events = CgroupEvents::start()
             .inspect_err(|e| tracing::info!(error = %e, "no inotify for cgroup events; stops poll"))
             .ok();
-        Ok(ManagerCgroup { path, dir, events })
+        Ok(ManagerCgroup {
+            path,
+            dir,
+            events,
+            killed: Default::default(),
+        })
     }
 
     /// The cgroup's directory.
@@ -297,6 +305,17 @@ impl ManagerCgroup {
     pub fn daemon(&self, name: &str) -> io::Result<DaemonCgroup> {
         let leaf = format!("{DAEMON_PREFIX}{name}");
         let path = self.path.join(&leaf);
+        {
+            // A cgroup once killed is replaced by a fresh one where it can
+            // be (it is empty by now, but the kernel may still hold it busy
+            // for a moment); otherwise it is reused and joined the slow way.
+            let mut killed = self.killed.lock().unwrap_or_else(|e| e.into_inner());
+            if killed.contains(name)
+                && rustix::fs::unlinkat(&self.dir, leaf.as_str(), AtFlags::REMOVEDIR).is_ok()
+            {
+                killed.remove(name);
+            }
+        }
         match rustix::fs::mkdirat(&self.dir, leaf.as_str(), Mode::from_raw_mode(0o755)) {
             Ok(()) | Err(rustix::io::Errno::EXIST) => {}
             Err(e) => {
@@ -318,11 +337,12 @@ impl ManagerCgroup {
             None => None,
         };
         Ok(DaemonCgroup {
+            name: name.to_owned(),
             path,
             dir,
             procs,
             watch,
-            killed: Default::default(),
+            killed: Arc::clone(&self.killed),
         })
     }
 }
@@ -378,8 +398,11 @@ pub(crate) struct DaemonCgroup {
     procs: OwnedFd,
     /// Its `cgroup.events` in the manager's shared inotify instance.
     watch: Option<EventsWatch>,
-    /// Whether `cgroup.kill` was written: see [`Self::clone_into_ok`].
-    killed: std::sync::atomic::AtomicBool,
+    /// The daemon's name.
+    name: String,
+    /// The manager's set of daemons whose cgroup was killed: see
+    /// [`Self::clone_into_ok`].
+    killed: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 impl DaemonCgroup {
@@ -395,7 +418,11 @@ impl DaemonCgroup {
     /// cloned into a cgroup killed before is SIGKILLed at birth; a child
     /// that joins through `cgroup.procs` is not.
     pub fn clone_into_ok(&self) -> bool {
-        !self.killed.load(std::sync::atomic::Ordering::Relaxed)
+        !self
+            .killed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&self.name)
     }
 
     /// The cgroup's directory, to clone a child into.
@@ -464,7 +491,9 @@ impl DaemonCgroup {
     /// kernels, each member through its pidfd.
     pub fn kill(&self) {
         self.killed
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(self.name.clone());
         if write_control(&self.dir, "cgroup.kill", b"1").is_err() {
             self.signal_members(&[rustix::process::Signal::KILL]);
         }
@@ -702,8 +731,9 @@ impl DeadManagerCgroup {
                 )
                 .ok()?;
                 Some((
-                    name,
+                    name.clone(),
                     DaemonCgroup {
+                        name,
                         path,
                         dir,
                         procs,

@@ -61,15 +61,35 @@
 //!   check; a connection left waiting in a daemon's accept queue longer
 //!   than the timeout fails its check. Where the dump is unavailable, each
 //!   check is a connect. `Ping` checks run in the supervisor task.
-//! - **Whole groups.** Each daemon leads its own process group. Stopping it
-//!   signals the group (SIGTERM, SIGCONT, then SIGKILL after the grace
-//!   period) and returns the moment no live member is left; `Stopped` is
-//!   never reported while one is. A daemon that crashes has its leftover
-//!   children killed before it is restarted.
+//! - **Containment you can prove.** Where a writable cgroup v2 hierarchy is
+//!   found (or when asked for, [`ContainmentChoice`], `TEND_CONTAINMENT`),
+//!   each daemon runs in a cgroup of its own,
+//!   `<manager's cgroup>/tend-<manager id>/d-<name>`, created inside it by
+//!   `clone3(CLONE_INTO_CGROUP)` (or joined before `exec`): whatever it
+//!   starts stays in it, through `setsid`, double forks, a rewritten
+//!   environment or a changed uid. Elsewhere each daemon leads a process
+//!   group, and descendants that leave it are found through the
+//!   subreaper of `tend up` and the `TEND_MANAGER_ID` marker. Which one is
+//!   in force is in [`ProcessInfo::containment`] and a log line.
+//! - **Whole groups.** Stopping a daemon signals its process group and
+//!   every member of its cgroup (SIGTERM, SIGCONT, then SIGKILL after the
+//!   grace period: `cgroup.kill` with a cgroup) and returns the moment no
+//!   live member is left (`populated 0` of the cgroup, seen through
+//!   inotify); `Stopped` is never reported while one is. A daemon that
+//!   crashes has its leftover children killed before it is restarted.
 //! - **No orphans.** Daemons are spawned from one long-lived thread
-//!   ([`spawn`]), without `fork`, with a parent-death signal, so a killed
-//!   manager takes its daemons with it; dropping the manager SIGKILLs what
-//!   it still runs. Each spawn is also recorded, with the PID's start time,
+//!   ([`spawn`]), without `fork`, with a parent-death signal; dropping the
+//!   manager SIGKILLs what it still runs. Because that signal reaches only
+//!   the leader, and the kernel clears it when a daemon changes its uid,
+//!   each manager also starts a *guard*: a small copy of itself, in a
+//!   session of its own, that waits on the manager's pidfd and, the
+//!   moment the manager dies however it dies, stops its daemons — SIGTERM
+//!   to every member of its cgroups (or to each recorded group), SIGKILL
+//!   when the grace period is over — and removes the cgroups
+//!   ([`ManagerBuilder::guard`], `TEND_GUARD=0` to turn it off). The
+//!   children the process started are registered in one [`ChildTable`],
+//!   shared with the subreaper, so it never reaps them behind their
+//!   supervisors. Each spawn is also recorded, with the PID's start time,
 //!   in the manager's journal in the state directory, so the next start (or
 //!   [`BackgroundProcessManager::cleanup_orphans`]) stops whatever survived
 //!   — and only what it proves is its own ([`orphans`]): journals of this
@@ -77,9 +97,12 @@
 //!   planted, nor a link), well-formed records (never PID or group 1), a
 //!   group whose leader still has the recorded start time (never a process
 //!   that merely reuses a recorded PID), and never the process running the
-//!   cleanup or its ancestors. A process that only carries a dead manager's
-//!   `TEND_MANAGER_ID` is reported in [`CleanupReport::suspects`], not
-//!   killed, unless it descends from one of the daemons stopped.
+//!   cleanup or its ancestors. A dead manager's daemon cgroup that a record
+//!   names (and that is proven tend's: its name, its owner, the cgroup
+//!   file system) is stopped as a whole, escapees included. A process that
+//!   only carries a dead manager's `TEND_MANAGER_ID` is reported in
+//!   [`CleanupReport::suspects`], not killed, unless it descends from one
+//!   of the daemons stopped.
 //! - **Restarts are bounded.** A daemon that fails after it was once ready
 //!   is restarted after `restart_delay`, doubling per attempt up to a cap
 //!   with a little jitter, at most `max_restart_attempts` times in a row;

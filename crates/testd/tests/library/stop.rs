@@ -274,3 +274,22 @@ async fn dropping_the_manager_kills_its_daemons() {
             .await;
     }
 }
+
+/// A daemon killed at the end of its grace period (by `cgroup.kill` with
+/// cgroup containment) starts again normally under the same name: this
+/// kernel SIGKILLs every child `clone3` puts into a cgroup killed before,
+/// so tend replaces (or joins the slow way) a cgroup it killed.
+#[tokio::test]
+async fn a_daemon_killed_after_its_grace_starts_again_under_its_name() {
+    let sb = Sandbox::new();
+    for round in 0..3 {
+        let config = sb
+            .daemon("stubborn", &["--ignore-sigterm"])
+            .shutdown_grace_period(Duration::from_millis(100));
+        let daemon = sb.start(config).await;
+        within("stop", SOON, sb.manager.stop_process("stubborn"))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert!(!daemon.alive(), "round {round}");
+    }
+}
