@@ -496,12 +496,24 @@ fn for_each_member(dir: RawFd, mut f: impl FnMut(i32)) -> usize {
 
 /// Calls `f` with the NUL-terminated name of every directory in `dir`.
 fn for_each_child_cgroup(dir: RawFd, mut f: impl FnMut(*const libc::c_char)) {
+    for_each_entry(dir, c".", |name, kind| {
+        let is_dot = name.starts_with(b".\0") || name.starts_with(b"..\0");
+        if kind == libc::DT_DIR && !is_dot {
+            f(name.as_ptr().cast());
+        }
+    });
+}
+
+/// Calls `f` with the NUL-terminated name and the type of every entry of
+/// the directory `path` (relative to `dir`), read with `getdents64` into a
+/// buffer on the stack.
+fn for_each_entry(dir: RawFd, path: &std::ffi::CStr, mut f: impl FnMut(&[u8], u8)) {
     // A descriptor of its own, so the listing starts at the beginning.
-    // SAFETY: opens "." relative to a valid directory descriptor.
+    // SAFETY: opens a NUL-terminated path relative to `dir`; closed below.
     let listing = unsafe {
         libc::openat(
             dir,
-            c".".as_ptr(),
+            path.as_ptr(),
             libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
         )
     };
@@ -520,12 +532,7 @@ fn for_each_child_cgroup(dir: RawFd, mut f: impl FnMut(*const libc::c_char)) {
         while at < n as usize {
             // struct linux_dirent64: ino u64, off i64, reclen u16, type u8, name.
             let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
-            let kind = buf[at + 18];
-            let name = &buf[at + 19..at + reclen];
-            let is_dot = name.starts_with(b".\0") || name.starts_with(b"..\0");
-            if kind == libc::DT_DIR && !is_dot {
-                f(name.as_ptr().cast());
-            }
+            f(&buf[at + 19..at + reclen], buf[at + 18]);
             at += reclen;
         }
     }
@@ -695,37 +702,12 @@ fn leader_start_time(pid: i32) -> Option<u64> {
 
 /// Calls `f` with every PID in `/proc`.
 fn for_each_pid(mut f: impl FnMut(i32)) {
-    // SAFETY: opens a directory; closed below.
-    let proc_dir = unsafe {
-        libc::open(
-            c"/proc".as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    if proc_dir < 0 {
-        return;
-    }
-    let mut buf = [0u8; 8192];
-    loop {
-        // SAFETY: getdents64 fills `buf` up to its length.
-        let n =
-            unsafe { libc::syscall(libc::SYS_getdents64, proc_dir, buf.as_mut_ptr(), buf.len()) };
-        if n <= 0 {
-            break;
+    for_each_entry(libc::AT_FDCWD, c"/proc", |name, _| {
+        let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+        if let Some(pid) = parse_u64(name) {
+            f(pid as i32);
         }
-        let mut at = 0usize;
-        while at < n as usize {
-            let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
-            let name = &buf[at + 19..at + reclen];
-            let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
-            if let Some(pid) = parse_u64(name) {
-                f(pid as i32);
-            }
-            at += reclen;
-        }
-    }
-    // SAFETY: closes the descriptor opened above.
-    unsafe { libc::close(proc_dir) };
+    });
 }
 
 /// Clock ticks since boot now, the unit of a process's start time.

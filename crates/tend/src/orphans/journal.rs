@@ -390,13 +390,13 @@ pub(super) fn settle(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::{fs, os::unix::ffi::OsStrExt, path::Path};
 
     use super::*;
 
     /// A record of daemon `name` running as `pid`.
-    fn record(name: &str, pid: i32) -> OrphanRecord {
+    pub(in crate::orphans) fn record(name: &str, pid: i32) -> OrphanRecord {
         OrphanRecord {
             name: name.to_owned(),
             pid,

@@ -343,23 +343,7 @@ mod tests {
     use std::{collections::BTreeMap, path::PathBuf};
 
     use super::*;
-    use journal::{Entry, Replay, encode, replay};
-
-    /// A record of daemon `name` running as `pid`.
-    fn record(name: &str, pid: i32) -> OrphanRecord {
-        OrphanRecord {
-            name: name.to_owned(),
-            pid,
-            pgid: pid,
-            sid: pid,
-            start_time: 7,
-            owner_pid: 1,
-            owner_start_time: 2,
-            socket_path: Some(PathBuf::from(format!("/run/{name}.sock"))),
-            grace_ms: 100,
-            cgroup: None,
-        }
-    }
+    use journal::{Entry, Replay, encode, replay, tests::record};
 
     /// Replays the journal at `path`.
     fn replay_file(path: &Path) -> Replay {
