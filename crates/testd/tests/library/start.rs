@@ -437,8 +437,19 @@ async fn daemon_inherits_stdio_only_and_a_clean_signal_state() {
     let config = BackgroundProcessConfig::new("a", "sleep").args(["1000"]);
     sb.manager.start_process(config).await.unwrap();
     let pid = sb.manager.pid("a").unwrap();
-    let fds = open_descriptors(pid);
-    assert_eq!(fds.len(), 3, "{fds:?}");
+    // The program may open a file for a moment as it starts (`sleep`
+    // reads the locale): what is inherited stays, so wait for exactly the
+    // three, with a deadline.
+    let mut fds = Vec::new();
+    wait_for(
+        "the daemon to hold stdin, stdout and stderr only",
+        SOON,
+        || {
+            fds = open_descriptors(pid);
+            fds.len() == 3
+        },
+    )
+    .await;
     assert_eq!(fds[0], (0, "/dev/null".to_owned()));
     for (fd, target) in &fds[1..] {
         assert!(target.starts_with("pipe:"), "fd {fd} is {target}");
