@@ -145,20 +145,7 @@ startup_timeout = "20s"
 #[test]
 fn a_start_error_with_a_hostile_stderr_tail_is_escaped() {
     let sandbox = Sandbox::new();
-    let testd = testd();
-    let config = sandbox.config(&format!(
-        r#"
-[process.good]
-command = "{testd}"
-socket = "good.sock"
-
-[process.bad]
-command = "{testd}"
-args = ["--stderr", "dying\r{HOSTILE_TOML}", "--exit-immediately"]
-socket = "bad.sock"
-"#,
-        testd = testd.display(),
-    ));
+    let config = good_and_bad_config(&sandbox, &format!("dying\\r{HOSTILE_TOML}"));
     let c = config.to_str().unwrap();
     let up = sandbox.up(&config);
     wait_for_states(&sandbox, &config, &[("good", "running"), ("bad", "error")]);

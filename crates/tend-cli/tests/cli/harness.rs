@@ -417,3 +417,22 @@ pub fn in_tend_cgroup(pid: u32) -> bool {
             .any(|line| line.starts_with("0::") && line.contains("/tend-"))
     })
 }
+
+/// A config in `sandbox` with a daemon `good` that runs and a daemon `bad`
+/// that writes `stderr` (a TOML basic-string body, escapes allowed) and
+/// exits before it is ready.
+pub fn good_and_bad_config(sandbox: &Sandbox, stderr: &str) -> PathBuf {
+    sandbox.config(&format!(
+        r#"
+[process.good]
+command = "{testd}"
+socket = "good.sock"
+
+[process.bad]
+command = "{testd}"
+args = ["--stderr", "{stderr}", "--exit-immediately"]
+socket = "bad.sock"
+"#,
+        testd = testd().display(),
+    ))
+}

@@ -180,20 +180,7 @@ fn up_status_stop_start_restart_logs_down() {
 #[test]
 fn a_daemon_that_fails_to_start_is_left_in_error_and_the_others_run() {
     let sandbox = Sandbox::new();
-    let testd = testd();
-    let config = sandbox.config(&format!(
-        r#"
-[process.good]
-command = "{testd}"
-socket = "good.sock"
-
-[process.bad]
-command = "{testd}"
-args = ["--stderr", "cannot open the database", "--exit-immediately"]
-socket = "bad.sock"
-"#,
-        testd = testd.display(),
-    ));
+    let config = good_and_bad_config(&sandbox, "cannot open the database");
     let c = config.to_str().unwrap();
     let _up = sandbox.up(&config);
     let processes = wait_for_states(&sandbox, &config, &[("good", "running"), ("bad", "error")]);

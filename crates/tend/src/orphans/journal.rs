@@ -426,12 +426,12 @@ pub(super) mod tests {
     }
 
     /// Replays the journal at `path`.
-    fn replay_file(path: &Path) -> Replay {
+    pub(in crate::orphans) fn replay_file(path: &Path) -> Replay {
         replay(&fs::read(path).unwrap(), path.as_os_str())
     }
 
     /// `records` by name, as a replay gives them.
-    fn live(records: &[&OrphanRecord]) -> BTreeMap<String, OrphanRecord> {
+    pub(in crate::orphans) fn live(records: &[&OrphanRecord]) -> BTreeMap<String, OrphanRecord> {
         records
             .iter()
             .map(|r| (r.name.clone(), (*r).clone()))

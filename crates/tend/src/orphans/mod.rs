@@ -340,23 +340,13 @@ pub(crate) fn create_private_dir(dir: &Path) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use std::{collections::BTreeMap, path::PathBuf};
+    use std::path::PathBuf;
 
     use super::*;
-    use journal::{Entry, Replay, encode, replay, tests::record};
-
-    /// Replays the journal at `path`.
-    fn replay_file(path: &Path) -> Replay {
-        replay(&fs::read(path).unwrap(), path.as_os_str())
-    }
-
-    /// `records` by name, as a replay gives them.
-    fn live(records: &[&OrphanRecord]) -> BTreeMap<String, OrphanRecord> {
-        records
-            .iter()
-            .map(|r| (r.name.clone(), (*r).clone()))
-            .collect()
-    }
+    use journal::{
+        Entry, encode,
+        tests::{live, record, replay_file},
+    };
 
     /// A registry on a state directory in a fresh temp dir.
     fn registry(temp: &tempfile::TempDir) -> OrphanRegistry {

@@ -54,6 +54,27 @@ impl Embedder {
     }
 }
 
+/// The `N` children daemon `leader` forked into its group, once they are
+/// all there, tracked.
+async fn forked_children<const N: usize>(leader: u32) -> [Tracked; N] {
+    let mut members = Vec::new();
+    wait_for(
+        &format!("{N} children of {leader} to be forked"),
+        SOON,
+        || {
+            members = group_members(leader);
+            members.len() == N + 1
+        },
+    )
+    .await;
+    let children: Vec<Tracked> = members
+        .into_iter()
+        .filter(|&p| p != leader)
+        .map(Tracked::new)
+        .collect();
+    children.try_into().expect("N children")
+}
+
 #[tokio::test]
 async fn daemons_die_with_a_manager_killed_by_sigkill() {
     let sb = Sandbox::new();
@@ -71,14 +92,7 @@ async fn daemons_die_with_a_manager_killed_by_sigkill() {
 async fn children_left_by_a_killed_manager_are_stopped_by_the_next_managers_cleanup() {
     let sb = Sandbox::new();
     let mut app = Embedder::start_unguarded(&sb, &["a --fork-children 1"]).await;
-    let leader = app.daemon("a").pid;
-    let mut members = Vec::new();
-    wait_for("a's child to be forked", SOON, || {
-        members = group_members(leader);
-        members.len() == 2
-    })
-    .await;
-    let child = Tracked::new(members.into_iter().find(|&p| p != leader).unwrap());
+    let [child] = forked_children(app.daemon("a").pid).await;
     app.kill().await;
     // The parent-death signal reaches the daemon only; its child lives on
     // in the group the dead manager recorded.
@@ -128,14 +142,7 @@ async fn the_guard_of_a_killed_manager_stops_survivors_within_their_grace() {
         ],
     )
     .await;
-    let leader = app.daemon("a").pid;
-    let mut members = Vec::new();
-    wait_for("a's child to be forked", SOON, || {
-        members = group_members(leader);
-        members.len() == 2
-    })
-    .await;
-    let child = Tracked::new(members.into_iter().find(|&p| p != leader).unwrap());
+    let [child] = forked_children(app.daemon("a").pid).await;
     app.kill().await;
     let killed_at = std::time::Instant::now();
     // 500 ms of grace, then SIGKILL; a second of slack for a loaded machine.
@@ -195,18 +202,7 @@ async fn workers_that_rewrote_their_environment_die_with_a_killed_manager() {
         &["nginx --rewrite-environ --fork-children 2 --children-ignore-sigterm"],
     )
     .await;
-    let leader = app.daemon("nginx").pid;
-    let mut members = Vec::new();
-    wait_for("nginx's workers to be forked", SOON, || {
-        members = group_members(leader);
-        members.len() == 3
-    })
-    .await;
-    let workers: Vec<Tracked> = members
-        .into_iter()
-        .filter(|&p| p != leader)
-        .map(Tracked::new)
-        .collect();
+    let workers: [Tracked; 2] = forked_children(app.daemon("nginx").pid).await;
     for worker in &workers {
         let environ = std::fs::read(format!("/proc/{}/environ", worker.pid)).unwrap();
         assert!(
