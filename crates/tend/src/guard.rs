@@ -442,12 +442,19 @@ fn apply(setup: &mut GuardSetup, message: Message) {
 /// Cgroup containment: SIGTERM every member, wait for `populated 0` up to
 /// the grace period, `cgroup.kill`, wait, remove the cgroups.
 fn stop_cgroups(setup: &GuardSetup, dir: RawFd) {
-    let signalled = for_each_member(dir, |pid| {
-        // SAFETY: signals a member of the manager's cgroup (see
-        // `for_each_member` for the PID it reads).
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-            libc::kill(pid, libc::SIGCONT);
+    let signalled = for_each_member(dir, |pidfd| {
+        for signal in [libc::SIGTERM, libc::SIGCONT] {
+            // SAFETY: signals through a pidfd proven a member's (see
+            // `for_each_member`); a null info is allowed.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    pidfd,
+                    signal,
+                    ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
+            };
         }
     });
     if signalled > 0 && !wait_cgroup_empty(setup, setup.grace) {
@@ -465,10 +472,15 @@ fn stop_cgroups(setup: &GuardSetup, dir: RawFd) {
     }
 }
 
-/// Calls `f` with the PID of every process in the cgroups under `dir`;
-/// returns how many. A PID comes from `cgroup.procs`, where only members
-/// are listed; it is signalled right away, before it could be reused.
-fn for_each_member(dir: RawFd, mut f: impl FnMut(i32)) -> usize {
+/// Pidfds opened at once before their PIDs are checked again.
+const PIDFD_BATCH: usize = 256;
+
+/// Calls `f` with a pidfd of every process in the cgroups under `dir`;
+/// returns how many. A pidfd is opened for each PID `cgroup.procs` lists,
+/// and used only if the PID is still listed after it was opened: then the
+/// pidfd is the member's, and no PID reused meanwhile is ever signalled.
+/// (`cgroup.kill`, which follows the grace period, needs no PID at all.)
+fn for_each_member(dir: RawFd, mut f: impl FnMut(RawFd)) -> usize {
     let mut count = 0;
     for_each_child_cgroup(dir, |name| {
         // SAFETY: `name` is NUL-terminated; the descriptor is closed below.
@@ -482,11 +494,40 @@ fn for_each_member(dir: RawFd, mut f: impl FnMut(i32)) -> usize {
         if child < 0 {
             return;
         }
-        let mut buf = [0u8; 16 * 1024];
-        let len = read_file_at(child, c"cgroup.procs".as_ptr(), &mut buf);
-        for pid in buf[..len].split(|&b| b == b'\n').filter_map(parse_u64) {
-            f(pid as i32);
-            count += 1;
+        let mut listed = [0u8; 8 * 1024];
+        let len = read_file_at(child, c"cgroup.procs".as_ptr(), &mut listed);
+        let mut opened = [(0i32, -1 as RawFd); PIDFD_BATCH];
+        let mut held = 0;
+        let mut pids = listed[..len].split(|&b| b == b'\n').filter_map(parse_u64);
+        loop {
+            let next = pids.next();
+            if let Some(pid) = next {
+                // SAFETY: opens a pidfd; closed below.
+                let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as i32, 0) } as RawFd;
+                if fd >= 0 {
+                    opened[held] = (pid as i32, fd);
+                    held += 1;
+                }
+            }
+            if held > 0 && (held == PIDFD_BATCH || next.is_none()) {
+                let mut still = [0u8; 8 * 1024];
+                let len = read_file_at(child, c"cgroup.procs".as_ptr(), &mut still);
+                for &(pid, fd) in &opened[..held] {
+                    let listed_now = still[..len]
+                        .split(|&b| b == b'\n')
+                        .any(|line| parse_u64(line) == Some(pid as u64));
+                    if listed_now {
+                        f(fd);
+                        count += 1;
+                    }
+                    // SAFETY: closes the pidfd opened above.
+                    unsafe { libc::close(fd) };
+                }
+                held = 0;
+            }
+            if next.is_none() {
+                break;
+            }
         }
         // SAFETY: closes the descriptor opened above.
         unsafe { libc::close(child) };
