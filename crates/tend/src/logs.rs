@@ -10,7 +10,7 @@
 //! A log file is opened only if it is this user's own: never through a
 //! symlink (`O_NOFOLLOW`), and only a regular file of the effective user
 //! with a single link that neither group nor others may write
-//! ([`open_log_file`]). A log file may sit where other users create names
+//! (`open_log_file`). A log file may sit where other users create names
 //! too (`/tmp/app.log`): a file they planted would receive the daemon's
 //! output, and a link they planted would send it into a file of ours.
 //! The check runs at every start, so a refused file fails the start.
