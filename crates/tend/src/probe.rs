@@ -3,7 +3,8 @@
 //! Readiness waits on the socket file's creation (see [`crate::watch`]) and
 //! then connects. `bind` creates the file a moment before `listen` makes it
 //! accept; in that gap `connect` is refused, so tend retries after short
-//! sleeps on a microsecond timer (20 µs, doubling to 200 µs). A slow
+//! sleeps on a microsecond timer (20 µs, doubling to 200 µs), and past
+//! 20 ms every 2 ms for as long as the gap lasts. A slow
 //! safety-net retry covers file systems that deliver no inotify events.
 //!
 //! Connects are made without the reactor: a non-blocking connect to a Unix
@@ -73,6 +74,14 @@ const LISTEN_GAP_MAX_FINE_PAUSE: Duration = Duration::from_micros(200);
 /// How long the fine-grained backoff goes on before it gives way to the
 /// runtime's timer (a daemon doing real work between bind and listen).
 const LISTEN_GAP_FINE_WINDOW: Duration = Duration::from_millis(20);
+/// Longest pause between connects while the socket is bound but does not
+/// listen yet, past the fine window. A pre-fork server (uvicorn with
+/// workers) binds in its parent and listens in its workers hundreds of
+/// milliseconds later; backing off to the safety-net interval there made
+/// `Running` come up to 250 ms after the daemon served. A refused connect
+/// costs a few microseconds, so one every 2 ms for the length of the gap
+/// is cheap, and the listen is noticed within about that.
+const LISTEN_GAP_MAX_PAUSE: Duration = Duration::from_millis(2);
 
 /// Resolves once `path` accepts a connection. Never returns otherwise: the
 /// caller races it against the child's exit and the startup deadline.
@@ -102,7 +111,7 @@ pub(crate) async fn wait_ready(watcher: Option<&SocketWatcher>, path: &Path) {
                     fine_sleep(fine_pause).await;
                     fine_pause = (fine_pause * 2).min(LISTEN_GAP_MAX_FINE_PAUSE);
                 } else {
-                    tokio::time::sleep(pause).await;
+                    tokio::time::sleep(pause.min(LISTEN_GAP_MAX_PAUSE)).await;
                     pause = (pause * 2).min(SAFETY_NET_INTERVAL);
                 }
             }

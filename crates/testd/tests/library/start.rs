@@ -75,6 +75,52 @@ async fn daemon_that_listens_late_after_binding_still_becomes_ready() {
     ping(&sb.socket("a")).await.expect("the socket accepts");
 }
 
+/// A pre-fork server binds in its parent and listens in its workers
+/// hundreds of milliseconds later (uvicorn with `--workers`): the listen
+/// is noticed within milliseconds however long the gap, not after a
+/// backoff grown to a quarter of a second (it was noticed up to 250 ms
+/// late).
+#[tokio::test]
+async fn a_listen_long_after_the_bind_is_noticed_within_milliseconds() {
+    let sb = Sandbox::new();
+    let stamps = sb.path("stamps");
+    let mut events = sb.manager.subscribe();
+    let config = sb.daemon(
+        "a",
+        &[
+            "--listen-delay",
+            "300",
+            "--timestamps",
+            stamps.to_str().unwrap(),
+        ],
+    );
+    sb.start(config).await;
+    let running = loop {
+        let event = within("the running event", SOON, events.recv())
+            .await
+            .expect("an event");
+        if event.to == ProcessState::Running {
+            break event.time;
+        }
+    };
+    let listen_ns: u128 = lines(&stamps)[0]
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let running_ns = running
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let late = Duration::from_nanos(running_ns.saturating_sub(listen_ns) as u64);
+    // A few milliseconds; the bound leaves room for a loaded machine.
+    assert!(
+        late < Duration::from_millis(100),
+        "noticed {late:?} after listen()"
+    );
+}
+
 #[tokio::test]
 async fn early_exit_fails_the_start_at_once_with_exit_code_and_stderr() {
     let sb = Sandbox::new();
