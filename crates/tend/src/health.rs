@@ -526,11 +526,14 @@ mod tests {
     fn a_daemon_the_dump_does_not_list_is_checked_by_connects() {
         let dir = tempfile::tempdir().unwrap();
         let _other = bound(&dir.path().join("other.sock"), Some(1));
-        // Taken before the daemon listens: it stands for a dump that never
-        // finds the daemon (another device number, or a skipped listener).
-        let stale = dump();
+        // A dump that never finds the daemon (another device number, or a
+        // skipped listener). Taken before the daemon listens, it could
+        // still hold a listener that closed since and whose socket file's
+        // inode number the daemon's now reuses: that one is forgotten.
+        let mut stale = dump();
         let path = dir.path().join("d.sock");
         let _listener = bound(&path, Some(8));
+        stale.forget(sockdiag::file_id(&path).unwrap());
         let mut entry = entry(&path);
         for _ in 0..UNMATCHED_LIMIT {
             assert!(!entry.connect_only);
