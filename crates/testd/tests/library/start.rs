@@ -114,9 +114,10 @@ async fn a_listen_long_after_the_bind_is_noticed_within_milliseconds() {
         .unwrap()
         .as_nanos();
     let late = Duration::from_nanos(running_ns.saturating_sub(listen_ns) as u64);
-    // A few milliseconds; the bound leaves room for a loaded machine.
+    // A few milliseconds; the bound leaves room for a loaded machine and
+    // still fails the old backoff, which noticed this gap ~225 ms late.
     assert!(
-        late < Duration::from_millis(100),
+        late < Duration::from_millis(150),
         "noticed {late:?} after listen()"
     );
 }
