@@ -27,12 +27,22 @@ pub(crate) struct ProcStat {
     pub sid: i32,
     /// Start time in clock ticks since boot: with the PID, a unique identity.
     pub start_time: u64,
+    /// Threads not yet released, the leader included (`num_threads`).
+    pub threads: i64,
 }
 
 impl ProcStat {
-    /// Whether the process can still run code (zombies cannot).
+    /// Whether the process can still run code. A zombie cannot, unless it
+    /// is the leader of threads still exiting: when a multi-threaded
+    /// process dies, its main thread turns zombie first and waits for the
+    /// others, so a `Z` in `stat` with more than one thread left is a
+    /// process still dying, and counted alive until it is done.
     pub fn is_alive(&self) -> bool {
-        self.state != 'Z' && self.state != 'X'
+        match self.state {
+            'X' => false,
+            'Z' => self.threads > 1,
+            _ => true,
+        }
     }
 }
 
@@ -144,6 +154,7 @@ pub(crate) fn parse_stat(text: &[u8]) -> Option<ProcStat> {
         ppid: number(fields[4 - 3])?,
         pgid: number(fields[5 - 3])?,
         sid: number(fields[6 - 3])?,
+        threads: number(fields[20 - 3])?,
         start_time: number(fields[22 - 3])?,
     })
 }
@@ -288,6 +299,22 @@ mod tests {
         assert_fields(parse_stat(&stat_line(b") S 9 9 9 ")));
         assert_fields(parse_stat(&stat_line(b"((")));
         assert_fields(parse_stat(&stat_line(b"")));
+    }
+
+    #[test]
+    fn a_zombie_leader_of_threads_still_exiting_is_alive() {
+        let stat = |state: char, threads: i64| ProcStat {
+            state,
+            ppid: 1,
+            pgid: 2,
+            sid: 2,
+            start_time: 3,
+            threads,
+        };
+        assert!(stat('S', 4).is_alive());
+        assert!(stat('Z', 3).is_alive(), "its other threads still exit");
+        assert!(!stat('Z', 1).is_alive());
+        assert!(!stat('X', 1).is_alive());
     }
 
     #[test]
