@@ -1015,22 +1015,20 @@ mod tests {
         std::fs::create_dir(&root).unwrap();
         std::os::unix::fs::symlink(&elsewhere, root.join("py")).unwrap();
         let envs = PluginEnvironmentManager::new(&root);
-        let err = envs
-            .ensure_python("py", temp.path(), None)
-            .await
-            .unwrap_err();
-        assert!(err.to_string().contains("symbolic link"), "{err}");
-        assert!(!marker.exists(), "the planted interpreter ran");
+        assert_refused(&envs, temp.path(), &marker, "symbolic link").await;
 
         // A symlinked venv inside an environment of ours, too.
         std::fs::remove_file(root.join("py")).unwrap();
         std::fs::create_dir(root.join("py")).unwrap();
         std::os::unix::fs::symlink(elsewhere.join("venv"), root.join("py/venv")).unwrap();
-        let err = envs
-            .ensure_python("py", temp.path(), None)
-            .await
-            .unwrap_err();
-        assert!(err.to_string().contains("not a directory"), "{err}");
+        assert_refused(&envs, temp.path(), &marker, "not a directory").await;
+    }
+
+    /// Preparing environment "py" fails with an error that says `why`,
+    /// and the planted interpreter, which would create `marker`, never ran.
+    async fn assert_refused(envs: &PluginEnvironmentManager, dir: &Path, marker: &Path, why: &str) {
+        let err = envs.ensure_python("py", dir, None).await.unwrap_err();
+        assert!(err.to_string().contains(why), "{err}");
         assert!(!marker.exists(), "the planted interpreter ran");
     }
 
@@ -1050,22 +1048,12 @@ mod tests {
         plant_venv(&env_dir, &marker);
         std::os::unix::fs::chown(&env_dir, Some(65534), Some(65534)).unwrap();
         let envs = PluginEnvironmentManager::new(&root);
-        let err = envs
-            .ensure_python("py", temp.path(), None)
-            .await
-            .unwrap_err();
-        assert!(err.to_string().contains("uid 65534"), "{err}");
-        assert!(!marker.exists(), "the planted interpreter ran");
+        assert_refused(&envs, temp.path(), &marker, "uid 65534").await;
 
         // Our environment directory, their venv.
         std::os::unix::fs::chown(&env_dir, Some(0), Some(0)).unwrap();
         std::os::unix::fs::chown(env_dir.join("venv"), Some(65534), Some(65534)).unwrap();
-        let err = envs
-            .ensure_python("py", temp.path(), None)
-            .await
-            .unwrap_err();
-        assert!(err.to_string().contains("uid 65534"), "{err}");
-        assert!(!marker.exists(), "the planted interpreter ran");
+        assert_refused(&envs, temp.path(), &marker, "uid 65534").await;
     }
 
     #[tokio::test]
