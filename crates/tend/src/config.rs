@@ -13,6 +13,11 @@ use crate::{
     error::{ConfigProblem, ConfigProblems, Error},
 };
 
+mod probes;
+
+pub use probes::{ExecProbe, HttpProbe, Readiness, TcpProbe};
+pub(crate) use probes::HttpTarget;
+
 /// Periodic liveness check over the daemon's socket; what a check does is
 /// chosen by [`HealthProbe`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,8 +46,9 @@ impl Default for HealthCheck {
     }
 }
 
-/// What a health check does over the socket.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// What a health check does: over the daemon's Unix socket (`Connect`,
+/// `Accept`, `Ping`), or against another target (`Tcp`, `Http`, `Exec`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum HealthProbe {
     /// Proves what a connect proves: a listener is bound to the socket and
     /// its accept queue is not full.
@@ -72,6 +78,27 @@ pub enum HealthProbe {
     /// reply: also proves the daemon's event loop answers, so a daemon
     /// whose socket accepts but which never replies is restarted.
     Ping,
+    /// A TCP connect to the address, closed at once; fails when it is
+    /// refused or does not complete within [`HealthCheck::timeout`]. Run
+    /// by the manager's one health task with every other batched check.
+    Tcp(TcpProbe),
+    /// An HTTP `GET` answered with the expected status within
+    /// [`HealthCheck::timeout`] (the whole exchange).
+    Http(HttpProbe),
+    /// A command that exits 0 within [`HealthCheck::timeout`]; killed with
+    /// its process group when it overruns.
+    Exec(ExecProbe),
+}
+
+impl HealthProbe {
+    /// Whether the probe goes over the daemon's Unix socket.
+    pub fn needs_socket(&self) -> bool {
+        match self {
+            HealthProbe::Connect | HealthProbe::Accept | HealthProbe::Ping => true,
+            HealthProbe::Http(http) => http.over_unix_socket(),
+            HealthProbe::Tcp(_) | HealthProbe::Exec(_) => false,
+        }
+    }
 }
 
 /// How to run and supervise one daemon. Build it with [`Self::new`] and the
@@ -95,8 +122,14 @@ pub struct BackgroundProcessConfig {
     /// Extra environment variables, added to the caller's environment in
     /// order (a later entry wins).
     pub env: Vec<(OsString, OsString)>,
-    /// Time allowed from spawn until the socket accepts.
+    /// Time allowed from spawn until the daemon is ready.
     pub startup_timeout: Duration,
+    /// How tend knows the daemon is ready (its socket accepts, by default).
+    pub readiness: Readiness,
+    /// With [`Readiness::Notify`]: the daemon gets `WATCHDOG_USEC` and must
+    /// send `WATCHDOG=1` at least this often once ready; a missed one is a
+    /// health failure that replaces the daemon (systemd's `WatchdogSec=`).
+    pub watchdog: Option<Duration>,
     /// Time allowed between SIGTERM and SIGKILL.
     pub shutdown_grace_period: Duration,
     /// Periodic health check, if any (needs a socket).
@@ -148,6 +181,8 @@ impl BackgroundProcessConfig {
             socket_path: None,
             env: Vec::new(),
             startup_timeout: defaults::STARTUP_TIMEOUT,
+            readiness: Readiness::Socket,
+            watchdog: None,
             shutdown_grace_period: defaults::SHUTDOWN_GRACE_PERIOD,
             healthcheck: None,
             health_probe: HealthProbe::Connect,
@@ -205,6 +240,18 @@ impl BackgroundProcessConfig {
     /// Sets the startup timeout.
     pub fn startup_timeout(mut self, timeout: Duration) -> Self {
         self.startup_timeout = timeout;
+        self
+    }
+
+    /// Chooses how tend knows the daemon is ready (see [`Readiness`]).
+    pub fn readiness(mut self, readiness: Readiness) -> Self {
+        self.readiness = readiness;
+        self
+    }
+
+    /// Sets the notify watchdog (see [`watchdog`](Self::watchdog)).
+    pub fn watchdog(mut self, every: Duration) -> Self {
+        self.watchdog = Some(every);
         self
     }
 
@@ -343,16 +390,22 @@ impl BackgroundProcessConfig {
             durations.push(("healthcheck.interval", check.interval));
             durations.push(("healthcheck.timeout", check.timeout));
         }
+        if let Some(every) = self.watchdog {
+            durations.push(("watchdog", every));
+        }
         for (field, duration) in durations {
             if duration > defaults::MAX_DURATION {
                 problem(field, "must be at most a year".into());
             }
         }
+        self.validate_probes(&mut problem);
         if let Some(check) = &self.healthcheck {
-            if self.socket_path.is_none() {
+            if self.socket_path.is_none() && self.health_probe.needs_socket() {
                 problem(
                     "healthcheck",
-                    "a health check needs a socket_path to connect to".into(),
+                    "a health check needs a socket_path to connect to \
+                     (or a tcp, http or exec probe)"
+                        .into(),
                 );
             }
             if check.interval.is_zero() {
@@ -411,6 +464,75 @@ impl BackgroundProcessConfig {
                 name: self.name.clone(),
                 problems: ConfigProblems(problems),
             })
+        }
+    }
+}
+
+impl BackgroundProcessConfig {
+    /// The problems of the readiness and health probe settings.
+    fn validate_probes(&self, problem: &mut impl FnMut(&'static str, String)) {
+        match &self.readiness {
+            Readiness::Tcp(tcp) => {
+                if let Err(message) = tcp.check() {
+                    problem("readiness.tcp", message);
+                }
+            }
+            Readiness::Http(http) => {
+                if let Err(message) = http.target() {
+                    problem("readiness.http", message);
+                }
+                if http.over_unix_socket() && self.socket_path.is_none() {
+                    problem(
+                        "readiness.http",
+                        "a URL that is only a path is asked over the daemon's Unix socket; \
+                         set socket_path or give http://host:port/path"
+                            .into(),
+                    );
+                }
+            }
+            Readiness::Exec(exec) => {
+                if let Err(message) = exec.check() {
+                    problem("readiness.exec", message);
+                }
+            }
+            Readiness::Log(pattern) => {
+                if let Err(e) = regex::Regex::new(pattern) {
+                    problem(
+                        "readiness.log",
+                        format!("{pattern:?} is not a regular expression: {e}"),
+                    );
+                }
+            }
+            Readiness::Socket | Readiness::None | Readiness::Notify => {}
+        }
+        if let Some(every) = self.watchdog {
+            if self.readiness != Readiness::Notify {
+                problem(
+                    "watchdog",
+                    "the watchdog is fed over the notify socket; set readiness to notify".into(),
+                );
+            }
+            if every < std::time::Duration::from_millis(1) {
+                problem("watchdog", "must be at least 1ms".into());
+            }
+        }
+        match &self.health_probe {
+            HealthProbe::Tcp(tcp) => {
+                if let Err(message) = tcp.check() {
+                    problem("healthcheck.address", message);
+                }
+            }
+            HealthProbe::Http(http) => {
+                if let Err(message) = http.target() {
+                    problem("healthcheck.url", message);
+                }
+            }
+            HealthProbe::Exec(exec) => {
+                if let Err(message) = exec.check() {
+                    problem("healthcheck.command", message);
+                }
+            }
+            HealthProbe::Connect | HealthProbe::Accept | HealthProbe::Ping => {}
         }
     }
 }

@@ -116,6 +116,23 @@ pub enum Error {
         /// Its last lines of stderr, newest last.
         stderr_tail: String,
     },
+    /// The daemon was not ready within the startup timeout by a readiness
+    /// kind other than its socket ([`crate::Readiness`]).
+    #[error(
+        "{name:?} was not ready within {timeout:?} ({waited_for}); its process group was killed{}",
+        tail_suffix(stderr_tail)
+    )]
+    NotReady {
+        /// The process name.
+        name: String,
+        /// What tend waited for, and the last reason it was not there
+        /// ("no READY=1 over the notify socket").
+        waited_for: String,
+        /// The configured startup timeout.
+        timeout: Duration,
+        /// Its last lines of stderr, newest last.
+        stderr_tail: String,
+    },
     /// Something else is already listening on the configured socket.
     #[error("socket {path:?} for {name:?} is already in use by another process; refusing to start")]
     SocketInUse {

@@ -46,7 +46,7 @@ use tokio::{
 
 use crate::{
     config::{HealthCheck, HealthProbe},
-    probe,
+    probe::{self, tcp},
     shared::Shared,
     sockdiag::{self, Snapshot, SockDiag},
 };
@@ -77,6 +77,8 @@ pub(crate) fn on_shared_tick(at: Instant, tick: Duration) -> Instant {
 /// One daemon's checks.
 struct Entry {
     path: PathBuf,
+    /// The address of a [`HealthProbe::Tcp`] check (then `path` is empty).
+    tcp: Option<std::net::SocketAddr>,
     check: HealthCheck,
     /// Plant a connection at each check and require it to be accepted.
     require_accept: bool,
@@ -148,12 +150,16 @@ impl HealthBoard {
 
     /// Whether the board runs checks of `probe` (the others stay with the
     /// supervisor).
-    pub fn runs(probe: HealthProbe) -> bool {
-        matches!(probe, HealthProbe::Connect | HealthProbe::Accept)
+    pub fn runs(probe: &HealthProbe) -> bool {
+        matches!(
+            probe,
+            HealthProbe::Connect | HealthProbe::Accept | HealthProbe::Tcp(_)
+        )
     }
 
-    /// Starts checking the daemon listening on `path` every
-    /// `check.interval` with `probe` (one the board [`runs`](Self::runs));
+    /// Starts checking the daemon listening on `path` (or, for
+    /// [`HealthProbe::Tcp`], on its address) every `check.interval` with
+    /// `probe` (one the board [`runs`](Self::runs));
     /// the registration reports when it is unhealthy and stops the checks
     /// when dropped. The daemon's failed-check count in `shared` is kept up
     /// to date.
@@ -161,7 +167,7 @@ impl HealthBoard {
         self: &Arc<Self>,
         path: &Path,
         check: HealthCheck,
-        probe: HealthProbe,
+        probe: &HealthProbe,
         shared: Arc<Shared>,
     ) -> Registration {
         let (unhealthy, verdict) = oneshot::channel();
@@ -175,8 +181,12 @@ impl HealthBoard {
                 id,
                 Entry {
                     path: path.to_path_buf(),
+                    tcp: match probe {
+                        HealthProbe::Tcp(tcp) => Some(tcp.address),
+                        _ => None,
+                    },
                     check,
-                    require_accept: probe == HealthProbe::Accept,
+                    require_accept: *probe == HealthProbe::Accept,
                     shared,
                     next_due,
                     failures: 0,
@@ -213,28 +223,59 @@ impl HealthBoard {
     /// Runs the checks that are due at `now`; returns when the next one
     /// falls due.
     fn run_due(&self, now: Instant) -> Option<Instant> {
+        let mut connecting = Vec::new();
+        {
+            let mut state = self.lock();
+            let state = &mut *state;
+            let due = |e: &Entry| e.next_due <= now;
+            if state
+                .entries
+                .values()
+                .any(|e| due(e) && !e.connect_only && e.tcp.is_none())
+            {
+                if let Err(e) = state.diag.dump_into(&mut state.snapshot) {
+                    // No verdict from the dump this tick: connect instead.
+                    tracing::debug!(error = %e, "socket diagnostics dump failed");
+                    state.snapshot = Snapshot::default();
+                }
+            }
+            let mut failed = Vec::new();
+            for (&id, entry) in state.entries.iter_mut().filter(|(_, e)| due(e)) {
+                entry.next_due =
+                    on_shared_tick(now + entry.check.interval, board_tick(entry.check.interval));
+                let result = match entry.tcp {
+                    Some(address) => match tcp::start_connect(address, entry.check.timeout) {
+                        Ok(None) => Ok(()),
+                        Ok(Some(under_way)) => {
+                            connecting.push((id, under_way));
+                            continue;
+                        }
+                        Err(reason) => Err(reason),
+                    },
+                    None => check(entry, &state.snapshot, now),
+                };
+                if record(entry, result) {
+                    failed.push(id);
+                }
+            }
+            for id in failed {
+                state.entries.remove(&id);
+            }
+        }
+        if !connecting.is_empty() {
+            // Waited on without the lock, so registrations go on meanwhile.
+            let (ids, under_way): (Vec<u64>, Vec<tcp::Connecting>) = connecting.into_iter().unzip();
+            let results = tcp::finish_connects(&under_way);
+            let mut state = self.lock();
+            for (id, result) in ids.into_iter().zip(results) {
+                if let Some(entry) = state.entries.get_mut(&id) {
+                    if record(entry, result) {
+                        state.entries.remove(&id);
+                    }
+                }
+            }
+        }
         let mut state = self.lock();
-        let state = &mut *state;
-        let due = |e: &Entry| e.next_due <= now;
-        if state.entries.values().any(|e| due(e) && !e.connect_only) {
-            if let Err(e) = state.diag.dump_into(&mut state.snapshot) {
-                // No verdict from the dump this tick: connect instead.
-                tracing::debug!(error = %e, "socket diagnostics dump failed");
-                state.snapshot = Snapshot::default();
-            }
-        }
-        let mut failed = Vec::new();
-        for (&id, entry) in state.entries.iter_mut().filter(|(_, e)| due(e)) {
-            let result = check(entry, &state.snapshot, now);
-            entry.next_due =
-                on_shared_tick(now + entry.check.interval, board_tick(entry.check.interval));
-            if record(entry, result) {
-                failed.push(id);
-            }
-        }
-        for id in failed {
-            state.entries.remove(&id);
-        }
         state.wakes_at = state.entries.values().map(|e| e.next_due).min();
         state.wakes_at
     }
@@ -410,6 +451,7 @@ mod tests {
         let (events, _) = tokio::sync::broadcast::channel(1);
         Entry {
             path: path.to_path_buf(),
+            tcp: None,
             require_accept: false,
             check: HealthCheck {
                 interval: Duration::from_millis(100),

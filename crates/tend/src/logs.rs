@@ -160,6 +160,16 @@ impl LogBuffer {
         lines.join(" | ")
     }
 
+    /// Whether a line written since `mark` satisfies `matches`.
+    pub fn any_since(&self, mark: u64, mut matches: impl FnMut(&str) -> bool) -> bool {
+        let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        ring.lines
+            .iter()
+            .rev()
+            .take_while(|(seq, _)| *seq >= mark)
+            .any(|(_, l)| matches(&l.text))
+    }
+
     /// Lines pushed from now on.
     pub fn follow(&self) -> broadcast::Receiver<LogLine> {
         self.live

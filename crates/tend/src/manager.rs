@@ -251,6 +251,7 @@ impl BackgroundProcessManager {
             }
         };
         let created = Context {
+            state_dir: Arc::new(state),
             spawner: Arc::new(spawner),
             watcher,
             orphans: Arc::new(registry),

@@ -1,4 +1,6 @@
-//! Readiness and health probes over the daemon's Unix socket.
+//! Readiness and health probes over the daemon's Unix socket, and (in
+//! the submodules) the other kinds: [`notify`], [`tcp`], [`http`],
+//! [`exec`] and [`log`] lines.
 //!
 //! Readiness waits on the socket file's creation (see [`crate::watch`]) and
 //! then connects. `bind` creates the file a moment before `listen` makes it
@@ -18,7 +20,54 @@ use tokio::{
     time::Instant,
 };
 
-use crate::{config::HealthProbe, watch::SocketWatcher};
+use crate::{
+    children::ChildTable,
+    config::{BackgroundProcessConfig, HealthProbe},
+    watch::SocketWatcher,
+};
+
+pub(crate) mod exec;
+pub(crate) mod http;
+pub(crate) mod log;
+pub(crate) mod notify;
+pub(crate) mod tcp;
+
+/// One health check run by the supervisor (the board runs the batched
+/// ones): over the daemon's socket, or against its other target.
+pub(crate) async fn supervisor_check(
+    probe: &HealthProbe,
+    config: &BackgroundProcessConfig,
+    children: &ChildTable,
+    timeout: Duration,
+) -> Result<(), String> {
+    match probe {
+        HealthProbe::Connect | HealthProbe::Accept | HealthProbe::Ping => {
+            match &config.socket_path {
+                Some(path) => health_check(path, probe, timeout).await,
+                None => Err("no socket to check".into()),
+            }
+        }
+        HealthProbe::Tcp(tcp) => {
+            let address = tcp.address;
+            match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address)).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(format!("connect to {address} failed: {e}")),
+                Err(_) => Err(format!("connect to {address} timed out after {timeout:?}")),
+            }
+        }
+        HealthProbe::Http(probe) => {
+            let target = probe.target()?;
+            http::check(
+                &target,
+                config.socket_path.as_deref(),
+                probe.expect_status,
+                timeout,
+            )
+            .await
+        }
+        HealthProbe::Exec(probe) => exec::check(probe, config, children, timeout).await,
+    }
+}
 
 /// What a connect attempt says about a socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,7 +221,7 @@ async fn fine_sleep(duration: Duration) {
 /// [`HealthProbe::Ping`] a `ping` request answered by a JSON-RPC reply.
 pub(crate) async fn health_check(
     path: &Path,
-    probe: HealthProbe,
+    probe: &HealthProbe,
     timeout: Duration,
 ) -> Result<(), String> {
     let started = Instant::now();
@@ -180,12 +229,12 @@ pub(crate) async fn health_check(
         let stream = connect_for_check(path)?;
         match probe {
             // Without the health board, an accept check is a connect.
-            HealthProbe::Connect | HealthProbe::Accept => Ok(()),
             HealthProbe::Ping => {
                 let stream = UnixStream::from_std(std::os::unix::net::UnixStream::from(stream))
                     .map_err(|e| format!("cannot use the connection to {path:?}: {e}"))?;
                 ping(stream).await
             }
+            _ => Ok(()),
         }
     };
     match tokio::time::timeout(timeout, check).await {
@@ -193,8 +242,8 @@ pub(crate) async fn health_check(
         Err(_) => Err(format!(
             "{} {path:?} timed out after {:?}",
             match probe {
-                HealthProbe::Connect | HealthProbe::Accept => "connect to",
                 HealthProbe::Ping => "ping over",
+                _ => "connect to",
             },
             started.elapsed()
         )),

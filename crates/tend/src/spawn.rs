@@ -85,6 +85,12 @@ impl SpawnPlan {
         manager_id: &str,
     ) -> io::Result<Self> {
         let mut env: BTreeMap<OsString, OsString> = std::env::vars_os().collect();
+        // tend's own notify socket (when a service manager runs it) is not
+        // the daemon's: a daemon that inherited it would report readiness
+        // for tend. A daemon ready by notify gets its own in `config.env`.
+        for inherited in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
+            env.remove(OsStr::new(inherited));
+        }
         for (key, value) in &config.env {
             env.insert(key.clone(), value.clone());
         }

@@ -205,6 +205,18 @@ pub struct ProcessInfo {
     /// of its whole cgroup with cgroup containment, of its leader alone
     /// with process-group containment (see [`ResourceUsage`]).
     pub usage: Option<ResourceUsage>,
+    /// Whether tend checked that the daemon is ready before calling it
+    /// `Running`: false with [`Readiness::None`](crate::Readiness::None)
+    /// (or no socket and the default readiness), where `Running` only means
+    /// spawned ("running, readiness not checked").
+    pub readiness_checked: bool,
+    /// The daemon's last `STATUS=` text over the notify socket.
+    pub status_text: Option<String>,
+    /// The daemon's last `ERRNO=` over the notify socket.
+    pub status_errno: Option<i32>,
+    /// The main process the daemon named with `MAINPID=` over the notify
+    /// socket (accepted only for a member of its cgroup or process group).
+    pub main_pid: Option<u32>,
 }
 
 impl ProcessInfo {
@@ -221,6 +233,10 @@ impl ProcessInfo {
             last_exit: None,
             containment: None,
             usage: None,
+            readiness_checked: true,
+            status_text: None,
+            status_errno: None,
+            main_pid: None,
         }
     }
 }

@@ -19,7 +19,7 @@ use tokio::{
 use crate::{
     cgroup::{Containment, DaemonCgroup, ManagerCgroup},
     children::ChildTable,
-    config::{BackgroundProcessConfig, HealthCheck},
+    config::{BackgroundProcessConfig, HealthCheck, Readiness},
     defaults,
     error::{Error, Result},
     guard::Guard,
@@ -27,7 +27,10 @@ use crate::{
     kill,
     logs::{self, Stream},
     orphans::OrphanRegistry,
-    probe,
+    probe::{
+        self,
+        notify::{Members, Notification, NotifySocket},
+    },
     shared::{LiveLeader, Shared},
     spawn::{Leader, SpawnPlan, Spawner},
     state::{ExitStatus, Occurrence},
@@ -43,6 +46,8 @@ pub(crate) enum Control {
 /// What every supervisor of one manager shares.
 #[derive(Clone)]
 pub(crate) struct Context {
+    /// The manager's state directory (notify sockets go in `notify/`).
+    pub state_dir: Arc<crate::private_dir::PrivateDir>,
     pub spawner: Arc<Spawner>,
     pub watcher: Option<Arc<SocketWatcher>>,
     pub orphans: Arc<OrphanRegistry>,
@@ -134,6 +139,9 @@ pub(crate) struct Supervisor {
     /// The daemon's cgroup, made at the first spawn and kept across
     /// restarts (with cgroup containment).
     cgroup: Option<Arc<DaemonCgroup>>,
+    /// The daemon's notify socket, with [`Readiness::Notify`]: made at the
+    /// first spawn and kept across restarts.
+    notify: Option<NotifySocket>,
 }
 
 impl Supervisor {
@@ -151,6 +159,7 @@ impl Supervisor {
             control,
             start_waiter: Some(start_waiter),
             cgroup: None,
+            notify: None,
         }
     }
 
@@ -208,14 +217,39 @@ impl Supervisor {
                 return Err(Interrupt::Failed(Failure::from_error(error)));
             }
         }
+        if self.config.readiness == Readiness::Notify && self.notify.is_none() {
+            let socket = self
+                .ctx
+                .state_dir
+                .subdir("notify")
+                .and_then(|dir| NotifySocket::bind(Arc::new(dir)))
+                .map_err(|e| {
+                    Interrupt::Failed(Failure::from_error(Error::io(
+                        format!("cannot make the notify socket of {:?}", self.config.name),
+                        e,
+                    )))
+                })?;
+            self.notify = Some(socket);
+        }
+        // Followed before the spawn, so no line of the daemon is missed.
+        let lines = matches!(self.config.readiness, Readiness::Log(_))
+            .then(|| self.shared.logs.follow());
         let mut incarnation = self.spawn_incarnation().await?;
-        let ready = match &socket {
-            None => Ok(()),
-            Some(path) => self.await_ready(&mut incarnation, path).await,
+        let checked = match (&self.config.readiness, &socket) {
+            (Readiness::None, _) | (Readiness::Socket, None) => false,
+            _ => true,
+        };
+        let ready = match (&self.config.readiness, &socket) {
+            (Readiness::None, _) | (Readiness::Socket, None) => Ok(()),
+            (Readiness::Socket, Some(path)) => self.await_ready(&mut incarnation, path).await,
+            _ => self.await_other_ready(&mut incarnation, lines).await,
         };
         match ready {
             Ok(()) => {
-                self.shared.update(|info| info.failed_health_checks = 0);
+                self.shared.update(|info| {
+                    info.failed_health_checks = 0;
+                    info.readiness_checked = checked;
+                });
                 self.shared.apply(Occurrence::Ready, "ready");
                 if let Some(waiter) = self.start_waiter.take() {
                     let _ = waiter.send(Ok(()));
@@ -235,8 +269,23 @@ impl Supervisor {
                 source,
             }))
         };
+        let with_notify;
+        let config = match &self.notify {
+            Some(notify) => {
+                let mut config = self.config.clone();
+                config.env.push(("NOTIFY_SOCKET".into(), notify.path().into()));
+                if let Some(every) = self.config.watchdog {
+                    config
+                        .env
+                        .push(("WATCHDOG_USEC".into(), every.as_micros().to_string().into()));
+                }
+                with_notify = config;
+                &with_notify
+            }
+            None => &self.config,
+        };
         let mut plan = SpawnPlan::for_daemon(
-            &self.config,
+            config,
             self.config.socket_path.as_deref(),
             &self.ctx.orphans.manager_id(),
         )
@@ -369,19 +418,144 @@ impl Supervisor {
         }
     }
 
+    /// Waits for readiness by a kind other than the socket: notify, tcp,
+    /// http, exec or a log line, bounded by the startup timeout.
+    async fn await_other_ready(
+        &mut self,
+        incarnation: &mut Incarnation,
+        lines: Option<tokio::sync::broadcast::Receiver<crate::logs::LogLine>>,
+    ) -> Result<(), Interrupt> {
+        let deadline = Instant::now() + self.config.startup_timeout;
+        let config = self.config.clone();
+        let shared = Arc::clone(&self.shared);
+        let children = self.ctx.children.clone();
+        let notify = self.notify.take();
+        let pgid = incarnation.pgid;
+        let cgroup = incarnation.cgroup.clone();
+        let mark = incarnation.log_mark;
+        // The last reason the daemon was not ready, for the timeout error.
+        let last = std::sync::Mutex::new(match &config.readiness {
+            Readiness::Notify => "no READY=1 over the notify socket".to_owned(),
+            Readiness::Tcp(tcp) => format!("nothing accepted on {}", tcp.address),
+            Readiness::Log(pattern) => format!("no line of output matched {pattern:?}"),
+            Readiness::Http(http) => format!("no answer from {}", http.url),
+            Readiness::Exec(_) => "the readiness command never exited 0".to_owned(),
+            Readiness::Socket | Readiness::None => String::new(),
+        });
+        let wait = async {
+            match &config.readiness {
+                Readiness::Tcp(tcp) => probe::tcp::wait_ready(tcp.address).await,
+                Readiness::Log(pattern) => {
+                    let (Some(lines), Ok(pattern)) = (lines, regex::Regex::new(pattern)) else {
+                        return std::future::pending().await;
+                    };
+                    probe::log::wait_for_line(&shared.logs, lines, &pattern, mark).await
+                }
+                Readiness::Notify => {
+                    let Some(notify) = &notify else {
+                        return std::future::pending().await;
+                    };
+                    let members = Members {
+                        pgid,
+                        cgroup: cgroup.as_deref(),
+                    };
+                    loop {
+                        let message = notify.next(&members).await;
+                        apply_notification(&shared, &message, &members);
+                        if message.ready {
+                            return;
+                        }
+                    }
+                }
+                Readiness::Http(http) => {
+                    let Ok(target) = http.target() else {
+                        return std::future::pending().await;
+                    };
+                    let mut pause = Duration::from_millis(1);
+                    let started = Instant::now();
+                    loop {
+                        match probe::http::check(
+                            &target,
+                            config.socket_path.as_deref(),
+                            http.expect_status,
+                            defaults::HEALTH_CHECK_TIMEOUT,
+                        )
+                        .await
+                        {
+                            Ok(()) => return,
+                            Err(reason) => *last.lock().unwrap_or_else(|e| e.into_inner()) = reason,
+                        }
+                        tokio::time::sleep(pause).await;
+                        let cap = retry_cap(started.elapsed());
+                        pause = (pause * 2).min(cap);
+                    }
+                }
+                Readiness::Exec(exec) => {
+                    let started = Instant::now();
+                    let mut pause = Duration::from_millis(10);
+                    loop {
+                        let timeout = config
+                            .healthcheck
+                            .map_or(defaults::HEALTH_CHECK_TIMEOUT, |h| h.timeout);
+                        match probe::exec::check(exec, &config, &children, timeout).await {
+                            Ok(()) => return,
+                            Err(reason) => *last.lock().unwrap_or_else(|e| e.into_inner()) = reason,
+                        }
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(retry_cap(started.elapsed()).max(EXEC_RETRY_MIN));
+                    }
+                }
+                Readiness::Socket | Readiness::None => {}
+            }
+        };
+        let outcome = tokio::select! {
+            biased;
+            control = self.control.recv() => Err(control_interrupt(control)),
+            status = incarnation.leader.wait() => {
+                let exit = status.ok();
+                Err(Interrupt::Failed(Failure::new(
+                    exit.map_or_else(|| "exited".to_owned(), |e| e.to_string()),
+                    Error::ExitedBeforeReady {
+                        name: self.config.name.clone(),
+                        status: exit.unwrap_or(ExitStatus::Code(-1)),
+                        stderr_tail: String::new(),
+                    },
+                )))
+            }
+            () = wait => Ok(()),
+            () = tokio::time::sleep_until(deadline) => {
+                let timeout = self.config.startup_timeout;
+                let waited_for = last.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                Err(Interrupt::Failed(Failure::new(
+                    format!("was not ready within {timeout:?} ({waited_for})"),
+                    Error::NotReady {
+                        name: self.config.name.clone(),
+                        waited_for,
+                        timeout,
+                        stderr_tail: String::new(),
+                    },
+                )))
+            }
+        };
+        self.notify = notify;
+        outcome
+    }
+
     /// Watches a running incarnation: its exit, health checks, the stable
     /// period, and control messages.
     async fn supervise(&mut self, incarnation: &mut Incarnation) -> Interrupt {
         let stable_at = Instant::now() + self.config.stable_period;
         let mut counter_reset = self.shared.snapshot().restart_attempts == 0;
         let health = self.config.healthcheck;
-        let health_probe = self.config.health_probe;
-        let socket = self.config.socket_path.clone();
-        // Connect probes are run by the board when there is one; this loop
-        // runs the others.
-        let mut board = match (&self.ctx.health, health, health_probe, &socket) {
-            (Some(board), Some(h), probe, Some(path)) if HealthBoard::runs(probe) => {
-                Some(board.register(path, h, probe, Arc::clone(&self.shared)))
+        let config = self.config.clone();
+        let children = self.ctx.children.clone();
+        let health_probe = &config.health_probe;
+        // Connect, accept and tcp probes are run by the board when there is
+        // one; this loop runs the others.
+        let mut board = match (&self.ctx.health, health) {
+            (Some(board), Some(h)) if HealthBoard::runs(health_probe) => {
+                let path = config.socket_path.clone().unwrap_or_default();
+                Some(board.register(&path, h, health_probe, Arc::clone(&self.shared)))
             }
             _ => None,
         };
@@ -392,14 +566,33 @@ impl Supervisor {
             health.map(next)
         };
         let mut failures = 0u32;
+        let notify = self.notify.as_ref();
+        let members = Members {
+            pgid: incarnation.pgid,
+            cgroup: incarnation.cgroup.clone(),
+        };
+        let mut watchdog_every = config.watchdog.filter(|_| notify.is_some());
+        let mut watchdog_at = watchdog_every.map(|every| Instant::now() + every);
         loop {
             let check = async {
-                match (next_check, health, &socket) {
-                    (Some(at), Some(h), Some(path)) => {
+                match (next_check, health) {
+                    (Some(at), Some(h)) => {
                         tokio::time::sleep_until(at).await;
-                        probe::health_check(path, health_probe, h.timeout).await
+                        probe::supervisor_check(health_probe, &config, &children, h.timeout).await
                     }
                     _ => std::future::pending().await,
+                }
+            };
+            let watchdog = async {
+                match watchdog_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let message = async {
+                match notify {
+                    Some(notify) => notify.next(&members.borrowed()).await,
+                    None => std::future::pending().await,
                 }
             };
             tokio::select! {
@@ -416,6 +609,27 @@ impl Supervisor {
                         None => std::future::pending().await,
                     }
                 } => return Interrupt::Failed(self.failure(reason)),
+                message = message => {
+                    apply_notification(&self.shared, &message, &members.borrowed());
+                    if message.watchdog_trigger {
+                        return Interrupt::Failed(self.failure(
+                            "asked to be replaced (WATCHDOG=trigger)".into(),
+                        ));
+                    }
+                    if let (Some(usec), Some(_)) = (message.watchdog_usec, watchdog_every) {
+                        watchdog_every = Some(Duration::from_micros(usec));
+                    }
+                    if message.watchdog || message.watchdog_usec.is_some() {
+                        watchdog_at = watchdog_every.map(|every| Instant::now() + every);
+                    }
+                }
+                () = watchdog => {
+                    let every = watchdog_every.unwrap_or_default();
+                    self.shared.update(|info| info.failed_health_checks = 1);
+                    return Interrupt::Failed(self.failure(format!(
+                        "missed its watchdog: no WATCHDOG=1 within {every:?}"
+                    )));
+                }
                 () = tokio::time::sleep_until(stable_at), if !counter_reset => {
                     counter_reset = true;
                     self.shared.update(|info| info.restart_attempts = 0);
@@ -626,7 +840,9 @@ fn complete_failure(mut failure: Failure, exit: Option<ExitStatus>, tail: String
             }
             *stderr_tail = tail.clone();
         }
-        Error::StartupTimeout { stderr_tail, .. } => *stderr_tail = tail.clone(),
+        Error::StartupTimeout { stderr_tail, .. } | Error::NotReady { stderr_tail, .. } => {
+            *stderr_tail = tail.clone()
+        }
         _ => {}
     }
     failure.tail = tail;
@@ -635,6 +851,51 @@ fn complete_failure(mut failure: Failure, exit: Option<ExitStatus>, tail: String
         *reason = described;
     }
     failure
+}
+
+/// The shortest pause between two runs of an exec readiness command.
+const EXEC_RETRY_MIN: Duration = Duration::from_millis(10);
+
+/// The longest pause between two readiness attempts that are not
+/// event-driven (http, exec), `elapsed` after the spawn: short while a
+/// daemon normally starts, longer for one that takes seconds.
+fn retry_cap(elapsed: Duration) -> Duration {
+    if elapsed < Duration::from_secs(2) {
+        Duration::from_millis(10)
+    } else {
+        Duration::from_millis(100)
+    }
+}
+
+/// Publishes what a notify datagram from a member said.
+fn apply_notification(
+    shared: &Shared,
+    message: &Notification,
+    members: &Members<&crate::cgroup::DaemonCgroup>,
+) {
+    let main_pid = message
+        .main_pid
+        .filter(|&pid| i32::try_from(pid).is_ok_and(|pid| members.contain(pid)));
+    if message.main_pid.is_some() && main_pid.is_none() {
+        tracing::debug!(name = %shared.name, pid = ?message.main_pid, "MAINPID outside the daemon ignored");
+    }
+    if message.stopping {
+        tracing::info!(name = %shared.name, "the daemon reports it is stopping");
+    }
+    if message.status.is_none() && message.errno.is_none() && main_pid.is_none() {
+        return;
+    }
+    shared.update(|info| {
+        if let Some(status) = &message.status {
+            info.status_text = Some(status.clone());
+        }
+        if let Some(errno) = message.errno {
+            info.status_errno = Some(errno);
+        }
+        if let Some(pid) = main_pid {
+            info.main_pid = Some(pid);
+        }
+    });
 }
 
 fn control_interrupt(control: Option<Control>) -> Interrupt {
