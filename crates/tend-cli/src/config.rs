@@ -9,6 +9,7 @@
 //! contains a `/`, `python.requirements` and `node.package` against `cwd`.
 
 pub mod duration;
+mod probes;
 mod size;
 mod values;
 
@@ -43,6 +44,8 @@ const PROCESS_KEYS: &[&str] = &[
     "stable_period",
     "log_file",
     "healthcheck",
+    "ready",
+    "watchdog",
     "events",
     "memory_max",
     "pids_max",
@@ -50,7 +53,9 @@ const PROCESS_KEYS: &[&str] = &[
     "python",
     "node",
 ];
-const HEALTHCHECK_KEYS: &[&str] = &["interval", "timeout", "retries", "probe"];
+const HEALTHCHECK_KEYS: &[&str] = &[
+    "interval", "timeout", "retries", "probe", "url", "address", "command", "remote", "status",
+];
 const PYTHON_KEYS: &[&str] = &["requirements"];
 const NODE_KEYS: &[&str] = &["package"];
 
@@ -511,6 +516,16 @@ fn read_process(
                     config = config.healthcheck(check).health_probe(probe);
                 }
             }
+            "ready" => {
+                if let Some(readiness) = probes::read_ready(&entry, problems) {
+                    config = config.readiness(readiness);
+                }
+            }
+            "watchdog" => {
+                if let Some(every) = problems.duration(&entry) {
+                    config = config.watchdog(every);
+                }
+            }
             "events" => {
                 if let Some(events) = read_events(&entry, problems) {
                     config = config.events(events);
@@ -612,11 +627,14 @@ fn read_process(
     if config.log_file.is_none() {
         config.log_file = Some(state_dir.default_log_file(name));
     }
-    if config.healthcheck.is_some() && config.socket_path.is_none() {
+    if config.healthcheck.is_some()
+        && config.socket_path.is_none()
+        && config.health_probe.needs_socket()
+    {
         problems.add(
             spans.get("healthcheck").cloned().flatten().or(process.span()),
             format!("{}.healthcheck", process.key),
-            "a health check connects to the daemon's socket; set `socket` too or remove the health check",
+            "this health check connects to the daemon's socket; set `socket` too, choose probe = \"tcp\", \"http\" or \"exec\", or remove the health check",
         );
         reported.insert("healthcheck");
     }
@@ -722,7 +740,7 @@ fn read_healthcheck(
 ) -> Option<(HealthCheck, HealthProbe)> {
     let table = problems.table(entry)?;
     let mut check = HealthCheck::default();
-    let mut probe = HealthProbe::default();
+    let mut probe_keys = probes::ProbeKeys::default();
     for inner in entries(table, &entry.key, &entry.span()) {
         let short = &inner.key[entry.key.len() + 1..];
         match short {
@@ -744,23 +762,23 @@ fn read_healthcheck(
                     check.retries = retries;
                 }
             }
-            "probe" => {
-                spans.insert("healthcheck.probe", inner.span());
-                match problems.string(&inner).as_deref() {
-                    Some("connect") => probe = HealthProbe::Connect,
-                    Some("ping") => probe = HealthProbe::Ping,
-                    Some("accept") => probe = HealthProbe::Accept,
-                    Some(other) => problems.add(
-                        inner.span(),
-                        &inner.key,
-                        format!("must be \"connect\", \"accept\" or \"ping\", found {other:?}"),
-                    ),
-                    None => {}
-                }
+            "probe" | "url" | "address" | "command" | "remote" | "status" => {
+                let key = match short {
+                    "probe" => "healthcheck.probe",
+                    "url" => "healthcheck.url",
+                    "address" => "healthcheck.address",
+                    "command" => "healthcheck.command",
+                    "remote" => "healthcheck.remote",
+                    _ => "healthcheck.status",
+                };
+                spans.insert(key, inner.span());
+                let short = short.to_owned();
+                probe_keys.read(&short, inner, problems);
             }
             _ => problems.unknown_key(&inner, HEALTHCHECK_KEYS),
         }
     }
+    let probe = probe_keys.probe(entry, problems)?;
     Some((check, probe))
 }
 
@@ -770,6 +788,7 @@ fn file_key(field: &'static str) -> Option<&'static str> {
         "name" => return None, // checked with the table key
         "plugin_path" => "cwd",
         "socket_path" => "socket",
+        field if field.starts_with("readiness") => "ready",
         other => other,
     })
 }

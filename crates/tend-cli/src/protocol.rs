@@ -258,6 +258,21 @@ pub struct ProcessStatus {
     /// alive.
     #[serde(default)]
     pub usage: Option<Usage>,
+    /// Whether tend checked readiness before calling it running; false
+    /// with `ready = { none = true }` (running, readiness not checked).
+    #[serde(default = "checked")]
+    pub readiness_checked: bool,
+    /// The daemon's last `STATUS=` text over the notify socket.
+    #[serde(default)]
+    pub status_text: Option<String>,
+    /// The main PID the daemon named with `MAINPID=` over the notify
+    /// socket.
+    #[serde(default)]
+    pub main_pid: Option<u32>,
+}
+
+fn checked() -> bool {
+    true
 }
 
 /// CPU time and memory of one daemon (see [`tend::ResourceUsage`] for
@@ -302,6 +317,9 @@ impl ProcessStatus {
             last_exit: None,
             containment: None,
             usage: None,
+            readiness_checked: true,
+            status_text: None,
+            main_pid: None,
         }
     }
 
@@ -320,6 +338,9 @@ impl ProcessStatus {
             last_exit: info.last_exit.map(|exit| exit.to_string()),
             containment: info.containment,
             usage: info.usage.map(Usage::from),
+            readiness_checked: info.readiness_checked,
+            status_text: info.status_text,
+            main_pid: info.main_pid,
         }
     }
 }

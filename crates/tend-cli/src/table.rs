@@ -66,20 +66,25 @@ fn row(process: &ProcessStatus) -> [String; 9] {
             .map_or("-".into(), format_bytes),
         process.restart_attempts.to_string(),
         health(process),
-        process
-            .last_error
-            .as_deref()
-            .map_or("-".into(), |error| shorten(error, MAX_ERROR_CHARS)),
+        match (&process.last_error, &process.status_text) {
+            (Some(error), _) => shorten(error, MAX_ERROR_CHARS),
+            // The daemon's own word on how it is, from the notify socket.
+            (None, Some(status)) => shorten(&format!("status: {status}"), MAX_ERROR_CHARS),
+            (None, None) => "-".into(),
+        },
     ]
 }
 
-/// `ok`, `2/3 failed`, or `-` without a health check or while not running.
+/// `ok`, `2/3 failed`, `not checked` for a running daemon whose readiness
+/// was not checked either, or `-` without a health check or while not
+/// running.
 fn health(process: &ProcessStatus) -> String {
     match (process.health_check_retries, process.state) {
         (Some(retries), State::Running) if process.failed_health_checks > 0 => {
             format!("{}/{retries} failed", process.failed_health_checks)
         }
         (Some(_), State::Running) => "ok".into(),
+        (None, State::Running) if !process.readiness_checked => "not checked".into(),
         _ => "-".into(),
     }
 }
@@ -170,7 +175,21 @@ mod tests {
             last_exit: None,
             containment: None,
             usage: None,
+            readiness_checked: true,
+            status_text: None,
+            main_pid: None,
         }
+    }
+
+    #[test]
+    fn unchecked_readiness_and_notify_status_are_shown() {
+        let mut worker = status("worker", State::Running);
+        worker.readiness_checked = false;
+        worker.status_text = Some("Processing \x1b[2J 5 jobs".into());
+        let text = render(&[worker]);
+        assert!(text.contains("not checked"), "{text}");
+        assert!(text.contains("status: Processing"), "{text}");
+        assert!(!text.contains('\x1b'), "{text}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::{fs, path::Path, time::Duration};
 
 use super::*;
+use tend::{ExecProbe, HttpProbe, Readiness, TcpProbe};
 
 const FILE: &str = "/usr/tend.toml";
 
@@ -370,7 +371,7 @@ state_dir = "/tmp/st"
 socket = "a.sock"
 events = ["ok", ""]
 [process.a.healthcheck]
-probe = "http"
+probe = "smtp"
 [process.a.python]
 requirements = "missing.txt"
 [process.b]
@@ -499,4 +500,120 @@ cpu_max = "half"
     assert!(messages[2].contains("at least 1"), "{}", messages[2]);
     assert!(messages[3].contains("number of CPUs"), "{}", messages[3]);
     assert!(messages[6].contains("must be a number"), "{}", messages[6]);
+}
+
+#[test]
+fn readiness_kinds_and_probe_targets_are_read() {
+    let config = parsed(
+        r#"
+[settings]
+state_dir = "/tmp/st"
+[process.api]
+command = "x"
+ready = { http = "http://127.0.0.1:8080/healthz", status = 204 }
+[process.api.healthcheck]
+probe = "http"
+url = "http://localhost:8080/healthz"
+[process.db]
+command = "x"
+ready = { exec = ["pg_isready", "-q"] }
+healthcheck = { probe = "exec", command = ["pg_isready"], timeout = "2s" }
+[process.cache]
+command = "redis-server"
+ready = { notify = true }
+watchdog = "2s"
+healthcheck = { probe = "tcp", address = "127.0.0.1:6379" }
+[process.far]
+command = "x"
+ready = { tcp = "10.0.0.5:80", remote = true }
+[process.worker]
+command = "x"
+ready = { log = "ready to accept" }
+[process.plain]
+command = "x"
+ready = { none = true }
+"#,
+    );
+    let [api, db, cache, far, worker, plain] = &config.processes[..] else {
+        panic!("six daemons expected");
+    };
+    assert_eq!(
+        api.readiness,
+        Readiness::Http(HttpProbe::new("http://127.0.0.1:8080/healthz").expect_status(204))
+    );
+    assert_eq!(
+        api.health_probe,
+        HealthProbe::Http(HttpProbe::new("http://localhost:8080/healthz"))
+    );
+    assert_eq!(
+        db.readiness,
+        Readiness::Exec(ExecProbe::new(["pg_isready", "-q"]))
+    );
+    assert_eq!(
+        db.health_probe,
+        HealthProbe::Exec(ExecProbe::new(["pg_isready"]))
+    );
+    assert_eq!(cache.readiness, Readiness::Notify);
+    assert_eq!(cache.watchdog, Some(Duration::from_secs(2)));
+    assert_eq!(
+        cache.health_probe,
+        HealthProbe::Tcp(TcpProbe::parse("127.0.0.1:6379").unwrap())
+    );
+    assert_eq!(
+        far.readiness,
+        Readiness::Tcp(TcpProbe::parse("10.0.0.5:80").unwrap().remote(true))
+    );
+    assert_eq!(worker.readiness, Readiness::Log("ready to accept".into()));
+    assert_eq!(plain.readiness, Readiness::None);
+}
+
+#[test]
+fn bad_readiness_and_probe_keys_are_reported_with_their_line() {
+    let found = places(
+        r#"[process.a]
+command = "x"
+ready = { tcp = "10.0.0.5:80" }
+[process.b]
+command = "x"
+ready = { notify = true, log = "x" }
+[process.c]
+command = "x"
+ready = { log = "(unclosed" }
+[process.d]
+command = "x"
+watchdog = "1s"
+[process.e]
+command = "x"
+healthcheck = { probe = "tcp" }
+[process.f]
+command = "x"
+healthcheck = { probe = "exec", command = [], url = "http://127.0.0.1/" }
+[process.g]
+command = "x"
+ready = { http = "/healthz" }
+[process.h]
+command = "x"
+ready = { tcp = "example.com:80" }
+"#,
+    );
+    let keys: Vec<(Option<usize>, &str)> = found.iter().map(|(l, k)| (*l, k.as_str())).collect();
+    assert!(keys.contains(&(Some(3), "process.a.ready")), "{keys:?}");
+    assert!(keys.contains(&(Some(6), "process.b.ready.log")), "{keys:?}");
+    assert!(keys.contains(&(Some(9), "process.c.ready")), "{keys:?}");
+    assert!(keys.contains(&(Some(12), "process.d.watchdog")), "{keys:?}");
+    assert!(keys.contains(&(Some(15), "process.e.healthcheck")), "{keys:?}");
+    assert!(keys.contains(&(Some(18), "process.f.healthcheck.command")), "{keys:?}");
+    assert!(keys.contains(&(Some(18), "process.f.healthcheck.url")), "{keys:?}");
+    assert!(keys.contains(&(Some(21), "process.g.ready")), "{keys:?}");
+    assert!(keys.contains(&(Some(24), "process.h.ready.tcp")), "{keys:?}");
+    let messages: Vec<String> = problems(
+        r#"[process.a]
+command = "x"
+ready = { tcp = "10.0.0.5:80" }
+"#,
+    )
+    .into_iter()
+    .map(|p| p.message)
+    .collect();
+    assert!(messages[0].contains("remote = true"), "{messages:?}");
 }
