@@ -442,6 +442,8 @@ impl Supervisor {
             Readiness::Exec(_) => "the readiness command never exited 0".to_owned(),
             Readiness::Socket | Readiness::None => String::new(),
         });
+        // An http or exec attempt under way: when it started, and what it is.
+        let in_flight: std::sync::Mutex<Option<(Instant, String)>> = std::sync::Mutex::new(None);
         let wait = async {
             match &config.readiness {
                 Readiness::Tcp(tcp) => probe::tcp::wait_ready(tcp.address).await,
@@ -474,6 +476,8 @@ impl Supervisor {
                     let mut pause = Duration::from_millis(1);
                     let started = Instant::now();
                     loop {
+                        *in_flight.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some((Instant::now(), format!("GET {}", http.url)));
                         match probe::http::check(
                             &target,
                             config.socket_path.as_deref(),
@@ -483,7 +487,10 @@ impl Supervisor {
                         .await
                         {
                             Ok(()) => return,
-                            Err(reason) => *last.lock().unwrap_or_else(|e| e.into_inner()) = reason,
+                            Err(reason) => {
+                                *last.lock().unwrap_or_else(|e| e.into_inner()) = reason;
+                                *in_flight.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                            }
                         }
                         tokio::time::sleep(pause).await;
                         let cap = retry_cap(started.elapsed());
@@ -497,9 +504,14 @@ impl Supervisor {
                         let timeout = config
                             .healthcheck
                             .map_or(defaults::HEALTH_CHECK_TIMEOUT, |h| h.timeout);
+                        *in_flight.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some((Instant::now(), "the readiness command".to_owned()));
                         match probe::exec::check(exec, &config, &children, timeout).await {
                             Ok(()) => return,
-                            Err(reason) => *last.lock().unwrap_or_else(|e| e.into_inner()) = reason,
+                            Err(reason) => {
+                                *last.lock().unwrap_or_else(|e| e.into_inner()) = reason;
+                                *in_flight.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                            }
                         }
                         tokio::time::sleep(pause).await;
                         pause = (pause * 2).min(retry_cap(started.elapsed()).max(EXEC_RETRY_MIN));
@@ -525,7 +537,15 @@ impl Supervisor {
             () = wait => Ok(()),
             () = tokio::time::sleep_until(deadline) => {
                 let timeout = self.config.startup_timeout;
-                let waited_for = last.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let mut waited_for = last.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                // An attempt that has been waiting a while says more than
+                // the one that failed before it.
+                if let Some((since, what)) = &*in_flight.lock().unwrap_or_else(|e| e.into_inner()) {
+                    let waited = since.elapsed();
+                    if waited >= STUCK_ATTEMPT {
+                        waited_for = format!("{what}: no answer within {waited:.1?}");
+                    }
+                }
                 Err(Interrupt::Failed(Failure::new(
                     format!("was not ready within {timeout:?} ({waited_for})"),
                     Error::NotReady {
@@ -852,6 +872,11 @@ fn complete_failure(mut failure: Failure, exit: Option<ExitStatus>, tail: String
     }
     failure
 }
+
+/// How long a readiness attempt (http, exec) must have been waiting at the
+/// startup deadline to be the reason given, rather than the failure of the
+/// attempt before it.
+const STUCK_ATTEMPT: Duration = Duration::from_millis(100);
 
 /// The shortest pause between two runs of an exec readiness command.
 const EXEC_RETRY_MIN: Duration = Duration::from_millis(10);

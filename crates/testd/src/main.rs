@@ -83,6 +83,27 @@
 //!   them open.
 //! - `--log-accepts`: print `accepted` for every connection accepted.
 //!
+//! Readiness and health probe modes (see `probes.rs`):
+//! - `--tcp ADDR`: also bind a TCP listener at ADDR (`127.0.0.1:PORT`),
+//!   after `--bind-delay`, listening after `--listen-delay`; it accepts and
+//!   closes (`--wedge`: accepts and never answers; `--http`: answers HTTP;
+//!   `--stop-accepting-after MS`: stops listening after MS).
+//! - `--http`: answer every connection (Unix or TCP) with an HTTP response
+//!   instead of JSON-RPC; `--http-status N` sets its status (default 200);
+//!   `--http-garbage` answers bytes that are not HTTP.
+//! - `--announce TEXT`: print TEXT to stdout when ready.
+//! - `--notify`: send `READY=1`, `STATUS=<--notify-status or "ready">` and
+//!   `MAINPID=<own pid>` to `$NOTIFY_SOCKET` when ready (from a thread, so
+//!   serving goes on); `--notify-wait-file PATH` first waits until PATH
+//!   exists; `--notify-first TEXT` then sends TEXT as a datagram of its
+//!   own; `--notify-ready-file PATH` then waits until PATH exists before
+//!   `READY=1`; `--notify-garbage` first sends empty, malformed, non-UTF-8 and
+//!   oversized (60 kB) datagrams; `--notify-stamp PATH` appends
+//!   `<CLOCK_REALTIME ns>` right before `READY=1` is sent.
+//! - `--watchdog-pings N`: after that, send `WATCHDOG=1` every quarter of
+//!   `$WATCHDOG_USEC`, N times (forever when N is negative), then print
+//!   `watchdog pings stopped`.
+//!
 //! Signals:
 //! - `--ignore-sigterm`: set SIGTERM to SIG_IGN (SIGINT still stops it).
 //! - `--term-delay MS`: on SIGTERM, keep serving for MS before cleaning up
@@ -101,6 +122,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 
+mod probes;
+
 const USAGE: &str = "\
 usage: testd [--socket PATH] [--bind-delay MS] [--listen-delay MS] [--never-bind]
              [--exit-code N] [--exit-immediately] [--exit-after MS] [--abort-after MS]
@@ -112,6 +135,10 @@ usage: testd [--socket PATH] [--bind-delay MS] [--listen-delay MS] [--never-bind
              [--flood BYTES] [--flood-no-newline] [--flood-invalid-utf8]
              [--close-stdio] [--print-env NAME]... [--print-cwd]
              [--drop-to-uid UID] [--rewrite-environ]
+             [--tcp ADDR] [--http] [--http-status N] [--http-garbage] [--announce TEXT]
+             [--notify] [--notify-status TEXT] [--notify-wait-file PATH] [--notify-garbage]
+             [--notify-first TEXT] [--notify-ready-file PATH]
+             [--notify-stamp PATH] [--watchdog-pings N]
 The socket path defaults to $SOCKET_PATH; durations are in milliseconds.";
 
 /// Exit code for command-line errors.
@@ -162,6 +189,9 @@ struct Opts {
     close_stdio: bool,
     drop_to_uid: Option<u32>,
     rewrite_environ: bool,
+    tcp: Option<String>,
+    announce: Option<String>,
+    notify: probes::NotifyPlan,
 }
 
 impl Default for Opts {
@@ -198,6 +228,9 @@ impl Default for Opts {
             close_stdio: false,
             drop_to_uid: None,
             rewrite_environ: false,
+            tcp: None,
+            announce: None,
+            notify: probes::NotifyPlan::default(),
         }
     }
 }
@@ -270,6 +303,25 @@ fn parse_args(args: impl Iterator<Item = OsString>) -> Opts {
             "--close-stdio" => o.close_stdio = true,
             "--drop-to-uid" => o.drop_to_uid = Some(parse_num(&flag, value())),
             "--rewrite-environ" => o.rewrite_environ = true,
+            "--tcp" => o.tcp = Some(text(value())),
+            "--http" => probes::HTTP.store(true, std::sync::atomic::Ordering::Relaxed),
+            "--http-status" => probes::HTTP_STATUS.store(
+                parse_num(&flag, value()),
+                std::sync::atomic::Ordering::Relaxed,
+            ),
+            "--http-garbage" => {
+                probes::HTTP.store(true, std::sync::atomic::Ordering::Relaxed);
+                probes::HTTP_GARBAGE.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            "--announce" => o.announce = Some(text(value())),
+            "--notify" => o.notify.ready = true,
+            "--notify-status" => o.notify.status = Some(text(value())),
+            "--notify-wait-file" => o.notify.wait_file = Some(value().into()),
+            "--notify-first" => o.notify.first = Some(text(value())),
+            "--notify-ready-file" => o.notify.ready_file = Some(value().into()),
+            "--notify-garbage" => o.notify.garbage = true,
+            "--notify-stamp" => o.notify.ready_stamp = Some(value().into()),
+            "--watchdog-pings" => o.notify.watchdog_pings = Some(parse_num(&flag, value())),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -699,6 +751,9 @@ fn serve(listener: UnixListener, stop_after: Option<u64>, wedge: bool, log_accep
 }
 
 fn handle_connection(stream: UnixStream) {
+    if probes::HTTP.load(std::sync::atomic::Ordering::Relaxed) {
+        return probes::answer_http(stream);
+    }
     let mut reader = BufReader::new(&stream);
     let mut writer = &stream;
     let mut line = Vec::new();
@@ -1075,12 +1130,28 @@ fn main() {
         }
         None => None,
     };
+    let tcp = opts.tcp.as_deref().map(|address| {
+        // The bind delay, if any, has passed above.
+        probes::tcp_listen(address, opts.listen_delay).unwrap_or_else(|e| {
+            say_err(&format!("testd: cannot listen on {address}: {e}"));
+            std::process::exit(opts.exit_code);
+        })
+    });
     let listen_ns = now_ns();
     if let Some(path) = &opts.timestamps {
         append_line(path, &format!("{start_ns} {listen_ns}\n"));
     }
 
     // Ready.
+    if let Some(text) = &opts.announce {
+        say(text);
+    }
+    if let Some(tcp) = tcp {
+        probes::serve_tcp(tcp, opts.wedge, opts.stop_accepting_after);
+    }
+    if opts.notify.active() {
+        probes::notify(std::mem::take(&mut opts.notify));
+    }
     if let Some(path) = &opts.pid_file {
         let res = std::fs::write(path, format!("{pid}\n"));
         res.unwrap_or_else(|e| say_err(&format!("testd: cannot write {}: {e}", path.display())));

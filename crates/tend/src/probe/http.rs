@@ -77,14 +77,18 @@ where
         .body(Empty::new())
         .map_err(|e| format!("cannot build the request: {e}"))?;
     let answer = sender.send_request(request);
-    tokio::pin!(connection);
-    tokio::select! {
-        response = answer => response
-            .map(|r| r.status().as_u16())
-            .map_err(|e| format!("no valid answer: {e}")),
-        ended = &mut connection => Err(match ended {
-            Ok(()) => "the connection closed without an answer".to_owned(),
-            Err(e) => format!("no valid answer: {e}"),
-        }),
-    }
+    tokio::pin!(connection, answer);
+    let response = tokio::select! {
+        biased;
+        response = &mut answer => response,
+        ended = &mut connection => match ended {
+            // The connection is done (`Connection: close`); the answer,
+            // if one came, is waiting.
+            Ok(()) => answer.await,
+            Err(e) => return Err(format!("no valid answer: {e}")),
+        },
+    };
+    response
+        .map(|r| r.status().as_u16())
+        .map_err(|e| format!("no valid answer: {e}"))
 }
