@@ -15,8 +15,8 @@ use crate::{
 
 mod probes;
 
-pub use probes::{ExecProbe, HttpProbe, Readiness, TcpProbe};
 pub(crate) use probes::HttpTarget;
+pub use probes::{ExecProbe, HttpProbe, Readiness, TcpProbe};
 
 /// Periodic liveness check over the daemon's socket; what a check does is
 /// chosen by [`HealthProbe`].

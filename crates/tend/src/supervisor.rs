@@ -232,13 +232,13 @@ impl Supervisor {
             self.notify = Some(socket);
         }
         // Followed before the spawn, so no line of the daemon is missed.
-        let lines = matches!(self.config.readiness, Readiness::Log(_))
-            .then(|| self.shared.logs.follow());
+        let lines =
+            matches!(self.config.readiness, Readiness::Log(_)).then(|| self.shared.logs.follow());
         let mut incarnation = self.spawn_incarnation().await?;
-        let checked = match (&self.config.readiness, &socket) {
-            (Readiness::None, _) | (Readiness::Socket, None) => false,
-            _ => true,
-        };
+        let checked = !matches!(
+            (&self.config.readiness, &socket),
+            (Readiness::None, _) | (Readiness::Socket, None)
+        );
         let ready = match (&self.config.readiness, &socket) {
             (Readiness::None, _) | (Readiness::Socket, None) => Ok(()),
             (Readiness::Socket, Some(path)) => self.await_ready(&mut incarnation, path).await,
@@ -273,7 +273,9 @@ impl Supervisor {
         let config = match &self.notify {
             Some(notify) => {
                 let mut config = self.config.clone();
-                config.env.push(("NOTIFY_SOCKET".into(), notify.path().into()));
+                config
+                    .env
+                    .push(("NOTIFY_SOCKET".into(), notify.path().into()));
                 if let Some(every) = self.config.watchdog {
                     config
                         .env

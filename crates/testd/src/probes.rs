@@ -186,8 +186,7 @@ pub fn answer_http<S: Read + Write>(mut stream: S) {
         return;
     }
     let status = HTTP_STATUS.load(Ordering::Relaxed);
-    let reply = format!(
-        "HTTP/1.1 {status} Testd\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n"
-    );
+    let reply =
+        format!("HTTP/1.1 {status} Testd\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n");
     let _ = stream.write_all(reply.as_bytes());
 }

@@ -149,15 +149,16 @@ impl<'doc> ProbeKeys<'doc> {
     /// The probe the keys describe.
     pub fn probe(self, table: &Entry<'_>, problems: &mut Problems<'_>) -> Option<HealthProbe> {
         let kind = self.kind.as_ref().map(|(_, kind)| kind.as_str());
-        let unused = |problems: &mut Problems<'_>, key: &Option<(Entry<'_>, String)>, what: &str| {
-            if let Some((entry, _)) = key {
-                problems.add(
-                    entry.span(),
-                    &entry.key,
-                    format!("is used by probe = \"{what}\" only"),
-                );
-            }
-        };
+        let unused =
+            |problems: &mut Problems<'_>, key: &Option<(Entry<'_>, String)>, what: &str| {
+                if let Some((entry, _)) = key {
+                    problems.add(
+                        entry.span(),
+                        &entry.key,
+                        format!("is used by probe = \"{what}\" only"),
+                    );
+                }
+            };
         let probe = match kind {
             None | Some("connect") => Some(HealthProbe::Connect),
             Some("accept") => Some(HealthProbe::Accept),
@@ -224,10 +225,8 @@ impl<'doc> ProbeKeys<'doc> {
         if kind != Some("http") {
             unused(problems, &self.url, "http");
         }
-        if kind != Some("exec") {
-            if let Some((entry, _)) = &self.command {
-                problems.add(entry.span(), &entry.key, "is used by probe = \"exec\" only");
-            }
+        if let (true, Some((entry, _))) = (kind != Some("exec"), &self.command) {
+            problems.add(entry.span(), &entry.key, "is used by probe = \"exec\" only");
         }
         probe
     }

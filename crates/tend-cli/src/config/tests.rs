@@ -601,11 +601,23 @@ ready = { tcp = "example.com:80" }
     assert!(keys.contains(&(Some(6), "process.b.ready.log")), "{keys:?}");
     assert!(keys.contains(&(Some(9), "process.c.ready")), "{keys:?}");
     assert!(keys.contains(&(Some(12), "process.d.watchdog")), "{keys:?}");
-    assert!(keys.contains(&(Some(15), "process.e.healthcheck")), "{keys:?}");
-    assert!(keys.contains(&(Some(18), "process.f.healthcheck.command")), "{keys:?}");
-    assert!(keys.contains(&(Some(18), "process.f.healthcheck.url")), "{keys:?}");
+    assert!(
+        keys.contains(&(Some(15), "process.e.healthcheck")),
+        "{keys:?}"
+    );
+    assert!(
+        keys.contains(&(Some(18), "process.f.healthcheck.command")),
+        "{keys:?}"
+    );
+    assert!(
+        keys.contains(&(Some(18), "process.f.healthcheck.url")),
+        "{keys:?}"
+    );
     assert!(keys.contains(&(Some(21), "process.g.ready")), "{keys:?}");
-    assert!(keys.contains(&(Some(24), "process.h.ready.tcp")), "{keys:?}");
+    assert!(
+        keys.contains(&(Some(24), "process.h.ready.tcp")),
+        "{keys:?}"
+    );
     let messages: Vec<String> = problems(
         r#"[process.a]
 command = "x"

@@ -212,7 +212,10 @@ impl HttpProbe {
             .authority()
             .ok_or_else(|| format!("{:?} names no host", self.url))?;
         if authority.as_str().contains('@') {
-            return Err(format!("{:?}: credentials in the URL are not supported", self.url));
+            return Err(format!(
+                "{:?}: credentials in the URL are not supported",
+                self.url
+            ));
         }
         let port = authority.port_u16().unwrap_or(80);
         let host = authority.host();
@@ -296,13 +299,19 @@ mod tests {
         assert!(far.check().unwrap_err().contains("remote = true"));
         assert!(far.remote(true).check().is_ok());
         assert!(TcpProbe::parse("0.0.0.0:80").unwrap().check().is_err());
-        assert!(TcpProbe::parse("example.com:80").unwrap_err().contains("not resolved"));
+        assert!(
+            TcpProbe::parse("example.com:80")
+                .unwrap_err()
+                .contains("not resolved")
+        );
         assert!(TcpProbe::parse("127.0.0.1").is_err());
     }
 
     #[test]
     fn http_urls_are_parsed_without_guessing() {
-        let t = HttpProbe::new("http://127.0.0.1:8080/healthz?x=1").target().unwrap();
+        let t = HttpProbe::new("http://127.0.0.1:8080/healthz?x=1")
+            .target()
+            .unwrap();
         assert_eq!(t.address, Some("127.0.0.1:8080".parse().unwrap()));
         assert_eq!(t.path, "/healthz?x=1");
         assert_eq!(t.host, "127.0.0.1:8080");
@@ -312,11 +321,36 @@ mod tests {
         assert_eq!((t.address, t.path.as_str()), (None, "/status"));
         let t = HttpProbe::new("http://[::1]:81/").target().unwrap();
         assert_eq!(t.address, Some("[::1]:81".parse().unwrap()));
-        assert!(HttpProbe::new("https://127.0.0.1/").target().unwrap_err().contains("TLS"));
-        assert!(HttpProbe::new("http://example.com/").target().unwrap_err().contains("not resolved"));
-        assert!(HttpProbe::new("http://192.168.1.1/").target().unwrap_err().contains("remote"));
-        assert!(HttpProbe::new("http://192.168.1.1/").remote(true).target().is_ok());
-        assert!(HttpProbe::new("http://127.0.0.1/").expect_status(42).target().is_err());
+        assert!(
+            HttpProbe::new("https://127.0.0.1/")
+                .target()
+                .unwrap_err()
+                .contains("TLS")
+        );
+        assert!(
+            HttpProbe::new("http://example.com/")
+                .target()
+                .unwrap_err()
+                .contains("not resolved")
+        );
+        assert!(
+            HttpProbe::new("http://192.168.1.1/")
+                .target()
+                .unwrap_err()
+                .contains("remote")
+        );
+        assert!(
+            HttpProbe::new("http://192.168.1.1/")
+                .remote(true)
+                .target()
+                .is_ok()
+        );
+        assert!(
+            HttpProbe::new("http://127.0.0.1/")
+                .expect_status(42)
+                .target()
+                .is_err()
+        );
         assert!(HttpProbe::new("not a url").target().is_err());
     }
 

@@ -52,7 +52,9 @@ pub(crate) async fn check(
                 let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
             }
             let _ = child.wait().await;
-            Err(format!("{shown:?} did not finish within {timeout:?} (killed)"))
+            Err(format!(
+                "{shown:?} did not finish within {timeout:?} (killed)"
+            ))
         }
     };
     if let Some(pid) = pid {

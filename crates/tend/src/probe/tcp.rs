@@ -178,7 +178,11 @@ mod tests {
         }
         let mut results = finish_connects(&connecting);
         results.extend(immediate);
-        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 2, "{results:?}");
+        assert_eq!(
+            results.iter().filter(|r| r.is_ok()).count(),
+            2,
+            "{results:?}"
+        );
         let refused = results.iter().find_map(|r| r.as_ref().err()).unwrap();
         assert!(refused.contains("refused"), "{refused}");
     }

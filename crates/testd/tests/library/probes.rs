@@ -86,23 +86,31 @@ async fn notify_readiness_waits_for_ready_and_ignores_outsiders() {
         // Datagrams are read in order: once the member's arrived, the
         // forged one was read, and ignored.
         wait_for("the member's status", SOON, || {
-            sb.manager.process_info("n").unwrap().status_text.as_deref()
-                == Some("member says wait")
+            sb.manager.process_info("n").unwrap().status_text.as_deref() == Some("member says wait")
         })
         .await;
         let info = sb.manager.process_info("n").unwrap();
-        assert_eq!(info.state, ProcessState::Starting, "a forged READY=1 counted");
+        assert_eq!(
+            info.state,
+            ProcessState::Starting,
+            "a forged READY=1 counted"
+        );
         assert_eq!(info.main_pid, None);
         std::fs::write(&ready, "").unwrap();
         guard
     };
-    let (started, daemon) = within("notify start", SOON, async { tokio::join!(start, drive) }).await;
+    let (started, daemon) =
+        within("notify start", SOON, async { tokio::join!(start, drive) }).await;
     started.expect("ready by notify");
     let info = sb.manager.process_info("n").unwrap();
     assert_eq!(info.state, ProcessState::Running);
     assert!(info.readiness_checked);
     assert_eq!(info.status_text.as_deref(), Some("serving 3 clients"));
-    assert_eq!(info.main_pid, Some(daemon.pid), "MAINPID of a member is taken");
+    assert_eq!(
+        info.main_pid,
+        Some(daemon.pid),
+        "MAINPID of a member is taken"
+    );
 }
 
 #[tokio::test]
@@ -111,7 +119,12 @@ async fn garbage_and_oversized_notify_datagrams_are_dropped() {
     let config = sb
         .worker(
             "g",
-            &["--notify-garbage", "--notify", "--notify-status", "after garbage"],
+            &[
+                "--notify-garbage",
+                "--notify",
+                "--notify-status",
+                "after garbage",
+            ],
         )
         .readiness(Readiness::Notify);
     let daemon = sb.start(config).await;
@@ -129,7 +142,13 @@ async fn a_missed_watchdog_replaces_the_daemon_and_a_fed_one_keeps_running() {
         .start(
             sb.worker(
                 "fed",
-                &["--print-env", "WATCHDOG_USEC", "--notify", "--watchdog-pings", "-1"],
+                &[
+                    "--print-env",
+                    "WATCHDOG_USEC",
+                    "--notify",
+                    "--watchdog-pings",
+                    "-1",
+                ],
             )
             .readiness(Readiness::Notify)
             .watchdog(every),
@@ -182,7 +201,9 @@ async fn tcp_readiness_notices_a_late_listen_within_milliseconds() {
     let _daemon = sb.start(config).await;
     TcpStream::connect(address).expect("running means the port accepts");
     let running = loop {
-        let event = within("the running event", SOON, events.recv()).await.unwrap();
+        let event = within("the running event", SOON, events.recv())
+            .await
+            .unwrap();
         if event.name == "t" && event.to == ProcessState::Running {
             break event.time;
         }
@@ -196,7 +217,10 @@ async fn tcp_readiness_notices_a_late_listen_within_milliseconds() {
     let listened = SystemTime::UNIX_EPOCH + Duration::from_nanos(listened as u64);
     let late = running.duration_since(listened).unwrap_or_default();
     // A few milliseconds unloaded; slack for a loaded CI machine.
-    assert!(late < Duration::from_millis(150), "noticed {late:?} after listen");
+    assert!(
+        late < Duration::from_millis(150),
+        "noticed {late:?} after listen"
+    );
 }
 
 #[tokio::test]
@@ -226,7 +250,10 @@ async fn tcp_health_checks_replace_a_daemon_that_stops_listening() {
     })
     .await;
     let reason = sb.manager.process_info("t").unwrap().last_error.unwrap();
-    assert!(reason.contains("health checks") && reason.contains("refused"), "{reason}");
+    assert!(
+        reason.contains("health checks") && reason.contains("refused"),
+        "{reason}"
+    );
     first.wait_dead("the first incarnation").await;
     TcpStream::connect(address).expect("the new incarnation listens");
 }
@@ -237,7 +264,10 @@ async fn a_non_loopback_address_needs_remote() {
     let far: SocketAddr = "192.0.2.1:80".parse().unwrap();
     let error = sb
         .manager
-        .start_process(sb.worker("far", &[]).readiness(Readiness::Tcp(TcpProbe::new(far))))
+        .start_process(
+            sb.worker("far", &[])
+                .readiness(Readiness::Tcp(TcpProbe::new(far))),
+        )
         .await
         .unwrap_err();
     assert!(error.to_string().contains("remote = true"), "{error}");
@@ -266,11 +296,24 @@ async fn http_readiness_over_tcp_waits_for_a_late_bind() {
     let sb = Sandbox::new();
     let address = free_address();
     let config = sb
-        .worker("h", &["--tcp", &address.to_string(), "--http", "--bind-delay", "300"])
-        .readiness(Readiness::Http(HttpProbe::new(http_url(address, "/healthz"))));
+        .worker(
+            "h",
+            &[
+                "--tcp",
+                &address.to_string(),
+                "--http",
+                "--bind-delay",
+                "300",
+            ],
+        )
+        .readiness(Readiness::Http(HttpProbe::new(http_url(
+            address, "/healthz",
+        ))));
     let _daemon = sb.start(config).await;
     let mut stream = TcpStream::connect(address).unwrap();
-    stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     let mut answer = String::new();
     stream.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
@@ -281,9 +324,13 @@ async fn http_readiness_over_the_daemons_unix_socket() {
     let sb = Sandbox::new();
     let config = sb
         .daemon("u", &["--http", "--http-status", "204"])
-        .readiness(Readiness::Http(HttpProbe::new("/status").expect_status(204)))
+        .readiness(Readiness::Http(
+            HttpProbe::new("/status").expect_status(204),
+        ))
         .healthcheck(fast_checks(2))
-        .health_probe(HealthProbe::Http(HttpProbe::new("/status").expect_status(204)));
+        .health_probe(HealthProbe::Http(
+            HttpProbe::new("/status").expect_status(204),
+        ));
     let daemon = sb.start(config).await;
     assert!(sb.manager.process_info("u").unwrap().readiness_checked);
     assert!(daemon.alive());
@@ -328,24 +375,35 @@ async fn http_answers_that_do_not_pass_are_not_ready() {
 async fn exec_readiness_runs_in_the_daemons_env_and_cwd() {
     let sb = Sandbox::new();
     let marker = "ready-marker";
+    // A relative path: found only from the daemon's working directory.
     let config = sb
-        .worker("e", &["--bind-delay", "200", "--pid-file", marker])
+        .worker("cwd", &["--bind-delay", "200", "--pid-file", marker])
         .plugin_path(sb.dir.path())
+        .readiness(Readiness::Exec(ExecProbe::new(["test", "-e", marker])));
+    let _daemon = sb.start(config).await;
+    assert!(sb.path(marker).exists(), "running before the command passed");
+    // `printenv NAME` fails when NAME is not in its environment.
+    let config = sb
+        .worker("env", &[])
         .env("PROBE_ONLY_IN_DAEMON_ENV", "yes")
-        .readiness(Readiness::Exec(ExecProbe::new(["test", "-e", marker])))
-        .healthcheck(fast_checks(2))
-        .health_probe(HealthProbe::Exec(ExecProbe::new([
+        .readiness(Readiness::Exec(ExecProbe::new([
             "printenv",
             "PROBE_ONLY_IN_DAEMON_ENV",
         ])));
-    let daemon = sb.start(config).await;
-    assert!(sb.path(marker).exists(), "running before the command passed");
-    // A few health checks pass (the variable is in the daemon's env).
-    wait_for("health checks to pass", SOON, || {
-        std::fs::read_dir("/proc").is_ok() && sb.manager.process_info("e").unwrap().failed_health_checks == 0
-    })
-    .await;
-    assert_eq!(sb.manager.pid("e"), Some(daemon.pid));
+    let _daemon = sb.start(config).await;
+    let error = sb
+        .manager
+        .start_process(
+            sb.worker("noenv", &[])
+                .readiness(Readiness::Exec(ExecProbe::new([
+                    "printenv",
+                    "PROBE_ONLY_IN_DAEMON_ENV",
+                ])))
+                .startup_timeout(Duration::from_millis(500)),
+        )
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("exited with code 1"), "{error}");
 }
 
 /// PIDs of live processes whose command line holds `needle`.
@@ -364,7 +422,11 @@ fn processes_running(needle: &str) -> Vec<u32> {
 async fn an_exec_check_that_overruns_is_killed_with_its_group() {
     let sb = Sandbox::new();
     // Unique, so only this test's sleeps are found.
-    let nap = format!("{}.{}", 600 + fastrand::u32(0..1000), fastrand::u32(0..1000));
+    let nap = format!(
+        "{}.{}",
+        600 + fastrand::u32(0..1000),
+        fastrand::u32(0..1000)
+    );
     let config = sb
         .worker("slow", &[])
         .readiness(Readiness::None)
@@ -394,7 +456,14 @@ async fn log_readiness_waits_for_a_matching_line() {
     let config = sb
         .worker(
             "l",
-            &["--stdout", "starting up", "--bind-delay", "200", "--announce", "Ready to accept connections tcp"],
+            &[
+                "--stdout",
+                "starting up",
+                "--bind-delay",
+                "200",
+                "--announce",
+                "Ready to accept connections tcp",
+            ],
         )
         .readiness(Readiness::Log(r"(?i)ready to accept\b".into()));
     let _daemon = sb.start(config).await;
@@ -412,7 +481,10 @@ async fn log_readiness_waits_for_a_matching_line() {
         )
         .await
         .unwrap_err();
-    assert!(error.to_string().contains("no line of output matched"), "{error}");
+    assert!(
+        error.to_string().contains("no line of output matched"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
@@ -435,7 +507,9 @@ async fn redis_server_is_ready_by_notify() {
         .into_iter()
         .find(|p| Path::new(p).exists())
     else {
-        eprintln!("SKIPPED redis_server_is_ready_by_notify: redis-server is not installed (apt-get install redis-server)");
+        eprintln!(
+            "SKIPPED redis_server_is_ready_by_notify: redis-server is not installed (apt-get install redis-server)"
+        );
         return;
     };
     let sb = Sandbox::new();
