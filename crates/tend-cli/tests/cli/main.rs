@@ -20,6 +20,7 @@ mod names;
 mod node_env;
 mod publish;
 mod python_env;
+mod readiness;
 mod reliability;
 mod signals;
 mod trust;

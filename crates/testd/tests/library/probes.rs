@@ -381,7 +381,10 @@ async fn exec_readiness_runs_in_the_daemons_env_and_cwd() {
         .plugin_path(sb.dir.path())
         .readiness(Readiness::Exec(ExecProbe::new(["test", "-e", marker])));
     let _daemon = sb.start(config).await;
-    assert!(sb.path(marker).exists(), "running before the command passed");
+    assert!(
+        sb.path(marker).exists(),
+        "running before the command passed"
+    );
     // `printenv NAME` fails when NAME is not in its environment.
     let config = sb
         .worker("env", &[])
