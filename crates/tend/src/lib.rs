@@ -147,7 +147,7 @@ mod watch;
 
 pub use cgroup::{CONTAINMENT_ENV, Containment, ContainmentChoice, ResourceUsage};
 pub use children::ChildTable;
-pub use config::{BackgroundProcessConfig, HealthCheck, HealthProbe};
+pub use config::{BackgroundProcessConfig, HealthCheck, HealthProbe, RestartPolicy, StopSignal};
 pub use error::{ConfigProblem, ConfigProblems, Error, Result};
 pub use logs::{LogLine, Stream};
 pub use manager::{

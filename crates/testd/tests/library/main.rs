@@ -12,6 +12,7 @@ mod lifetime;
 mod logs;
 mod names;
 mod orphans;
+mod policy;
 mod sockets;
 mod start;
 mod stop;
