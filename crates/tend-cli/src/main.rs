@@ -21,6 +21,7 @@ macro_rules! say_err {
 mod client;
 mod commands;
 mod config;
+mod deps;
 mod environments;
 mod failure;
 mod protocol;
