@@ -18,6 +18,7 @@ mod limits;
 mod lock;
 mod names;
 mod node_env;
+mod ordering;
 mod publish;
 mod python_env;
 mod reliability;

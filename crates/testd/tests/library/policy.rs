@@ -221,15 +221,21 @@ async fn the_stop_signal_is_the_one_configured() {
 async fn a_daemon_deaf_to_its_stop_signal_is_still_killed_after_the_grace_period() {
     let sb = Sandbox::new();
     // testd without --record-signal stops on SIGTERM and SIGINT only, and
-    // SIGUSR1 is blocked in all its threads: it never acts on it.
+    // SIGWINCH is ignored by default: it never acts on it.
+    let grace = Duration::from_millis(300);
     let config = sb
         .daemon("a", &[])
-        .stop_signal(StopSignal::Usr1)
-        .shutdown_grace_period(Duration::from_millis(300));
+        .stop_signal(StopSignal::Winch)
+        .shutdown_grace_period(grace);
     let daemon = sb.start(config).await;
+    let began = tokio::time::Instant::now();
     within("stop", SOON, sb.manager.stop_process("a"))
         .await
         .unwrap();
+    assert!(
+        began.elapsed() >= grace,
+        "killed only after the grace period"
+    );
     assert!(!daemon.alive());
     assert_eq!(sb.manager.state("a"), Some(ProcessState::Stopped));
 }
