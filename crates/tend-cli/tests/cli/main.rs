@@ -22,6 +22,7 @@ mod ordering;
 mod publish;
 mod python_env;
 mod reliability;
+mod reload;
 mod signals;
 mod trust;
 mod usage;
