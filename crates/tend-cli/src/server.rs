@@ -67,8 +67,9 @@ pub enum Preparation {
 /// for its dependencies, or one of them failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Pending {
-    /// Its start is under way: it waits for what it depends on (or for
-    /// its turn, as `tend up` starts everything). The reason says what.
+    /// Its start is under way: it waits for what it depends on ("waiting
+    /// for db"), or, with an empty reason, for its turn as `tend up`
+    /// starts everything.
     Waiting(String),
     /// It was not started: "waiting for db, which failed: ...".
     Blocked(String),
@@ -217,7 +218,7 @@ impl ServerContext {
                 return Some(ProcessStatus::not_started(
                     name,
                     State::Starting,
-                    Some(reason),
+                    Some(reason).filter(|reason| !reason.is_empty()),
                     retries,
                 ));
             }

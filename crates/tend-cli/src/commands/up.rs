@@ -120,6 +120,8 @@ pub async fn run(file: &Path, names: &[String]) -> CommandResult {
     }
     let mut progress = Progress::subscribe(&manager, &config);
 
+    // Shown as `starting` from now on, not `stopped`.
+    context.queue_starts(&selected);
     // Environments first: a daemon starts with the interpreter its
     // environment provides.
     let prepared = tokio::select! {

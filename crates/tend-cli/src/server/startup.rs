@@ -50,7 +50,7 @@ impl ServerContext {
     /// `tend up` is about to start rather than starting it a second time.
     pub fn queue_starts<'a>(&self, names: impl IntoIterator<Item = &'a String>) {
         for name in names {
-            self.set_pending(name, Some(Pending::Waiting("queued".to_owned())));
+            self.set_pending(name, Some(Pending::Waiting(String::new())));
         }
     }
 
