@@ -292,7 +292,9 @@ async fn next_event(
 ) -> anyhow::Result<i64> {
     let wait = async {
         while let Some(event) = events.recv().await {
-            if event.name == name && event.to == to {
+            // `running -> running` (the first health check passed) is no
+            // arrival.
+            if event.name == name && event.to == to && event.from != to {
                 return Some(ns_of(event.time));
             }
         }

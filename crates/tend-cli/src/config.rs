@@ -6,9 +6,16 @@
 //! fixes everything in one pass. Relative paths are resolved here: `cwd`
 //! and `state_dir` against the config file's folder, `socket` and
 //! `log_file` against the state directory, and a relative `command` that
-//! contains a `/`, `python.requirements` and `node.package` against `cwd`.
+//! contains a `/`, `python.requirements` and `node.package` against `cwd`;
+//! `env_file` against the config file's folder.
+//!
+//! `${VAR}` and `${VAR:-default}` are replaced from the environment of the
+//! reading process (`tend up`) in `command`, `args`, `cwd`, `socket`,
+//! `log_file`, `env` values, `env_file`, `python.requirements` and
+//! `node.package` (see [`interpolate`]).
 
 pub mod duration;
+mod interpolate;
 mod probes;
 mod size;
 mod values;
@@ -20,11 +27,17 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use tend::{BackgroundProcessConfig, ContainmentChoice, HealthCheck, HealthProbe, defaults};
+use tend::{
+    BackgroundProcessConfig, ContainmentChoice, HealthCheck, HealthProbe, RestartPolicy,
+    StopSignal, defaults,
+};
 use toml_edit::ImDocument;
 
-use crate::state_dir::StateDir;
-use values::{Entry, Problems, Span, entries, line_of};
+use crate::{
+    deps::{self, Condition, Dependency},
+    state_dir::StateDir,
+};
+use values::{Entry, Lookup, Problems, Span, entries, line_of, process_env};
 
 /// The config file used when no `-c` is given.
 pub const DEFAULT_CONFIG_FILE: &str = "tend.toml";
@@ -52,6 +65,12 @@ const PROCESS_KEYS: &[&str] = &[
     "cpu_max",
     "python",
     "node",
+    "restart",
+    "retry_first_start",
+    "stop_signal",
+    "autostart",
+    "depends_on",
+    "env_file",
 ];
 const HEALTHCHECK_KEYS: &[&str] = &[
     "interval", "timeout", "retries", "probe", "url", "address", "command", "remote", "status",
@@ -81,6 +100,66 @@ pub struct TendConfig {
     /// The environments to prepare before starting a daemon, by daemon
     /// name; daemons without a `python` or `node` table have none.
     pub environments: HashMap<String, PluginEnvironment>,
+    /// When each daemon starts (`autostart`, `depends_on`), by name; every
+    /// daemon has an entry.
+    pub startup: HashMap<String, Startup>,
+}
+
+impl TendConfig {
+    /// The config of daemon `name`, if the file defines it.
+    pub fn process(&self, name: &str) -> Option<&BackgroundProcessConfig> {
+        self.processes.iter().find(|process| process.name == name)
+    }
+
+    /// The `depends_on` of every daemon.
+    pub fn graph(&self) -> deps::Graph {
+        self.startup
+            .iter()
+            .map(|(name, startup)| (name.clone(), startup.depends_on.clone()))
+            .collect()
+    }
+
+    /// The dependencies of `name` (none for an unknown name).
+    pub fn dependencies(&self, name: &str) -> &[Dependency] {
+        self.startup
+            .get(name)
+            .map_or(&[], |startup| startup.depends_on.as_slice())
+    }
+
+    /// Whether `name` is started by a `tend up` that names no daemon.
+    pub fn autostart(&self, name: &str) -> bool {
+        self.startup
+            .get(name)
+            .is_none_or(|startup| startup.autostart)
+    }
+
+    /// Whether daemon `name` is configured the same in `self` and `other`:
+    /// its settings, environment and startup.
+    pub fn same_daemon(&self, other: &TendConfig, name: &str) -> bool {
+        self.process(name) == other.process(name)
+            && self.environments.get(name) == other.environments.get(name)
+            && self.startup.get(name) == other.startup.get(name)
+    }
+}
+
+/// When a daemon starts: `[process.NAME] autostart` and `depends_on`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Startup {
+    /// Started by `tend up` without names (default true); a daemon with
+    /// `autostart = false` starts when named (`tend up NAME`, `tend start
+    /// NAME`) or when a daemon that starts depends on it.
+    pub autostart: bool,
+    /// The daemons it waits for, and for what, in file order.
+    pub depends_on: Vec<Dependency>,
+}
+
+impl Default for Startup {
+    fn default() -> Self {
+        Startup {
+            autostart: true,
+            depends_on: Vec::new(),
+        }
+    }
 }
 
 /// What to prepare before a daemon starts (`[process.NAME.python]`,
@@ -189,7 +268,7 @@ pub fn load_state_dir(file: &Path) -> Result<StateDir, ConfigError> {
 
 fn state_dir_in(file: &Path, text: &str) -> Result<StateDir, ConfigError> {
     let document = parse_document(file, text)?;
-    let mut problems = Problems::new(text);
+    let mut problems = Problems::new(text, process_env);
     let settings = document
         .as_table()
         .get_key_value("settings")
@@ -299,11 +378,17 @@ fn parse_document<'text>(
 }
 
 /// Validates the config `text` of the file at `file` (an absolute path;
-/// its folder is the base of relative paths).
+/// its folder is the base of relative paths), with `${VAR}` taken from
+/// this process's environment.
 pub fn parse(file: &Path, text: &str) -> Result<TendConfig, ConfigError> {
+    parse_with_env(file, text, process_env)
+}
+
+/// [`parse`], with `${VAR}` taken from `env`.
+pub fn parse_with_env(file: &Path, text: &str, env: Lookup) -> Result<TendConfig, ConfigError> {
     let document = parse_document(file, text)?;
     let base = base_dir(file);
-    let mut problems = Problems::new(text);
+    let mut problems = Problems::new(text, env);
 
     let mut settings = None;
     let mut process_tables = None;
@@ -320,12 +405,15 @@ pub fn parse(file: &Path, text: &str) -> Result<TendConfig, ConfigError> {
     match process_tables {
         Some(entry) => {
             if let Some(table) = problems.table(&entry) {
+                let mut defined = Vec::new();
                 for process in entries(table, "process", &entry.span()) {
+                    defined.push(process.key["process.".len()..].to_owned());
                     if let Some(read) = read_process(&process, base, &state_dir, &mut problems) {
                         processes.push(read);
                     }
                 }
                 report_shared_paths(&processes, &state_dir, &mut problems);
+                report_dependency_problems(&processes, &defined, &mut problems);
                 if table.is_empty() {
                     problems.add(entry.span(), "process", "defines no daemon");
                 }
@@ -344,12 +432,17 @@ pub fn parse(file: &Path, text: &str) -> Result<TendConfig, ConfigError> {
             .filter(|read| read.environment != PluginEnvironment::default())
             .map(|read| (read.config.name.clone(), read.environment.clone()))
             .collect();
+        let startup = processes
+            .iter()
+            .map(|read| (read.config.name.clone(), read.startup.clone()))
+            .collect();
         Ok(TendConfig {
             file: file.to_owned(),
             state_dir,
             containment,
             processes: processes.into_iter().map(|read| read.config).collect(),
             environments,
+            startup,
         })
     } else {
         Err(ConfigError::Invalid {
@@ -416,7 +509,10 @@ type KeySpans = HashMap<&'static str, Span>;
 struct ReadProcess {
     config: BackgroundProcessConfig,
     environment: PluginEnvironment,
+    startup: Startup,
     spans: KeySpans,
+    /// Where each entry of `depends_on` is written, in its order.
+    dependency_spans: Vec<Span>,
 }
 
 /// The dependency files of the `python` and `node` tables, as written
@@ -450,6 +546,9 @@ fn read_process(
     let mut cwd = base.to_owned();
     let mut reported: BTreeSet<&'static str> = BTreeSet::new();
     let mut environment_keys = EnvironmentKeys::default();
+    let mut startup = Startup::default();
+    let mut dependency_spans = Vec::new();
+    let mut env_files = Vec::new();
 
     for entry in entries(table, &process.key, &process.span()) {
         let short = &entry.key[process.key.len() + 1..];
@@ -460,25 +559,69 @@ fn read_process(
         spans.insert(key, entry.span());
         let before_key = problems.len();
         match key {
-            "command" => command = problems.non_empty_string(&entry),
+            "command" => command = problems.expanded_string(&entry),
             "args" => {
-                if let Some(args) = problems.string_list(&entry) {
+                if let Some(args) = problems.expanded_list(&entry) {
                     config = config.args(args);
                 }
             }
             "cwd" => {
-                if let Some(dir) = problems.non_empty_string(&entry) {
+                if let Some(dir) = problems.expanded_string(&entry) {
                     cwd = base.join(dir);
                 }
             }
             "socket" => {
-                if let Some(socket) = problems.non_empty_string(&entry) {
+                if let Some(socket) = problems.expanded_string(&entry) {
                     config = config.socket_path(state_dir.path().join(socket));
                 }
             }
             "env" => {
-                if let Some(vars) = problems.string_map(&entry) {
+                if let Some(vars) = problems.expanded_map(&entry) {
                     config = config.envs(vars);
+                }
+            }
+            "env_file" => {
+                if let Some(vars) = read_env_files(&entry, base, problems) {
+                    env_files = vars;
+                }
+            }
+            "restart" => match problems.string(&entry).as_deref() {
+                Some("always") => config.restart = RestartPolicy::Always,
+                Some("on-failure") => config.restart = RestartPolicy::OnFailure,
+                Some("never") => config.restart = RestartPolicy::Never,
+                Some(other) => problems.add(
+                    entry.span(),
+                    &entry.key,
+                    format!("must be \"always\", \"on-failure\" or \"never\", found {other:?}"),
+                ),
+                None => {}
+            },
+            "retry_first_start" => {
+                if let Some(retry) = problems.boolean(&entry) {
+                    config.retry_first_start = retry;
+                }
+            }
+            "stop_signal" => {
+                if let Some(name) = problems.string(&entry) {
+                    match StopSignal::from_name(&name) {
+                        Some(signal) => config.stop_signal = signal,
+                        None => problems.add(
+                            entry.span(),
+                            &entry.key,
+                            format!("must be {}, found {name:?}", StopSignal::NAMES),
+                        ),
+                    }
+                }
+            }
+            "autostart" => {
+                if let Some(autostart) = problems.boolean(&entry) {
+                    startup.autostart = autostart;
+                }
+            }
+            "depends_on" => {
+                if let Some((dependencies, spans)) = read_depends_on(&entry, problems) {
+                    startup.depends_on = dependencies;
+                    dependency_spans = spans;
                 }
             }
             "startup_timeout" => {
@@ -507,7 +650,7 @@ fn read_process(
                 }
             }
             "log_file" => {
-                if let Some(file) = problems.non_empty_string(&entry) {
+                if let Some(file) = problems.expanded_string(&entry) {
                     config = config.log_file(state_dir.path().join(file));
                 }
             }
@@ -624,6 +767,11 @@ fn read_process(
             }),
     };
     config.plugin_path = Some(cwd);
+    // The file's variables first: `env` overrides them.
+    if !env_files.is_empty() {
+        let own = std::mem::take(&mut config.env);
+        config = config.envs(env_files).envs(own);
+    }
     if config.log_file.is_none() {
         config.log_file = Some(state_dir.default_log_file(name));
     }
@@ -650,8 +798,193 @@ fn read_process(
     (problems.len() == before).then_some(ReadProcess {
         config,
         environment,
+        startup,
         spans,
+        dependency_spans,
     })
+}
+
+/// `env_file`: one file or a list, read in order (a later file wins),
+/// relative to the config file's folder.
+fn read_env_files(
+    entry: &Entry<'_>,
+    base: &Path,
+    problems: &mut Problems<'_>,
+) -> Option<Vec<(String, String)>> {
+    let files = if entry.item.is_str() {
+        vec![problems.expanded_string(entry)?]
+    } else {
+        problems.expanded_list(entry)?
+    };
+    let before = problems.len();
+    let mut vars = Vec::new();
+    for file in files {
+        let path = base.join(&file);
+        match read_env_file(&path) {
+            Ok(read) => vars.extend(read),
+            Err(message) => problems.add(entry.span(), &entry.key, message),
+        }
+    }
+    (problems.len() == before).then_some(vars)
+}
+
+/// The variables of one dotenv file (`KEY=value` lines, `#` comments,
+/// quotes, `export` prefixes and `${VAR}` as the `dotenvy` crate reads
+/// them). Held to the config file's own standard: a file another user can
+/// write could set `LD_PRELOAD` for the daemon.
+fn read_env_file(path: &Path) -> Result<Vec<(String, String)>, String> {
+    let text = read_trusted(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut vars = Vec::new();
+    for item in dotenvy::from_read_iter(text.as_bytes()) {
+        match item {
+            Ok(pair) => vars.push(pair),
+            Err(dotenvy::Error::LineParse(line, index)) => {
+                let number = line_of(&text, text.find(&line).unwrap_or(0));
+                return Err(format!(
+                    "{}:{number}: cannot parse {line:?} (at character {index}); write KEY=value",
+                    path.display()
+                ));
+            }
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        }
+    }
+    Ok(vars)
+}
+
+/// `depends_on`: a list of names (each waited for until healthy), or a
+/// table of names to conditions. Returns the dependencies and where each
+/// is written.
+fn read_depends_on(
+    entry: &Entry<'_>,
+    problems: &mut Problems<'_>,
+) -> Option<(Vec<Dependency>, Vec<Span>)> {
+    let before = problems.len();
+    let mut dependencies = Vec::new();
+    let mut spans = Vec::new();
+    if let Some(array) = entry.item.as_array() {
+        let names = problems.string_list(entry)?;
+        for (index, name) in names.into_iter().enumerate() {
+            let span = array
+                .get(index)
+                .and_then(|value| value.span())
+                .or_else(|| entry.span());
+            dependencies.push(Dependency {
+                name,
+                condition: Condition::Healthy,
+            });
+            spans.push(span);
+        }
+    } else if entry.item.is_table_like() {
+        let table = problems.table(entry)?;
+        for inner in entries(table, &entry.key, &entry.span()) {
+            let name = inner.key[entry.key.len() + 1..].to_owned();
+            let Some(condition) = problems.string(&inner) else {
+                continue;
+            };
+            match Condition::from_name(&condition) {
+                Some(condition) => {
+                    dependencies.push(Dependency { name, condition });
+                    spans.push(inner.span());
+                }
+                None => problems.add(
+                    inner.span(),
+                    &inner.key,
+                    format!("must be {}, found {condition:?}", Condition::NAMES),
+                ),
+            }
+        }
+    } else {
+        problems.add(
+            entry.span(),
+            &entry.key,
+            format!(
+                "must be a list of daemon names or a table of names to conditions ({}), found {}",
+                Condition::NAMES,
+                entry.item.type_name()
+            ),
+        );
+    }
+    (problems.len() == before).then_some((dependencies, spans))
+}
+
+/// Reports dependencies on unknown daemons or on themselves, `completed`
+/// on a daemon that is not a one-shot task, and cycles. `defined` names
+/// every daemon table, those with problems included: depending on one of
+/// those is not a problem of its own.
+fn report_dependency_problems(
+    processes: &[ReadProcess],
+    defined: &[String],
+    problems: &mut Problems<'_>,
+) {
+    let by_name: HashMap<&str, &ReadProcess> = processes
+        .iter()
+        .map(|read| (read.config.name.as_str(), read))
+        .collect();
+    for read in processes {
+        let name = &read.config.name;
+        for (dependency, span) in read.startup.depends_on.iter().zip(&read.dependency_spans) {
+            let key = format!("process.{name}.depends_on");
+            let Some(target) = by_name.get(dependency.name.as_str()) else {
+                if defined.contains(&dependency.name) {
+                    continue;
+                }
+                problems.add(
+                    span.clone(),
+                    key,
+                    format!(
+                        "no daemon named {:?} in this file (daemons: {})",
+                        dependency.name,
+                        defined.join(", ")
+                    ),
+                );
+                continue;
+            };
+            if dependency.name == *name {
+                problems.add(
+                    span.clone(),
+                    key,
+                    format!("{name:?} cannot depend on itself"),
+                );
+                continue;
+            }
+            if dependency.condition == Condition::Completed
+                && target.config.restart != RestartPolicy::Never
+            {
+                problems.add(
+                    span.clone(),
+                    key,
+                    format!(
+                        "\"completed\" waits for a one-shot task to exit 0, but {:?} is restarted (restart = {:?}); set `restart = \"never\"` on it, or wait for \"ready\"",
+                        dependency.name,
+                        target.config.restart.as_str()
+                    ),
+                );
+            }
+        }
+    }
+    let graph: deps::Graph = processes
+        .iter()
+        .map(|read| (read.config.name.clone(), read.startup.depends_on.clone()))
+        .collect();
+    let order: Vec<String> = processes.iter().map(|r| r.config.name.clone()).collect();
+    for cycle in deps::cycles(&graph, &order) {
+        // A daemon depending on itself was reported above.
+        if cycle.len() <= 2 {
+            continue;
+        }
+        let first = &cycle[0];
+        let span = by_name
+            .get(first.as_str())
+            .and_then(|read| read.spans.get("depends_on").cloned().flatten());
+        problems.add(
+            span,
+            format!("process.{first}.depends_on"),
+            format!(
+                "dependency cycle: {}; no daemon of it could ever start",
+                cycle.join(" -> ")
+            ),
+        );
+    }
 }
 
 /// `events`: a list of non-empty event names.
@@ -694,7 +1027,7 @@ fn read_file_table(
         let short = &inner.key[entry.key.len() + 1..];
         if short == short_key {
             spans.insert(file_key, inner.span());
-            file = problems.non_empty_string(&inner);
+            file = problems.expanded_string(&inner);
         } else {
             problems.unknown_key(&inner, known);
         }

@@ -21,6 +21,7 @@ macro_rules! say_err {
 mod client;
 mod commands;
 mod config;
+mod deps;
 mod environments;
 mod failure;
 mod protocol;
@@ -49,9 +50,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run every daemon of a config in the foreground and supervise them
-    /// until SIGINT, SIGTERM or `tend down`.
-    Up(ConfigFileArg),
+    /// Run the daemons of a config in the foreground and supervise them
+    /// until SIGINT, SIGTERM or `tend down` (SIGHUP reloads the file).
+    Up {
+        #[command(flatten)]
+        file: ConfigFileArg,
+        /// Start only these daemons (and what they depend on); by default
+        /// every daemon without `autostart = false`.
+        #[arg(value_name = "NAME")]
+        names: Vec<String>,
+    },
     /// Show the daemons' states.
     Status {
         /// Only this daemon.
@@ -114,6 +122,9 @@ enum Command {
     },
     /// Stop every daemon and the supervisor; returns once it is gone.
     Down(SupervisorArgs),
+    /// Reread the config file and apply it: start new daemons, stop
+    /// removed ones, restart changed ones, leave the rest running.
+    Reload(SupervisorArgs),
     /// Validate a config without starting anything.
     Check(ConfigFileArg),
 }
@@ -165,14 +176,14 @@ fn main() -> ExitCode {
 fn run(command: Command) -> Result<(), Failure> {
     // `up` supervises with a worker per core; clients need one thread.
     let runtime = match command {
-        Command::Up(_) => tokio::runtime::Builder::new_multi_thread(),
+        Command::Up { .. } => tokio::runtime::Builder::new_multi_thread(),
         _ => tokio::runtime::Builder::new_current_thread(),
     }
     .enable_all()
     .build()?;
     runtime.block_on(async move {
         match command {
-            Command::Up(args) => commands::up::run(&args.config).await,
+            Command::Up { file, names } => commands::up::run(&file.config, &names).await,
             Command::Check(args) => commands::check::run(&args.config),
             Command::Status { name, json, target } => {
                 commands::status::run(&target, name, json).await
@@ -200,6 +211,7 @@ fn run(command: Command) -> Result<(), Failure> {
                 target,
             } => commands::publish::run(&target, &event, data.as_deref()).await,
             Command::Down(target) => commands::down::run(&target).await,
+            Command::Reload(target) => commands::reload::run(&target).await,
         }
     })
 }

@@ -58,6 +58,11 @@ pub enum Request {
         #[serde(default)]
         follow: bool,
     },
+    /// Reread the config file and apply it: start new daemons, stop
+    /// removed ones, restart those whose settings changed, leave the rest
+    /// running. A file with problems is refused whole (the error lists
+    /// them) and nothing changes. Answered once every change is made.
+    Reload,
     /// Stop every daemon and the supervisor. Answered at once; the
     /// connection then stays open until the supervisor has finished, so its
     /// end tells the client that everything is down.
@@ -137,6 +142,33 @@ pub struct Response {
     /// `publish`: how many daemons the event was queued for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queued: Option<usize>,
+    /// `reload`: what changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reload: Option<ReloadSummary>,
+    /// Things the user should know besides the outcome, one sentence
+    /// each: dependents stopped along with a daemon, a config file
+    /// changed since it was loaded, daemons that failed to start on a
+    /// reload.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// What a `reload` changed, by daemon name (each list sorted).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadSummary {
+    /// New in the file, and started.
+    pub started: Vec<String>,
+    /// New in the file, not started (`autostart = false`).
+    pub added: Vec<String>,
+    /// Gone from the file, and stopped.
+    pub removed: Vec<String>,
+    /// Settings changed, and restarted with the new ones.
+    pub restarted: Vec<String>,
+    /// Settings changed, not running: the new settings apply at the next
+    /// start.
+    pub updated: Vec<String>,
+    /// Unchanged, left alone.
+    pub unchanged: Vec<String>,
 }
 
 /// Reads a field that is there as `Some`, also when it is `null` (which
@@ -242,8 +274,17 @@ pub struct ProcessStatus {
     pub failed_health_checks: u32,
     /// Failed checks that trigger a restart; null without a health check.
     pub health_check_retries: Option<u32>,
-    /// Why it last failed, if it did.
+    /// Why it last failed, if it did; for a daemon not started yet
+    /// because of its dependencies, what it waits for ("waiting for db")
+    /// or why it will not start ("waiting for db, which failed: ...").
     pub last_error: Option<String>,
+    /// It ran to its end, exited 0 and is not restarted (a finished
+    /// one-shot task, `restart = "never"` or `"on-failure"`).
+    #[serde(default)]
+    pub completed: bool,
+    /// A health check of its current incarnation passed.
+    #[serde(default)]
+    pub passed_health_check: bool,
     /// When the current incarnation became running (Unix milliseconds).
     pub started_at: Option<u64>,
     /// How long it has been running, in milliseconds.
@@ -312,6 +353,8 @@ impl ProcessStatus {
             failed_health_checks: 0,
             health_check_retries,
             last_error: error,
+            completed: false,
+            passed_health_check: false,
             started_at: None,
             uptime_ms: None,
             last_exit: None,
@@ -333,6 +376,8 @@ impl ProcessStatus {
             failed_health_checks: info.failed_health_checks,
             health_check_retries,
             last_error: info.last_error,
+            completed: info.completed,
+            passed_health_check: info.passed_health_check,
             started_at: info.started_at.map(unix_ms),
             uptime_ms: info.uptime.map(|d| d.as_millis() as u64),
             last_exit: info.last_exit.map(|exit| exit.to_string()),

@@ -14,13 +14,15 @@
 //! served at once, so no client can hold the supervisor's resources.
 
 mod handlers;
+mod reload;
+mod startup;
 
 use std::{
     collections::HashMap,
     fs, io,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
 
@@ -61,12 +63,24 @@ pub enum Preparation {
     Failed(String),
 }
 
+/// Why a daemon the manager does not run (yet) is not running: it waits
+/// for its dependencies, or one of them failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pending {
+    /// Its start is under way: it waits for what it depends on ("waiting
+    /// for db"), or, with an empty reason, for its turn as `tend up`
+    /// starts everything.
+    Waiting(String),
+    /// It was not started: "waiting for db, which failed: ...".
+    Blocked(String),
+}
+
 /// What request handlers can reach: the running supervisor.
 pub struct ServerContext {
     /// The library's manager of the daemons.
     pub manager: BackgroundProcessManager,
-    /// The config `tend up` runs.
-    pub config: TendConfig,
+    /// The config `tend up` runs; replaced whole by a reload.
+    config: RwLock<Arc<TendConfig>>,
     /// The children of this process: the manager's daemons, the
     /// environment installers, and what the subreaper must not reap.
     pub children: tend::ChildTable,
@@ -77,6 +91,13 @@ pub struct ServerContext {
     /// Connections of `down` clients, kept open until the supervisor is
     /// finished: their closing tells the client that everything is down.
     down_clients: Mutex<Vec<UnixStream>>,
+    /// Daemons whose start waits for their dependencies, or was given up
+    /// because one failed, by name.
+    pending: Mutex<HashMap<String, Pending>>,
+    /// Bumped at each change of `pending`, so waiting dependents look again.
+    pending_changed: watch::Sender<u64>,
+    /// Held by a reload, so two never interleave.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 impl ServerContext {
@@ -93,22 +114,51 @@ impl ServerContext {
             .collect();
         ServerContext {
             manager,
-            config,
             children,
             preparations: Mutex::new(preparations),
             shutdown: watch::channel(false).0,
             down_clients: Mutex::new(Vec::new()),
+            config: RwLock::new(Arc::new(config)),
+            pending: Mutex::new(HashMap::new()),
+            pending_changed: watch::channel(0).0,
+            reloading: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The config in force (the one last loaded or reloaded).
+    pub fn config(&self) -> Arc<TendConfig> {
+        Arc::clone(&self.config.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn replace_config(&self, config: TendConfig) {
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
     }
 
     /// The config of daemon `name` as the file gives it, or why there is
     /// none.
-    pub fn config_of(&self, name: &str) -> Result<&BackgroundProcessConfig, String> {
-        self.config
-            .processes
-            .iter()
-            .find(|process| process.name == name)
-            .ok_or_else(|| format!("no daemon named {name:?} in {}", self.config.file.display()))
+    pub fn config_of(&self, name: &str) -> Result<BackgroundProcessConfig, String> {
+        let config = self.config();
+        config
+            .process(name)
+            .cloned()
+            .ok_or_else(|| format!("no daemon named {name:?} in {}", config.file.display()))
+    }
+
+    /// Records why `name` is not running yet, or forgets it (`None`).
+    pub fn set_pending(&self, name: &str, pending: Option<Pending>) {
+        {
+            let mut map = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            match pending {
+                Some(pending) => map.insert(name.to_owned(), pending),
+                None => map.remove(name),
+            };
+        }
+        self.pending_changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    fn pending_of(&self, name: &str) -> Option<Pending> {
+        let map = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(name).cloned()
     }
 
     /// Records how preparing the environment of `name` ended.
@@ -117,6 +167,13 @@ impl ServerContext {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(name.to_owned(), preparation);
+    }
+
+    fn forget_preparation(&self, name: &str) {
+        self.preparations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
     }
 
     fn preparation(&self, name: &str) -> Option<Preparation> {
@@ -129,7 +186,7 @@ impl ServerContext {
     pub fn startable_config(&self, name: &str) -> Result<BackgroundProcessConfig, String> {
         let config = self.config_of(name)?;
         match self.preparation(name) {
-            None => Ok(config.clone()),
+            None => Ok(config),
             Some(Preparation::Ready(prepared)) => Ok(*prepared),
             Some(Preparation::Pending) => Err(format!(
                 "the environment of {name:?} is still being prepared"
@@ -140,49 +197,62 @@ impl ServerContext {
         }
     }
 
-    /// Starts daemon `name`; resolves once it is running, or with why it
-    /// is not.
-    pub async fn start(&self, name: &str) -> Result<(), String> {
-        let config = self.startable_config(name)?;
-        self.manager
-            .start_process(config)
-            .await
-            .map_err(|e| e.to_string())
-    }
-
-    /// The status of `name`: the manager's, or for a daemon it never
-    /// started, what became of its environment (`starting` while it is
-    /// prepared, `error` if that failed).
+    /// The status of `name`: the manager's while it is active; else why
+    /// it waits or was not started (see [`Pending`]); else the manager's
+    /// last word; else, for a daemon it never started, what became of its
+    /// environment (`starting` while it is prepared, `error` if that
+    /// failed), or `stopped`. `None` for a name the config does not have
+    /// and the manager never ran.
     pub fn process_status(&self, name: &str) -> Option<ProcessStatus> {
-        let retries = self
-            .config_of(name)
-            .ok()
+        let config = self.config_of(name).ok();
+        let retries = config
+            .as_ref()
             .and_then(|config| config.healthcheck)
             .map(|check| check.retries);
-        if let Some(info) = self.manager.process_info(name) {
+        let info = self.manager.process_info(name);
+        if let Some(info) = info.as_ref().filter(|info| info.state.is_active()) {
+            return Some(ProcessStatus::new(info.clone(), retries));
+        }
+        match self.pending_of(name) {
+            Some(Pending::Waiting(reason)) => {
+                return Some(ProcessStatus::not_started(
+                    name,
+                    State::Starting,
+                    Some(reason).filter(|reason| !reason.is_empty()),
+                    retries,
+                ));
+            }
+            Some(Pending::Blocked(reason)) => {
+                return Some(ProcessStatus::not_started(
+                    name,
+                    State::Error,
+                    Some(reason),
+                    retries,
+                ));
+            }
+            None => {}
+        }
+        if let Some(info) = info {
             return Some(ProcessStatus::new(info, retries));
         }
-        match self.preparation(name)? {
-            Preparation::Pending => Some(ProcessStatus::not_started(
-                name,
-                State::Starting,
-                None,
-                retries,
-            )),
-            Preparation::Failed(reason) => Some(ProcessStatus::not_started(
-                name,
-                State::Error,
-                Some(reason),
-                retries,
-            )),
-            Preparation::Ready(_) => None,
-        }
+        config.as_ref()?;
+        Some(match self.preparation(name) {
+            Some(Preparation::Pending) => {
+                ProcessStatus::not_started(name, State::Starting, None, retries)
+            }
+            Some(Preparation::Failed(reason)) => {
+                ProcessStatus::not_started(name, State::Error, Some(reason), retries)
+            }
+            Some(Preparation::Ready(_)) | None => {
+                ProcessStatus::not_started(name, State::Stopped, None, retries)
+            }
+        })
     }
 
-    /// The status of every daemon known, sorted by name.
+    /// The status of every daemon of the config, sorted by name.
     pub fn statuses(&self) -> Vec<ProcessStatus> {
         let mut statuses: Vec<ProcessStatus> = self
-            .config
+            .config()
             .processes
             .iter()
             .filter_map(|process| self.process_status(&process.name))
@@ -353,7 +423,7 @@ impl<'s> Connection<'s> {
         }
     }
 
-    async fn serve(&mut self, context: &ServerContext) -> io::Result<After> {
+    async fn serve(&mut self, context: &Arc<ServerContext>) -> io::Result<After> {
         let mut line = Vec::new();
         loop {
             line.clear();

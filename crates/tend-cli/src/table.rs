@@ -170,6 +170,8 @@ mod tests {
             failed_health_checks: 0,
             health_check_retries: None,
             last_error: None,
+            completed: false,
+            passed_health_check: false,
             started_at: None,
             uptime_ms: None,
             last_exit: None,

@@ -101,6 +101,134 @@ impl HealthProbe {
     }
 }
 
+/// When a daemon that ended without being asked to is started again.
+///
+/// A failure is an exit with a non-zero code or by a signal, a startup
+/// timeout, or failed health checks; a clean exit is an exit with code 0
+/// after the daemon became ready. Restarts are always limited by
+/// [`BackgroundProcessConfig::max_restart_attempts`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum RestartPolicy {
+    /// Restart after any end, a clean exit included (tend's behaviour
+    /// before the policy existed, and the default).
+    #[default]
+    Always,
+    /// Restart after a failure; a clean exit leaves the daemon `Stopped`
+    /// and marked [completed](crate::ProcessInfo::completed).
+    OnFailure,
+    /// Never restart: a clean exit leaves the daemon `Stopped` and
+    /// marked completed (a one-shot task: a migration, a setup step); a
+    /// failure leaves it in `Error`.
+    Never,
+}
+
+impl RestartPolicy {
+    /// The name used in config files: `always`, `on-failure`, `never`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartPolicy::Always => "always",
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::Never => "never",
+        }
+    }
+
+    /// Whether an end of the daemon is followed by a restart (budget
+    /// permitting): `clean` is an exit with code 0 after readiness.
+    pub fn restarts(self, clean: bool) -> bool {
+        match self {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => !clean,
+            RestartPolicy::Never => false,
+        }
+    }
+}
+
+/// The signal that asks a daemon to stop; SIGKILL follows after the
+/// grace period whichever is chosen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum StopSignal {
+    /// `SIGTERM`, the default.
+    #[default]
+    Term,
+    /// `SIGINT`, what Ctrl-C sends (Python programs raise
+    /// `KeyboardInterrupt`).
+    Int,
+    /// `SIGQUIT` (nginx: graceful shutdown).
+    Quit,
+    /// `SIGHUP`.
+    Hup,
+    /// `SIGUSR1`.
+    Usr1,
+    /// `SIGUSR2`.
+    Usr2,
+    /// `SIGWINCH` (Apache httpd: graceful stop).
+    Winch,
+}
+
+impl StopSignal {
+    /// Every stop signal, in the order of [`Self::NAMES`].
+    pub const ALL: [StopSignal; 7] = [
+        StopSignal::Term,
+        StopSignal::Int,
+        StopSignal::Quit,
+        StopSignal::Hup,
+        StopSignal::Usr1,
+        StopSignal::Usr2,
+        StopSignal::Winch,
+    ];
+
+    /// The names accepted by [`Self::from_name`], as written in messages.
+    pub const NAMES: &'static str =
+        "SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2 or SIGWINCH";
+
+    /// The signal's name: `SIGTERM`.
+    pub fn name(self) -> &'static str {
+        match self {
+            StopSignal::Term => "SIGTERM",
+            StopSignal::Int => "SIGINT",
+            StopSignal::Quit => "SIGQUIT",
+            StopSignal::Hup => "SIGHUP",
+            StopSignal::Usr1 => "SIGUSR1",
+            StopSignal::Usr2 => "SIGUSR2",
+            StopSignal::Winch => "SIGWINCH",
+        }
+    }
+
+    /// The signal named `name`: `SIGINT`, `INT` or `sigint`. SIGKILL and
+    /// SIGSTOP are refused: neither lets a daemon stop gracefully.
+    pub fn from_name(name: &str) -> Option<StopSignal> {
+        let upper = name.trim().to_ascii_uppercase();
+        let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+        StopSignal::ALL
+            .into_iter()
+            .find(|signal| &signal.name()[3..] == bare)
+    }
+
+    /// The signal number.
+    pub fn number(self) -> i32 {
+        self.to_signal().as_raw()
+    }
+
+    pub(crate) fn to_signal(self) -> rustix::process::Signal {
+        use rustix::process::Signal;
+        match self {
+            StopSignal::Term => Signal::TERM,
+            StopSignal::Int => Signal::INT,
+            StopSignal::Quit => Signal::QUIT,
+            StopSignal::Hup => Signal::HUP,
+            StopSignal::Usr1 => Signal::USR1,
+            StopSignal::Usr2 => Signal::USR2,
+            StopSignal::Winch => Signal::WINCH,
+        }
+    }
+}
+
+impl std::fmt::Display for StopSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.name())
+    }
+}
+
 /// How to run and supervise one daemon. Build it with [`Self::new`] and the
 /// chained setters; every setting not given takes its value from
 /// [`crate::defaults`].
@@ -130,8 +258,21 @@ pub struct BackgroundProcessConfig {
     /// send `WATCHDOG=1` at least this often once ready; a missed one is a
     /// health failure that replaces the daemon (systemd's `WatchdogSec=`).
     pub watchdog: Option<Duration>,
-    /// Time allowed between SIGTERM and SIGKILL.
+    /// Time allowed between the stop signal and SIGKILL.
     pub shutdown_grace_period: Duration,
+    /// The signal that asks the daemon to stop (SIGTERM by default).
+    pub stop_signal: StopSignal,
+    /// When the daemon is restarted after it ended on its own.
+    pub restart: RestartPolicy,
+    /// Whether a first start that fails (an exit before readiness, a
+    /// startup timeout, a spawn error) is retried like a later failure,
+    /// within [`max_restart_attempts`](Self::max_restart_attempts) and
+    /// after the restart delay. Off by default: a first start that fails
+    /// fails at once, and `start_process` returns its error. With it,
+    /// `start_process` resolves at the first readiness, or with the last
+    /// error once the attempts are used up. Never retried with
+    /// [`RestartPolicy::Never`].
+    pub retry_first_start: bool,
     /// Periodic health check, if any (needs a socket).
     pub healthcheck: Option<HealthCheck>,
     /// What each health check does.
@@ -184,6 +325,9 @@ impl BackgroundProcessConfig {
             readiness: Readiness::Socket,
             watchdog: None,
             shutdown_grace_period: defaults::SHUTDOWN_GRACE_PERIOD,
+            stop_signal: StopSignal::Term,
+            restart: RestartPolicy::Always,
+            retry_first_start: false,
             healthcheck: None,
             health_probe: HealthProbe::Connect,
             max_restart_attempts: defaults::MAX_RESTART_ATTEMPTS,
@@ -255,9 +399,28 @@ impl BackgroundProcessConfig {
         self
     }
 
-    /// Sets the time between SIGTERM and SIGKILL.
+    /// Sets the time between the stop signal and SIGKILL.
     pub fn shutdown_grace_period(mut self, grace: Duration) -> Self {
         self.shutdown_grace_period = grace;
+        self
+    }
+
+    /// Sets the signal that asks the daemon to stop.
+    pub fn stop_signal(mut self, signal: StopSignal) -> Self {
+        self.stop_signal = signal;
+        self
+    }
+
+    /// Sets when the daemon is restarted after it ended on its own.
+    pub fn restart(mut self, policy: RestartPolicy) -> Self {
+        self.restart = policy;
+        self
+    }
+
+    /// Retries a first start that fails (see
+    /// [`retry_first_start`](Self::retry_first_start)).
+    pub fn retry_first_start(mut self, retry: bool) -> Self {
+        self.retry_first_start = retry;
         self
     }
 
@@ -708,6 +871,39 @@ mod tests {
             let config = BackgroundProcessConfig::new("p", "/bin/true").cpu_max(cpus);
             assert_eq!(problems(&config), ["cpu_max"], "{cpus}");
         }
+    }
+
+    #[test]
+    fn stop_signals_by_name() {
+        for signal in StopSignal::ALL {
+            assert_eq!(StopSignal::from_name(signal.name()), Some(signal));
+            assert_eq!(StopSignal::from_name(&signal.name()[3..]), Some(signal));
+            assert_eq!(
+                StopSignal::from_name(&signal.name().to_lowercase()),
+                Some(signal)
+            );
+        }
+        assert_eq!(StopSignal::Int.number(), 2);
+        for bad in ["SIGKILL", "KILL", "SIGSTOP", "9", "", "SIG", "TERMX"] {
+            assert_eq!(StopSignal::from_name(bad), None, "{bad}");
+        }
+    }
+
+    /// Restart or not, per policy and kind of end.
+    #[test]
+    fn restart_policy_table() {
+        let rows = [
+            (RestartPolicy::Always, false, true),
+            (RestartPolicy::Always, true, true),
+            (RestartPolicy::OnFailure, false, true),
+            (RestartPolicy::OnFailure, true, false),
+            (RestartPolicy::Never, false, false),
+            (RestartPolicy::Never, true, false),
+        ];
+        for (policy, clean, restarts) in rows {
+            assert_eq!(policy.restarts(clean), restarts, "{policy:?} clean={clean}");
+        }
+        assert_eq!(RestartPolicy::default(), RestartPolicy::Always);
     }
 
     #[test]

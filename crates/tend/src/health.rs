@@ -96,6 +96,8 @@ struct Entry {
     connect_only: bool,
     /// Told the reason once the checks fail `retries` times in a row.
     unhealthy: Option<oneshot::Sender<String>>,
+    /// A check passed and the daemon's snapshot says so.
+    passed: bool,
 }
 
 /// A connection an `Accept` check planted.
@@ -194,6 +196,7 @@ impl HealthBoard {
                     unmatched: 0,
                     connect_only: false,
                     unhealthy: Some(unhealthy),
+                    passed: false,
                 },
             );
             (id, wake)
@@ -328,7 +331,13 @@ async fn run(board: Weak<HealthBoard>, wake: Arc<Notify>) {
 fn record(entry: &mut Entry, result: Result<(), String>) -> bool {
     let before = entry.failures;
     match result {
-        Ok(()) => entry.failures = 0,
+        Ok(()) => {
+            entry.failures = 0;
+            if !entry.passed {
+                entry.passed = true;
+                entry.shared.health_passed();
+            }
+        }
         Err(reason) => {
             entry.failures += 1;
             tracing::debug!(path = ?entry.path, failures = entry.failures, %reason, "health check failed");
@@ -465,6 +474,7 @@ mod tests {
             unmatched: 0,
             connect_only: false,
             unhealthy: None,
+            passed: false,
         }
     }
 

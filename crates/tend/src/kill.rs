@@ -1,5 +1,6 @@
-//! Terminating a whole process group: SIGTERM (and SIGCONT, so a stopped
-//! member can act on it), then SIGKILL once the grace period is over.
+//! Terminating a whole process group: the stop signal, SIGTERM unless the
+//! daemon chose another (and SIGCONT, so a stopped member can act on it),
+//! then SIGKILL once the grace period is over.
 //!
 //! "Gone" means no live member is left, not merely that the leader exited:
 //! children the daemon forked stay in its group and must die with it. tend
@@ -20,7 +21,9 @@ use tokio::{
     time::Instant,
 };
 
-use crate::{cgroup::DaemonCgroup, defaults, procfs, spawn::Leader, state::ExitStatus};
+use crate::{
+    cgroup::DaemonCgroup, config::StopSignal, defaults, procfs, spawn::Leader, state::ExitStatus,
+};
 
 /// How a group termination ended.
 #[derive(Debug)]
@@ -43,7 +46,8 @@ pub(crate) fn signal_group(pgid: i32, signal: Signal) -> io::Result<()> {
 }
 
 /// Terminates group `pgid` — and, with cgroup containment, everything in
-/// the daemon's cgroup — within `grace` (then SIGKILL, by `cgroup.kill`
+/// the daemon's cgroup — with `stop` (SIGTERM for most daemons) and within
+/// `grace` (then SIGKILL, by `cgroup.kill`
 /// where there is a cgroup). `leader` is the group leader when it is
 /// tend's unreaped child; it is reaped here. The group is gone when the
 /// leader is reaped, no live process carries the group id, and the cgroup
@@ -52,6 +56,7 @@ pub(crate) async fn terminate_group(
     pgid: i32,
     cgroup: Option<&DaemonCgroup>,
     mut leader: Option<&mut Leader>,
+    stop: StopSignal,
     grace: Duration,
 ) -> Result<Terminated, String> {
     let mut leader_status = None;
@@ -59,10 +64,10 @@ pub(crate) async fn terminate_group(
     if target.is_gone(&mut leader, &mut leader_status) {
         return Ok(Terminated { leader_status });
     }
-    // A stopped process keeps SIGTERM pending until it is continued.
+    // A stopped process keeps the signal pending until it is continued.
     target
-        .signal(&[Signal::TERM, Signal::CONT])
-        .map_err(|e| format!("SIGTERM to group {pgid}: {e}"))?;
+        .signal(&[stop.to_signal(), Signal::CONT])
+        .map_err(|e| format!("{stop} to group {pgid}: {e}"))?;
     let grace_deadline = Instant::now() + grace;
     if target
         .wait_gone(&mut leader, &mut leader_status, grace_deadline)

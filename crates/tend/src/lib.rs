@@ -150,6 +150,7 @@ pub use children::ChildTable;
 pub use config::{
     BackgroundProcessConfig, ExecProbe, HealthCheck, HealthProbe, HttpProbe, Readiness, TcpProbe,
 };
+pub use config::{RestartPolicy, StopSignal};
 pub use error::{ConfigProblem, ConfigProblems, Error, Result};
 pub use logs::{LogLine, Stream};
 pub use manager::{

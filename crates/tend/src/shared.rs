@@ -161,6 +161,8 @@ impl Shared {
         let mut status = self.lock();
         status.info.restart_attempts = 0;
         status.info.failed_health_checks = 0;
+        status.info.passed_health_check = false;
+        status.info.completed = false;
         status.info.last_error = None;
     }
 
@@ -185,6 +187,9 @@ impl Shared {
         let pid = status.info.pid;
         status.info.state = to;
         match to {
+            // `Running → Running` (the first health check passed) keeps
+            // the incarnation's start time.
+            ProcessState::Running if from == ProcessState::Running => {}
             ProcessState::Running => {
                 status.info.started_at = Some(SystemTime::now());
                 status.running_since = Some(Instant::now());
@@ -201,7 +206,7 @@ impl Shared {
         }
         self.readiness.send_modify(|r| {
             r.state = to;
-            if to == ProcessState::Running {
+            if to == ProcessState::Running && from != ProcessState::Running {
                 r.incarnation += 1;
             }
         });
@@ -216,6 +221,20 @@ impl Shared {
             pid,
         });
         to
+    }
+
+    /// Records that a health check of the running incarnation passed;
+    /// the first one publishes a `running → running` "healthy" event.
+    pub fn health_passed(&self) {
+        let first = {
+            let mut status = self.lock();
+            let first = !status.info.passed_health_check;
+            status.info.passed_health_check = true;
+            first
+        };
+        if first {
+            self.apply(Occurrence::Healthy, "healthy: first health check passed");
+        }
     }
 
     pub fn update(&self, change: impl FnOnce(&mut ProcessInfo)) {

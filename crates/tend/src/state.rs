@@ -25,7 +25,9 @@ pub enum ProcessState {
     Running,
     /// A stop was requested; its process group is being terminated.
     Stopping,
-    /// Stopped on request; no member of its process group is alive.
+    /// Stopped on request, or completed: it exited with code 0 and its
+    /// restart policy let it rest (see [`ProcessInfo::completed`]). No
+    /// member of its process group is alive.
     Stopped,
     /// It failed and tend gave up; `last_error` says why.
     Error,
@@ -84,6 +86,12 @@ pub enum Occurrence {
         /// Another attempt will be made after the restart delay.
         will_restart: bool,
     },
+    /// The incarnation exited with code 0 after readiness and the restart
+    /// policy does not restart it: a one-shot task finished.
+    Completed,
+    /// The first health check of the incarnation passed. The state stays
+    /// `Running`; the event tells dependents waiting for a healthy daemon.
+    Healthy,
     /// `stop_process` was called.
     StopRequested,
     /// No member of the process group is alive any more.
@@ -105,6 +113,8 @@ pub fn next_state(from: ProcessState, occurrence: Occurrence) -> Option<ProcessS
                 will_restart: false,
             },
         ) => Some(S::Error),
+        (S::Running, O::Completed) => Some(S::Stopped),
+        (S::Running, O::Healthy) => Some(S::Running),
         (S::Starting | S::Running, O::StopRequested) => Some(S::Stopping),
         (S::Stopping, O::GroupGone) => Some(S::Stopped),
         // The group survived SIGKILL: tend cannot honestly say `Stopped`.
@@ -121,9 +131,11 @@ pub fn next_state(from: ProcessState, occurrence: Occurrence) -> Option<ProcessS
 /// Whether `from → to` is a move some occurrence can cause. Used by tests
 /// and by the chaos suite to check the event stream.
 pub fn is_legal_transition(from: ProcessState, to: ProcessState) -> bool {
-    const ALL_OCCURRENCES: [Occurrence; 6] = [
+    const ALL_OCCURRENCES: [Occurrence; 8] = [
         Occurrence::Start,
         Occurrence::Ready,
+        Occurrence::Completed,
+        Occurrence::Healthy,
         Occurrence::Failed { will_restart: true },
         Occurrence::Failed {
             will_restart: false,
@@ -187,8 +199,16 @@ pub struct ProcessInfo {
     pub pid: Option<u32>,
     /// Consecutive failed health checks of the current incarnation.
     pub failed_health_checks: u32,
+    /// Whether a health check of the current incarnation has passed
+    /// (false until the first one did, and for a daemon without checks).
+    pub passed_health_check: bool,
     /// Restarts in a row since the process last ran stably.
     pub restart_attempts: u32,
+    /// Whether the last incarnation ran to its end on its own, exited
+    /// with code 0 after readiness, and was left `Stopped` by its
+    /// [`RestartPolicy`](crate::RestartPolicy): a finished one-shot task.
+    /// Cleared by the next start.
+    pub completed: bool,
     /// Why the process last failed, if it did.
     pub last_error: Option<String>,
     /// When the current incarnation became `Running`.
@@ -226,7 +246,9 @@ impl ProcessInfo {
             state: ProcessState::Stopped,
             pid: None,
             failed_health_checks: 0,
+            passed_health_check: false,
             restart_attempts: 0,
+            completed: false,
             last_error: None,
             started_at: None,
             uptime: None,
@@ -321,6 +343,16 @@ mod tests {
             (S::Stopping, give_up, Some(S::Error)),
             (S::Stopped, give_up, None),
             (S::Error, give_up, None),
+            (S::Running, O::Completed, Some(S::Stopped)),
+            (S::Starting, O::Completed, None),
+            (S::Stopping, O::Completed, None),
+            (S::Stopped, O::Completed, None),
+            (S::Error, O::Completed, None),
+            (S::Running, O::Healthy, Some(S::Running)),
+            (S::Starting, O::Healthy, None),
+            (S::Stopping, O::Healthy, None),
+            (S::Stopped, O::Healthy, None),
+            (S::Error, O::Healthy, None),
             (S::Starting, O::StopRequested, Some(S::Stopping)),
             (S::Running, O::StopRequested, Some(S::Stopping)),
             (S::Stopping, O::StopRequested, None),
@@ -342,14 +374,15 @@ mod tests {
     }
 
     #[test]
-    fn stopped_is_only_reached_through_stopping() {
+    fn stopped_is_only_reached_through_stopping_or_by_completing() {
         for from in S::ALL {
             assert_eq!(
                 is_legal_transition(from, S::Stopped),
-                from == S::Stopping,
+                matches!(from, S::Stopping | S::Running),
                 "{from} -> stopped"
             );
         }
+        assert_eq!(next_state(S::Running, O::Completed), Some(S::Stopped));
     }
 
     #[test]

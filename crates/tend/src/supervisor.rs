@@ -88,6 +88,9 @@ struct Failure {
     /// Set when members of the group survived SIGKILL: restarting would
     /// put two incarnations side by side, so tend gives up instead.
     fatal: bool,
+    /// The leader exited with code 0 after readiness: an end the restart
+    /// policy may accept as the task being done.
+    clean: bool,
 }
 
 impl Failure {
@@ -97,6 +100,7 @@ impl Failure {
             error,
             tail: String::new(),
             fatal: false,
+            clean: false,
         }
     }
 
@@ -249,6 +253,7 @@ impl Supervisor {
                 self.shared.update(|info| {
                     info.failed_health_checks = 0;
                     info.readiness_checked = checked;
+                    info.passed_health_check = false;
                 });
                 self.shared.apply(Occurrence::Ready, "ready");
                 if let Some(waiter) = self.start_waiter.take() {
@@ -595,6 +600,7 @@ impl Supervisor {
         };
         let mut watchdog_every = config.watchdog.filter(|_| notify.is_some());
         let mut watchdog_at = watchdog_every.map(|every| Instant::now() + every);
+        let mut passed = false;
         loop {
             let check = async {
                 match (next_check, health) {
@@ -623,7 +629,9 @@ impl Supervisor {
                 status = incarnation.leader.wait() => {
                     let exit = status.ok();
                     let summary = exit.map_or_else(|| "exited".to_owned(), |e| e.to_string());
-                    return Interrupt::Failed(self.failure(summary));
+                    let mut failure = self.failure(summary);
+                    failure.clean = exit == Some(ExitStatus::Code(0));
+                    return Interrupt::Failed(failure);
                 }
                 reason = async {
                     match &mut board {
@@ -659,7 +667,13 @@ impl Supervisor {
                 result = check => {
                     next_check = health.map(next);
                     match result {
-                        Ok(()) => failures = 0,
+                        Ok(()) => {
+                            failures = 0;
+                            if !passed {
+                                passed = true;
+                                self.shared.health_passed();
+                            }
+                        }
                         Err(reason) => {
                             failures += 1;
                             tracing::debug!(name = %self.config.name, failures, %reason, "health check failed");
@@ -689,6 +703,7 @@ impl Supervisor {
             incarnation.pgid,
             incarnation.cgroup.as_deref(),
             Some(&mut incarnation.leader),
+            self.config.stop_signal,
             grace,
         )
         .await;
@@ -754,23 +769,45 @@ impl Supervisor {
         }
     }
 
-    /// After a failure: either gives up (`Error`) or waits out the restart
-    /// delay. Returns whether to bring the process up again.
+    /// After an incarnation ended on its own: completes (`Stopped`), gives
+    /// up (`Error`) or waits out the restart delay, as the restart policy
+    /// and budget say. Returns whether to bring the process up again.
     async fn schedule_restart(&mut self, failure: Failure) -> bool {
-        if let Some(waiter) = self.start_waiter.take() {
-            // The first start never became ready: fail fast, no restart.
-            let message = failure.error.to_string();
-            self.give_up(&message);
-            let _ = waiter.send(Err(failure.error));
+        let policy = self.config.restart;
+        if failure.clean && !failure.fatal && !policy.restarts(true) {
+            self.complete();
             return false;
         }
         let attempts = self.shared.snapshot().restart_attempts;
-        if failure.fatal || attempts >= self.config.max_restart_attempts {
-            let restarts = match attempts {
-                1 => "1 restart".to_owned(),
-                n => format!("{n} restarts"),
+        let within_budget = attempts < self.config.max_restart_attempts;
+        if let Some(waiter) = self.start_waiter.take() {
+            let retry = self.config.retry_first_start
+                && policy.restarts(false)
+                && within_budget
+                && !failure.fatal;
+            if !retry {
+                // The first start never became ready: fail fast, no restart.
+                let message = match attempts {
+                    0 => failure.error.to_string(),
+                    1 => format!("{} (after 1 retry)", failure.error),
+                    n => format!("{} (after {n} retries)", failure.error),
+                };
+                self.give_up(&message);
+                let _ = waiter.send(Err(failure.error));
+                return false;
+            }
+            // Answered at the first readiness, or when tend gives up.
+            self.start_waiter = Some(waiter);
+        } else if failure.fatal || !within_budget || !policy.restarts(false) {
+            let note = if policy.restarts(false) || failure.fatal {
+                match attempts {
+                    1 => "1 restart".to_owned(),
+                    n => format!("{n} restarts"),
+                }
+            } else {
+                format!("restart = {}", policy.as_str())
             };
-            self.give_up(&failure.describe(Some(restarts)));
+            self.give_up(&failure.describe(Some(note)));
             return false;
         }
         let attempt = attempts + 1;
@@ -806,6 +843,18 @@ impl Supervisor {
             }
             Some(None) => false,
         }
+    }
+
+    /// Enters `Stopped` as completed: the incarnation exited with code 0
+    /// and the restart policy lets it rest.
+    fn complete(&self) {
+        self.shared.update(|info| {
+            info.completed = true;
+            info.last_error = None;
+        });
+        self.shared
+            .apply(Occurrence::Completed, "completed: exited with code 0");
+        tracing::debug!(name = %self.config.name, "completed");
     }
 
     /// A failure of a running incarnation, described by `summary`.

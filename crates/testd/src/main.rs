@@ -19,6 +19,9 @@
 //! Start-up:
 //! - `--socket PATH`: socket path (overrides `$SOCKET_PATH`).
 //! - `--record-start PATH`: append own pid to PATH first thing (counts spawns).
+//! - `--fail-starts N`: with `--record-start`, the first N processes started
+//!   with that PATH behave as with `--exit-immediately`; later ones run
+//!   normally (a daemon whose first starts fail).
 //! - `--stdout TEXT` / `--stderr TEXT`: write TEXT and a newline to stdout /
 //!   stderr at start (repeatable; written in command-line order).
 //! - `--print-env NAME`: print `env NAME=<value>` or `env NAME unset`
@@ -108,6 +111,9 @@
 //! - `--ignore-sigterm`: set SIGTERM to SIG_IGN (SIGINT still stops it).
 //! - `--term-delay MS`: on SIGTERM, keep serving for MS before cleaning up
 //!   and exiting.
+//! - `--record-signal PATH`: also stop on SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2
+//!   and SIGWINCH, and append the name of the signal that stopped it
+//!   (`SIGINT`) and a newline to PATH before exiting.
 //!
 //! Unknown flags or bad values print the usage to stderr and exit 100.
 
@@ -130,15 +136,15 @@ usage: testd [--socket PATH] [--bind-delay MS] [--listen-delay MS] [--never-bind
              [--stderr TEXT]... [--stdout TEXT]... [--ignore-sigterm] [--term-delay MS]
              [--fork-children N] [--children-ignore-sigterm] [--double-fork] [--detach-child]
              [--stop-accepting-after MS] [--never-accept] [--backlog N] [--wedge] [--log-accepts]
-             [--pid-file PATH] [--timestamps PATH] [--record-start PATH]
+             [--pid-file PATH] [--timestamps PATH] [--record-start PATH] [--fail-starts N]
              [--faults-once PATH] [--healthy-once PATH]
              [--flood BYTES] [--flood-no-newline] [--flood-invalid-utf8]
              [--close-stdio] [--print-env NAME]... [--print-cwd]
-             [--drop-to-uid UID] [--rewrite-environ]
              [--tcp ADDR] [--http] [--http-status N] [--http-garbage] [--announce TEXT]
              [--notify] [--notify-status TEXT] [--notify-wait-file PATH] [--notify-garbage]
              [--notify-first TEXT] [--notify-ready-file PATH]
              [--notify-stamp PATH] [--watchdog-pings N]
+             [--drop-to-uid UID] [--rewrite-environ] [--record-signal PATH]
 The socket path defaults to $SOCKET_PATH; durations are in milliseconds.";
 
 /// Exit code for command-line errors.
@@ -192,6 +198,8 @@ struct Opts {
     tcp: Option<String>,
     announce: Option<String>,
     notify: probes::NotifyPlan,
+    record_signal: Option<PathBuf>,
+    fail_starts: usize,
 }
 
 impl Default for Opts {
@@ -231,6 +239,8 @@ impl Default for Opts {
             tcp: None,
             announce: None,
             notify: probes::NotifyPlan::default(),
+            record_signal: None,
+            fail_starts: 0,
         }
     }
 }
@@ -322,6 +332,8 @@ fn parse_args(args: impl Iterator<Item = OsString>) -> Opts {
             "--notify-garbage" => o.notify.garbage = true,
             "--notify-stamp" => o.notify.ready_stamp = Some(value().into()),
             "--watchdog-pings" => o.notify.watchdog_pings = Some(parse_num(&flag, value())),
+            "--record-signal" => o.record_signal = Some(value().into()),
+            "--fail-starts" => o.fail_starts = parse_num(&flag, value()),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -443,14 +455,17 @@ fn set_disposition(sig: libc::c_int, handler: libc::sighandler_t) {
 /// Blocks SIGTERM/SIGINT in this (the only) thread so that every thread
 /// spawned later inherits the mask, and starts a thread that waits for them
 /// with `sigwait`, removes the socket file and exits 0.
-fn setup_signals(ignore_sigterm: bool, term_delay: u64) {
-    let signals: &[libc::c_int] = if ignore_sigterm {
+fn setup_signals(ignore_sigterm: bool, term_delay: u64, record: Option<PathBuf>) {
+    let mut signals = vec![libc::SIGINT];
+    if ignore_sigterm {
         set_disposition(libc::SIGTERM, libc::SIG_IGN);
-        &[libc::SIGINT]
     } else {
-        &[libc::SIGTERM, libc::SIGINT]
-    };
-    let set = sigset(signals);
+        signals.push(libc::SIGTERM);
+    }
+    if record.is_some() {
+        signals.extend(RECORDED_SIGNALS.iter().map(|&(signal, _)| signal));
+    }
+    let set = sigset(&signals);
     // SAFETY: `set` is an initialised sigset_t; a null old-set pointer is
     // allowed.
     let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
@@ -465,6 +480,16 @@ fn setup_signals(ignore_sigterm: bool, term_delay: u64) {
             // call and `sig` is a valid out-pointer.
             let rc = unsafe { libc::sigwait(&set, &mut sig) };
             if rc == 0 {
+                if let Some(path) = &record {
+                    let name = RECORDED_SIGNALS
+                        .iter()
+                        .chain(&[(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")])
+                        .find(|&&(signal, _)| signal == sig)
+                        .map_or("unknown", |&(_, name)| name);
+                    if let Ok(mut file) = OpenOptions::new().create(true).append(true).open(path) {
+                        let _ = writeln!(file, "{name}");
+                    }
+                }
                 break;
             }
         }
@@ -479,6 +504,15 @@ fn setup_signals(ignore_sigterm: bool, term_delay: u64) {
         std::process::exit(0);
     });
 }
+
+/// The signals `--record-signal` also stops on, with their names.
+const RECORDED_SIGNALS: &[(libc::c_int, &str)] = &[
+    (libc::SIGQUIT, "SIGQUIT"),
+    (libc::SIGHUP, "SIGHUP"),
+    (libc::SIGUSR1, "SIGUSR1"),
+    (libc::SIGUSR2, "SIGUSR2"),
+    (libc::SIGWINCH, "SIGWINCH"),
+];
 
 /// Prepares a freshly forked child: SIGTERM disposition, SIGINT default, an
 /// empty signal mask and no inherited fds above stderr (so the child does
@@ -1086,8 +1120,16 @@ fn main() {
     let pid = unsafe { libc::getpid() };
     if let Some(path) = &opts.record_start {
         append_line(path, &format!("{pid}\n"));
+        let starts = std::fs::read_to_string(path).map_or(0, |text| text.lines().count());
+        if starts <= opts.fail_starts {
+            opts.exit_immediately = true;
+        }
     }
-    setup_signals(opts.ignore_sigterm, opts.term_delay);
+    setup_signals(
+        opts.ignore_sigterm,
+        opts.term_delay,
+        opts.record_signal.clone(),
+    );
 
     for item in &opts.start_output {
         match item {

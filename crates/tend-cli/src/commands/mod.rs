@@ -5,6 +5,7 @@ pub mod check;
 pub mod down;
 pub mod logs;
 pub mod publish;
+pub mod reload;
 pub mod restart;
 pub mod start;
 pub mod status;
@@ -21,6 +22,7 @@ use crate::{
     config::{self, ConfigError, DEFAULT_CONFIG_FILE},
     failure::Failure,
     protocol::{ProcessStatus, Request},
+    sanitize::{Layout, escape_controls},
 };
 
 /// The control socket a client command talks to: `--socket`, or the one in
@@ -64,6 +66,9 @@ async fn operate(target: &SupervisorArgs, request: Request, name: &str) -> Resul
     match response.process {
         Some(process) => println!("{name}: {}", describe(&process)),
         None => println!("{name}: done"),
+    }
+    for note in &response.notes {
+        println!("{name}: note: {}", escape_controls(note, Layout::Lines));
     }
     Ok(())
 }

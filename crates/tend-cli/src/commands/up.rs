@@ -1,26 +1,31 @@
-//! `tend up [-c FILE]`: run every daemon of a config in the foreground.
+//! `tend up [-c FILE] [NAME...]`: run the daemons of a config in the
+//! foreground.
 //!
 //! In order: validate the config, take the state directory's lock (one
 //! `tend up` per directory), stop daemons left by an earlier run that was
 //! killed, open the control socket, prepare the daemons' Python and Node
-//! environments, become a child subreaper, start every daemon in parallel
-//! while printing their state changes, print the status table, and
-//! supervise until SIGINT, SIGTERM, SIGHUP or `tend down`. Then stop every
-//! daemon gracefully (a second signal kills them at once), kill descendants
-//! that escaped their daemon's process group, close the socket and release
-//! the lock.
+//! environments, become a child subreaper, start the daemons (those
+//! named, or every one with `autostart`, and what they depend on) in
+//! parallel, each after its dependencies, while printing their state
+//! changes, print the status table, and supervise until SIGINT, SIGTERM or
+//! `tend down`; a SIGHUP reloads the config file meanwhile. Then stop
+//! every daemon gracefully, dependents first (a second signal kills them
+//! at once), kill descendants that escaped their daemon's process group,
+//! close the socket and release the lock.
 
 mod progress;
 mod signals;
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{collections::BTreeSet, path::Path, sync::Arc, time::Duration};
 
-use anyhow::Context;
+use anyhow::{Context, anyhow};
 use tend::{BackgroundProcessManager, CleanupReport, subreaper::Subreaper};
 use tokio::task::JoinSet;
 
 use crate::{
+    commands::reload::describe_reload,
     config::{self, TendConfig},
+    deps,
     environments::Environments,
     failure::{CommandResult, Failure},
     sanitize::{Layout, escape_controls},
@@ -30,9 +35,32 @@ use crate::{
 use progress::Progress;
 use signals::ShutdownSignals;
 
+/// The daemons `tend up NAME...` starts: those named, or without names
+/// every one with `autostart`; and what they depend on.
+fn selection(config: &TendConfig, names: &[String]) -> Result<BTreeSet<String>, Failure> {
+    let known: Vec<&str> = config.processes.iter().map(|p| p.name.as_str()).collect();
+    if let Some(unknown) = names.iter().find(|name| !known.contains(&name.as_str())) {
+        return Err(Failure::usage(anyhow!(
+            "no daemon named {unknown:?} in {} (daemons: {})",
+            config.file.display(),
+            known.join(", ")
+        )));
+    }
+    let roots: Vec<&str> = if names.is_empty() {
+        known
+            .into_iter()
+            .filter(|name| config.autostart(name))
+            .collect()
+    } else {
+        names.iter().map(String::as_str).collect()
+    };
+    Ok(deps::with_dependencies(&config.graph(), roots))
+}
+
 /// Runs the command.
-pub async fn run(file: &Path) -> CommandResult {
+pub async fn run(file: &Path, names: &[String]) -> CommandResult {
     let config = config::load(file).map_err(Failure::usage)?;
+    let selected = selection(&config, names)?;
     let state_dir = &config.state_dir;
     let opened = state_dir.open_private().with_context(|| {
         format!(
@@ -65,12 +93,17 @@ pub async fn run(file: &Path) -> CommandResult {
     ));
     let server = ControlServer::bind(&state_dir.control_socket(), Arc::clone(&context))
         .with_context(|| format!("cannot listen on {}", state_dir.control_socket().display()))?;
+    let count = config.processes.len();
+    let starting = if selected.len() == count {
+        String::new()
+    } else {
+        format!(" (starting {} of them)", selected.len())
+    };
     say!(
-        "tend {} (pid {}): {} daemon{} from {}; state in {}",
+        "tend {} (pid {}): {count} daemon{}{starting} from {}; state in {}",
         env!("CARGO_PKG_VERSION"),
         std::process::id(),
-        config.processes.len(),
-        if config.processes.len() == 1 { "" } else { "s" },
+        if count == 1 { "" } else { "s" },
         config.file.display(),
         state_dir.path().display()
     );
@@ -87,6 +120,8 @@ pub async fn run(file: &Path) -> CommandResult {
     }
     let mut progress = Progress::subscribe(&manager, &config);
 
+    // Shown as `starting` from now on, not `stopped`.
+    context.queue_starts(&selected);
     // Environments first: a daemon starts with the interpreter its
     // environment provides.
     let prepared = tokio::select! {
@@ -105,7 +140,7 @@ pub async fn run(file: &Path) -> CommandResult {
         && progress
             .print_while(async {
                 tokio::select! {
-                    () = start_all(&context) => true,
+                    () = start_selected(&context, &selected) => true,
                     cause = shutdown_cause(&mut signals, &context) => {
                         say!("tend: {cause} while starting; stopping everything");
                         false
@@ -115,9 +150,11 @@ pub async fn run(file: &Path) -> CommandResult {
             .await;
     if started {
         say!("{}", table::render(&context.statuses()).trim_end());
-        say!("tend: supervising; stop with Ctrl-C or `tend down`");
+        say!(
+            "tend: supervising; stop with Ctrl-C or `tend down`, reload the file with `tend reload` or SIGHUP"
+        );
         let cause = progress
-            .print_while(shutdown_cause(&mut signals, &context))
+            .print_while(supervise(&mut signals, &context))
             .await;
         say!("tend: {cause}; stopping every daemon");
     }
@@ -125,7 +162,7 @@ pub async fn run(file: &Path) -> CommandResult {
     let graceful = progress
         .print_while(async {
             tokio::select! {
-                () = manager.stop_all_processes() => true,
+                () = context.stop_everything() => true,
                 cause = signals.next() => {
                     say!("tend: {cause} again; killing every daemon now");
                     false
@@ -135,7 +172,7 @@ pub async fn run(file: &Path) -> CommandResult {
         .await;
     if let Some(subreaper) = &subreaper {
         let grace = if graceful {
-            longest_grace_period(&config)
+            longest_grace_period(&context.config())
         } else {
             Duration::ZERO
         };
@@ -169,9 +206,10 @@ pub async fn run(file: &Path) -> CommandResult {
 ///
 /// Cancel safety: dropping the future kills the running installers.
 async fn prepare_environments(context: &Arc<ServerContext>) {
-    let environments = Arc::new(Environments::new(&context.config, context.children.clone()));
+    let config = context.config();
+    let environments = Arc::new(Environments::new(&config, context.children.clone()));
     let mut preparations = JoinSet::new();
-    for name in context.config.environments.keys() {
+    for name in config.environments.keys() {
         let context = Arc::clone(context);
         let environments = Arc::clone(&environments);
         let name = name.clone();
@@ -179,7 +217,7 @@ async fn prepare_environments(context: &Arc<ServerContext>) {
             let Ok(config) = context.config_of(&name) else {
                 return;
             };
-            let preparation = match environments.prepare(config).await {
+            let preparation = match environments.prepare(&config).await {
                 Ok(prepared) => Preparation::Ready(Box::new(prepared)),
                 Err(e) => Preparation::Failed(e.to_string()),
             };
@@ -193,14 +231,16 @@ async fn prepare_environments(context: &Arc<ServerContext>) {
     }
 }
 
-/// Starts every daemon in parallel; a daemon that fails (to start, or
-/// earlier to get its environment) is reported and left in `error` while
-/// the others run.
-async fn start_all(context: &Arc<ServerContext>) {
+/// Starts `selected` in parallel, each once its dependencies meet their
+/// conditions; a daemon that fails (to start, earlier to get its
+/// environment, or because a dependency failed) is reported and left in
+/// `error` while the others run.
+async fn start_selected(context: &Arc<ServerContext>, selected: &BTreeSet<String>) {
+    context.queue_starts(selected);
     let mut starts = JoinSet::new();
-    for process in &context.config.processes {
+    for name in selected {
         let context = Arc::clone(context);
-        let name = process.name.clone();
+        let name = name.clone();
         starts.spawn(async move {
             let result = context.start(&name).await;
             (name, result)
@@ -216,6 +256,35 @@ async fn start_all(context: &Arc<ServerContext>) {
                 escape_controls(&format!("{name} did not start: {e}"), Layout::Lines)
             ),
             Err(e) => say_err!("tend: a start task failed: {e}"),
+        }
+    }
+}
+
+/// Supervises until a shutdown signal or a `tend down`, reloading the
+/// config file at each SIGHUP; returns what ended it.
+async fn supervise(signals: &mut ShutdownSignals, context: &Arc<ServerContext>) -> String {
+    loop {
+        let signal = tokio::select! {
+            signal = signals.next_or_hangup() => signal,
+            () = context.shutdown_requested() => return "`tend down` received".to_owned(),
+        };
+        if let Some(signal) = signal {
+            return format!("{signal} received");
+        }
+        say!(
+            "tend: SIGHUP received; reloading {}",
+            context.config().file.display()
+        );
+        match context.reload().await {
+            Ok(reloaded) => {
+                for line in describe_reload(&reloaded.summary, &reloaded.notes) {
+                    say!("tend: {}", escape_controls(&line, Layout::Lines));
+                }
+            }
+            Err(reason) => say_err!(
+                "tend: reload refused: {}",
+                escape_controls(&reason, Layout::Lines)
+            ),
         }
     }
 }

@@ -629,3 +629,248 @@ ready = { tcp = "10.0.0.5:80" }
     .collect();
     assert!(messages[0].contains("remote = true"), "{messages:?}");
 }
+
+fn test_env(name: &str) -> Option<std::ffi::OsString> {
+    match name {
+        "APP_HOME" => Some("/usr".into()),
+        "PORT" => Some("8080".into()),
+        _ => None,
+    }
+}
+
+fn parsed_with_env(text: &str) -> Result<TendConfig, ConfigError> {
+    parse_with_env(Path::new(FILE), text, test_env)
+}
+
+#[test]
+fn policy_keys_are_read() {
+    let config = parsed(
+        r#"
+[process.migrate]
+command = "migrate"
+restart = "never"
+stop_signal = "SIGINT"
+autostart = false
+
+[process.app]
+command = "app"
+restart = "on-failure"
+retry_first_start = true
+stop_signal = "quit"
+depends_on = { migrate = "completed", db = "ready", cache = "healthy" }
+
+[process.db]
+command = "db"
+
+[process.cache]
+command = "cache"
+depends_on = ["db"]
+"#,
+    );
+    let [migrate, app, db, cache] = &config.processes[..] else {
+        panic!("four daemons")
+    };
+    assert_eq!(migrate.restart, RestartPolicy::Never);
+    assert_eq!(migrate.stop_signal, StopSignal::Int);
+    assert_eq!(app.restart, RestartPolicy::OnFailure);
+    assert!(app.retry_first_start);
+    assert_eq!(app.stop_signal, StopSignal::Quit);
+    assert_eq!(db.restart, RestartPolicy::Always);
+    assert!(!db.retry_first_start);
+    assert_eq!(db.stop_signal, StopSignal::Term);
+    assert!(!config.autostart("migrate"));
+    assert!(config.autostart("app"));
+    let dependency = |name: &str, condition| Dependency {
+        name: name.to_owned(),
+        condition,
+    };
+    assert_eq!(
+        config.dependencies("app"),
+        [
+            dependency("migrate", Condition::Completed),
+            dependency("db", Condition::Ready),
+            dependency("cache", Condition::Healthy)
+        ]
+    );
+    assert_eq!(
+        config.dependencies(&cache.name),
+        [dependency("db", Condition::Healthy)]
+    );
+    assert!(config.dependencies("db").is_empty());
+}
+
+#[test]
+fn dependency_problems_have_their_line() {
+    let text = r#"
+[process.a]
+command = "a"
+depends_on = ["b"]
+
+[process.b]
+command = "b"
+depends_on = { c = "ready" }
+
+[process.c]
+command = "c"
+depends_on = ["a", "ghost", "c"]
+
+[process.d]
+command = "d"
+depends_on = { a = "completed", e = "ready" }
+
+[process.e]
+command = "e"
+depends_on = "a"
+restart = "sometimes"
+stop_signal = "SIGKILL"
+autostart = "yes"
+
+[process.f]
+command = "f"
+depends_on = { b = "started" }
+"#;
+    let found = problems(text);
+    let find = |needle: &str| {
+        found
+            .iter()
+            .find(|p| p.message.contains(needle))
+            .unwrap_or_else(|| panic!("no problem saying {needle:?} in {found:#?}"))
+    };
+    assert_eq!(find("no daemon named \"ghost\"").line, Some(12));
+    assert_eq!(find("cannot depend on itself").line, Some(12));
+    let cycle = find("dependency cycle: a -> b -> c -> a");
+    assert_eq!(
+        (cycle.line, cycle.key.as_str()),
+        (Some(4), "process.a.depends_on")
+    );
+    let completed = find("waits for a one-shot task");
+    assert_eq!(completed.line, Some(16));
+    assert!(completed.message.contains("restart = \"never\""));
+    assert_eq!(find("found \"started\"").line, Some(27));
+    assert_eq!(find("must be a list of daemon names").line, Some(20));
+    assert_eq!(find("\"on-failure\"").line, Some(21));
+    assert_eq!(find("found \"SIGKILL\"").line, Some(22));
+    assert_eq!(find("must be true or false").line, Some(23));
+    // `e` has problems, yet `d` may name it: no "no daemon named".
+    assert_eq!(found.len(), 9, "{found:#?}");
+}
+
+#[test]
+fn variables_are_replaced_in_commands_args_paths_and_env() {
+    let config = parsed_with_env(
+        r#"
+[process.app]
+command = "${APP_HOME}/bin/app"
+args = ["--port", "${PORT}", "--name=${NAME:-app}", "$$HOME"]
+cwd = "${APP_HOME:-/tmp}"
+socket = "${NAME:-app}.sock"
+env = { URL = "http://localhost:${PORT}/", LITERAL = "a$b" }
+"#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let app = &config.processes[0];
+    assert_eq!(app.command, Path::new("/usr/bin/app"));
+    assert_eq!(app.args, ["--port", "8080", "--name=app", "$HOME"]);
+    assert_eq!(app.plugin_path.as_deref(), Some(Path::new("/usr")));
+    assert!(app.socket_path.as_ref().unwrap().ends_with("app.sock"));
+    assert_eq!(
+        app.env,
+        [
+            ("URL".into(), "http://localhost:8080/".into()),
+            ("LITERAL".into(), "a$b".into())
+        ]
+    );
+}
+
+#[test]
+fn an_unknown_variable_without_default_is_a_problem_with_its_line() {
+    let result = parsed_with_env(
+        r#"
+[process.app]
+command = "app"
+args = ["ok", "${MISSING}"]
+env = { A = "${ALSO_MISSING}" }
+"#,
+    );
+    let Err(ConfigError::Invalid { problems, .. }) = result else {
+        panic!("accepted")
+    };
+    let places: Vec<_> = problems.iter().map(|p| (p.line, p.key.as_str())).collect();
+    assert_eq!(
+        places,
+        [
+            (Some(4), "process.app.args[1]"),
+            (Some(5), "process.app.env.A")
+        ]
+    );
+    assert!(problems[0].message.contains("MISSING is not set"));
+}
+
+#[test]
+fn env_files_come_first_and_env_overrides_them() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join("app.env"),
+        "# comment\nA=from-file\nexport B=\"quoted value\"\nC=file\n",
+    )
+    .unwrap();
+    fs::write(dir.path().join("more.env"), "C=more\n").unwrap();
+    let config = parse(
+        &dir.path().join("tend.toml"),
+        r#"
+[process.app]
+command = "app"
+env = { A = "from-table" }
+env_file = ["app.env", "more.env"]
+"#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let env: Vec<(String, String)> = config.processes[0]
+        .env
+        .iter()
+        .map(|(k, v)| (k.to_str().unwrap().into(), v.to_str().unwrap().into()))
+        .collect();
+    let value = |key: &str| {
+        env.iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(value("A"), Some("from-table"));
+    assert_eq!(value("B"), Some("quoted value"));
+    assert_eq!(value("C"), Some("more"));
+}
+
+#[test]
+fn a_missing_or_broken_env_file_is_a_problem_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("bad.env"), "OK=1\nnot a line\n").unwrap();
+    let result = parse(
+        &dir.path().join("tend.toml"),
+        r#"
+[process.a]
+command = "a"
+env_file = "missing.env"
+
+[process.b]
+command = "b"
+env_file = "bad.env"
+"#,
+    );
+    let Err(ConfigError::Invalid { problems, .. }) = result else {
+        panic!("accepted")
+    };
+    assert_eq!(problems.len(), 2, "{problems:#?}");
+    assert_eq!(problems[0].line, Some(4));
+    assert!(
+        problems[0].message.contains("missing.env"),
+        "{}",
+        problems[0].message
+    );
+    assert_eq!(problems[1].line, Some(8));
+    assert!(
+        problems[1].message.contains("bad.env:2"),
+        "{}",
+        problems[1].message
+    );
+}

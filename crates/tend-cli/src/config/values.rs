@@ -1,13 +1,14 @@
 //! Reading typed values out of a parsed TOML document while collecting
 //! every problem with the line and the dotted key it concerns.
 
-use std::{ops::Range, time::Duration};
+use std::{ffi::OsString, ops::Range, time::Duration};
 
 use toml_edit::{Item, TableLike, Value};
 
 use super::{
     ConfigProblem,
     duration::{duration_from_millis, parse_duration},
+    interpolate::interpolate,
     size::{parse_size, size_from_integer},
 };
 
@@ -63,18 +64,29 @@ pub fn entries<'doc>(
     entries
 }
 
+/// Where `${VAR}` takes its values: the environment of `tend up`.
+pub type Lookup = fn(&str) -> Option<OsString>;
+
+/// The environment of this process, for `${VAR}`.
+pub fn process_env(name: &str) -> Option<OsString> {
+    std::env::var_os(name)
+}
+
 /// Collects problems found in one config text.
 pub struct Problems<'text> {
     text: &'text str,
     list: Vec<ConfigProblem>,
+    env: Lookup,
 }
 
 impl<'text> Problems<'text> {
-    /// An empty collection for problems in `text`.
-    pub fn new(text: &'text str) -> Self {
+    /// An empty collection for problems in `text`, whose `${VAR}` come
+    /// from `env`.
+    pub fn new(text: &'text str, env: Lookup) -> Self {
         Problems {
             text,
             list: Vec::new(),
+            env,
         }
     }
 
@@ -123,6 +135,74 @@ impl<'text> Problems<'text> {
         }
     }
 
+    /// A boolean.
+    pub fn boolean(&mut self, entry: &Entry<'_>) -> Option<bool> {
+        let value = entry.item.as_bool();
+        if value.is_none() {
+            self.wrong_type(entry, "true or false");
+        }
+        value
+    }
+
+    /// `text`, found at `span` under `key`, with `${VAR}` replaced.
+    fn expand(&mut self, text: &str, span: Span, key: &str) -> Option<String> {
+        interpolate(text, &self.env)
+            .map_err(|message| self.add(span, key, message))
+            .ok()
+    }
+
+    /// A string, with `${VAR}` and `${VAR:-default}` replaced from the
+    /// environment; must not be empty, before or after.
+    pub fn expanded_string(&mut self, entry: &Entry<'_>) -> Option<String> {
+        let text = self.non_empty_string(entry)?;
+        let expanded = self.expand(&text, entry.span(), &entry.key)?;
+        if expanded.is_empty() {
+            self.add(
+                entry.span(),
+                &entry.key,
+                format!("{text:?} is empty once its variables are replaced"),
+            );
+            return None;
+        }
+        Some(expanded)
+    }
+
+    /// An array of strings, each with `${VAR}` replaced.
+    pub fn expanded_list(&mut self, entry: &Entry<'_>) -> Option<Vec<String>> {
+        let strings = self.string_list(entry)?;
+        let array = entry.item.as_array();
+        let before = self.len();
+        let expanded: Vec<String> = strings
+            .iter()
+            .enumerate()
+            .filter_map(|(index, text)| {
+                let span = array
+                    .and_then(|a| a.get(index))
+                    .and_then(|v| v.span())
+                    .or_else(|| entry.span());
+                self.expand(text, span, &format!("{}[{index}]", entry.key))
+            })
+            .collect();
+        (self.len() == before).then_some(expanded)
+    }
+
+    /// A table of strings, each value with `${VAR}` replaced.
+    pub fn expanded_map(&mut self, entry: &Entry<'_>) -> Option<Vec<(String, String)>> {
+        let table = self.table(entry)?;
+        let before = self.len();
+        let mut pairs = Vec::new();
+        for inner in entries(table, &entry.key, &entry.span()) {
+            let Some(value) = inner.item.as_str() else {
+                self.wrong_type(&inner, "a string");
+                continue;
+            };
+            if let Some(value) = self.expand(value, inner.span(), &inner.key) {
+                pairs.push((inner.key[entry.key.len() + 1..].to_owned(), value));
+            }
+        }
+        (self.len() == before).then_some(pairs)
+    }
+
     /// A string that must not be empty.
     pub fn non_empty_string(&mut self, entry: &Entry<'_>) -> Option<String> {
         let text = self.string(entry)?;
@@ -155,26 +235,6 @@ impl<'text> Problems<'text> {
             }
         }
         all_strings.then_some(strings)
-    }
-
-    /// A table whose values are all strings, in file order.
-    pub fn string_map(&mut self, entry: &Entry<'_>) -> Option<Vec<(String, String)>> {
-        let table = self.table(entry)?;
-        let mut pairs = Vec::new();
-        let mut all_strings = true;
-        for inner in entries(table, &entry.key, &entry.span()) {
-            match inner.item.as_str() {
-                Some(value) => {
-                    let name = inner.key[entry.key.len() + 1..].to_owned();
-                    pairs.push((name, value.to_owned()));
-                }
-                None => {
-                    all_strings = false;
-                    self.wrong_type(&inner, "a string");
-                }
-            }
-        }
-        all_strings.then_some(pairs)
     }
 
     /// A table (standard `[a.b]` or inline `{ … }`).

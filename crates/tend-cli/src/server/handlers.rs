@@ -1,6 +1,6 @@
 //! One handler per control request.
 
-use std::{io, time::Duration};
+use std::{io, sync::Arc, time::Duration};
 
 use serde_json::Value;
 use tend::{LogLine, ProcessState, rpc::RpcError};
@@ -11,13 +11,15 @@ use crate::protocol::{
     DEFAULT_CALL_TIMEOUT_MS, LogEntry, Request, Response, RpcErrorObject, SupervisorInfo,
 };
 
+type Context = Arc<ServerContext>;
+
 /// Answers `request` on `connection`.
 ///
 /// Each connection is served by its own task, so a handler that waits (a
 /// start, a stop, a call to a daemon) holds up only the requests that
 /// come after it on the same connection.
 pub async fn handle(
-    context: &ServerContext,
+    context: &Context,
     request: Request,
     connection: &mut Connection<'_>,
 ) -> io::Result<After> {
@@ -39,6 +41,7 @@ pub async fn handle(
             timeout_ms,
         } => call(context, &name, &method, params, timeout_ms).await,
         Request::Publish { event, data } => publish(context, &event, data),
+        Request::Reload => reload(context).await,
         Request::Down => {
             connection.send(&down(context)).await?;
             return Ok(After::HoldUntilExit);
@@ -48,23 +51,24 @@ pub async fn handle(
     Ok(After::Continue)
 }
 
-fn supervisor_info(context: &ServerContext) -> SupervisorInfo {
+fn supervisor_info(context: &Context) -> SupervisorInfo {
+    let config = context.config();
     SupervisorInfo {
         pid: std::process::id(),
-        config_file: context.config.file.clone(),
-        state_dir: context.config.state_dir.path().to_owned(),
+        config_file: config.file.clone(),
+        state_dir: config.state_dir.path().to_owned(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
     }
 }
 
-fn info(context: &ServerContext) -> Response {
+fn info(context: &Context) -> Response {
     Response {
         supervisor: Some(supervisor_info(context)),
         ..Response::ok()
     }
 }
 
-fn status(context: &ServerContext, name: Option<&str>) -> Response {
+fn status(context: &Context, name: Option<&str>) -> Response {
     let processes = match name {
         Some(name) => match context.process_status(name) {
             Some(status) => vec![status],
@@ -79,7 +83,7 @@ fn status(context: &ServerContext, name: Option<&str>) -> Response {
 }
 
 /// The response to an operation on `name` that ended with `result`.
-fn outcome(context: &ServerContext, name: &str, result: Result<(), String>) -> Response {
+fn outcome(context: &Context, name: &str, result: Result<(), String>) -> Response {
     let response = match result {
         Ok(()) => Response::ok(),
         Err(e) => Response::error(e),
@@ -90,7 +94,9 @@ fn outcome(context: &ServerContext, name: &str, result: Result<(), String>) -> R
     }
 }
 
-async fn start(context: &ServerContext, name: &str) -> Response {
+/// Starts the daemon after its dependencies (see
+/// [`ServerContext::start`]).
+async fn start(context: &Context, name: &str) -> Response {
     if let Err(message) = context.config_of(name) {
         return Response::error(message);
     }
@@ -98,37 +104,63 @@ async fn start(context: &ServerContext, name: &str) -> Response {
     outcome(context, name, result)
 }
 
-async fn stop(context: &ServerContext, name: &str) -> Response {
+/// Stops the daemon, and first every running daemon that depends on it.
+async fn stop(context: &Context, name: &str) -> Response {
     if let Err(message) = context.config_of(name) {
         return Response::error(message);
     }
-    let result = match context.manager.stop_process(name).await {
-        // Configured but never started: nothing to stop.
-        Err(tend::Error::UnknownProcess(_)) => Ok(()),
-        other => other.map_err(|e| e.to_string()),
-    };
-    outcome(context, name, result)
+    match context.stop_with_dependents(name).await {
+        Ok(dependents) => {
+            let mut response = outcome(context, name, Ok(()));
+            if !dependents.is_empty() {
+                response.notes.push(format!(
+                    "also stopped, first, what depends on {name}: {}",
+                    dependents.join(", ")
+                ));
+            }
+            response
+        }
+        Err(e) => outcome(context, name, Err(e)),
+    }
 }
 
-/// Stops the daemon if it is active and starts it again with the config
-/// it starts with (see [`ServerContext::startable_config`]); one that
-/// cannot start (its environment failed) is left alone.
-async fn restart(context: &ServerContext, name: &str) -> Response {
-    let config = match context.startable_config(name) {
-        Ok(config) => config,
-        Err(message) => {
-            let status = context.process_status(name);
-            return Response {
-                process: status,
-                ..Response::error(message)
-            };
-        }
+/// Stops the daemon if it is active and starts it again, after its
+/// dependencies, with the config it starts with (see
+/// [`ServerContext::startable_config`]); one that cannot start (its
+/// environment failed) is left alone. Says so when the file has other
+/// settings for it now.
+async fn restart(context: &Context, name: &str) -> Response {
+    if let Err(message) = context.startable_config(name) {
+        let status = context.process_status(name);
+        return Response {
+            process: status,
+            ..Response::error(message)
+        };
+    }
+    let stopped = match context.manager.stop_process(name).await {
+        Ok(()) | Err(tend::Error::UnknownProcess(_)) => Ok(()),
+        Err(e) => Err(e.to_string()),
     };
-    let result = match context.manager.restart_process(name).await {
-        Err(tend::Error::UnknownProcess(_)) => context.manager.start_process(config).await,
-        other => other,
+    let result = match stopped {
+        Ok(()) => context.start(name).await,
+        Err(e) => Err(e),
     };
-    outcome(context, name, result.map_err(|e| e.to_string()))
+    let mut response = outcome(context, name, result);
+    response.notes.extend(context.file_changed_note(name));
+    response
+}
+
+/// Rereads the config file and applies it; a file with problems changes
+/// nothing and its problems are the error.
+async fn reload(context: &Context) -> Response {
+    match context.reload().await {
+        Ok(reloaded) => Response {
+            reload: Some(reloaded.summary),
+            notes: reloaded.notes,
+            ..Response::ok()
+        },
+        Err(reason) => Response::error(reason),
+    }
 }
 
 /// Calls `method` over the daemon's persistent JSON-RPC connection (shared
@@ -136,7 +168,7 @@ async fn restart(context: &ServerContext, name: &str) -> Response {
 /// timeout. The call is not cancelled when the client hangs up: a client
 /// may close its sending side and still wait for the answer.
 async fn call(
-    context: &ServerContext,
+    context: &Context,
     name: &str,
     method: &str,
     params: Value,
@@ -149,7 +181,7 @@ async fn call(
     if config.socket_path.is_none() {
         return Response::error(format!(
             "{name:?} has no socket in {}; it cannot be called",
-            context.config.file.display()
+            context.config().file.display()
         ));
     }
     if !(params.is_null() || params.is_object() || params.is_array()) {
@@ -199,7 +231,7 @@ async fn call(
     }
 }
 
-fn publish(context: &ServerContext, event: &str, data: Value) -> Response {
+fn publish(context: &Context, event: &str, data: Value) -> Response {
     if event.is_empty() {
         return Response::error("the event name must not be empty");
     }
@@ -213,7 +245,7 @@ fn publish(context: &ServerContext, event: &str, data: Value) -> Response {
 }
 
 async fn logs(
-    context: &ServerContext,
+    context: &Context,
     name: &str,
     lines: usize,
     follow: bool,
@@ -256,7 +288,7 @@ async fn logs(
     }
 }
 
-fn down(context: &ServerContext) -> Response {
+fn down(context: &Context) -> Response {
     tracing::info!("shutdown requested by a control client");
     context.request_shutdown();
     Response {

@@ -177,11 +177,18 @@ impl Sandbox {
 
     /// [`Self::up`] with extra environment variables.
     pub fn up_with_env(&self, config: &Path, env: &[(&str, &str)]) -> Up {
+        self.up_with(config, &[], env)
+    }
+
+    /// `tend up -c CONFIG NAMES...` with extra environment variables.
+    pub fn up_with(&self, config: &Path, names: &[&str], env: &[(&str, &str)]) -> Up {
         let index = fs::read_dir(self.path()).map(|d| d.count()).unwrap_or(0);
         let stdout = self.path().join(format!("up{index}.out"));
         let stderr = self.path().join(format!("up{index}.err"));
+        let mut args = vec!["up", "-c", config.to_str().expect("utf-8 path")];
+        args.extend_from_slice(names);
         let child = self
-            .command(&["up", "-c", config.to_str().expect("utf-8 path")])
+            .command(&args)
             .stdout(fs::File::create(&stdout).expect("stdout file"))
             .stderr(fs::File::create(&stderr).expect("stderr file"))
             .envs(env.iter().copied())

@@ -480,10 +480,13 @@ pub(super) async fn clean_cgroups(
 /// Stops a proven daemon group and removes its socket.
 async fn kill_group(record: &OrphanRecord) -> Result<(), String> {
     tracing::info!(name = %record.name, pid = record.pid, "stopping orphaned daemon of a dead manager");
+    // The record keeps no stop signal: a daemon left behind by a dead
+    // manager gets SIGTERM, then SIGKILL.
     kill::terminate_group(
         record.pgid,
         None,
         None,
+        crate::config::StopSignal::Term,
         Duration::from_millis(record.grace_ms),
     )
     .await?;

@@ -12,6 +12,7 @@ mod lifetime;
 mod logs;
 mod names;
 mod orphans;
+mod policy;
 mod probes;
 mod sockets;
 mod start;

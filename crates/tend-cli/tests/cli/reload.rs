@@ -1,0 +1,197 @@
+//! `tend reload` and SIGHUP: apply an edited config file without
+//! touching what did not change.
+
+use std::{path::Path, time::Instant};
+
+use rustix::process::Signal;
+
+use crate::harness::*;
+
+fn c(config: &Path) -> &str {
+    config.to_str().unwrap()
+}
+
+/// Daemons `name: args` as config tables.
+fn tables(daemons: &[(&str, &str)]) -> String {
+    let testd = testd();
+    daemons
+        .iter()
+        .map(|(name, args)| {
+            format!(
+                "[process.{name}]\ncommand = \"{}\"\nargs = [{args}]\nsocket = \"{name}.sock\"\n\n",
+                testd.display()
+            )
+        })
+        .collect()
+}
+
+fn pid(sandbox: &Sandbox, config: &Path, name: &str) -> u32 {
+    pid_of(process(&status(sandbox, config).unwrap(), name))
+}
+
+#[test]
+fn reload_starts_new_stops_removed_restarts_changed_and_leaves_the_rest() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.config(&tables(&[
+        ("keep", ""),
+        ("change", "\"--stdout\", \"v1\""),
+        ("drop", ""),
+    ]));
+    let mut up = sandbox.up(&config);
+    wait_for_states(
+        &sandbox,
+        &config,
+        &[
+            ("keep", "running"),
+            ("change", "running"),
+            ("drop", "running"),
+        ],
+    );
+    let keep = pid(&sandbox, &config, "keep");
+    let change = pid(&sandbox, &config, "change");
+    let dropped = Tracked::new(pid(&sandbox, &config, "drop"));
+
+    sandbox.config(&tables(&[
+        ("keep", ""),
+        ("change", "\"--stdout\", \"v2\""),
+        ("new", ""),
+    ]));
+    let run = sandbox.run(&["reload", "-c", c(&config)]);
+    run.expect_success();
+    for line in [
+        "reload: started (new): new",
+        "reload: stopped (removed from the file): drop",
+        "reload: restarted (settings changed): change",
+        "reload: 1 daemon unchanged",
+    ] {
+        assert!(
+            run.stdout.contains(line),
+            "{line:?} missing:\n{}",
+            run.stdout
+        );
+    }
+    let processes = wait_for_states(
+        &sandbox,
+        &config,
+        &[
+            ("keep", "running"),
+            ("change", "running"),
+            ("new", "running"),
+        ],
+    );
+    assert_eq!(
+        pid_of(process(&processes, "keep")),
+        keep,
+        "unchanged: same pid"
+    );
+    assert_ne!(pid_of(process(&processes, "change")), change);
+    assert!(
+        processes.iter().all(|p| p["name"] != "drop"),
+        "{processes:?}"
+    );
+    assert!(!dropped.alive());
+    let logs = sandbox.run(&["logs", "change", "-c", c(&config)]);
+    assert!(logs.stdout.contains("v2"), "{}", logs.stdout);
+
+    // Nothing changed: nothing happens.
+    let again = sandbox.run(&["reload", "-c", c(&config)]);
+    again.expect_success();
+    assert!(
+        again.stdout.contains("reload: nothing changed"),
+        "{}",
+        again.stdout
+    );
+    assert_eq!(pid(&sandbox, &config, "keep"), keep);
+
+    sandbox.run(&["down", "-c", c(&config)]).expect_success();
+    assert!(up.wait().success());
+}
+
+#[test]
+fn a_config_with_errors_is_refused_whole_and_the_running_set_is_kept() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.config(&tables(&[("a", ""), ("b", "")]));
+    let mut up = sandbox.up(&config);
+    wait_for_states(&sandbox, &config, &[("a", "running"), ("b", "running")]);
+    let before = (pid(&sandbox, &config, "a"), pid(&sandbox, &config, "b"));
+
+    // One good change (b's args) and one mistake: neither applies.
+    sandbox.config(&format!(
+        "{}[process.c]\ncommand = \"x\"\nstartup_timeout = \"soon\"\n",
+        tables(&[("a", ""), ("b", "\"--stdout\", \"changed\"")])
+    ));
+    let run = sandbox.run(&["reload", "-c", c(&config)]);
+    run.expect_code(2);
+    assert!(run.stderr.contains("reload refused"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("tend.toml:16: process.c.startup_timeout"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("left as they are"), "{}", run.stderr);
+    let processes = status(&sandbox, &config).unwrap();
+    assert_eq!(processes.len(), 2, "{processes:?}");
+    assert_eq!(
+        (
+            pid_of(process(&processes, "a")),
+            pid_of(process(&processes, "b"))
+        ),
+        before
+    );
+    sandbox.run(&["down", "-c", c(&config)]).expect_success();
+    up.wait();
+}
+
+#[test]
+fn sighup_reloads_instead_of_stopping() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.config(&tables(&[("a", "")]));
+    let mut up = sandbox.up(&config);
+    wait_for_states(&sandbox, &config, &[("a", "running")]);
+    let a = pid(&sandbox, &config, "a");
+    sandbox.config(&tables(&[("a", ""), ("b", "")]));
+    up.signal(Signal::HUP);
+    wait_for_states(&sandbox, &config, &[("a", "running"), ("b", "running")]);
+    assert_eq!(pid(&sandbox, &config, "a"), a);
+    wait_until("the reload to be reported", Instant::now() + SOON, || {
+        up.stdout().contains("tend: reload: started (new): b")
+    });
+    assert!(up.stdout().contains("SIGHUP received; reloading"));
+    assert!(up.child.try_wait().unwrap().is_none(), "tend up still runs");
+    sandbox.run(&["down", "-c", c(&config)]).expect_success();
+    up.wait();
+}
+
+#[test]
+fn restart_after_the_file_changed_says_so() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.config(&tables(&[("a", "\"--stdout\", \"old\"")]));
+    let mut up = sandbox.up(&config);
+    wait_for_states(&sandbox, &config, &[("a", "running")]);
+    sandbox.config(&tables(&[("a", "\"--stdout\", \"new\"")]));
+    let run = sandbox.run(&["restart", "a", "-c", c(&config)]);
+    run.expect_success();
+    assert!(
+        run.stdout.contains("a: note: the settings of a in"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("run `tend reload` to apply the file"),
+        "{}",
+        run.stdout
+    );
+    let logs = sandbox.run(&["logs", "a", "-c", c(&config)]);
+    assert!(
+        !logs.stdout.contains("new"),
+        "restarted with the loaded settings"
+    );
+    // Once reloaded, a restart has nothing to say.
+    sandbox.run(&["reload", "-c", c(&config)]).expect_success();
+    let run = sandbox.run(&["restart", "a", "-c", c(&config)]);
+    run.expect_success();
+    assert!(!run.stdout.contains("note"), "{}", run.stdout);
+    sandbox.run(&["down", "-c", c(&config)]).expect_success();
+    up.wait();
+}
