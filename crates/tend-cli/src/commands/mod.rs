@@ -23,18 +23,32 @@ use crate::{
     protocol::{ProcessStatus, Request},
 };
 
+/// The supervisor a client command talks to.
+struct Target {
+    /// Its control socket.
+    socket: PathBuf,
+    /// The config file (canonical) it must run; `None` with `--socket`.
+    config: Option<PathBuf>,
+}
+
 /// The control socket a client command talks to: `--socket`, or the one in
 /// the state directory of `-c FILE` (default `./tend.toml`).
-fn control_socket(target: &SupervisorArgs) -> Result<PathBuf, Failure> {
+fn control_socket(target: &SupervisorArgs) -> Result<Target, Failure> {
     if let Some(socket) = &target.socket {
-        return Ok(socket.clone());
+        return Ok(Target {
+            socket: socket.clone(),
+            config: None,
+        });
     }
     let file = target
         .config
         .as_deref()
         .unwrap_or(Path::new(DEFAULT_CONFIG_FILE));
     match config::load_state_dir(file) {
-        Ok(state_dir) => Ok(state_dir.control_socket()),
+        Ok((file, state_dir)) => Ok(Target {
+            socket: state_dir.control_socket(),
+            config: Some(file),
+        }),
         Err(ConfigError::Unreadable { source, .. })
             if target.config.is_none() && source.kind() == std::io::ErrorKind::NotFound =>
         {
@@ -46,10 +60,32 @@ fn control_socket(target: &SupervisorArgs) -> Result<PathBuf, Failure> {
     }
 }
 
-/// Connects to the supervisor `target` names.
+/// Connects to the supervisor `target` names. Reached through a config
+/// file, the supervisor must run that file: two configs may name one state
+/// directory, and a client of one must not stop or restart the daemons of
+/// the other (`--socket` talks to whoever listens there).
 async fn connect(target: &SupervisorArgs) -> Result<ControlClient, Failure> {
-    let socket = control_socket(target)?;
-    Ok(ControlClient::connect(&socket).await?)
+    let target = control_socket(target)?;
+    let mut client = ControlClient::connect(&target.socket).await?;
+    if let Some(config) = &target.config {
+        let response = client.call(&Request::Info).await?;
+        if let Some(supervisor) = response.supervisor {
+            if &supervisor.config_file != config {
+                return Err(anyhow!(
+                    "the supervisor on {} (pid {}) runs {}, not {}: both configs use state \
+                     directory {}; pass `-c {2}` to talk to it, or give each config its own \
+                     `[settings] state_dir`",
+                    target.socket.display(),
+                    supervisor.pid,
+                    supervisor.config_file.display(),
+                    config.display(),
+                    supervisor.state_dir.display()
+                )
+                .into());
+            }
+        }
+    }
+    Ok(client)
 }
 
 /// Runs `start`, `stop` or `restart` of `name` and reports the daemon's

@@ -41,7 +41,7 @@ pub async fn run(file: &Path) -> CommandResult {
             state_dir.path().display()
         )
     })?;
-    let lock = opened.lock()?;
+    let lock = opened.lock(&config.file)?;
     let mut signals = ShutdownSignals::install()?;
 
     // One table of this process's children for the manager, the

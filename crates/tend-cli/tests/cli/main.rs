@@ -17,6 +17,7 @@ mod lifecycle;
 mod limits;
 mod lock;
 mod names;
+mod projects;
 mod node_env;
 mod publish;
 mod python_env;
