@@ -27,6 +27,7 @@ mod protocol;
 mod sanitize;
 mod server;
 mod state_dir;
+mod style;
 mod table;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
@@ -51,7 +52,14 @@ struct Cli {
 enum Command {
     /// Run every daemon of a config in the foreground and supervise them
     /// until SIGINT, SIGTERM or `tend down`.
-    Up(ConfigFileArg),
+    Up {
+        #[command(flatten)]
+        file: ConfigFileArg,
+        /// Stop every daemon and exit with 1 as soon as one cannot start or
+        /// ends in error (for CI jobs and containers).
+        #[arg(long)]
+        exit_on_failure: bool,
+    },
     /// Show the daemons' states.
     Status {
         /// Only this daemon.
@@ -165,14 +173,17 @@ fn main() -> ExitCode {
 fn run(command: Command) -> Result<(), Failure> {
     // `up` supervises with a worker per core; clients need one thread.
     let runtime = match command {
-        Command::Up(_) => tokio::runtime::Builder::new_multi_thread(),
+        Command::Up { .. } => tokio::runtime::Builder::new_multi_thread(),
         _ => tokio::runtime::Builder::new_current_thread(),
     }
     .enable_all()
     .build()?;
     runtime.block_on(async move {
         match command {
-            Command::Up(args) => commands::up::run(&args.config).await,
+            Command::Up {
+                file,
+                exit_on_failure,
+            } => commands::up::run(&file.config, exit_on_failure).await,
             Command::Check(args) => commands::check::run(&args.config),
             Command::Status { name, json, target } => {
                 commands::status::run(&target, name, json).await
@@ -218,8 +229,10 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
     }
 }
 
-/// Diagnostics go to stderr, filtered by `TEND_LOG` (default `warn`),
-/// colored only on a terminal.
+/// Diagnostics go to stderr, filtered by `TEND_LOG` (default `warn`, less
+/// the library's "giving up" warning, which repeats the event line `tend
+/// up` prints for the same failure), coloured only on a terminal and
+/// without `NO_COLOR`.
 ///
 /// Their fields may carry daemon-written text (a stderr tail in an error),
 /// and the subscriber's own escaping lets carriage returns and newlines
@@ -230,7 +243,7 @@ fn init_tracing() {
     use tracing_subscriber::field::MakeExt as _;
 
     let filter = tracing_subscriber::EnvFilter::try_from_env("TEND_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,tend::supervisor=error"));
     let escaped_fields = tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
         let text = format!("{value:?}");
         let text = escape_controls(&text, Layout::Line);
@@ -244,7 +257,7 @@ fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(style::wanted(std::io::stderr().is_terminal()))
         .fmt_fields(escaped_fields)
         .with_target(false)
         .init();

@@ -242,6 +242,9 @@ pub struct ProcessStatus {
     pub failed_health_checks: u32,
     /// Failed checks that trigger a restart; null without a health check.
     pub health_check_retries: Option<u32>,
+    /// Whether a health check of the current incarnation has completed.
+    #[serde(default)]
+    pub health_checked: bool,
     /// Why it last failed, if it did.
     pub last_error: Option<String>,
     /// When the current incarnation became running (Unix milliseconds).
@@ -296,6 +299,7 @@ impl ProcessStatus {
             restart_attempts: 0,
             failed_health_checks: 0,
             health_check_retries,
+            health_checked: false,
             last_error: error,
             started_at: None,
             uptime_ms: None,
@@ -314,6 +318,7 @@ impl ProcessStatus {
             restart_attempts: info.restart_attempts,
             failed_health_checks: info.failed_health_checks,
             health_check_retries,
+            health_checked: info.health_checked,
             last_error: info.last_error,
             started_at: info.started_at.map(unix_ms),
             uptime_ms: info.uptime.map(|d| d.as_millis() as u64),

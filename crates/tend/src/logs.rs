@@ -143,8 +143,8 @@ impl LogBuffer {
             .collect()
     }
 
-    /// The newest `n` stderr lines written since `mark`, joined for an
-    /// error message.
+    /// The newest `n` stderr lines written since `mark`, one per line, for
+    /// an error message.
     pub fn stderr_tail_since(&self, mark: u64, n: usize) -> String {
         let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
         let mut lines: Vec<&str> = ring
@@ -157,7 +157,7 @@ impl LogBuffer {
             .map(|(_, l)| l.text.as_str())
             .collect();
         lines.reverse();
-        lines.join(" | ")
+        lines.join("\n")
     }
 
     /// Lines pushed from now on.
@@ -524,7 +524,7 @@ mod tests {
         }
         let texts: Vec<_> = buffer.tail(10).into_iter().map(|l| l.text).collect();
         assert_eq!(texts, ["2", "3", "4"]);
-        assert_eq!(buffer.stderr_tail_since(0, 2), "3 | 4");
+        assert_eq!(buffer.stderr_tail_since(0, 2), "3\n4");
         assert_eq!(buffer.stderr_tail_since(4, 2), "4");
         assert_eq!(buffer.mark(), 5);
     }

@@ -161,6 +161,7 @@ impl Shared {
         let mut status = self.lock();
         status.info.restart_attempts = 0;
         status.info.failed_health_checks = 0;
+        status.info.health_checked = false;
         status.info.last_error = None;
     }
 

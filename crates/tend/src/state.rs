@@ -187,6 +187,9 @@ pub struct ProcessInfo {
     pub pid: Option<u32>,
     /// Consecutive failed health checks of the current incarnation.
     pub failed_health_checks: u32,
+    /// Whether a health check of the current incarnation has completed
+    /// (until then its health is unknown, not good).
+    pub health_checked: bool,
     /// Restarts in a row since the process last ran stably.
     pub restart_attempts: u32,
     /// Why the process last failed, if it did.
@@ -214,6 +217,7 @@ impl ProcessInfo {
             state: ProcessState::Stopped,
             pid: None,
             failed_health_checks: 0,
+            health_checked: false,
             restart_attempts: 0,
             last_error: None,
             started_at: None,

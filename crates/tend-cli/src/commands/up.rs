@@ -9,15 +9,18 @@
 //! daemon gracefully (a second signal kills them at once), kill descendants
 //! that escaped their daemon's process group, close the socket and release
 //! the lock.
+//!
+//! With `--exit-on-failure`, the first daemon that cannot start or ends in
+//! `error` stops everything the same way, and `tend up` exits with 1.
 
 mod progress;
 mod signals;
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{fmt, path::Path, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use tend::{BackgroundProcessManager, CleanupReport, subreaper::Subreaper};
-use tokio::task::JoinSet;
+use tokio::{sync::watch, task::JoinSet};
 
 use crate::{
     config::{self, TendConfig},
@@ -30,8 +33,9 @@ use crate::{
 use progress::Progress;
 use signals::ShutdownSignals;
 
-/// Runs the command.
-pub async fn run(file: &Path) -> CommandResult {
+/// Runs the command; with `exit_on_failure`, stops everything and fails
+/// as soon as a daemon cannot start or ends in `error`.
+pub async fn run(file: &Path, exit_on_failure: bool) -> CommandResult {
     let config = config::load(file).map_err(Failure::usage)?;
     let state_dir = &config.state_dir;
     let opened = state_dir.open_private().with_context(|| {
@@ -85,13 +89,19 @@ pub async fn run(file: &Path) -> CommandResult {
         (Some(containment), None) => say!("tend: containment: {containment}"),
         (None, _) => {}
     }
-    let mut progress = Progress::subscribe(&manager, &config);
+    // The first failure, for `--exit-on-failure`.
+    let failures = Arc::new(watch::channel(None::<String>).0);
+    let failed = exit_on_failure.then(|| failures.subscribe());
+    let mut progress = Progress::subscribe(&manager, &config, {
+        let failures = Arc::clone(&failures);
+        move |event| report_failure(&failures, &event.name)
+    });
 
     // Environments first: a daemon starts with the interpreter its
     // environment provides.
     let prepared = tokio::select! {
         () = prepare_environments(&context) => true,
-        cause = shutdown_cause(&mut signals, &context) => {
+        cause = shutdown_cause(&mut signals, &context, None) => {
             say!("tend: {cause} while preparing environments; stopping");
             false
         }
@@ -101,25 +111,37 @@ pub async fn run(file: &Path) -> CommandResult {
     } else {
         None
     };
+    let mut failed_with = None;
     let started = prepared
         && progress
             .print_while(async {
                 tokio::select! {
-                    () = start_all(&context) => true,
-                    cause = shutdown_cause(&mut signals, &context) => {
+                    () = start_all(&context, &failures) => true,
+                    cause = shutdown_cause(&mut signals, &context, failed.clone()) => {
                         say!("tend: {cause} while starting; stopping everything");
+                        failed_with = cause.failure();
                         false
                     }
                 }
             })
             .await;
-    if started {
+    // A start that failed before the select saw it.
+    let failed_at_start = failed
+        .as_ref()
+        .and_then(|failed| failed.borrow().clone())
+        .filter(|_| failed_with.is_none() && started);
+    if let Some(name) = failed_at_start {
+        let cause = Cause::Failed(name);
+        say!("tend: {cause} while starting; stopping everything");
+        failed_with = cause.failure();
+    } else if started {
         say!("{}", table::render(&context.statuses()).trim_end());
         say!("tend: supervising; stop with Ctrl-C or `tend down`");
         let cause = progress
-            .print_while(shutdown_cause(&mut signals, &context))
+            .print_while(shutdown_cause(&mut signals, &context, failed.clone()))
             .await;
         say!("tend: {cause}; stopping every daemon");
+        failed_with = cause.failure();
     }
 
     let graceful = progress
@@ -141,7 +163,10 @@ pub async fn run(file: &Path) -> CommandResult {
         };
         let killed = subreaper.kill_adopted(grace).await;
         if killed > 0 {
-            say!("tend: stopped {killed} process(es) that escaped their daemon's process group");
+            say!(
+                "tend: stopped {} that escaped their daemon's process group",
+                tend::human::count(killed, "process")
+            );
         }
     }
     server.close();
@@ -156,7 +181,25 @@ pub async fn run(file: &Path) -> CommandResult {
     // Last: a `tend down` client returns when this connection closes.
     context.release_down_clients();
     say!("tend: all daemons stopped");
-    Ok(())
+    match failed_with {
+        Some(name) => Err(anyhow::anyhow!(
+            "{name} failed, so every daemon was stopped (--exit-on-failure)"
+        )
+        .into()),
+        None => Ok(()),
+    }
+}
+
+/// Records that daemon `name` failed (the first one only).
+fn report_failure(failures: &watch::Sender<Option<String>>, name: &str) {
+    failures.send_if_modified(|first| {
+        if first.is_none() {
+            *first = Some(name.to_owned());
+            true
+        } else {
+            false
+        }
+    });
 }
 
 /// Prepares the Python and Node environments of the daemons that have
@@ -195,8 +238,10 @@ async fn prepare_environments(context: &Arc<ServerContext>) {
 
 /// Starts every daemon in parallel; a daemon that fails (to start, or
 /// earlier to get its environment) is reported and left in `error` while
-/// the others run.
-async fn start_all(context: &Arc<ServerContext>) {
+/// the others run. A failed start of the manager was reported by its
+/// event already; only a daemon the manager never saw (its environment
+/// failed) gets a message here, so each failure is said once.
+async fn start_all(context: &Arc<ServerContext>, failures: &watch::Sender<Option<String>>) {
     let mut starts = JoinSet::new();
     for process in &context.config.processes {
         let context = Arc::clone(context);
@@ -209,51 +254,109 @@ async fn start_all(context: &Arc<ServerContext>) {
     while let Some(joined) = starts.join_next().await {
         match joined {
             Ok((_, Ok(()))) => {}
-            // The reason may end with the daemon's stderr tail, or with an
-            // installer's output of several lines.
-            Ok((name, Err(e))) => say_err!(
-                "tend: {}",
-                escape_controls(&format!("{name} did not start: {e}"), Layout::Lines)
-            ),
+            Ok((name, Err(_))) if context.manager.process_info(&name).is_some() => {
+                report_failure(failures, &name);
+            }
+            // The reason may end with an installer's output of several
+            // lines.
+            Ok((name, Err(e))) => {
+                report_failure(failures, &name);
+                say_err!(
+                    "tend: {}",
+                    escape_controls(&format!("{name} did not start: {e}"), Layout::Lines)
+                );
+            }
             Err(e) => say_err!("tend: a start task failed: {e}"),
         }
     }
 }
 
-/// What ended supervision: a signal or a `tend down`.
-async fn shutdown_cause(signals: &mut ShutdownSignals, context: &ServerContext) -> String {
+/// What ended supervision.
+enum Cause {
+    /// A signal, by name.
+    Signal(&'static str),
+    /// A `tend down`.
+    Down,
+    /// This daemon failed, with `--exit-on-failure`.
+    Failed(String),
+}
+
+impl Cause {
+    /// The daemon whose failure ended supervision.
+    fn failure(&self) -> Option<String> {
+        match self {
+            Cause::Failed(name) => Some(name.clone()),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cause::Signal(signal) => write!(f, "{signal} received"),
+            Cause::Down => write!(f, "`tend down` received"),
+            Cause::Failed(name) => write!(
+                f,
+                "{} failed and --exit-on-failure is set",
+                escape_controls(name, Layout::Line)
+            ),
+        }
+    }
+}
+
+/// What ends supervision: a signal, a `tend down`, or (when `failed`
+/// watches failures) the first daemon that failed.
+async fn shutdown_cause(
+    signals: &mut ShutdownSignals,
+    context: &ServerContext,
+    failed: Option<watch::Receiver<Option<String>>>,
+) -> Cause {
+    let failure = async {
+        match failed {
+            Some(mut failed) => match failed.wait_for(Option::is_some).await {
+                Ok(name) => name.clone().unwrap_or_default(),
+                Err(_) => std::future::pending().await,
+            },
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
-        signal = signals.next() => format!("{signal} received"),
-        () = context.shutdown_requested() => "`tend down` received".to_owned(),
+        signal = signals.next() => Cause::Signal(signal),
+        () = context.shutdown_requested() => Cause::Down,
+        name = failure => Cause::Failed(name),
     }
 }
 
 fn report_cleanup(report: &CleanupReport) {
+    use tend::human::{count, list};
     if !report.killed.is_empty() {
         say!(
-            "tend: stopped {} daemon(s) left running by an earlier tend: {}",
-            report.killed.len(),
+            "tend: stopped {} left running by an earlier tend: {}",
+            count(report.killed.len(), "daemon"),
             escape_controls(&report.killed.join(", "), Layout::Line)
         );
     }
     if !report.escaped.is_empty() {
         say!(
-            "tend: stopped {} process(es) that had escaped the daemons of an earlier tend: pid {:?}",
-            report.escaped.len(),
-            report.escaped
+            "tend: stopped {} that had escaped the daemons of an earlier tend: {} {}",
+            count(report.escaped.len(), "process"),
+            if report.escaped.len() == 1 { "pid" } else { "pids" },
+            list(&report.escaped)
         );
     }
     if !report.suspects.is_empty() {
         say!(
-            "tend: left alone {} process(es) that carry the marker of an earlier tend but are not proven its daemons' (check them, and kill them if they are leftovers): pid {:?}",
-            report.suspects.len(),
-            report.suspects
+            "tend: left alone {} that carry the marker of an earlier tend but are not proven its daemons' (check them, and kill them if they are leftovers): {} {}",
+            count(report.suspects.len(), "process"),
+            if report.suspects.len() == 1 { "pid" } else { "pids" },
+            list(&report.suspects)
         );
     }
     if !report.owned_by_live_manager.is_empty() {
         say!(
-            "tend: left alone {} daemon record(s) of another live tend: {}",
-            report.owned_by_live_manager.len(),
+            "tend: left alone {} of another live tend: {}",
+            count(report.owned_by_live_manager.len(), "daemon record"),
             escape_controls(&report.owned_by_live_manager.join(", "), Layout::Line)
         );
     }
