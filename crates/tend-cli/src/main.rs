@@ -67,6 +67,10 @@ enum Command {
         /// Print a JSON array instead of a table.
         #[arg(long)]
         json: bool,
+        /// Exit with 1 unless every daemon (or NAME) is running: a probe
+        /// for scripts and container health checks.
+        #[arg(long)]
+        check: bool,
         #[command(flatten)]
         target: SupervisorArgs,
     },
@@ -185,9 +189,12 @@ fn run(command: Command) -> Result<(), Failure> {
                 exit_on_failure,
             } => commands::up::run(&file.config, exit_on_failure).await,
             Command::Check(args) => commands::check::run(&args.config),
-            Command::Status { name, json, target } => {
-                commands::status::run(&target, name, json).await
-            }
+            Command::Status {
+                name,
+                json,
+                check,
+                target,
+            } => commands::status::run(&target, name, json, check).await,
             Command::Start(args) => commands::start::run(&args.target, &args.name).await,
             Command::Stop(args) => commands::stop::run(&args.target, &args.name).await,
             Command::Restart(args) => commands::restart::run(&args.target, &args.name).await,

@@ -104,6 +104,10 @@ pub struct Response {
     /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What kind of failure, where a client acts on it (an unknown daemon
+    /// is a usage error, exit code 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<ErrorKind>,
     /// `status`: the daemons, sorted by name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub processes: Option<Vec<ProcessStatus>>,
@@ -137,6 +141,14 @@ pub struct Response {
     /// `publish`: how many daemons the event was queued for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queued: Option<usize>,
+}
+
+/// A failure a client tells apart from the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request names a daemon the config does not have.
+    UnknownDaemon,
 }
 
 /// Reads a field that is there as `Some`, also when it is `null` (which

@@ -102,13 +102,23 @@ impl ServerContext {
     }
 
     /// The config of daemon `name` as the file gives it, or why there is
-    /// none.
+    /// none (in the one wording every command uses).
     pub fn config_of(&self, name: &str) -> Result<&BackgroundProcessConfig, String> {
         self.config
             .processes
             .iter()
             .find(|process| process.name == name)
-            .ok_or_else(|| format!("no daemon named {name:?} in {}", self.config.file.display()))
+            .ok_or_else(|| self.no_such_daemon(name))
+    }
+
+    /// `no daemon named "x" in FILE (its daemons: a, b)`.
+    pub fn no_such_daemon(&self, name: &str) -> String {
+        let names: Vec<&str> = self.config.processes.iter().map(|p| p.name.as_str()).collect();
+        format!(
+            "no daemon named {name:?} in {} (its daemons: {})",
+            self.config.file.display(),
+            names.join(", ")
+        )
     }
 
     /// Records how preparing the environment of `name` ended.

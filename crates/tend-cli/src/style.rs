@@ -20,13 +20,6 @@ pub fn stdout() -> Painter {
     }
 }
 
-/// Colour for standard error?
-pub fn stderr() -> Painter {
-    Painter {
-        enabled: wanted(std::io::stderr().is_terminal()),
-    }
-}
-
 /// Paints text with a style, or leaves it plain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Painter {

@@ -33,8 +33,7 @@ pub async fn run(
     };
     let first = client.call(&request).await?;
     if !first.ok {
-        let reason = first.error.unwrap_or_else(|| "no reason given".into());
-        return Err(anyhow!(reason).into());
+        return Err(super::refused(first, None));
     }
     let mut out = std::io::stdout().lock();
     for line in first.lines.unwrap_or_default() {

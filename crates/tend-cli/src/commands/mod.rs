@@ -20,8 +20,22 @@ use crate::{
     client::ControlClient,
     config::{self, ConfigError, DEFAULT_CONFIG_FILE},
     failure::Failure,
-    protocol::{ProcessStatus, Request},
+    protocol::{ErrorKind, ProcessStatus, Request, Response},
 };
+
+/// The failure a refused request means: a usage error (exit 2) when it
+/// named a daemon the config does not have, else a failed operation
+/// (exit 1). `what` prefixes the reason (the daemon, the event).
+fn refused(response: Response, what: Option<&str>) -> Failure {
+    let reason = response.error.unwrap_or_else(|| "no reason given".into());
+    if response.error_kind == Some(ErrorKind::UnknownDaemon) {
+        return Failure::usage(anyhow!(reason));
+    }
+    match what {
+        Some(what) => anyhow!("{what}: {reason}").into(),
+        None => anyhow!(reason).into(),
+    }
+}
 
 /// The supervisor a client command talks to.
 struct Target {
@@ -94,8 +108,7 @@ async fn operate(target: &SupervisorArgs, request: Request, name: &str) -> Resul
     let mut client = connect(target).await?;
     let response = client.call(&request).await?;
     if !response.ok {
-        let reason = response.error.unwrap_or_else(|| "no reason given".into());
-        return Err(anyhow!("{name}: {reason}").into());
+        return Err(refused(response, Some(name)));
     }
     match response.process {
         Some(process) => println!("{name}: {}", describe(&process)),

@@ -8,8 +8,22 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::{After, Connection, ServerContext};
 use crate::protocol::{
-    DEFAULT_CALL_TIMEOUT_MS, LogEntry, Request, Response, RpcErrorObject, SupervisorInfo,
+    DEFAULT_CALL_TIMEOUT_MS, ErrorKind, LogEntry, Request, Response, RpcErrorObject,
+    SupervisorInfo,
 };
+
+/// The daemon a request names, if it names one.
+fn named(request: &Request) -> Option<&str> {
+    match request {
+        Request::Status { name: Some(name) }
+        | Request::Start { name }
+        | Request::Stop { name }
+        | Request::Restart { name }
+        | Request::Call { name, .. } => Some(name),
+        Request::Logs { name, .. } => Some(name),
+        _ => None,
+    }
+}
 
 /// Answers `request` on `connection`.
 ///
@@ -21,6 +35,17 @@ pub async fn handle(
     request: Request,
     connection: &mut Connection<'_>,
 ) -> io::Result<After> {
+    // One answer, in one wording, for a daemon the config does not have.
+    if let Some(name) = named(&request) {
+        if context.config_of(name).is_err() {
+            let response = Response {
+                error_kind: Some(ErrorKind::UnknownDaemon),
+                ..Response::error(context.no_such_daemon(name))
+            };
+            connection.send(&response).await?;
+            return Ok(After::Continue);
+        }
+    }
     let response = match request {
         Request::Info => info(context),
         Request::Status { name } => status(context, name.as_deref()),
@@ -91,8 +116,9 @@ fn outcome(context: &ServerContext, name: &str, result: Result<(), String>) -> R
 }
 
 async fn start(context: &ServerContext, name: &str) -> Response {
-    if let Err(message) = context.config_of(name) {
-        return Response::error(message);
+    // The state asked for holds already.
+    if context.manager.state(name) == Some(ProcessState::Running) {
+        return outcome(context, name, Ok(()));
     }
     let result = context.start(name).await;
     outcome(context, name, result)

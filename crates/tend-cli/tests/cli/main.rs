@@ -10,6 +10,7 @@ mod client_errors;
 mod config_errors;
 mod control_socket;
 mod escape;
+mod failures;
 mod harness;
 mod health_probe;
 mod kill9;
