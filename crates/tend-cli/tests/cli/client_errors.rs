@@ -67,9 +67,9 @@ fn unknown_daemons_are_refused_by_name() {
         vec!["status", "zed", "-c", c],
     ] {
         let run = sandbox.run(&args);
-        run.expect_code(1);
+        run.expect_code(2);
         assert!(
-            run.stderr.contains("\"zed\""),
+            run.stderr.contains("no daemon named \"zed\""),
             "{}: {}",
             run.command,
             run.stderr
