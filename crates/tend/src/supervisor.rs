@@ -151,6 +151,9 @@ pub(crate) struct Supervisor {
     /// Set when the last termination ran out of grace period and sent
     /// SIGKILL, for the message that ends the stop.
     killed_after_grace: bool,
+    /// Whether this supervisor spawned an incarnation already (the log
+    /// marker of the next one says "restarted").
+    spawned_before: bool,
 }
 
 impl Supervisor {
@@ -169,6 +172,7 @@ impl Supervisor {
             start_waiter: Some(start_waiter),
             cgroup: None,
             killed_after_grace: false,
+            spawned_before: false,
         }
     }
 
@@ -288,6 +292,17 @@ impl Supervisor {
                 return Err(spawn_error(source));
             }
         };
+        // Where one incarnation ends and the next begins, before any line
+        // of the new one (its output is read from here on).
+        let marker = if self.spawned_before {
+            "restarted"
+        } else {
+            "started"
+        };
+        self.spawned_before = true;
+        self.shared
+            .logs
+            .push(Stream::Tend, format!("{marker}, pid {pid}"));
         let log_mark = self.shared.logs.mark();
         // Recorded before readiness: a manager killed while its daemon
         // starts must still leave a trace of it.
