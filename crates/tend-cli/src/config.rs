@@ -42,6 +42,8 @@ const PROCESS_KEYS: &[&str] = &[
     "restart_delay",
     "stable_period",
     "log_file",
+    "log_file_max_size",
+    "log_file_keep",
     "healthcheck",
     "events",
     "memory_max",
@@ -518,6 +520,16 @@ fn read_process(
                     config = config.log_file(state_dir.path().join(file));
                 }
             }
+            "log_file_max_size" => {
+                if let Some(size) = problems.size(&entry) {
+                    config.log_file_max_bytes = size;
+                }
+            }
+            "log_file_keep" => {
+                if let Some(keep) = problems.count(&entry) {
+                    config.log_file_keep = keep;
+                }
+            }
             "healthcheck" => {
                 if let Some((check, probe)) = read_healthcheck(&entry, &mut spans, problems) {
                     config = config.healthcheck(check).health_probe(probe);
@@ -782,6 +794,7 @@ fn file_key(field: &'static str) -> Option<&'static str> {
         "name" => return None, // checked with the table key
         "plugin_path" => "cwd",
         "socket_path" => "socket",
+        "log_file_max_bytes" => "log_file_max_size",
         other => other,
     })
 }

@@ -80,16 +80,21 @@ enum Command {
     Stop(NameArgs),
     /// Stop and start a daemon; returns once it is running again.
     Restart(NameArgs),
-    /// Print a daemon's recent output.
+    /// Print the recent output of a daemon, or of every daemon
+    /// interleaved in time order, each line prefixed by its daemon's name.
+    /// Reads the log files when no supervisor runs.
     Logs {
-        /// The daemon.
-        name: String,
+        /// The daemon; every daemon when left out.
+        name: Option<String>,
         /// How many recent lines.
         #[arg(short = 'n', long = "lines", default_value_t = protocol::DEFAULT_LOG_LINES)]
         lines: usize,
         /// Keep printing new lines as they come.
         #[arg(short, long)]
         follow: bool,
+        /// Prefix each line with the time tend read it.
+        #[arg(short, long)]
+        timestamps: bool,
         /// Print the lines exactly as the daemon wrote them, control
         /// characters and escape sequences included (by default they are
         /// shown escaped, like `\x1b[2J`, so they cannot act on the
@@ -202,9 +207,18 @@ fn run(command: Command) -> Result<(), Failure> {
                 name,
                 lines,
                 follow,
+                timestamps,
                 raw,
                 target,
-            } => commands::logs::run(&target, &name, lines, follow, raw).await,
+            } => {
+                let options = commands::logs::Options {
+                    lines,
+                    follow,
+                    raw,
+                    timestamps,
+                };
+                commands::logs::run(&target, name.as_deref(), options).await
+            }
             Command::Call {
                 name,
                 method,

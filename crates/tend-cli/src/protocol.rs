@@ -47,10 +47,13 @@ pub enum Request {
         name: String,
     },
     /// The daemon's recent output, then (with `follow`) new lines as they
-    /// come until the client disconnects.
+    /// come until the client disconnects. Without a name, the output of
+    /// every daemon, interleaved in time order, each line naming its
+    /// daemon.
     Logs {
-        /// The daemon.
-        name: String,
+        /// The daemon; every daemon when absent or null.
+        #[serde(default)]
+        name: Option<String>,
         /// How many recent lines to send first.
         #[serde(default = "default_log_lines")]
         lines: usize,
@@ -349,11 +352,17 @@ pub enum StreamName {
     Stdout,
     /// Standard error.
     Stderr,
+    /// Written by tend: where an incarnation begins.
+    Tend,
 }
 
 /// One line of a daemon's output.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogEntry {
+    /// The daemon, in the output of every daemon (a `logs` request
+    /// without a name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// The stream it was written to.
     pub stream: StreamName,
     /// When tend read it (Unix milliseconds).
@@ -368,7 +377,9 @@ impl From<LogLine> for LogEntry {
             stream: match line.stream {
                 Stream::Stdout => StreamName::Stdout,
                 Stream::Stderr => StreamName::Stderr,
+                Stream::Tend => StreamName::Tend,
             },
+            name: None,
             time: unix_ms(line.time),
             text: line.text,
         }
@@ -421,7 +432,7 @@ mod tests {
         assert_eq!(
             parse(r#"{"cmd":"logs","name":"echo"}"#).unwrap(),
             Request::Logs {
-                name: "echo".into(),
+                name: Some("echo".into()),
                 lines: DEFAULT_LOG_LINES,
                 follow: false
             }

@@ -47,6 +47,11 @@ impl Painter {
         self.paint(text, state_style(state))
     }
 
+    /// `text` in red: the `[stderr]` mark of a log line.
+    pub fn stderr(self, text: &str) -> String {
+        self.paint(text, Style::new().fg_color(Some(AnsiColor::Red.into())))
+    }
+
     /// `text` dimmed (times, tend's own marker lines).
     pub fn dim(self, text: &str) -> String {
         self.paint(text, Style::new().dimmed())

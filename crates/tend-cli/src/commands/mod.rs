@@ -38,7 +38,7 @@ fn refused(response: Response, what: Option<&str>) -> Failure {
 }
 
 /// The supervisor a client command talks to.
-struct Target {
+pub struct Target {
     /// Its control socket.
     socket: PathBuf,
     /// The config file (canonical) it must run; `None` with `--socket`.
@@ -47,7 +47,7 @@ struct Target {
 
 /// The control socket a client command talks to: `--socket`, or the one in
 /// the state directory of `-c FILE` (default `./tend.toml`).
-fn control_socket(target: &SupervisorArgs) -> Result<Target, Failure> {
+pub fn control_socket(target: &SupervisorArgs) -> Result<Target, Failure> {
     if let Some(socket) = &target.socket {
         return Ok(Target {
             socket: socket.clone(),
@@ -80,7 +80,13 @@ fn control_socket(target: &SupervisorArgs) -> Result<Target, Failure> {
 /// the other (`--socket` talks to whoever listens there).
 async fn connect(target: &SupervisorArgs) -> Result<ControlClient, Failure> {
     let target = control_socket(target)?;
-    let mut client = ControlClient::connect(&target.socket).await?;
+    let client = ControlClient::connect(&target.socket).await?;
+    verify(client, &target).await
+}
+
+/// `client`, once its supervisor is known to run the config of `target`
+/// (see [`connect`]).
+async fn verify(mut client: ControlClient, target: &Target) -> Result<ControlClient, Failure> {
     if let Some(config) = &target.config {
         let response = client.call(&Request::Info).await?;
         if let Some(supervisor) = response.supervisor {

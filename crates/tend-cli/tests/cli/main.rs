@@ -17,6 +17,7 @@ mod kill9;
 mod lifecycle;
 mod limits;
 mod lock;
+mod logs;
 mod names;
 mod projects;
 mod node_env;
