@@ -7,6 +7,7 @@
 
 mod call;
 mod client_errors;
+mod colour;
 mod config_errors;
 mod control_socket;
 mod escape;
