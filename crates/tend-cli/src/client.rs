@@ -58,14 +58,14 @@ impl ControlClient {
     /// to one that fails the check.
     pub async fn connect(socket: &Path) -> anyhow::Result<Self> {
         check_socket_dir(socket)?;
-        let stream = UnixStream::connect(socket).await.map_err(|e| {
-            match e.kind() {
+        let stream = UnixStream::connect(socket)
+            .await
+            .map_err(|e| match e.kind() {
                 io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => anyhow!(NotRunning {
                     socket: socket.to_owned(),
                 }),
                 _ => anyhow!(e).context(format!("cannot connect to {}", socket.display())),
-            }
-        })?;
+            })?;
         let peer = stream
             .peer_cred()
             .with_context(|| format!("cannot tell who listens on {}", socket.display()))?;

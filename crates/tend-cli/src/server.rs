@@ -113,7 +113,12 @@ impl ServerContext {
 
     /// `no daemon named "x" in FILE (its daemons: a, b)`.
     pub fn no_such_daemon(&self, name: &str) -> String {
-        let names: Vec<&str> = self.config.processes.iter().map(|p| p.name.as_str()).collect();
+        let names: Vec<&str> = self
+            .config
+            .processes
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
         format!(
             "no daemon named {name:?} in {} (its daemons: {})",
             self.config.file.display(),

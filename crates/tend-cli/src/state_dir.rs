@@ -152,9 +152,10 @@ impl OpenStateDir {
                     .next()
                     .and_then(|pid| std::str::from_utf8(pid).ok())
                     .and_then(|pid| pid.trim().parse().ok());
-                let holder_config = lines.next().filter(|path| !path.is_empty()).map(|path| {
-                    PathBuf::from(std::ffi::OsStr::from_bytes(path))
-                });
+                let holder_config = lines
+                    .next()
+                    .filter(|path| !path.is_empty())
+                    .map(|path| PathBuf::from(std::ffi::OsStr::from_bytes(path)));
                 return Err(LockError::Held {
                     dir: self.path.clone(),
                     holder_pid,
@@ -299,7 +300,10 @@ mod tests {
         let precious = temp.path().join("precious");
         fs::write(&precious, "keep").unwrap();
         std::os::unix::fs::symlink(&precious, dir.lock_file()).unwrap();
-        let err = open.lock(Path::new("/a/tend.toml")).unwrap_err().to_string();
+        let err = open
+            .lock(Path::new("/a/tend.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("symbolic link"), "{err}");
         assert_eq!(fs::read_to_string(&precious).unwrap(), "keep");
     }

@@ -539,7 +539,10 @@ fn read_own_file(path: &Path) -> io::Result<Option<Vec<u8>>> {
         Err(rustix::io::Errno::LOOP) => {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
-                format!("{} is a symbolic link, which tend does not follow for a log file", path.display()),
+                format!(
+                    "{} is a symbolic link, which tend does not follow for a log file",
+                    path.display()
+                ),
             ));
         }
         Err(e) => return Err(e.into()),
@@ -754,10 +757,17 @@ mod tests {
         assert_eq!(read_log_file(&path, 3, 1).unwrap(), lines[2..]);
         // Lines of an older tend, without a time, are kept whole.
         let old = parse_log_line("err it broke");
-        assert_eq!((old.stream, old.text.as_str()), (Stream::Stderr, "it broke"));
+        assert_eq!(
+            (old.stream, old.text.as_str()),
+            (Stream::Stderr, "it broke")
+        );
         assert_eq!(parse_log_line("free text").text, "free text");
         // Nothing there: no lines.
-        assert!(read_log_file(&dir.path().join("none"), 3, 10).unwrap().is_empty());
+        assert!(
+            read_log_file(&dir.path().join("none"), 3, 10)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

@@ -49,7 +49,10 @@ pub async fn run(
         return Err(anyhow!(text).into());
     }
     if !response.ok {
-        return Err(super::refused(response, Some(&format!("{name}: {method} failed"))));
+        return Err(super::refused(
+            response,
+            Some(&format!("{name}: {method} failed")),
+        ));
     }
     let Some(result) = response.result else {
         return Err(anyhow!("the supervisor's answer has no result").into());

@@ -1,7 +1,6 @@
 //! `tend down`: stop every daemon and the supervisor; returns once the
 //! supervisor is gone.
 
-
 use super::connect;
 use crate::{SupervisorArgs, failure::CommandResult, protocol::Request};
 

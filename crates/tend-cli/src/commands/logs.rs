@@ -132,8 +132,14 @@ fn from_files(
         let Some(path) = &daemon.log_file else {
             continue;
         };
-        let lines = tend::logs::read_log_file(path, daemon.log_file_keep, options.lines)
-            .map_err(|e| anyhow!("cannot read the log file {} of {}: {e}", path.display(), daemon.name))?;
+        let lines =
+            tend::logs::read_log_file(path, daemon.log_file_keep, options.lines).map_err(|e| {
+                anyhow!(
+                    "cannot read the log file {} of {}: {e}",
+                    path.display(),
+                    daemon.name
+                )
+            })?;
         entries.extend(lines.into_iter().map(|line| LogEntry {
             name: name.is_none().then(|| daemon.name.clone()),
             ..LogEntry::from(line)
@@ -276,7 +282,11 @@ mod tests {
     fn timestamps_are_local_with_milliseconds() {
         let stamp = timestamp(1_764_691_510_153);
         assert!(stamp.contains(".153"), "{stamp}");
-        assert_eq!(stamp.len(), "2025-12-02T16:05:10.153+00:00".len(), "{stamp}");
+        assert_eq!(
+            stamp.len(),
+            "2025-12-02T16:05:10.153+00:00".len(),
+            "{stamp}"
+        );
         assert_eq!(timestamp(0), "-");
     }
 }

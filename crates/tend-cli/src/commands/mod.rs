@@ -89,20 +89,21 @@ async fn connect(target: &SupervisorArgs) -> Result<ControlClient, Failure> {
 async fn verify(mut client: ControlClient, target: &Target) -> Result<ControlClient, Failure> {
     if let Some(config) = &target.config {
         let response = client.call(&Request::Info).await?;
-        if let Some(supervisor) = response.supervisor {
-            if &supervisor.config_file != config {
-                return Err(anyhow!(
-                    "the supervisor on {} (pid {}) runs {}, not {}: both configs use state \
+        let other = response
+            .supervisor
+            .filter(|supervisor| &supervisor.config_file != config);
+        if let Some(supervisor) = other {
+            return Err(anyhow!(
+                "the supervisor on {} (pid {}) runs {}, not {}: both configs use state \
                      directory {}; pass `-c {2}` to talk to it, or give each config its own \
                      `[settings] state_dir`",
-                    target.socket.display(),
-                    supervisor.pid,
-                    supervisor.config_file.display(),
-                    config.display(),
-                    supervisor.state_dir.display()
-                )
-                .into());
-            }
+                target.socket.display(),
+                supervisor.pid,
+                supervisor.config_file.display(),
+                config.display(),
+                supervisor.state_dir.display()
+            )
+            .into());
         }
     }
     Ok(client)

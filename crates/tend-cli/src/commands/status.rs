@@ -38,20 +38,17 @@ pub async fn run(
             text.push_str(&line);
             text.push('\n');
         }
-        if one {
-            if let Some(error) = processes.first().and_then(table::last_error_lines) {
-                text.push_str(&error);
-            }
+        let error = processes.first().filter(|_| one);
+        if let Some(error) = error.and_then(table::last_error_lines) {
+            text.push_str(&error);
         }
         text
     };
     std::io::stdout().lock().write_all(text.as_bytes())?;
-    if check {
-        if let Some(problem) = not_running(&processes) {
-            return Err(anyhow!(problem).into());
-        }
+    match not_running(&processes) {
+        Some(problem) if check => Err(anyhow!(problem).into()),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// For `--check`: which daemons are not running, or `None` when all are.

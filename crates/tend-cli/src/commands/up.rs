@@ -341,7 +341,11 @@ fn report_cleanup(report: &CleanupReport) {
         say!(
             "tend: stopped {} that had escaped the daemons of an earlier tend: {} {}",
             count(report.escaped.len(), "process"),
-            if report.escaped.len() == 1 { "pid" } else { "pids" },
+            if report.escaped.len() == 1 {
+                "pid"
+            } else {
+                "pids"
+            },
             list(&report.escaped)
         );
     }
@@ -349,7 +353,11 @@ fn report_cleanup(report: &CleanupReport) {
         say!(
             "tend: left alone {} that carry the marker of an earlier tend but are not proven its daemons' (check them, and kill them if they are leftovers): {} {}",
             count(report.suspects.len(), "process"),
-            if report.suspects.len() == 1 { "pid" } else { "pids" },
+            if report.suspects.len() == 1 {
+                "pid"
+            } else {
+                "pids"
+            },
             list(&report.suspects)
         );
     }

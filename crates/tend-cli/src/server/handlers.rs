@@ -8,8 +8,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::{After, Connection, ServerContext};
 use crate::protocol::{
-    DEFAULT_CALL_TIMEOUT_MS, ErrorKind, LogEntry, Request, Response, RpcErrorObject,
-    SupervisorInfo,
+    DEFAULT_CALL_TIMEOUT_MS, ErrorKind, LogEntry, Request, Response, RpcErrorObject, SupervisorInfo,
 };
 
 /// The daemon a request names, if it names one.
@@ -38,15 +37,14 @@ pub async fn handle(
     connection: &mut Connection<'_>,
 ) -> io::Result<After> {
     // One answer, in one wording, for a daemon the config does not have.
-    if let Some(name) = named(&request) {
-        if context.config_of(name).is_err() {
-            let response = Response {
-                error_kind: Some(ErrorKind::UnknownDaemon),
-                ..Response::error(context.no_such_daemon(name))
-            };
-            connection.send(&response).await?;
-            return Ok(After::Continue);
-        }
+    let unknown = named(&request).filter(|name| context.config_of(name).is_err());
+    if let Some(name) = unknown {
+        let response = Response {
+            error_kind: Some(ErrorKind::UnknownDaemon),
+            ..Response::error(context.no_such_daemon(name))
+        };
+        connection.send(&response).await?;
+        return Ok(After::Continue);
     }
     let response = match request {
         Request::Info => info(context),
@@ -270,7 +268,8 @@ async fn logs(
         ) {
             (Ok(live), Ok(recent)) => sources.push((daemon, live, recent)),
             _ if name.is_some() && follow => {
-                let message = format!("{daemon:?} has not been started; there is no output to follow");
+                let message =
+                    format!("{daemon:?} has not been started; there is no output to follow");
                 connection.send(&Response::error(message)).await?;
                 return Ok(After::Continue);
             }

@@ -11,7 +11,11 @@ fn no_supervisor_running_is_a_clear_failure() {
     // `logs` reads the log files instead (none yet).
     let logs = sandbox.run(&["logs", "a", "-c", c]);
     logs.expect_success();
-    assert!(logs.stderr.contains("no supervisor is running"), "{}", logs.stderr);
+    assert!(
+        logs.stderr.contains("no supervisor is running"),
+        "{}",
+        logs.stderr
+    );
     assert_eq!(logs.stdout, "");
     for args in [
         vec!["status", "-c", c],

@@ -22,8 +22,8 @@ use crate::harness::*;
 /// Runs `tend ARGS` with stdout and stderr on a new pseudo-terminal and
 /// returns all it wrote there (the process must end by itself).
 fn on_terminal(sandbox: &Sandbox, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let controller = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)
-        .expect("openpt");
+    let controller =
+        openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).expect("openpt");
     grantpt(&controller).expect("grantpt");
     unlockpt(&controller).expect("unlockpt");
     let name = ptsname(&controller, Vec::new()).expect("ptsname");

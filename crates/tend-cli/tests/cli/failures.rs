@@ -89,7 +89,10 @@ fn a_daemon_that_fails_later_ends_an_exit_on_failure_up() {
     // The restart is announced with its delay and attempt, the output
     // that explains the exit under it; then the end.
     assert!(stdout.contains("restarting in "), "{stdout}");
-    assert!(stdout.contains("(attempt 1 of 1))\n    lost the database\n"), "{stdout}");
+    assert!(
+        stdout.contains("(attempt 1 of 1))\n    lost the database\n"),
+        "{stdout}"
+    );
     assert!(stdout.contains("gave up after 1 restart)"), "{stdout}");
 }
 
@@ -104,7 +107,11 @@ fn status_check_and_the_whole_last_error() {
 
     let check = sandbox.run(&["status", "--check", "-c", c]);
     check.expect_code(1);
-    assert!(check.stderr.contains("check failed: bad is error"), "{}", check.stderr);
+    assert!(
+        check.stderr.contains("check failed: bad is error"),
+        "{}",
+        check.stderr
+    );
     sandbox
         .run(&["status", "good", "--check", "-c", c])
         .expect_success();
@@ -149,7 +156,11 @@ fn an_unknown_daemon_is_one_message_and_a_usage_error() {
     // A start of a daemon that runs: the state asked for holds, exit 0.
     let again = sandbox.run(&["start", "good", "-c", c]);
     again.expect_success();
-    assert!(again.stdout.starts_with("good: running, pid "), "{}", again.stdout);
+    assert!(
+        again.stdout.starts_with("good: running, pid "),
+        "{}",
+        again.stdout
+    );
     sandbox.run(&["down", "-c", c]).expect_success();
 }
 
@@ -168,9 +179,7 @@ fn a_stop_that_ran_out_of_grace_says_sigkill_was_sent() {
     up.wait();
     let stdout = up.stdout();
     assert!(
-        stdout.contains(
-            "(stopped; the grace period of 200 ms ran out, so SIGKILL was sent)"
-        ),
+        stdout.contains("(stopped; the grace period of 200 ms ran out, so SIGKILL was sent)"),
         "{stdout}"
     );
 }

@@ -87,20 +87,30 @@ fn every_daemon_interleaved_with_names_streams_and_incarnations() {
     let last = one.stdout.lines().last().unwrap();
     let (time, rest) = last.split_once(' ').unwrap();
     assert_eq!(rest, "[stderr] db warns", "{last}");
-    assert!(time.len() >= "2026-12-02T16:05:10.153Z".len() && time.contains('T'), "{time}");
+    assert!(
+        time.len() >= "2026-12-02T16:05:10.153Z".len() && time.contains('T'),
+        "{time}"
+    );
 
     // The log file has the time and stream of each line.
     let file = fs::read_to_string(sandbox.state_dir().join("logs/db.log")).unwrap();
     let line = file.lines().find(|l| l.ends_with(" err db warns")).unwrap();
     assert!(line.starts_with("20") && line.contains('T'), "{file}");
-    assert!(file.lines().next().unwrap().contains(" tend started, pid "), "{file}");
+    assert!(
+        file.lines().next().unwrap().contains(" tend started, pid "),
+        "{file}"
+    );
 
     sandbox.run(&["down", "-c", c]).expect_success();
 
     // No supervisor: the same lines, from the files.
     let offline = sandbox.run(&["logs", "-c", c]);
     offline.expect_success();
-    assert!(offline.stderr.contains("from the log files"), "{}", offline.stderr);
+    assert!(
+        offline.stderr.contains("from the log files"),
+        "{}",
+        offline.stderr
+    );
     for line in ["web   | web says hi", "db    | [stderr] db warns"] {
         assert!(offline.stdout.contains(line), "{line}:\n{}", offline.stdout);
     }
@@ -113,7 +123,11 @@ fn every_daemon_interleaved_with_names_streams_and_incarnations() {
     );
     let follow = sandbox.run(&["logs", "-f", "-c", c]);
     follow.expect_code(1);
-    assert!(follow.stderr.contains("-f follows a running supervisor"), "{}", follow.stderr);
+    assert!(
+        follow.stderr.contains("-f follows a running supervisor"),
+        "{}",
+        follow.stderr
+    );
     sandbox.run(&["logs", "nobody", "-c", c]).expect_code(2);
 }
 
@@ -145,7 +159,8 @@ fn follow_every_daemon() {
         }
     }
     assert!(
-        seen.iter().any(|l| l.starts_with("web   | --- started, pid ")),
+        seen.iter()
+            .any(|l| l.starts_with("web   | --- started, pid ")),
         "{seen:#?}"
     );
     kill(follower.id(), rustix::process::Signal::KILL);
@@ -181,7 +196,9 @@ fn retention_is_configured_per_daemon() {
     let check = sandbox.run(&["check", "-c", bad.to_str().unwrap()]);
     check.expect_code(2);
     assert!(
-        check.stderr.contains("bad.toml:3: process.a.log_file_keep: must be at least 1"),
+        check
+            .stderr
+            .contains("bad.toml:3: process.a.log_file_keep: must be at least 1"),
         "{}",
         check.stderr
     );

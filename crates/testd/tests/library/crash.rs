@@ -197,7 +197,10 @@ async fn a_signal_death_carries_no_stderr_tail_and_the_restart_is_announced() {
     let sb = Sandbox::new();
     let mut events = sb.manager.subscribe();
     let first = sb
-        .start(sb.daemon("a", &["--stderr", "unrelated noise"]).max_restart_attempts(3))
+        .start(
+            sb.daemon("a", &["--stderr", "unrelated noise"])
+                .max_restart_attempts(3),
+        )
         .await;
     first.signal(Signal::KILL);
     let info = wait_restarted(&sb, "a", first.pid).await;

@@ -113,7 +113,10 @@ async fn output_is_appended_to_the_log_file() {
     assert!(texts.contains(&(Stream::Stdout, "hello")), "{texts:?}");
     assert!(texts.contains(&(Stream::Stderr, "oh no")), "{texts:?}");
     assert_eq!(texts[0].0, Stream::Tend, "{texts:?}");
-    assert!(read.iter().all(|l| l.time > std::time::SystemTime::UNIX_EPOCH));
+    assert!(
+        read.iter()
+            .all(|l| l.time > std::time::SystemTime::UNIX_EPOCH)
+    );
 }
 
 #[tokio::test]

@@ -93,7 +93,12 @@ pub fn local_time(time: SystemTime) -> String {
 /// (its lines after the first): each becomes an indented line under the
 /// event, with its control characters escaped, so none can pass for a
 /// line of tend's.
-fn format_event(event: &ProcessEvent, name_width: usize, clock: String, painter: Painter) -> String {
+fn format_event(
+    event: &ProcessEvent,
+    name_width: usize,
+    clock: String,
+    painter: Painter,
+) -> String {
     let pid = event
         .pid
         .map(|pid| format!(", pid {pid}"))
