@@ -118,7 +118,7 @@ pub async fn run(file: &Path, exit_on_failure: bool) -> CommandResult {
                 tokio::select! {
                     () = start_all(&context, &failures) => true,
                     cause = shutdown_cause(&mut signals, &context, failed.clone()) => {
-                        say!("tend: {cause} while starting; stopping everything");
+                        say!("tend: {}; stopping everything", cause.while_starting());
                         failed_with = cause.failure();
                         false
                     }
@@ -132,7 +132,7 @@ pub async fn run(file: &Path, exit_on_failure: bool) -> CommandResult {
         .filter(|_| failed_with.is_none() && started);
     if let Some(name) = failed_at_start {
         let cause = Cause::Failed(name);
-        say!("tend: {cause} while starting; stopping everything");
+        say!("tend: {}; stopping everything", cause.while_starting());
         failed_with = cause.failure();
     } else if started {
         say!("{}", table::render(&context.statuses()).trim_end());
@@ -282,6 +282,14 @@ enum Cause {
 }
 
 impl Cause {
+    /// The cause, said of the time the daemons were starting.
+    fn while_starting(&self) -> String {
+        match self {
+            Cause::Failed(_) => self.to_string(),
+            _ => format!("{self} while starting"),
+        }
+    }
+
     /// The daemon whose failure ended supervision.
     fn failure(&self) -> Option<String> {
         match self {
