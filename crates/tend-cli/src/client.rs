@@ -25,6 +25,25 @@ use tokio::{
 
 use crate::protocol::{MAX_RESPONSE_BYTES, Request, Response};
 
+/// Nobody listens on the control socket: no supervisor runs there.
+#[derive(Debug)]
+pub struct NotRunning {
+    /// The control socket.
+    pub socket: PathBuf,
+}
+
+impl std::fmt::Display for NotRunning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "no tend supervisor is running here (nothing listens on {}); start one with `tend up`",
+            self.socket.display()
+        )
+    }
+}
+
+impl std::error::Error for NotRunning {}
+
 /// A connection to a running `tend up`.
 pub struct ControlClient {
     reader: BufReader<OwnedReadHalf>,
@@ -39,15 +58,14 @@ impl ControlClient {
     /// to one that fails the check.
     pub async fn connect(socket: &Path) -> anyhow::Result<Self> {
         check_socket_dir(socket)?;
-        let stream = UnixStream::connect(socket).await.map_err(|e| {
-            match e.kind() {
-                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => anyhow!(
-                    "no tend supervisor is running here (nothing listens on {}); start one with `tend up`",
-                    socket.display()
-                ),
+        let stream = UnixStream::connect(socket)
+            .await
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => anyhow!(NotRunning {
+                    socket: socket.to_owned(),
+                }),
                 _ => anyhow!(e).context(format!("cannot connect to {}", socket.display())),
-            }
-        })?;
+            })?;
         let peer = stream
             .peer_cred()
             .with_context(|| format!("cannot tell who listens on {}", socket.display()))?;

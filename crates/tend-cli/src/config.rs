@@ -56,6 +56,8 @@ const PROCESS_KEYS: &[&str] = &[
     "restart_delay",
     "stable_period",
     "log_file",
+    "log_file_max_size",
+    "log_file_keep",
     "healthcheck",
     "ready",
     "watchdog",
@@ -253,7 +255,8 @@ pub fn load(file: &Path) -> Result<TendConfig, ConfigError> {
     parse(&file, &text)
 }
 
-/// Reads only the state directory of the config at `file`, so a client can
+/// Reads only the state directory of the config at `file` (returned with
+/// the file's canonical path), so a client can
 /// find a running supervisor even when the rest of the file was edited
 /// into something invalid since.
 ///
@@ -261,9 +264,11 @@ pub fn load(file: &Path) -> Result<TendConfig, ConfigError> {
 /// parsed: the rest of a config of 1,000 daemons takes longer to parse than
 /// the request itself takes to answer. Should the cut-down text not parse,
 /// the whole file decides.
-pub fn load_state_dir(file: &Path) -> Result<StateDir, ConfigError> {
+pub fn load_state_dir(file: &Path) -> Result<(PathBuf, StateDir), ConfigError> {
     let (file, text) = read(file)?;
-    state_dir_in(&file, &settings_only(&text)).or_else(|_| state_dir_in(&file, &text))
+    let state_dir =
+        state_dir_in(&file, &settings_only(&text)).or_else(|_| state_dir_in(&file, &text))?;
+    Ok((file, state_dir))
 }
 
 fn state_dir_in(file: &Path, text: &str) -> Result<StateDir, ConfigError> {
@@ -278,7 +283,7 @@ fn state_dir_in(file: &Path, text: &str) -> Result<StateDir, ConfigError> {
             key_span: key.span(),
             value_span: item.span(),
         });
-    let (state_dir, _) = read_settings(settings.as_ref(), base_dir(file), &mut problems);
+    let (state_dir, _) = read_settings(settings.as_ref(), file, &mut problems);
     if problems.is_empty() {
         Ok(state_dir)
     } else {
@@ -313,7 +318,11 @@ fn settings_only(text: &str) -> String {
 }
 
 fn read(file: &Path) -> Result<(PathBuf, String), ConfigError> {
-    let file = std::path::absolute(file).unwrap_or_else(|_| file.to_owned());
+    // Canonical: the default state directory is keyed by this path, and a
+    // client compares it with the one its supervisor runs.
+    let file = fs::canonicalize(file)
+        .or_else(|_| std::path::absolute(file))
+        .unwrap_or_else(|_| file.to_owned());
     match read_trusted(&file) {
         Ok(text) => Ok((file, text)),
         Err(source) => Err(ConfigError::Unreadable { file, source }),
@@ -399,7 +408,7 @@ pub fn parse_with_env(file: &Path, text: &str, env: Lookup) -> Result<TendConfig
             _ => problems.unknown_key(&entry, TOP_LEVEL_KEYS),
         }
     }
-    let (state_dir, containment) = read_settings(settings.as_ref(), base, &mut problems);
+    let (state_dir, containment) = read_settings(settings.as_ref(), file, &mut problems);
 
     let mut processes = Vec::new();
     match process_tables {
@@ -454,7 +463,7 @@ pub fn parse_with_env(file: &Path, text: &str, env: Lookup) -> Result<TendConfig
 
 fn read_settings(
     settings: Option<&Entry<'_>>,
-    base: &Path,
+    file: &Path,
     problems: &mut Problems<'_>,
 ) -> (StateDir, ContainmentChoice) {
     let mut containment = ContainmentChoice::Auto;
@@ -465,7 +474,9 @@ fn read_settings(
         for entry in entries(table, "settings", &fallback) {
             match entry.key.as_str() {
                 "settings.state_dir" => {
-                    state_dir = problems.non_empty_string(&entry).map(|dir| base.join(dir));
+                    state_dir = problems
+                        .non_empty_string(&entry)
+                        .map(|dir| base_dir(file).join(dir));
                     state_dir_span = entry.span();
                 }
                 "settings.containment" => match problems.string(&entry).as_deref() {
@@ -485,7 +496,10 @@ fn read_settings(
             }
         }
     }
-    let state_dir = StateDir::new(state_dir.unwrap_or_else(tend::default_state_dir));
+    let state_dir = match state_dir {
+        Some(dir) => StateDir::new(dir),
+        None => StateDir::of_project(file),
+    };
     let control_socket = state_dir.control_socket();
     let length = control_socket.as_os_str().as_bytes().len();
     if length > defaults::MAX_SOCKET_PATH_BYTES {
@@ -652,6 +666,16 @@ fn read_process(
             "log_file" => {
                 if let Some(file) = problems.expanded_string(&entry) {
                     config = config.log_file(state_dir.path().join(file));
+                }
+            }
+            "log_file_max_size" => {
+                if let Some(size) = problems.size(&entry) {
+                    config.log_file_max_bytes = size;
+                }
+            }
+            "log_file_keep" => {
+                if let Some(keep) = problems.count(&entry) {
+                    config.log_file_keep = keep;
                 }
             }
             "healthcheck" => {
@@ -1122,6 +1146,7 @@ fn file_key(field: &'static str) -> Option<&'static str> {
         "plugin_path" => "cwd",
         "socket_path" => "socket",
         field if field.starts_with("readiness") => "ready",
+        "log_file_max_bytes" => "log_file_max_size",
         other => other,
     })
 }

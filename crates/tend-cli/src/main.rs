@@ -28,6 +28,7 @@ mod protocol;
 mod sanitize;
 mod server;
 mod state_dir;
+mod style;
 mod table;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
@@ -59,6 +60,10 @@ enum Command {
         /// every daemon without `autostart = false`.
         #[arg(value_name = "NAME")]
         names: Vec<String>,
+        /// Stop every daemon and exit with 1 as soon as one cannot start or
+        /// ends in error (for CI jobs and containers).
+        #[arg(long)]
+        exit_on_failure: bool,
     },
     /// Show the daemons' states.
     Status {
@@ -67,6 +72,10 @@ enum Command {
         /// Print a JSON array instead of a table.
         #[arg(long)]
         json: bool,
+        /// Exit with 1 unless every daemon (or NAME) is running: a probe
+        /// for scripts and container health checks.
+        #[arg(long)]
+        check: bool,
         #[command(flatten)]
         target: SupervisorArgs,
     },
@@ -76,16 +85,21 @@ enum Command {
     Stop(NameArgs),
     /// Stop and start a daemon; returns once it is running again.
     Restart(NameArgs),
-    /// Print a daemon's recent output.
+    /// Print the recent output of a daemon, or of every daemon
+    /// interleaved in time order, each line prefixed by its daemon's name.
+    /// Reads the log files when no supervisor runs.
     Logs {
-        /// The daemon.
-        name: String,
+        /// The daemon; every daemon when left out.
+        name: Option<String>,
         /// How many recent lines.
         #[arg(short = 'n', long = "lines", default_value_t = protocol::DEFAULT_LOG_LINES)]
         lines: usize,
         /// Keep printing new lines as they come.
         #[arg(short, long)]
         follow: bool,
+        /// Prefix each line with the time tend read it.
+        #[arg(short, long)]
+        timestamps: bool,
         /// Print the lines exactly as the daemon wrote them, control
         /// characters and escape sequences included (by default they are
         /// shown escaped, like `\x1b[2J`, so they cannot act on the
@@ -183,11 +197,18 @@ fn run(command: Command) -> Result<(), Failure> {
     .build()?;
     runtime.block_on(async move {
         match command {
-            Command::Up { file, names } => commands::up::run(&file.config, &names).await,
+            Command::Up {
+                file,
+                names,
+                exit_on_failure,
+            } => commands::up::run(&file.config, &names, exit_on_failure).await,
             Command::Check(args) => commands::check::run(&args.config),
-            Command::Status { name, json, target } => {
-                commands::status::run(&target, name, json).await
-            }
+            Command::Status {
+                name,
+                json,
+                check,
+                target,
+            } => commands::status::run(&target, name, json, check).await,
             Command::Start(args) => commands::start::run(&args.target, &args.name).await,
             Command::Stop(args) => commands::stop::run(&args.target, &args.name).await,
             Command::Restart(args) => commands::restart::run(&args.target, &args.name).await,
@@ -195,9 +216,18 @@ fn run(command: Command) -> Result<(), Failure> {
                 name,
                 lines,
                 follow,
+                timestamps,
                 raw,
                 target,
-            } => commands::logs::run(&target, &name, lines, follow, raw).await,
+            } => {
+                let options = commands::logs::Options {
+                    lines,
+                    follow,
+                    raw,
+                    timestamps,
+                };
+                commands::logs::run(&target, name.as_deref(), options).await
+            }
             Command::Call {
                 name,
                 method,
@@ -230,8 +260,10 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
     }
 }
 
-/// Diagnostics go to stderr, filtered by `TEND_LOG` (default `warn`),
-/// colored only on a terminal.
+/// Diagnostics go to stderr, filtered by `TEND_LOG` (default `warn`, less
+/// the library's "giving up" warning, which repeats the event line `tend
+/// up` prints for the same failure), coloured only on a terminal and
+/// without `NO_COLOR`.
 ///
 /// Their fields may carry daemon-written text (a stderr tail in an error),
 /// and the subscriber's own escaping lets carriage returns and newlines
@@ -242,7 +274,7 @@ fn init_tracing() {
     use tracing_subscriber::field::MakeExt as _;
 
     let filter = tracing_subscriber::EnvFilter::try_from_env("TEND_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,tend::supervisor=error"));
     let escaped_fields = tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
         let text = format!("{value:?}");
         let text = escape_controls(&text, Layout::Line);
@@ -256,7 +288,7 @@ fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(style::wanted(std::io::stderr().is_terminal()))
         .fmt_fields(escaped_fields)
         .with_target(false)
         .init();

@@ -47,10 +47,13 @@ pub enum Request {
         name: String,
     },
     /// The daemon's recent output, then (with `follow`) new lines as they
-    /// come until the client disconnects.
+    /// come until the client disconnects. Without a name, the output of
+    /// every daemon, interleaved in time order, each line naming its
+    /// daemon.
     Logs {
-        /// The daemon.
-        name: String,
+        /// The daemon; every daemon when absent or null.
+        #[serde(default)]
+        name: Option<String>,
         /// How many recent lines to send first.
         #[serde(default = "default_log_lines")]
         lines: usize,
@@ -109,6 +112,10 @@ pub struct Response {
     /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What kind of failure, where a client acts on it (an unknown daemon
+    /// is a usage error, exit code 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<ErrorKind>,
     /// `status`: the daemons, sorted by name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub processes: Option<Vec<ProcessStatus>>,
@@ -169,6 +176,14 @@ pub struct ReloadSummary {
     pub updated: Vec<String>,
     /// Unchanged, left alone.
     pub unchanged: Vec<String>,
+}
+
+/// A failure a client tells apart from the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request names a daemon the config does not have.
+    UnknownDaemon,
 }
 
 /// Reads a field that is there as `Some`, also when it is `null` (which
@@ -274,6 +289,9 @@ pub struct ProcessStatus {
     pub failed_health_checks: u32,
     /// Failed checks that trigger a restart; null without a health check.
     pub health_check_retries: Option<u32>,
+    /// Whether a health check of the current incarnation has completed.
+    #[serde(default)]
+    pub health_checked: bool,
     /// Why it last failed, if it did; for a daemon not started yet
     /// because of its dependencies, what it waits for ("waiting for db")
     /// or why it will not start ("waiting for db, which failed: ...").
@@ -352,6 +370,7 @@ impl ProcessStatus {
             restart_attempts: 0,
             failed_health_checks: 0,
             health_check_retries,
+            health_checked: false,
             last_error: error,
             completed: false,
             passed_health_check: false,
@@ -375,6 +394,7 @@ impl ProcessStatus {
             restart_attempts: info.restart_attempts,
             failed_health_checks: info.failed_health_checks,
             health_check_retries,
+            health_checked: info.health_checked,
             last_error: info.last_error,
             completed: info.completed,
             passed_health_check: info.passed_health_check,
@@ -398,11 +418,17 @@ pub enum StreamName {
     Stdout,
     /// Standard error.
     Stderr,
+    /// Written by tend: where an incarnation begins.
+    Tend,
 }
 
 /// One line of a daemon's output.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogEntry {
+    /// The daemon, in the output of every daemon (a `logs` request
+    /// without a name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// The stream it was written to.
     pub stream: StreamName,
     /// When tend read it (Unix milliseconds).
@@ -417,7 +443,9 @@ impl From<LogLine> for LogEntry {
             stream: match line.stream {
                 Stream::Stdout => StreamName::Stdout,
                 Stream::Stderr => StreamName::Stderr,
+                Stream::Tend => StreamName::Tend,
             },
+            name: None,
             time: unix_ms(line.time),
             text: line.text,
         }
@@ -470,7 +498,7 @@ mod tests {
         assert_eq!(
             parse(r#"{"cmd":"logs","name":"echo"}"#).unwrap(),
             Request::Logs {
-                name: "echo".into(),
+                name: Some("echo".into()),
                 lines: DEFAULT_LOG_LINES,
                 follow: false
             }

@@ -135,13 +135,13 @@ impl ServerContext {
     }
 
     /// The config of daemon `name` as the file gives it, or why there is
-    /// none.
+    /// none (in the one wording every command uses).
     pub fn config_of(&self, name: &str) -> Result<BackgroundProcessConfig, String> {
         let config = self.config();
         config
             .process(name)
             .cloned()
-            .ok_or_else(|| format!("no daemon named {name:?} in {}", config.file.display()))
+            .ok_or_else(|| self.no_such_daemon(name))
     }
 
     /// Records why `name` is not running yet, or forgets it (`None`).
@@ -159,6 +159,17 @@ impl ServerContext {
     fn pending_of(&self, name: &str) -> Option<Pending> {
         let map = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         map.get(name).cloned()
+    }
+
+    /// `no daemon named "x" in FILE (its daemons: a, b)`.
+    pub fn no_such_daemon(&self, name: &str) -> String {
+        let config = self.config();
+        let names: Vec<&str> = config.processes.iter().map(|p| p.name.as_str()).collect();
+        format!(
+            "no daemon named {name:?} in {} (its daemons: {})",
+            config.file.display(),
+            names.join(", ")
+        )
     }
 
     /// Records how preparing the environment of `name` ended.

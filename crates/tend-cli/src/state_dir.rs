@@ -14,6 +14,7 @@
 use std::{
     fmt, fs,
     io::{self, Read, Seek, Write},
+    os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
 };
 
@@ -37,6 +38,15 @@ impl StateDir {
     /// The state directory at `path` (nothing is created).
     pub fn new(path: impl Into<PathBuf>) -> Self {
         StateDir { path: path.into() }
+    }
+
+    /// The default state directory of the config file `file` (a canonical
+    /// path): a folder of its own under the per-user default
+    /// ([`tend::default_state_dir`]), named after the config's folder and a
+    /// hash of its path, like a docker compose project. So two projects
+    /// get two supervisors, and the same file always finds its own.
+    pub fn of_project(file: &Path) -> Self {
+        StateDir::new(tend::default_state_dir().join(project_key(file)))
     }
 
     /// The directory itself.
@@ -74,6 +84,41 @@ impl StateDir {
     }
 }
 
+/// Characters of the folder name kept in a project key: enough to tell
+/// projects apart at a glance, short enough for socket paths.
+const PROJECT_NAME_CHARS: usize = 20;
+
+/// `myapp-1f2e3d4c5b6a7988`: the config's folder name (cut, with anything
+/// but ASCII letters, digits, `.`, `_` and `-` replaced by `_`, since the
+/// path may be any bytes) and the first 8 bytes of the SHA-256 of the
+/// config's path, which tell apart two `tend.toml` in folders of one name.
+fn project_key(file: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    use std::os::unix::ffi::OsStrExt;
+    let folder = file
+        .parent()
+        .and_then(Path::file_name)
+        .map(|name| String::from_utf8_lossy(name.as_bytes()).into_owned())
+        .unwrap_or_default();
+    let mut name: String = folder
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(PROJECT_NAME_CHARS)
+        .collect();
+    if name.is_empty() || name.starts_with('.') {
+        name.insert(0, 'p');
+    }
+    let digest = Sha256::digest(file.as_os_str().as_bytes());
+    let hash: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{name}-{hash}")
+}
+
 /// A state directory opened by [`StateDir::open_private`].
 #[derive(Debug)]
 pub struct OpenStateDir {
@@ -83,11 +128,12 @@ pub struct OpenStateDir {
 
 impl OpenStateDir {
     /// Takes the lock that makes this process the only `tend up` of the
-    /// directory, and writes its PID into the lock file. The lock is held
+    /// directory, and writes its PID and its config file `config` into the
+    /// lock file (so a refused `tend up` can name both). The lock is held
     /// until the returned guard is dropped (or the process dies). The lock
     /// file is opened through the directory's descriptor and only if it is
     /// this user's own regular file (never through a symlink).
-    pub fn lock(&self) -> Result<SupervisorLock, LockError> {
+    pub fn lock(&self, config: &Path) -> Result<SupervisorLock, LockError> {
         let path = self.path.join(LOCK_FILE_NAME);
         let mut file = self
             .dir
@@ -99,11 +145,22 @@ impl OpenStateDir {
         match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {}
             Err(rustix::io::Errno::WOULDBLOCK) => {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
+                let mut holder = Vec::new();
+                let _ = file.read_to_end(&mut holder);
+                let mut lines = holder.split(|&b| b == b'\n');
+                let holder_pid = lines
+                    .next()
+                    .and_then(|pid| std::str::from_utf8(pid).ok())
+                    .and_then(|pid| pid.trim().parse().ok());
+                let holder_config = lines
+                    .next()
+                    .filter(|path| !path.is_empty())
+                    .map(|path| PathBuf::from(std::ffi::OsStr::from_bytes(path)));
                 return Err(LockError::Held {
                     dir: self.path.clone(),
-                    holder_pid: holder.trim().parse().ok(),
+                    holder_pid,
+                    holder_config,
+                    config: config.to_owned(),
                 });
             }
             Err(errno) => {
@@ -116,7 +173,9 @@ impl OpenStateDir {
         let written = file
             .set_len(0)
             .and_then(|()| file.rewind())
-            .and_then(|()| writeln!(file, "{}", std::process::id()));
+            .and_then(|()| writeln!(file, "{}", std::process::id()))
+            .and_then(|()| file.write_all(config.as_os_str().as_bytes()))
+            .and_then(|()| file.write_all(b"\n"));
         written.map_err(|source| LockError::Io { path, source })?;
         Ok(SupervisorLock { _file: file })
     }
@@ -138,6 +197,10 @@ pub enum LockError {
         dir: PathBuf,
         /// The PID the holder wrote into the lock file, if readable.
         holder_pid: Option<u32>,
+        /// The config file the holder runs, if it wrote one.
+        holder_config: Option<PathBuf>,
+        /// The config file of the refused `tend up`.
+        config: PathBuf,
     },
     /// The lock file could not be opened or locked.
     Io {
@@ -151,16 +214,38 @@ pub enum LockError {
 impl fmt::Display for LockError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            LockError::Held { dir, holder_pid } => {
-                write!(
-                    f,
-                    "another tend up is already running for {}",
-                    dir.display()
-                )?;
-                if let Some(pid) = holder_pid {
-                    write!(f, " (pid {pid})")?;
+            LockError::Held {
+                dir,
+                holder_pid,
+                holder_config,
+                config,
+            } => {
+                let pid = holder_pid.map_or_else(String::new, |pid| format!(" (pid {pid})"));
+                match holder_config {
+                    Some(other) if other == config => write!(
+                        f,
+                        "tend up is already running for {}{pid}; `tend status -c {0}` shows \
+                         it, `tend down -c {0}` stops it",
+                        config.display()
+                    ),
+                    Some(other) => write!(
+                        f,
+                        "another tend up{pid} is already running for state directory {}, \
+                         with config {}; stop it with `tend down -c {1}`, or give {} a state \
+                         directory of its own with `[settings] state_dir = \"...\"`",
+                        dir.display(),
+                        other.display(),
+                        config.display()
+                    ),
+                    None => write!(
+                        f,
+                        "another tend up{pid} is already running for state directory {}; \
+                         give {} a state directory of its own with \
+                         `[settings] state_dir = \"...\"`",
+                        dir.display(),
+                        config.display()
+                    ),
                 }
-                Ok(())
             }
             LockError::Io { path, source } => {
                 write!(f, "cannot lock {}: {source}", path.display())
@@ -187,6 +272,19 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
+    fn each_config_gets_its_own_default_state_dir() {
+        let a = project_key(Path::new("/home/me/shop/tend.toml"));
+        let b = project_key(Path::new("/srv/shop/tend.toml"));
+        assert!(a.starts_with("shop-") && b.starts_with("shop-"), "{a} {b}");
+        assert_ne!(a, b);
+        assert_eq!(a, project_key(Path::new("/home/me/shop/tend.toml")));
+        let odd = project_key(Path::new("/x/.a b\u{e9}/tend.toml"));
+        assert!(odd.starts_with("p.a_b_-"), "{odd}");
+        let long = project_key(Path::new(&format!("/{}/tend.toml", "y".repeat(200))));
+        assert_eq!(long.len(), PROJECT_NAME_CHARS + 1 + 16);
+    }
+
+    #[test]
     fn created_private() {
         let (_temp, dir) = temp_state_dir();
         dir.open_private().unwrap();
@@ -202,7 +300,10 @@ mod tests {
         let precious = temp.path().join("precious");
         fs::write(&precious, "keep").unwrap();
         std::os::unix::fs::symlink(&precious, dir.lock_file()).unwrap();
-        let err = open.lock().unwrap_err().to_string();
+        let err = open
+            .lock(Path::new("/a/tend.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("symbolic link"), "{err}");
         assert_eq!(fs::read_to_string(&precious).unwrap(), "keep");
     }
@@ -211,14 +312,20 @@ mod tests {
     fn second_lock_is_refused_and_names_the_holder() {
         let (_temp, dir) = temp_state_dir();
         let dir = dir.open_private().unwrap();
-        let held = dir.lock().unwrap();
-        match dir.lock() {
-            Err(LockError::Held { holder_pid, .. }) => {
+        let held = dir.lock(Path::new("/a/tend.toml")).unwrap();
+        match dir.lock(Path::new("/b/tend.toml")) {
+            Err(LockError::Held {
+                holder_pid,
+                holder_config,
+                ..
+            }) => {
                 assert_eq!(holder_pid, Some(std::process::id()));
+                assert_eq!(holder_config.as_deref(), Some(Path::new("/a/tend.toml")));
             }
             other => panic!("expected the lock to be held, got {other:?}"),
         }
         drop(held);
-        dir.lock().expect("lock is free again once dropped");
+        dir.lock(Path::new("/b/tend.toml"))
+            .expect("lock is free again once dropped");
     }
 }

@@ -76,17 +76,31 @@ fn row(process: &ProcessStatus) -> [String; 9] {
 }
 
 /// `ok`, `2/3 failed`, `not checked` for a running daemon whose readiness
-/// was not checked either, or `-` without a health check or while not
-/// running.
+/// was not checked either, or `-` without a health check, while not
+/// running, and until the first check of this incarnation ran (unknown is
+/// not ok).
 fn health(process: &ProcessStatus) -> String {
     match (process.health_check_retries, process.state) {
         (Some(retries), State::Running) if process.failed_health_checks > 0 => {
             format!("{}/{retries} failed", process.failed_health_checks)
         }
-        (Some(_), State::Running) => "ok".into(),
+        (Some(_), State::Running) if process.health_checked => "ok".into(),
         (None, State::Running) if !process.readiness_checked => "not checked".into(),
         _ => "-".into(),
     }
+}
+
+/// The whole last error of `process`, for `status NAME`: the table cuts
+/// it; here it is on its own lines, a stderr tail included, indented.
+pub fn last_error_lines(process: &ProcessStatus) -> Option<String> {
+    let error = process.last_error.as_deref()?;
+    let mut text = String::from("last error:\n");
+    for line in error.lines() {
+        text.push_str("  ");
+        text.push_str(&escape_controls(line, Layout::Line));
+        text.push('\n');
+    }
+    Some(text)
 }
 
 /// The line under the table saying how the daemons are contained
@@ -169,6 +183,7 @@ mod tests {
             restart_attempts: 0,
             failed_health_checks: 0,
             health_check_retries: None,
+            health_checked: false,
             last_error: None,
             completed: false,
             passed_health_check: false,
@@ -212,6 +227,7 @@ mod tests {
         echo.pid = Some(1234);
         echo.uptime_ms = Some(65_000);
         echo.health_check_retries = Some(3);
+        echo.health_checked = true;
         echo.usage = Some(crate::protocol::Usage {
             cpu_us: 1_234_567,
             memory_bytes: Some(12_900_000),
@@ -248,6 +264,26 @@ a-long-name  error    -     -       -     -         3         -       exited wit
         assert_eq!(
             containment_line(&[waiting, echo]).as_deref(),
             Some("containment: process-group")
+        );
+    }
+
+    #[test]
+    fn health_is_unknown_until_a_check_ran() {
+        let mut echo = status("echo", State::Running);
+        echo.health_check_retries = Some(3);
+        assert_eq!(health(&echo), "-");
+        echo.health_checked = true;
+        assert_eq!(health(&echo), "ok");
+    }
+
+    #[test]
+    fn the_whole_last_error_is_shown_on_its_own_lines() {
+        let mut echo = status("echo", State::Error);
+        assert_eq!(last_error_lines(&echo), None);
+        echo.last_error = Some(format!("{}:\nline \x1b[2J", "x".repeat(100)));
+        assert_eq!(
+            last_error_lines(&echo).unwrap(),
+            format!("last error:\n  {}:\n  line \\x1b[2J\n", "x".repeat(100))
         );
     }
 

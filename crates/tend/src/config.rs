@@ -286,6 +286,10 @@ pub struct BackgroundProcessConfig {
     pub stable_period: Duration,
     /// File the daemon's stdout and stderr are appended to, rotated by size.
     pub log_file: Option<PathBuf>,
+    /// Size at which the log file is rotated to `<file>.1`.
+    pub log_file_max_bytes: u64,
+    /// Rotated log files kept besides the live one (`<file>.1` …).
+    pub log_file_keep: u32,
     /// Events the daemon is subscribed to when it starts (see
     /// [`crate::BackgroundProcessManager::publish`]).
     pub events: Vec<String>,
@@ -334,6 +338,8 @@ impl BackgroundProcessConfig {
             restart_delay: defaults::RESTART_DELAY,
             stable_period: defaults::STABLE_PERIOD,
             log_file: None,
+            log_file_max_bytes: defaults::LOG_FILE_MAX_BYTES,
+            log_file_keep: defaults::LOG_FILE_KEEP,
             events: Vec::new(),
             memory_max: None,
             pids_max: None,
@@ -588,6 +594,15 @@ impl BackgroundProcessConfig {
             if log.as_os_str().is_empty() || log.file_name().is_none() {
                 problem("log_file", format!("{log:?} does not name a file"));
             }
+        }
+        if self.log_file_max_bytes == 0 {
+            problem("log_file_max_bytes", "must be greater than zero".into());
+        }
+        if self.log_file_keep == 0 {
+            problem(
+                "log_file_keep",
+                "must be at least 1 (the file rotated last)".into(),
+            );
         }
 
         if !self.events.is_empty() && self.socket_path.is_none() {

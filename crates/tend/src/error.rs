@@ -103,7 +103,8 @@ pub enum Error {
     },
     /// Nothing accepted on the socket within the startup timeout.
     #[error(
-        "{name:?} did not accept connections on {socket:?} within {timeout:?}; its process group was killed{}",
+        "{name:?} did not accept connections on {socket:?} within {}; its process group was killed{}",
+        crate::human::duration(*timeout),
         tail_suffix(stderr_tail)
     )]
     StartupTimeout {
@@ -215,11 +216,13 @@ pub enum Error {
     },
 }
 
+/// The stderr tail under the message: a colon, then its lines, one per
+/// line (a front end indents them).
 fn tail_suffix(tail: &str) -> String {
     if tail.is_empty() {
         String::new()
     } else {
-        format!(": {tail}")
+        format!(":\n{tail}")
     }
 }
 

@@ -85,6 +85,9 @@ struct Entry {
     shared: Arc<Shared>,
     next_due: Instant,
     failures: u32,
+    /// Whether a check of this entry completed (the snapshot says so
+    /// once, at the first).
+    checked: bool,
     /// The connection planted by the last `Accept` check: the client
     /// socket, kept open until the daemon accepts it, its inode and when it
     /// was planted.
@@ -192,6 +195,7 @@ impl HealthBoard {
                     shared,
                     next_due,
                     failures: 0,
+                    checked: false,
                     planted: None,
                     unmatched: 0,
                     connect_only: false,
@@ -343,9 +347,10 @@ fn record(entry: &mut Entry, result: Result<(), String>) -> bool {
             tracing::debug!(path = ?entry.path, failures = entry.failures, %reason, "health check failed");
             if entry.failures >= entry.check.retries {
                 let failures = entry.failures;
-                entry
-                    .shared
-                    .update(|info| info.failed_health_checks = failures);
+                entry.shared.update(|info| {
+                    info.failed_health_checks = failures;
+                    info.health_checked = true;
+                });
                 if let Some(unhealthy) = entry.unhealthy.take() {
                     let _ = unhealthy.send(format!(
                         "failed {failures} health checks in a row ({reason})"
@@ -355,11 +360,13 @@ fn record(entry: &mut Entry, result: Result<(), String>) -> bool {
             }
         }
     }
-    if entry.failures != before {
+    if entry.failures != before || !entry.checked {
+        entry.checked = true;
         let failures = entry.failures;
-        entry
-            .shared
-            .update(|info| info.failed_health_checks = failures);
+        entry.shared.update(|info| {
+            info.failed_health_checks = failures;
+            info.health_checked = true;
+        });
     }
     false
 }
@@ -470,6 +477,7 @@ mod tests {
             shared: Arc::new(Shared::new("t", LogBuffer::new(1, None), events)),
             next_due: Instant::now(),
             failures: 0,
+            checked: false,
             planted: None,
             unmatched: 0,
             connect_only: false,

@@ -30,6 +30,8 @@ use crate::{
 pub(crate) struct Terminated {
     /// The leader's exit status, if tend reaped it here.
     pub leader_status: Option<ExitStatus>,
+    /// Whether the grace period ran out and SIGKILL was sent.
+    pub killed: bool,
 }
 
 /// Sends `signal` to every member of group `pgid`. A group that is already
@@ -62,7 +64,10 @@ pub(crate) async fn terminate_group(
     let mut leader_status = None;
     let target = Target { pgid, cgroup };
     if target.is_gone(&mut leader, &mut leader_status) {
-        return Ok(Terminated { leader_status });
+        return Ok(Terminated {
+            leader_status,
+            killed: false,
+        });
     }
     // A stopped process keeps the signal pending until it is continued.
     target
@@ -73,7 +78,10 @@ pub(crate) async fn terminate_group(
         .wait_gone(&mut leader, &mut leader_status, grace_deadline)
         .await
     {
-        return Ok(Terminated { leader_status });
+        return Ok(Terminated {
+            leader_status,
+            killed: false,
+        });
     }
     tracing::debug!(pgid, "grace period over; sending SIGKILL");
     if !target.is_gone(&mut leader, &mut leader_status) {
@@ -84,7 +92,10 @@ pub(crate) async fn terminate_group(
         .wait_gone(&mut leader, &mut leader_status, kill_deadline)
         .await
     {
-        return Ok(Terminated { leader_status });
+        return Ok(Terminated {
+            leader_status,
+            killed: true,
+        });
     }
     let mut survivors = procfs::live_group_members(pgid);
     if let Some(cgroup) = cgroup {
@@ -93,8 +104,9 @@ pub(crate) async fn terminate_group(
         survivors.dedup();
     }
     Err(format!(
-        "process group {pgid} still has live members {survivors:?} {:?} after SIGKILL",
-        defaults::KILL_TIMEOUT
+        "process group {pgid} still has live members (pids {}) {} after SIGKILL",
+        crate::human::list(&survivors),
+        crate::human::duration(defaults::KILL_TIMEOUT)
     ))
 }
 

@@ -128,6 +128,7 @@ pub mod envs;
 mod error;
 mod guard;
 mod health;
+pub mod human;
 mod kill;
 pub mod logs;
 mod manager;

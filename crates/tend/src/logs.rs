@@ -14,6 +14,14 @@
 //! too (`/tmp/app.log`): a file they planted would receive the daemon's
 //! output, and a link they planted would send it into a file of ours.
 //! The check runs at every start, so a refused file fails the start.
+//!
+//! A log file holds one line per line of output, with the time tend read
+//! it (UTC, milliseconds) and its stream:
+//! `2026-12-02T16:05:10.153Z out listening on /run/app.sock`, `err` for
+//! stderr, `tend` for the markers tend writes where an incarnation begins
+//! (`tend restarted, pid 4242`). [`read_log_file`] reads them back as
+//! [`LogLine`]s, the same values [`crate::BackgroundProcessManager::logs`]
+//! returns from memory.
 
 use std::{
     cell::RefCell,
@@ -42,6 +50,20 @@ pub enum Stream {
     Stdout,
     /// Standard error.
     Stderr,
+    /// Written by tend itself: the marker where an incarnation begins
+    /// (`started, pid 4242`, `restarted, pid 4243`).
+    Tend,
+}
+
+impl Stream {
+    /// The tag of the stream in a log file: `out`, `err`, `tend`.
+    pub fn tag(self) -> &'static str {
+        match self {
+            Stream::Stdout => "out",
+            Stream::Stderr => "err",
+            Stream::Tend => "tend",
+        }
+    }
 }
 
 /// One line of daemon output.
@@ -64,6 +86,18 @@ fn serialize_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S
     s.serialize_u64(ms)
 }
 
+/// A log file opened by [`open_log_file`], with its rotation limits.
+pub(crate) struct OpenedLog {
+    /// Where it is.
+    pub path: PathBuf,
+    /// The open file.
+    pub file: File,
+    /// Size at which it is rotated.
+    pub max_bytes: u64,
+    /// Rotated files kept.
+    pub keep: u32,
+}
+
 /// The output of one process (across its incarnations).
 pub(crate) struct LogBuffer {
     ring: Mutex<Ring>,
@@ -83,25 +117,23 @@ struct Ring {
 }
 
 impl LogBuffer {
-    /// A buffer of `capacity` lines, also written to `file` (a path with
-    /// the file already opened by [`open_log_file`]).
-    pub fn new(capacity: usize, file: Option<(PathBuf, File)>) -> Self {
+    /// A buffer of `capacity` lines, also written to `file`.
+    pub fn new(capacity: usize, file: Option<OpenedLog>) -> Self {
         LogBuffer {
             ring: Mutex::new(Ring {
                 lines: VecDeque::with_capacity(capacity.min(64)),
                 next: 0,
             }),
             capacity,
-            file: Mutex::new(file.map(|(path, file)| RotatingFile::opened(path, file))),
+            file: Mutex::new(file.map(RotatingFile::opened)),
             live: Mutex::new(None),
         }
     }
 
-    /// Sends further lines to `file` (a path with the file already opened
-    /// by [`open_log_file`]), or to no file.
-    pub fn set_file(&self, file: Option<(PathBuf, File)>) {
+    /// Sends further lines to `file`, or to no file.
+    pub fn set_file(&self, file: Option<OpenedLog>) {
         let mut current = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        *current = file.map(|(path, file)| RotatingFile::opened(path, file));
+        *current = file.map(RotatingFile::opened);
     }
 
     /// Stores one line.
@@ -143,8 +175,8 @@ impl LogBuffer {
             .collect()
     }
 
-    /// The newest `n` stderr lines written since `mark`, joined for an
-    /// error message.
+    /// The newest `n` stderr lines written since `mark`, one per line, for
+    /// an error message.
     pub fn stderr_tail_since(&self, mark: u64, n: usize) -> String {
         let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
         let mut lines: Vec<&str> = ring
@@ -157,7 +189,7 @@ impl LogBuffer {
             .map(|(_, l)| l.text.as_str())
             .collect();
         lines.reverse();
-        lines.join(" | ")
+        lines.join("\n")
     }
 
     /// Whether a line written since `mark` satisfies `matches`.
@@ -310,6 +342,8 @@ struct RotatingFile {
     path: PathBuf,
     file: Option<File>,
     size: u64,
+    max_bytes: u64,
+    keep: u32,
     failed: bool,
 }
 
@@ -320,27 +354,32 @@ impl RotatingFile {
             path,
             file: None,
             size: 0,
+            max_bytes: defaults::LOG_FILE_MAX_BYTES,
+            keep: defaults::LOG_FILE_KEEP,
             failed: false,
         }
     }
 
-    /// Continues `file`, opened at `path` by [`open_log_file`].
-    fn opened(path: PathBuf, file: File) -> Self {
-        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    /// Continues the file `log` opened.
+    fn opened(log: OpenedLog) -> Self {
+        let size = log.file.metadata().map(|m| m.len()).unwrap_or(0);
         RotatingFile {
-            path,
-            file: Some(file),
+            path: log.path,
+            file: Some(log.file),
             size,
+            max_bytes: log.max_bytes,
+            keep: log.keep,
             failed: false,
         }
     }
 
     fn write_line(&mut self, line: &LogLine) {
-        let tag = match line.stream {
-            Stream::Stdout => "out",
-            Stream::Stderr => "err",
-        };
-        let text = format!("{tag} {}\n", line.text);
+        let text = format!(
+            "{} {} {}\n",
+            format_time(line.time),
+            line.stream.tag(),
+            line.text
+        );
         match self.try_write(text.as_bytes()) {
             Ok(()) => self.failed = false,
             Err(e) => {
@@ -354,9 +393,9 @@ impl RotatingFile {
     }
 
     fn try_write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        if self.size + bytes.len() as u64 > defaults::LOG_FILE_MAX_BYTES && self.size > 0 {
+        if self.size + bytes.len() as u64 > self.max_bytes && self.size > 0 {
             self.file = None;
-            rotate(&self.path, defaults::LOG_FILE_KEEP)?;
+            rotate(&self.path, self.keep)?;
             self.size = 0;
         }
         if self.file.is_none() {
@@ -419,6 +458,109 @@ pub(crate) fn open_log_file(path: &Path) -> io::Result<File> {
     let flags = rustix::fs::fcntl_getfl(&fd)?;
     rustix::fs::fcntl_setfl(&fd, flags - OFlags::NONBLOCK)?;
     Ok(File::from(fd))
+}
+
+/// `2026-12-02T16:05:10.153Z`: the time of a line in a log file.
+fn format_time(time: SystemTime) -> String {
+    match jiff::Timestamp::try_from(time) {
+        Ok(time) => format!("{time:.3}"),
+        Err(_) => "-".to_owned(),
+    }
+}
+
+/// One line of a log file, as [`RotatingFile`] wrote it. A line without
+/// the time and stream (written by an older tend, or by hand) is read as
+/// stdout from the start of the epoch, with its text whole.
+pub fn parse_log_line(line: &str) -> LogLine {
+    let parsed = (|| {
+        let (time, rest) = line.split_once(' ')?;
+        let time: jiff::Timestamp = time.parse().ok()?;
+        let time = SystemTime::try_from(time).ok()?;
+        let (tag, text) = rest.split_once(' ').unwrap_or((rest, ""));
+        let stream = [Stream::Stdout, Stream::Stderr, Stream::Tend]
+            .into_iter()
+            .find(|stream| stream.tag() == tag)?;
+        Some(LogLine {
+            stream,
+            time,
+            text: text.to_owned(),
+        })
+    })();
+    parsed.unwrap_or_else(|| {
+        let (stream, text) = match line.split_once(' ') {
+            Some(("err", text)) => (Stream::Stderr, text),
+            Some(("out", text)) => (Stream::Stdout, text),
+            _ => (Stream::Stdout, line),
+        };
+        LogLine {
+            stream,
+            time: SystemTime::UNIX_EPOCH,
+            text: text.to_owned(),
+        }
+    })
+}
+
+/// The newest `n` lines of the log file at `path` and the files rotated
+/// from it (`path.1`, … up to `keep`), oldest first: what a front end
+/// shows when no manager runs. A file that is not there is skipped; one
+/// that is not this user's own regular file (a symlink, another user's) is
+/// refused, as [`open_log_file`] refuses to write it. Invalid UTF-8 is
+/// replaced.
+pub fn read_log_file(path: &Path, keep: u32, n: usize) -> io::Result<Vec<LogLine>> {
+    let mut newest_first: Vec<LogLine> = Vec::new();
+    for index in 0..=keep {
+        if newest_first.len() >= n {
+            break;
+        }
+        let file = if index == 0 {
+            path.to_owned()
+        } else {
+            let mut name = path.as_os_str().to_owned();
+            name.push(format!(".{index}"));
+            PathBuf::from(name)
+        };
+        let Some(bytes) = read_own_file(&file)? else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        newest_first.extend(
+            text.lines()
+                .rev()
+                .take(n - newest_first.len())
+                .map(parse_log_line),
+        );
+    }
+    newest_first.reverse();
+    Ok(newest_first)
+}
+
+/// The bytes of `path`, if it is there and this user's own regular file
+/// (never through a symlink); `None` when it is not there.
+fn read_own_file(path: &Path) -> io::Result<Option<Vec<u8>>> {
+    use rustix::fs::{Mode, OFlags};
+    use std::io::Read;
+    let fd = match rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => return Ok(None),
+        Err(rustix::io::Errno::LOOP) => {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} is a symbolic link, which tend does not follow for a log file",
+                    path.display()
+                ),
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    crate::private_dir::check_own_file(&fd, path)?;
+    let mut bytes = Vec::new();
+    File::from(fd).read_to_end(&mut bytes)?;
+    Ok(Some(bytes))
 }
 
 /// `log` → `log.1` → `log.2` …, dropping the oldest beyond `keep`.
@@ -534,7 +676,7 @@ mod tests {
         }
         let texts: Vec<_> = buffer.tail(10).into_iter().map(|l| l.text).collect();
         assert_eq!(texts, ["2", "3", "4"]);
-        assert_eq!(buffer.stderr_tail_since(0, 2), "3 | 4");
+        assert_eq!(buffer.stderr_tail_since(0, 2), "3\n4");
         assert_eq!(buffer.stderr_tail_since(4, 2), "4");
         assert_eq!(buffer.mark(), 5);
     }
@@ -593,6 +735,83 @@ mod tests {
         let err = open_log_file(&planted).unwrap_err();
         assert!(err.to_string().contains("uid 65534"), "{err}");
         assert_eq!(fs::metadata(&planted).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn a_log_file_reads_back_as_the_lines_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.log");
+        let mut file = RotatingFile::new(path.clone());
+        let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_764_691_510_153);
+        let lines: Vec<LogLine> = [
+            (Stream::Tend, "started, pid 7"),
+            (Stream::Stdout, "hello  world"),
+            (Stream::Stderr, ""),
+        ]
+        .into_iter()
+        .map(|(stream, text)| LogLine {
+            stream,
+            time: at,
+            text: text.into(),
+        })
+        .collect();
+        for line in &lines {
+            file.write_line(line);
+        }
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(
+            text.starts_with("2025-12-02T16:05:10.153Z tend started, pid 7\n"),
+            "{text}"
+        );
+        assert_eq!(read_log_file(&path, 3, 10).unwrap(), lines);
+        assert_eq!(read_log_file(&path, 3, 1).unwrap(), lines[2..]);
+        // Lines of an older tend, without a time, are kept whole.
+        let old = parse_log_line("err it broke");
+        assert_eq!(
+            (old.stream, old.text.as_str()),
+            (Stream::Stderr, "it broke")
+        );
+        assert_eq!(parse_log_line("free text").text, "free text");
+        // Nothing there: no lines.
+        assert!(
+            read_log_file(&dir.path().join("none"), 3, 10)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn retention_follows_the_configured_size_and_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.log");
+        let mut file = RotatingFile::new(path.clone());
+        file.max_bytes = 100;
+        file.keep = 1;
+        for i in 0..20 {
+            file.write_line(&LogLine {
+                stream: Stream::Stdout,
+                time: SystemTime::now(),
+                text: format!("line {i}"),
+            });
+        }
+        assert!(dir.path().join("d.log.1").exists());
+        assert!(!dir.path().join("d.log.2").exists());
+        assert!(fs::metadata(&path).unwrap().len() <= 100);
+        // Read across the rotation, newest last.
+        let tail = read_log_file(&path, 1, 3).unwrap();
+        let texts: Vec<&str> = tail.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(texts, ["line 17", "line 18", "line 19"]);
+    }
+
+    #[test]
+    fn a_symlinked_log_file_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let precious = dir.path().join("precious");
+        fs::write(&precious, "secret").unwrap();
+        let link = dir.path().join("d.log");
+        std::os::unix::fs::symlink(&precious, &link).unwrap();
+        let err = read_log_file(&link, 3, 10).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
     }
 
     #[test]

@@ -326,14 +326,16 @@ impl BackgroundProcessManager {
         // Opened (and checked) at every start, so a log file that cannot be
         // trusted fails the start instead of losing the output later.
         let log_file = match &config.log_file {
-            Some(path) => Some((
-                path.clone(),
-                logs::open_log_file(path).map_err(|source| Error::LogFile {
+            Some(path) => Some(logs::OpenedLog {
+                path: path.clone(),
+                file: logs::open_log_file(path).map_err(|source| Error::LogFile {
                     name: config.name.clone(),
                     path: path.clone(),
                     source,
                 })?,
-            )),
+                max_bytes: config.log_file_max_bytes,
+                keep: config.log_file_keep,
+            }),
             None => None,
         };
         // A refused limit leaves the daemon in `Error`, with the reason, so

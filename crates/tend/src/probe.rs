@@ -240,12 +240,12 @@ pub(crate) async fn health_check(
     match tokio::time::timeout(timeout, check).await {
         Ok(result) => result,
         Err(_) => Err(format!(
-            "{} {path:?} timed out after {:?}",
+            "{} {path:?} timed out after {}",
             match probe {
                 HealthProbe::Ping => "ping over",
                 _ => "connect to",
             },
-            started.elapsed()
+            crate::human::duration(started.elapsed())
         )),
     }
 }

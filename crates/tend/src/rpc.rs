@@ -121,7 +121,7 @@ pub enum RpcError {
     },
     /// No reply arrived within the timeout; the call was abandoned and a
     /// late reply will be ignored.
-    #[error("call to {method:?} got no reply within {timeout:?}")]
+    #[error("call to {method:?} got no reply within {}", crate::human::duration(*timeout))]
     Timeout {
         /// The method called.
         method: String,

@@ -202,6 +202,9 @@ pub struct ProcessInfo {
     /// Whether a health check of the current incarnation has passed
     /// (false until the first one did, and for a daemon without checks).
     pub passed_health_check: bool,
+    /// Whether a health check of the current incarnation has completed
+    /// (until then its health is unknown, not good).
+    pub health_checked: bool,
     /// Restarts in a row since the process last ran stably.
     pub restart_attempts: u32,
     /// Whether the last incarnation ran to its end on its own, exited
@@ -247,6 +250,7 @@ impl ProcessInfo {
             pid: None,
             failed_health_checks: 0,
             passed_health_check: false,
+            health_checked: false,
             restart_attempts: 0,
             completed: false,
             last_error: None,

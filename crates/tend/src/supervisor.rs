@@ -91,6 +91,11 @@ struct Failure {
     /// The leader exited with code 0 after readiness: an end the restart
     /// policy may accept as the task being done.
     clean: bool,
+    /// Whether the daemon's stderr may explain this failure (it exited
+    /// on its own, or never became ready), so its tail is shown with it.
+    /// Not for a kill by a signal or failed health checks, where the
+    /// last lines of output say nothing about the cause.
+    output_explains: bool,
 }
 
 impl Failure {
@@ -101,7 +106,15 @@ impl Failure {
             tail: String::new(),
             fatal: false,
             clean: false,
+            output_explains: false,
         }
+    }
+
+    /// The failure of an incarnation that ended on its own, or never
+    /// became ready: its stderr tail is shown with it.
+    fn explained_by_output(mut self) -> Self {
+        self.output_explains = true;
+        self
     }
 
     /// The failure from an error that says it all.
@@ -109,14 +122,15 @@ impl Failure {
         Failure::new(error.to_string(), error)
     }
 
-    /// `summary`, then `note` in parentheses, then the stderr tail.
+    /// `summary`, then `note` after a semicolon, then a colon and the
+    /// stderr tail on the lines below.
     fn describe(&self, note: Option<String>) -> String {
         let mut text = self.summary.clone();
         if let Some(note) = note {
-            text.push_str(&format!(" ({note})"));
+            text.push_str(&format!("; {note}"));
         }
         if !self.tail.is_empty() {
-            text.push_str(": ");
+            text.push_str(":\n");
             text.push_str(&self.tail);
         }
         text
@@ -146,6 +160,12 @@ pub(crate) struct Supervisor {
     /// The daemon's notify socket, with [`Readiness::Notify`]: made at the
     /// first spawn and kept across restarts.
     notify: Option<NotifySocket>,
+    /// Set when the last termination ran out of grace period and sent
+    /// SIGKILL, for the message that ends the stop.
+    killed_after_grace: bool,
+    /// Whether this supervisor spawned an incarnation already (the log
+    /// marker of the next one says "restarted").
+    spawned_before: bool,
 }
 
 impl Supervisor {
@@ -164,6 +184,8 @@ impl Supervisor {
             start_waiter: Some(start_waiter),
             cgroup: None,
             notify: None,
+            killed_after_grace: false,
+            spawned_before: false,
         }
     }
 
@@ -254,6 +276,7 @@ impl Supervisor {
                     info.failed_health_checks = 0;
                     info.readiness_checked = checked;
                     info.passed_health_check = false;
+                    info.health_checked = false;
                 });
                 self.shared.apply(Occurrence::Ready, "ready");
                 if let Some(waiter) = self.start_waiter.take() {
@@ -323,6 +346,17 @@ impl Supervisor {
                 return Err(spawn_error(source));
             }
         };
+        // Where one incarnation ends and the next begins, before any line
+        // of the new one (its output is read from here on).
+        let marker = if self.spawned_before {
+            "restarted"
+        } else {
+            "started"
+        };
+        self.spawned_before = true;
+        self.shared
+            .logs
+            .push(Stream::Tend, format!("{marker}, pid {pid}"));
         let log_mark = self.shared.logs.mark();
         // Recorded before readiness: a manager killed while its daemon
         // starts must still leave a trace of it.
@@ -407,20 +441,23 @@ impl Supervisor {
                         status: exit.unwrap_or(ExitStatus::Code(-1)),
                         stderr_tail: String::new(),
                     },
-                )))
+                ).explained_by_output()))
             }
             () = probe::wait_ready(watcher, socket) => Ok(()),
             () = tokio::time::sleep_until(deadline) => {
                 let timeout = self.config.startup_timeout;
                 Err(Interrupt::Failed(Failure::new(
-                    format!("did not accept connections within {timeout:?}"),
+                    format!(
+                        "did not accept connections within {}",
+                        crate::human::duration(timeout)
+                    ),
                     Error::StartupTimeout {
                         name: self.config.name.clone(),
                         socket: socket.to_path_buf(),
                         timeout,
                         stderr_tail: String::new(),
                     },
-                )))
+                ).explained_by_output()))
             }
         }
     }
@@ -631,7 +668,13 @@ impl Supervisor {
                     let summary = exit.map_or_else(|| "exited".to_owned(), |e| e.to_string());
                     let mut failure = self.failure(summary);
                     failure.clean = exit == Some(ExitStatus::Code(0));
-                    return Interrupt::Failed(failure);
+                    // A daemon that exits with a code says why on stderr;
+                    // one killed by a signal (the OOM killer, kill -9)
+                    // does not.
+                    return Interrupt::Failed(match exit {
+                        Some(ExitStatus::Code(_)) | None => failure.explained_by_output(),
+                        Some(ExitStatus::Signal(_)) => failure,
+                    });
                 }
                 reason = async {
                     match &mut board {
@@ -679,12 +722,18 @@ impl Supervisor {
                             tracing::debug!(name = %self.config.name, failures, %reason, "health check failed");
                             if health.is_some_and(|h| failures >= h.retries) {
                                 let summary = format!("failed {failures} health checks in a row ({reason})");
-                                self.shared.update(|info| info.failed_health_checks = failures);
+                                self.shared.update(|info| {
+                                    info.failed_health_checks = failures;
+                                    info.health_checked = true;
+                                });
                                 return Interrupt::Failed(self.failure(summary));
                             }
                         }
                     }
-                    self.shared.update(|info| info.failed_health_checks = failures);
+                    self.shared.update(|info| {
+                        info.failed_health_checks = failures;
+                        info.health_checked = true;
+                    });
                 }
             }
         }
@@ -712,6 +761,7 @@ impl Supervisor {
             let _ = std::fs::remove_file(path);
         }
         drain(&mut incarnation.readers).await;
+        self.killed_after_grace = terminated.as_ref().is_ok_and(|t| t.killed);
         let exit = match &terminated {
             Ok(t) => {
                 // Gone for good: nothing left for a later cleanup to find.
@@ -762,7 +812,13 @@ impl Supervisor {
                 failure.tail = tail;
                 Interrupt::Failed(failure)
             }
-            (Interrupt::Failed(failure), Ok(_)) => {
+            (Interrupt::Failed(mut failure), Ok(_)) => {
+                if self.killed_after_grace {
+                    failure.summary.push_str(&format!(
+                        "; the grace period of {} ran out, so SIGKILL was sent",
+                        crate::human::duration(grace)
+                    ));
+                }
                 Interrupt::Failed(complete_failure(failure, exit, tail))
             }
             (other, _) => other,
@@ -800,10 +856,10 @@ impl Supervisor {
             self.start_waiter = Some(waiter);
         } else if failure.fatal || !within_budget || !policy.restarts(false) {
             let note = if policy.restarts(false) || failure.fatal {
-                match attempts {
-                    1 => "1 restart".to_owned(),
-                    n => format!("{n} restarts"),
-                }
+                format!(
+                    "gave up after {}",
+                    crate::human::count(attempts as usize, "restart")
+                )
             } else {
                 format!("restart = {}", policy.as_str())
             };
@@ -816,9 +872,24 @@ impl Supervisor {
             info.restart_attempts = attempt;
             info.last_error = Some(message.clone());
         });
-        self.shared
-            .apply(Occurrence::Failed { will_restart: true }, &message);
         let delay = restart_backoff(self.config.restart_delay, attempt, fastrand::f64());
+        // The event says what happens next; the tail, if any, stays last.
+        let (summary, tail) = match message.split_once('\n') {
+            Some((summary, tail)) => (summary, Some(tail)),
+            None => (message.as_str(), None),
+        };
+        let mut reason = format!(
+            "{}; restarting in {} (attempt {attempt} of {})",
+            summary.trim_end_matches(':'),
+            crate::human::duration(delay),
+            self.config.max_restart_attempts
+        );
+        if let Some(tail) = tail {
+            reason.push_str(":\n");
+            reason.push_str(tail);
+        }
+        self.shared
+            .apply(Occurrence::Failed { will_restart: true }, &reason);
         tracing::info!(name = %self.config.name, attempt, ?delay, %message, "restarting");
         // `None`: the delay passed; `Some(None)`: the manager is gone.
         let control = if delay.is_zero() {
@@ -884,7 +955,15 @@ impl Supervisor {
         // A no-op when already `Stopping` (the group was terminated first).
         self.shared
             .apply(Occurrence::StopRequested, "stop requested");
-        self.shared.apply(Occurrence::GroupGone, "stopped");
+        let reason = if std::mem::take(&mut self.killed_after_grace) {
+            format!(
+                "stopped; the grace period of {} ran out, so SIGKILL was sent",
+                crate::human::duration(self.config.shutdown_grace_period)
+            )
+        } else {
+            "stopped".to_owned()
+        };
+        self.shared.apply(Occurrence::GroupGone, &reason);
         self.fail_start_waiter(Error::Stopped(self.config.name.clone()));
         let _ = reply.send(Ok(()));
     }
@@ -916,7 +995,9 @@ fn complete_failure(mut failure: Failure, exit: Option<ExitStatus>, tail: String
         }
         _ => {}
     }
-    failure.tail = tail;
+    if failure.output_explains {
+        failure.tail = tail;
+    }
     let described = failure.describe(None);
     if let Error::Failed { reason, .. } = &mut failure.error {
         *reason = described;

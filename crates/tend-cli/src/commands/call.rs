@@ -49,8 +49,10 @@ pub async fn run(
         return Err(anyhow!(text).into());
     }
     if !response.ok {
-        let reason = response.error.unwrap_or_else(|| "no reason given".into());
-        return Err(anyhow!("{name}: {method} failed: {reason}").into());
+        return Err(super::refused(
+            response,
+            Some(&format!("{name}: {method} failed")),
+        ));
     }
     let Some(result) = response.result else {
         return Err(anyhow!("the supervisor's answer has no result").into());

@@ -1,8 +1,6 @@
 //! `tend down`: stop every daemon and the supervisor; returns once the
 //! supervisor is gone.
 
-use anyhow::anyhow;
-
 use super::connect;
 use crate::{SupervisorArgs, failure::CommandResult, protocol::Request};
 
@@ -11,8 +9,7 @@ pub async fn run(target: &SupervisorArgs) -> CommandResult {
     let mut client = connect(target).await?;
     let response = client.call(&Request::Down).await?;
     if !response.ok {
-        let reason = response.error.unwrap_or_else(|| "no reason given".into());
-        return Err(anyhow!(reason).into());
+        return Err(super::refused(response, None));
     }
     if let Some(supervisor) = &response.supervisor {
         println!("stopping tend (pid {}) and its daemons…", supervisor.pid);

@@ -1,19 +1,33 @@
-//! `tend status [NAME] [--json]`: the daemons' states, as a table or JSON.
+//! `tend status [NAME] [--json] [--check]`: the daemons' states, as a
+//! table or JSON; for one daemon, its whole last error under the table.
+//! With `--check`, the exit code says whether every daemon is running
+//! (0) or not (1), for scripts and container health probes.
 
 use std::io::Write;
 
 use anyhow::anyhow;
 
 use super::connect;
-use crate::{SupervisorArgs, failure::CommandResult, protocol::Request, table};
+use crate::{
+    SupervisorArgs,
+    failure::CommandResult,
+    protocol::{ProcessStatus, Request, State},
+    sanitize::{Layout, escape_controls},
+    table,
+};
 
 /// Runs the command.
-pub async fn run(target: &SupervisorArgs, name: Option<String>, json: bool) -> CommandResult {
+pub async fn run(
+    target: &SupervisorArgs,
+    name: Option<String>,
+    json: bool,
+    check: bool,
+) -> CommandResult {
     let mut client = connect(target).await?;
+    let one = name.is_some();
     let response = client.call(&Request::Status { name }).await?;
     if !response.ok {
-        let reason = response.error.unwrap_or_else(|| "no reason given".into());
-        return Err(anyhow!(reason).into());
+        return Err(super::refused(response, None));
     }
     let processes = response.processes.unwrap_or_default();
     let text = if json {
@@ -24,8 +38,31 @@ pub async fn run(target: &SupervisorArgs, name: Option<String>, json: bool) -> C
             text.push_str(&line);
             text.push('\n');
         }
+        let error = processes.first().filter(|_| one);
+        if let Some(error) = error.and_then(table::last_error_lines) {
+            text.push_str(&error);
+        }
         text
     };
     std::io::stdout().lock().write_all(text.as_bytes())?;
-    Ok(())
+    match not_running(&processes) {
+        Some(problem) if check => Err(anyhow!(problem).into()),
+        _ => Ok(()),
+    }
+}
+
+/// For `--check`: which daemons are not running, or `None` when all are.
+fn not_running(processes: &[ProcessStatus]) -> Option<String> {
+    let down: Vec<String> = processes
+        .iter()
+        .filter(|p| p.state != State::Running)
+        .map(|p| {
+            format!(
+                "{} is {}",
+                escape_controls(&p.name, Layout::Line),
+                p.state.as_str()
+            )
+        })
+        .collect();
+    (!down.is_empty()).then(|| format!("check failed: {}", down.join(", ")))
 }

@@ -12,15 +12,18 @@
 //! every daemon gracefully, dependents first (a second signal kills them
 //! at once), kill descendants that escaped their daemon's process group,
 //! close the socket and release the lock.
+//!
+//! With `--exit-on-failure`, the first daemon that cannot start or ends in
+//! `error` stops everything the same way, and `tend up` exits with 1.
 
 mod progress;
 mod signals;
 
-use std::{collections::BTreeSet, path::Path, sync::Arc, time::Duration};
+use std::{collections::BTreeSet, fmt, path::Path, sync::Arc, time::Duration};
 
 use anyhow::{Context, anyhow};
 use tend::{BackgroundProcessManager, CleanupReport, subreaper::Subreaper};
-use tokio::task::JoinSet;
+use tokio::{sync::watch, task::JoinSet};
 
 use crate::{
     commands::reload::describe_reload,
@@ -57,8 +60,10 @@ fn selection(config: &TendConfig, names: &[String]) -> Result<BTreeSet<String>, 
     Ok(deps::with_dependencies(&config.graph(), roots))
 }
 
-/// Runs the command.
-pub async fn run(file: &Path, names: &[String]) -> CommandResult {
+/// Runs the command: the daemons `names` (and their dependencies), or
+/// every one with `autostart`; with `exit_on_failure`, stops everything
+/// and fails as soon as a daemon cannot start or ends in `error`.
+pub async fn run(file: &Path, names: &[String], exit_on_failure: bool) -> CommandResult {
     let config = config::load(file).map_err(Failure::usage)?;
     let selected = selection(&config, names)?;
     let state_dir = &config.state_dir;
@@ -69,7 +74,7 @@ pub async fn run(file: &Path, names: &[String]) -> CommandResult {
             state_dir.path().display()
         )
     })?;
-    let lock = opened.lock()?;
+    let lock = opened.lock(&config.file)?;
     let mut signals = ShutdownSignals::install()?;
 
     // One table of this process's children for the manager, the
@@ -118,7 +123,13 @@ pub async fn run(file: &Path, names: &[String]) -> CommandResult {
         (Some(containment), None) => say!("tend: containment: {containment}"),
         (None, _) => {}
     }
-    let mut progress = Progress::subscribe(&manager, &config);
+    // The first failure, for `--exit-on-failure`.
+    let failures = Arc::new(watch::channel(None::<String>).0);
+    let failed = exit_on_failure.then(|| failures.subscribe());
+    let mut progress = Progress::subscribe(&manager, &config, {
+        let failures = Arc::clone(&failures);
+        move |event| report_failure(&failures, &event.name)
+    });
 
     // Shown as `starting` from now on, not `stopped`.
     context.queue_starts(&selected);
@@ -126,7 +137,7 @@ pub async fn run(file: &Path, names: &[String]) -> CommandResult {
     // environment provides.
     let prepared = tokio::select! {
         () = prepare_environments(&context) => true,
-        cause = shutdown_cause(&mut signals, &context) => {
+        cause = shutdown_cause(&mut signals, &context, None) => {
             say!("tend: {cause} while preparing environments; stopping");
             false
         }
@@ -136,27 +147,39 @@ pub async fn run(file: &Path, names: &[String]) -> CommandResult {
     } else {
         None
     };
+    let mut failed_with = None;
     let started = prepared
         && progress
             .print_while(async {
                 tokio::select! {
-                    () = start_selected(&context, &selected) => true,
-                    cause = shutdown_cause(&mut signals, &context) => {
-                        say!("tend: {cause} while starting; stopping everything");
+                    () = start_selected(&context, &selected, &failures) => true,
+                    cause = shutdown_cause(&mut signals, &context, failed.clone()) => {
+                        say!("tend: {}; stopping everything", cause.while_starting());
+                        failed_with = cause.failure();
                         false
                     }
                 }
             })
             .await;
-    if started {
+    // A start that failed before the select saw it.
+    let failed_at_start = failed
+        .as_ref()
+        .and_then(|failed| failed.borrow().clone())
+        .filter(|_| failed_with.is_none() && started);
+    if let Some(name) = failed_at_start {
+        let cause = Cause::Failed(name);
+        say!("tend: {}; stopping everything", cause.while_starting());
+        failed_with = cause.failure();
+    } else if started {
         say!("{}", table::render(&context.statuses()).trim_end());
         say!(
             "tend: supervising; stop with Ctrl-C or `tend down`, reload the file with `tend reload` or SIGHUP"
         );
         let cause = progress
-            .print_while(supervise(&mut signals, &context))
+            .print_while(supervise(&mut signals, &context, failed.clone()))
             .await;
         say!("tend: {cause}; stopping every daemon");
+        failed_with = cause.failure();
     }
 
     let graceful = progress
@@ -178,7 +201,10 @@ pub async fn run(file: &Path, names: &[String]) -> CommandResult {
         };
         let killed = subreaper.kill_adopted(grace).await;
         if killed > 0 {
-            say!("tend: stopped {killed} process(es) that escaped their daemon's process group");
+            say!(
+                "tend: stopped {} that escaped their daemon's process group",
+                tend::human::count(killed, "process")
+            );
         }
     }
     server.close();
@@ -193,7 +219,25 @@ pub async fn run(file: &Path, names: &[String]) -> CommandResult {
     // Last: a `tend down` client returns when this connection closes.
     context.release_down_clients();
     say!("tend: all daemons stopped");
-    Ok(())
+    match failed_with {
+        Some(name) => Err(anyhow::anyhow!(
+            "{name} failed, so every daemon was stopped (--exit-on-failure)"
+        )
+        .into()),
+        None => Ok(()),
+    }
+}
+
+/// Records that daemon `name` failed (the first one only).
+fn report_failure(failures: &watch::Sender<Option<String>>, name: &str) {
+    failures.send_if_modified(|first| {
+        if first.is_none() {
+            *first = Some(name.to_owned());
+            true
+        } else {
+            false
+        }
+    });
 }
 
 /// Prepares the Python and Node environments of the daemons that have
@@ -234,8 +278,15 @@ async fn prepare_environments(context: &Arc<ServerContext>) {
 /// Starts `selected` in parallel, each once its dependencies meet their
 /// conditions; a daemon that fails (to start, earlier to get its
 /// environment, or because a dependency failed) is reported and left in
-/// `error` while the others run.
-async fn start_selected(context: &Arc<ServerContext>, selected: &BTreeSet<String>) {
+/// `error` while the others run. A failed start of the manager was
+/// reported by its event already; only a daemon the manager never saw
+/// (its environment failed) gets a message here, so each failure is said
+/// once.
+async fn start_selected(
+    context: &Arc<ServerContext>,
+    selected: &BTreeSet<String>,
+    failures: &watch::Sender<Option<String>>,
+) {
     context.queue_starts(selected);
     let mut starts = JoinSet::new();
     for name in selected {
@@ -249,27 +300,39 @@ async fn start_selected(context: &Arc<ServerContext>, selected: &BTreeSet<String
     while let Some(joined) = starts.join_next().await {
         match joined {
             Ok((_, Ok(()))) => {}
-            // The reason may end with the daemon's stderr tail, or with an
-            // installer's output of several lines.
-            Ok((name, Err(e))) => say_err!(
-                "tend: {}",
-                escape_controls(&format!("{name} did not start: {e}"), Layout::Lines)
-            ),
+            Ok((name, Err(_))) if context.manager.process_info(&name).is_some() => {
+                report_failure(failures, &name);
+            }
+            // The reason may end with an installer's output of several
+            // lines.
+            Ok((name, Err(e))) => {
+                report_failure(failures, &name);
+                say_err!(
+                    "tend: {}",
+                    escape_controls(&format!("{name} did not start: {e}"), Layout::Lines)
+                );
+            }
             Err(e) => say_err!("tend: a start task failed: {e}"),
         }
     }
 }
 
-/// Supervises until a shutdown signal or a `tend down`, reloading the
-/// config file at each SIGHUP; returns what ended it.
-async fn supervise(signals: &mut ShutdownSignals, context: &Arc<ServerContext>) -> String {
+/// Supervises until a shutdown signal, a `tend down` or (when `failed`
+/// watches failures) the first daemon that failed, reloading the config
+/// file at each SIGHUP; returns what ended it.
+async fn supervise(
+    signals: &mut ShutdownSignals,
+    context: &Arc<ServerContext>,
+    mut failed: Option<watch::Receiver<Option<String>>>,
+) -> Cause {
     loop {
         let signal = tokio::select! {
             signal = signals.next_or_hangup() => signal,
-            () = context.shutdown_requested() => return "`tend down` received".to_owned(),
+            () = context.shutdown_requested() => return Cause::Down,
+            name = first_failure(&mut failed) => return Cause::Failed(name),
         };
         if let Some(signal) = signal {
-            return format!("{signal} received");
+            return Cause::Signal(signal);
         }
         say!(
             "tend: SIGHUP received; reloading {}",
@@ -289,40 +352,111 @@ async fn supervise(signals: &mut ShutdownSignals, context: &Arc<ServerContext>) 
     }
 }
 
-/// What ended supervision: a signal or a `tend down`.
-async fn shutdown_cause(signals: &mut ShutdownSignals, context: &ServerContext) -> String {
+/// The name of the first daemon that failed, once one has; never when
+/// failures are not watched.
+async fn first_failure(failed: &mut Option<watch::Receiver<Option<String>>>) -> String {
+    match failed {
+        Some(failed) => match failed.wait_for(Option::is_some).await {
+            Ok(name) => name.clone().unwrap_or_default(),
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// What ended supervision.
+enum Cause {
+    /// A signal, by name.
+    Signal(&'static str),
+    /// A `tend down`.
+    Down,
+    /// This daemon failed, with `--exit-on-failure`.
+    Failed(String),
+}
+
+impl Cause {
+    /// The cause, said of the time the daemons were starting.
+    fn while_starting(&self) -> String {
+        match self {
+            Cause::Failed(_) => self.to_string(),
+            _ => format!("{self} while starting"),
+        }
+    }
+
+    /// The daemon whose failure ended supervision.
+    fn failure(&self) -> Option<String> {
+        match self {
+            Cause::Failed(name) => Some(name.clone()),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cause::Signal(signal) => write!(f, "{signal} received"),
+            Cause::Down => write!(f, "`tend down` received"),
+            Cause::Failed(name) => write!(
+                f,
+                "{} failed and --exit-on-failure is set",
+                escape_controls(name, Layout::Line)
+            ),
+        }
+    }
+}
+
+/// What ends the start: a signal, a `tend down`, or (when `failed`
+/// watches failures) the first daemon that failed.
+async fn shutdown_cause(
+    signals: &mut ShutdownSignals,
+    context: &ServerContext,
+    mut failed: Option<watch::Receiver<Option<String>>>,
+) -> Cause {
     tokio::select! {
-        signal = signals.next() => format!("{signal} received"),
-        () = context.shutdown_requested() => "`tend down` received".to_owned(),
+        signal = signals.next() => Cause::Signal(signal),
+        () = context.shutdown_requested() => Cause::Down,
+        name = first_failure(&mut failed) => Cause::Failed(name),
     }
 }
 
 fn report_cleanup(report: &CleanupReport) {
+    use tend::human::{count, list};
     if !report.killed.is_empty() {
         say!(
-            "tend: stopped {} daemon(s) left running by an earlier tend: {}",
-            report.killed.len(),
+            "tend: stopped {} left running by an earlier tend: {}",
+            count(report.killed.len(), "daemon"),
             escape_controls(&report.killed.join(", "), Layout::Line)
         );
     }
     if !report.escaped.is_empty() {
         say!(
-            "tend: stopped {} process(es) that had escaped the daemons of an earlier tend: pid {:?}",
-            report.escaped.len(),
-            report.escaped
+            "tend: stopped {} that had escaped the daemons of an earlier tend: {} {}",
+            count(report.escaped.len(), "process"),
+            if report.escaped.len() == 1 {
+                "pid"
+            } else {
+                "pids"
+            },
+            list(&report.escaped)
         );
     }
     if !report.suspects.is_empty() {
         say!(
-            "tend: left alone {} process(es) that carry the marker of an earlier tend but are not proven its daemons' (check them, and kill them if they are leftovers): pid {:?}",
-            report.suspects.len(),
-            report.suspects
+            "tend: left alone {} that carry the marker of an earlier tend but are not proven its daemons' (check them, and kill them if they are leftovers): {} {}",
+            count(report.suspects.len(), "process"),
+            if report.suspects.len() == 1 {
+                "pid"
+            } else {
+                "pids"
+            },
+            list(&report.suspects)
         );
     }
     if !report.owned_by_live_manager.is_empty() {
         say!(
-            "tend: left alone {} daemon record(s) of another live tend: {}",
-            report.owned_by_live_manager.len(),
+            "tend: left alone {} of another live tend: {}",
+            count(report.owned_by_live_manager.len(), "daemon record"),
             escape_controls(&report.owned_by_live_manager.join(", "), Layout::Line)
         );
     }

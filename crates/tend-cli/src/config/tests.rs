@@ -420,7 +420,7 @@ fn state_dir_is_found_despite_errors_elsewhere() {
         "[settings]\nstate_dir = \"st\"\n[process.a]\ncommand = \n",
     )
     .unwrap();
-    let state_dir = super::load_state_dir(&file).unwrap();
+    let (_, state_dir) = super::load_state_dir(&file).unwrap();
     assert!(state_dir.path().ends_with("st"));
 }
 

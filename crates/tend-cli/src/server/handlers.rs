@@ -8,10 +8,25 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::{After, Connection, ServerContext};
 use crate::protocol::{
-    DEFAULT_CALL_TIMEOUT_MS, LogEntry, Request, Response, RpcErrorObject, SupervisorInfo,
+    DEFAULT_CALL_TIMEOUT_MS, ErrorKind, LogEntry, Request, Response, RpcErrorObject, SupervisorInfo,
 };
 
 type Context = Arc<ServerContext>;
+
+/// The daemon a request names, if it names one.
+fn named(request: &Request) -> Option<&str> {
+    match request {
+        Request::Status { name: Some(name) }
+        | Request::Start { name }
+        | Request::Stop { name }
+        | Request::Restart { name }
+        | Request::Call { name, .. }
+        | Request::Logs {
+            name: Some(name), ..
+        } => Some(name),
+        _ => None,
+    }
+}
 
 /// Answers `request` on `connection`.
 ///
@@ -23,6 +38,16 @@ pub async fn handle(
     request: Request,
     connection: &mut Connection<'_>,
 ) -> io::Result<After> {
+    // One answer, in one wording, for a daemon the config does not have.
+    let unknown = named(&request).filter(|name| context.config_of(name).is_err());
+    if let Some(name) = unknown {
+        let response = Response {
+            error_kind: Some(ErrorKind::UnknownDaemon),
+            ..Response::error(context.no_such_daemon(name))
+        };
+        connection.send(&response).await?;
+        return Ok(After::Continue);
+    }
     let response = match request {
         Request::Info => info(context),
         Request::Status { name } => status(context, name.as_deref()),
@@ -33,7 +58,7 @@ pub async fn handle(
             name,
             lines,
             follow,
-        } => return logs(context, &name, lines, follow, connection).await,
+        } => return logs(context, name.as_deref(), lines, follow, connection).await,
         Request::Call {
             name,
             method,
@@ -97,8 +122,9 @@ fn outcome(context: &Context, name: &str, result: Result<(), String>) -> Respons
 /// Starts the daemon after its dependencies (see
 /// [`ServerContext::start`]).
 async fn start(context: &Context, name: &str) -> Response {
-    if let Err(message) = context.config_of(name) {
-        return Response::error(message);
+    // The state asked for holds already.
+    if context.manager.state(name) == Some(ProcessState::Running) {
+        return outcome(context, name, Ok(()));
     }
     let result = context.start(name).await;
     outcome(context, name, result)
@@ -244,43 +270,92 @@ fn publish(context: &Context, event: &str, data: Value) -> Response {
     }
 }
 
+/// `logs`: the recent lines of one daemon, or of every daemon interleaved
+/// in time order (each line naming its daemon); then, with `follow`, new
+/// lines as they come, until the client hangs up or the supervisor stops.
 async fn logs(
     context: &Context,
-    name: &str,
+    name: Option<&str>,
     lines: usize,
     follow: bool,
     connection: &mut Connection<'_>,
 ) -> io::Result<After> {
-    // Subscribe before taking the tail, so no line falls between the two;
-    // lines that are in both are skipped below.
-    let live = context.manager.follow_logs(name);
-    let recent = context.manager.logs(name, lines);
-    let (mut live, recent) = match (live, recent) {
-        (Ok(live), Ok(recent)) => (live, recent),
-        (Err(e), _) | (_, Err(e)) => {
-            connection.send(&Response::error(e.to_string())).await?;
-            return Ok(After::Continue);
-        }
+    let config = context.config();
+    let names: Vec<&str> = match name {
+        Some(name) => vec![name],
+        None => config.processes.iter().map(|p| p.name.as_str()).collect(),
     };
-    let sent_up_to = recent.last().map(|line| line.time);
-    let already_sent =
-        |line: &LogLine| sent_up_to.is_some_and(|time| line.time <= time) && recent.contains(line);
+    // Subscribe before taking the tails, so no line falls between the two;
+    // lines that are in both are skipped below. A daemon never started has
+    // no output yet.
+    let mut sources = Vec::new();
+    for &daemon in &names {
+        match (
+            context.manager.follow_logs(daemon),
+            context.manager.logs(daemon, lines),
+        ) {
+            (Ok(live), Ok(recent)) => sources.push((daemon, live, recent)),
+            _ if name.is_some() && follow => {
+                let message =
+                    format!("{daemon:?} has not been started; there is no output to follow");
+                connection.send(&Response::error(message)).await?;
+                return Ok(After::Continue);
+            }
+            _ => {}
+        }
+    }
+    let tag = |daemon: &str, line: LogLine| LogEntry {
+        name: name.is_none().then(|| daemon.to_owned()),
+        ..LogEntry::from(line)
+    };
+    let mut recent: Vec<LogEntry> = sources
+        .iter()
+        .flat_map(|(daemon, _, recent)| recent.iter().map(|line| tag(daemon, line.clone())))
+        .collect();
+    // Stable: the lines of one daemon keep their order at equal times.
+    recent.sort_by_key(|entry| entry.time);
+    let skip = recent.len().saturating_sub(lines);
     connection
         .send(&Response {
-            lines: Some(recent.iter().cloned().map(LogEntry::from).collect()),
+            lines: Some(recent.split_off(skip)),
             ..Response::ok()
         })
         .await?;
     if !follow {
         return Ok(After::Continue);
     }
+    // One forwarding task per daemon into one queue; the tasks end with
+    // this handler (the set aborts them when dropped).
+    let (queue, mut received) = tokio::sync::mpsc::channel(1024);
+    let mut forwarders = tokio::task::JoinSet::new();
+    for (daemon, mut live, recent) in sources {
+        let queue = queue.clone();
+        let daemon = daemon.to_owned();
+        forwarders.spawn(async move {
+            let sent_up_to = recent.last().map(|line| line.time);
+            let already_sent = |line: &LogLine| {
+                sent_up_to.is_some_and(|time| line.time <= time) && recent.contains(line)
+            };
+            loop {
+                let item = match live.recv().await {
+                    Ok(line) if already_sent(&line) => continue,
+                    Ok(line) => Ok(line),
+                    Err(RecvError::Lagged(missed)) => Err(missed),
+                    Err(RecvError::Closed) => return,
+                };
+                if queue.send((daemon.clone(), item)).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    drop(queue);
     loop {
         let response = tokio::select! {
-            received = live.recv() => match received {
-                Ok(line) if already_sent(&line) => continue,
-                Ok(line) => Response { line: Some(line.into()), ..Response::ok() },
-                Err(RecvError::Lagged(missed)) => Response { missed: Some(missed), ..Response::ok() },
-                Err(RecvError::Closed) => return Ok(After::Close),
+            received = received.recv() => match received {
+                Some((daemon, Ok(line))) => Response { line: Some(tag(&daemon, line)), ..Response::ok() },
+                Some((_, Err(missed))) => Response { missed: Some(missed), ..Response::ok() },
+                None => return Ok(After::Close),
             },
             () = connection.closed() => return Ok(After::Close),
         };

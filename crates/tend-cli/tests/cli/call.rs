@@ -145,7 +145,7 @@ fn results_are_printed_as_json_and_errors_exit_non_zero() {
 
     // Unknown daemons, daemons without a socket.
     let nobody = sandbox.run(&["call", "nobody", "ping", "-c", c]);
-    nobody.expect_code(1);
+    nobody.expect_code(2);
     assert!(
         nobody.stderr.contains("no daemon named \"nobody\""),
         "{}",

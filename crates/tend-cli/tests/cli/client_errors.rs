@@ -8,10 +8,19 @@ fn no_supervisor_running_is_a_clear_failure() {
     let sandbox = Sandbox::new();
     let config = sandbox.config("[process.a]\ncommand = \"x\"\n");
     let c = config.to_str().unwrap();
+    // `logs` reads the log files instead (none yet).
+    let logs = sandbox.run(&["logs", "a", "-c", c]);
+    logs.expect_success();
+    assert!(
+        logs.stderr.contains("no supervisor is running"),
+        "{}",
+        logs.stderr
+    );
+    assert_eq!(logs.stdout, "");
     for args in [
         vec!["status", "-c", c],
         vec!["stop", "a", "-c", c],
-        vec!["logs", "a", "-c", c],
+        vec!["logs", "a", "-f", "-c", c],
         vec!["down", "-c", c],
     ] {
         let run = sandbox.run(&args);
@@ -67,9 +76,9 @@ fn unknown_daemons_are_refused_by_name() {
         vec!["status", "zed", "-c", c],
     ] {
         let run = sandbox.run(&args);
-        run.expect_code(1);
+        run.expect_code(2);
         assert!(
-            run.stderr.contains("\"zed\""),
+            run.stderr.contains("no daemon named \"zed\""),
             "{}: {}",
             run.command,
             run.stderr

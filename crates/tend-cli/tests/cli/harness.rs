@@ -137,7 +137,11 @@ impl Sandbox {
             .args(args)
             .current_dir(self.path())
             .env(SANDBOX_ENV, self.path())
+            // The per-user default state directory, in the sandbox: a
+            // config without `state_dir` gets a folder of its own there.
+            .env("XDG_RUNTIME_DIR", self.path().join("run"))
             .env_remove("TEND_LOG")
+            .env_remove("NO_COLOR")
             .stdin(Stdio::null());
         command
     }

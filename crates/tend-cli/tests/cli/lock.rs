@@ -23,10 +23,16 @@ fn a_second_up_on_the_same_state_directory_is_refused() {
     for file in [&config, &other] {
         let second = sandbox.run(&["up", "-c", file.to_str().unwrap()]);
         second.expect_code(1);
-        let expected = format!(
-            "another tend up is already running for {}",
-            sandbox.state_dir().display()
-        );
+        let expected = if file == &config {
+            format!("tend up is already running for {}", config.display())
+        } else {
+            format!(
+                "another tend up (pid {}) is already running for state directory {}, with config {}",
+                first.pid(),
+                sandbox.state_dir().display(),
+                config.display()
+            )
+        };
         assert!(second.stderr.contains(&expected), "{}", second.stderr);
         assert!(
             second.stderr.contains(&format!("pid {}", first.pid())),

@@ -7,18 +7,22 @@
 
 mod call;
 mod client_errors;
+mod colour;
 mod config_errors;
 mod control_socket;
 mod escape;
+mod failures;
 mod harness;
 mod health_probe;
 mod kill9;
 mod lifecycle;
 mod limits;
 mod lock;
+mod logs;
 mod names;
 mod node_env;
 mod ordering;
+mod projects;
 mod publish;
 mod python_env;
 mod readiness;

@@ -368,7 +368,7 @@ restart = "on-failure"
         once["last_error"]
             .as_str()
             .unwrap()
-            .contains("exited with code 3 (restart = never)"),
+            .contains("exited with code 3; restart = never"),
         "{once}"
     );
     assert_eq!(once["restart_attempts"], 0);

@@ -86,10 +86,10 @@ memory_max = "64M"
         up.stdout()
     );
     assert!(
-        up.stderr()
-            .contains("capped did not start: cannot start \"capped\": memory_max needs"),
+        up.stdout()
+            .contains("starting -> error (cannot start \"capped\": memory_max needs"),
         "{}",
-        up.stderr()
+        up.stdout()
     );
 }
 

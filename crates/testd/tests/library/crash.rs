@@ -116,7 +116,7 @@ async fn gives_up_after_max_restart_attempts_with_the_reason() {
     assert_eq!(info.last_exit, Some(ExitStatus::Code(4)));
     let reason = info.last_error.expect("the reason is recorded");
     assert!(reason.contains("code 4"), "{reason}");
-    assert!(reason.contains("(2 restarts)"), "{reason}");
+    assert!(reason.contains("gave up after 2 restarts"), "{reason}");
     assert!(reason.contains("oops"), "{reason}");
     let spawned = pids_in(&lines(&starts), "");
     assert_eq!(spawned.len(), 1 + 2, "spawns: {spawned:?}");
@@ -187,4 +187,37 @@ async fn stop_during_the_restart_delay_cancels_the_restart() {
     );
     assert_eq!(sb.manager.state("a"), Some(ProcessState::Stopped));
     assert_eq!(lines(&starts).len(), 1, "the restart happened anyway");
+}
+
+/// Output explains a failure only where the daemon ended on its own: a
+/// kill by a signal is reported without the stderr tail, and the event of
+/// the restart says when and which attempt it is.
+#[tokio::test]
+async fn a_signal_death_carries_no_stderr_tail_and_the_restart_is_announced() {
+    let sb = Sandbox::new();
+    let mut events = sb.manager.subscribe();
+    let first = sb
+        .start(
+            sb.daemon("a", &["--stderr", "unrelated noise"])
+                .max_restart_attempts(3),
+        )
+        .await;
+    first.signal(Signal::KILL);
+    let info = wait_restarted(&sb, "a", first.pid).await;
+    let reason = info.last_error.expect("the crash is recorded");
+    assert!(reason.contains("SIGKILL"), "{reason}");
+    assert!(!reason.contains("unrelated noise"), "{reason}");
+    let restarting = loop {
+        let event = tokio::time::timeout(SOON, events.recv())
+            .await
+            .expect("an event in time")
+            .expect("the manager is alive");
+        if event.from == ProcessState::Running && event.to == ProcessState::Starting {
+            break event.reason;
+        }
+    };
+    assert!(
+        restarting.contains("restarting in ") && restarting.ends_with("(attempt 1 of 3)"),
+        "{restarting}"
+    );
 }

@@ -108,7 +108,7 @@ async fn giving_up_is_reported_with_the_reason() {
     );
     let last = &seen[4].reason;
     assert!(
-        last.contains("code 5") && last.contains("(1 restart"),
+        last.contains("code 5") && last.contains("gave up after 1 restart"),
         "{last}"
     );
 }

@@ -12,12 +12,16 @@ async fn logs_return_stdout_and_stderr_lines_by_stream() {
     let sb = Sandbox::new();
     let args = ["--stdout", "one", "--stderr", "two", "--stdout", "three"];
     let _daemon = sb.start(sb.daemon("a", &args)).await;
+    // The daemon's three lines and tend's marker before them.
     wait_for("all three lines", SOON, || {
-        sb.manager.logs("a", 100).unwrap().len() == 3
+        sb.manager.logs("a", 100).unwrap().len() == 4
     })
     .await;
     assert_eq!(sb.log_texts("a", Stream::Stdout), ["one", "three"]);
     assert_eq!(sb.log_texts("a", Stream::Stderr), ["two"]);
+    let marker = &sb.manager.logs("a", 100).unwrap()[0];
+    assert_eq!(marker.stream, Stream::Tend);
+    assert!(marker.text.starts_with("started, pid "), "{}", marker.text);
 }
 
 #[tokio::test]
@@ -66,7 +70,17 @@ async fn follow_logs_delivers_lines_written_later() {
     sb.wait_for_stdout("a", "again").await;
     let mut follow = sb.manager.follow_logs("a").unwrap();
     sb.manager.restart_process("a").await.unwrap();
-    let _second = Tracked::new(sb.manager.pid("a").unwrap());
+    let second = Tracked::new(sb.manager.pid("a").unwrap());
+    // First tend's marker where the new incarnation begins, then its line.
+    let marker = within("the marker line", SOON, follow.recv())
+        .await
+        .unwrap();
+    assert_eq!(marker.stream, Stream::Tend);
+    assert!(
+        marker.text.ends_with(&format!(", pid {}", second.pid)),
+        "{}",
+        marker.text
+    );
     let line = within("a followed line", SOON, follow.recv())
         .await
         .unwrap();
@@ -89,9 +103,20 @@ async fn output_is_appended_to_the_log_file() {
     let _daemon = sb.start(sb.daemon("a", &args).log_file(&file)).await;
     wait_for("the log file to hold both lines", SOON, || {
         let written = lines(&file);
-        written.contains(&"out hello".to_owned()) && written.contains(&"err oh no".to_owned())
+        written.iter().any(|l| l.ends_with(" out hello"))
+            && written.iter().any(|l| l.ends_with(" err oh no"))
     })
     .await;
+    // Each line carries the time tend read it, and reads back as written.
+    let read = tend::logs::read_log_file(&file, 3, 10).unwrap();
+    let texts: Vec<(Stream, &str)> = read.iter().map(|l| (l.stream, l.text.as_str())).collect();
+    assert!(texts.contains(&(Stream::Stdout, "hello")), "{texts:?}");
+    assert!(texts.contains(&(Stream::Stderr, "oh no")), "{texts:?}");
+    assert_eq!(texts[0].0, Stream::Tend, "{texts:?}");
+    assert!(
+        read.iter()
+            .all(|l| l.time > std::time::SystemTime::UNIX_EPOCH)
+    );
 }
 
 #[tokio::test]

@@ -69,7 +69,7 @@ async fn on_failure_restarts_a_failing_exit() {
     assert_eq!(starts(&sb, "task"), 3, "the first run and two restarts");
     let reason = info.last_error.unwrap();
     assert!(
-        reason.contains("exited with code 3 (2 restarts)"),
+        reason.contains("exited with code 3; gave up after 2 restarts"),
         "{reason}"
     );
 }
@@ -83,7 +83,7 @@ async fn never_ends_a_failure_in_error_without_a_restart() {
     assert_eq!(starts(&sb, "task"), 1);
     let reason = info.last_error.unwrap();
     assert!(
-        reason.contains("exited with code 4 (restart = never)"),
+        reason.contains("exited with code 4; restart = never"),
         "{reason}"
     );
 }

@@ -471,7 +471,7 @@ async fn crash_loop_spawns_exactly_one_plus_max_restart_attempts_then_error() {
     let reason = info.last_error.unwrap();
     assert!(
         reason.contains("code 3")
-            && reason.contains("(3 restarts)")
+            && reason.contains("gave up after 3 restarts")
             && reason.contains("cannot go on"),
         "{reason}"
     );

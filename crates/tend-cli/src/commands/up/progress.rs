@@ -1,5 +1,8 @@
 //! Printing the daemons' state changes while `tend up` runs, one line per
-//! event: `[    0.153s] echo  starting -> running, pid 4242 (ready)`.
+//! event, at the wall-clock time it happened:
+//! `16:05:10.153  echo  starting -> running, pid 4242 (ready)`.
+//! A failure the daemon's stderr explains carries that output as indented
+//! lines under its line.
 //!
 //! Events are printed on the task of `tend up` itself, while it waits for
 //! something else ([`Progress::print_while`]), and the ones already queued
@@ -8,32 +11,42 @@
 
 use std::{future::Future, time::SystemTime};
 
-use tend::{BackgroundProcessManager, ProcessEvent, Subscription};
+use tend::{BackgroundProcessManager, ProcessEvent, ProcessState, Subscription};
 
 use crate::{
     config::TendConfig,
+    protocol::State,
     sanitize::{Layout, escape_controls},
+    style::{self, Painter},
 };
 
 /// The event stream and how to print it.
 pub struct Progress {
     events: Subscription,
-    since: SystemTime,
     name_width: usize,
+    painter: Painter,
+    /// Called with each event that puts a daemon in `error`.
+    on_error: Box<dyn FnMut(&ProcessEvent) + Send>,
 }
 
 impl Progress {
-    /// Subscribes to `manager`'s events; times are counted from now.
-    pub fn subscribe(manager: &BackgroundProcessManager, config: &TendConfig) -> Self {
+    /// Subscribes to `manager`'s events; `on_error` is told of each
+    /// daemon that ends in `error`.
+    pub fn subscribe(
+        manager: &BackgroundProcessManager,
+        config: &TendConfig,
+        on_error: impl FnMut(&ProcessEvent) + Send + 'static,
+    ) -> Self {
         Progress {
             events: manager.subscribe(),
-            since: SystemTime::now(),
             name_width: config
                 .processes
                 .iter()
                 .map(|p| p.name.len())
                 .max()
                 .unwrap_or(0),
+            painter: style::stdout(),
+            on_error: Box::new(on_error),
         }
     }
 
@@ -53,32 +66,64 @@ impl Progress {
         output
     }
 
-    fn print(&self, event: &ProcessEvent) {
-        say!("{}", format_event(event, self.since, self.name_width));
+    fn print(&mut self, event: &ProcessEvent) {
+        say!(
+            "{}",
+            format_event(event, self.name_width, local_time(event.time), self.painter)
+        );
+        if event.to == ProcessState::Error {
+            (self.on_error)(event);
+        }
     }
 }
 
-/// One line for `event`, timed from `since`, the name padded to `name_width`.
-/// The reason may hold the daemon's stderr tail, so control characters are
-/// escaped, a newline included: the event stays on its line.
-fn format_event(event: &ProcessEvent, since: SystemTime, name_width: usize) -> String {
-    let elapsed = event.time.duration_since(since).unwrap_or_default();
+/// `16:05:10.153` in the local time zone (UTC when it cannot be told).
+pub fn local_time(time: SystemTime) -> String {
+    let Ok(timestamp) = jiff::Timestamp::try_from(time) else {
+        return "??:??:??.???".to_owned();
+    };
+    timestamp
+        .to_zoned_datetime(jiff::tz::TimeZone::system())
+        .strftime("%H:%M:%S%.3f")
+        .to_string()
+}
+
+/// One event: the time `clock`, the name padded to `name_width`, the
+/// change, and the reason. The reason may hold the daemon's stderr tail
+/// (its lines after the first): each becomes an indented line under the
+/// event, with its control characters escaped, so none can pass for a
+/// line of tend's.
+fn format_event(
+    event: &ProcessEvent,
+    name_width: usize,
+    clock: String,
+    painter: Painter,
+) -> String {
     let pid = event
         .pid
         .map(|pid| format!(", pid {pid}"))
         .unwrap_or_default();
-    let reason = if event.reason.is_empty() {
-        String::new()
-    } else {
-        format!(" ({})", escape_controls(&event.reason, Layout::Line))
-    };
-    format!(
-        "[{:>9.3}s] {:<name_width$}  {} -> {}{pid}{reason}",
-        elapsed.as_secs_f64(),
-        event.name,
+    // The library names the daemon in its errors; the line does already.
+    let quoted = format!("{:?} ", event.name);
+    let reason = event.reason.strip_prefix(&quoted).unwrap_or(&event.reason);
+    let mut lines = reason.lines();
+    // "exited with code 1:" introduces the tail, which the indent does.
+    let summary = lines.next().unwrap_or_default().trim_end_matches(':');
+    let name = escape_controls(&event.name, Layout::Line);
+    let mut text = format!(
+        "{}  {name:<name_width$}  {} -> {}{pid}",
+        painter.dim(&clock),
         event.from,
-        event.to,
-    )
+        painter.state(event.to.as_str(), State::from(event.to)),
+    );
+    if !summary.is_empty() {
+        text.push_str(&format!(" ({})", escape_controls(summary, Layout::Line)));
+    }
+    for line in lines {
+        text.push_str("\n    ");
+        text.push_str(&escape_controls(line, Layout::Line));
+    }
+    text
 }
 
 #[cfg(test)]
@@ -89,37 +134,60 @@ mod tests {
 
     use super::*;
 
+    const CLOCK: &str = "16:05:10.153";
+
     #[test]
     fn an_event_is_one_readable_line() {
-        let since = SystemTime::UNIX_EPOCH;
         let event = ProcessEvent {
             name: "echo".into(),
             from: ProcessState::Starting,
             to: ProcessState::Running,
-            time: since + Duration::from_millis(1_530),
+            time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_530),
             reason: "ready".into(),
             pid: Some(42),
         };
         assert_eq!(
-            format_event(&event, since, 6),
-            "[    1.530s] echo    starting -> running, pid 42 (ready)"
+            format_event(&event, 6, CLOCK.into(), Painter::new(false)),
+            "16:05:10.153  echo    starting -> running, pid 42 (ready)"
         );
     }
 
     #[test]
+    fn a_stderr_tail_is_indented_under_the_event() {
+        let event = ProcessEvent {
+            name: "db".into(),
+            from: ProcessState::Starting,
+            to: ProcessState::Error,
+            time: SystemTime::UNIX_EPOCH,
+            reason: "\"db\" exited with code 1 before it was ready:\nno config\nbye".into(),
+            pid: Some(7),
+        };
+        assert_eq!(
+            format_event(&event, 2, CLOCK.into(), Painter::new(false)),
+            "16:05:10.153  db  starting -> error, pid 7 (exited with code 1 before it was ready)\n    no config\n    bye"
+        );
+    }
+
+    #[test]
+    fn wall_clock_times_have_milliseconds() {
+        let clock = local_time(SystemTime::now());
+        assert_eq!(clock.len(), "16:05:10.153".len(), "{clock}");
+        assert_eq!(&clock[2..3], ":");
+    }
+
+    #[test]
     fn a_stderr_tail_in_the_reason_is_escaped() {
-        let since = SystemTime::UNIX_EPOCH;
         let event = ProcessEvent {
             name: "echo".into(),
             from: ProcessState::Starting,
             to: ProcessState::Error,
-            time: since,
-            reason: "exited with code 1: \x1b]0;pwned\x07\x1b[2J | bye\r".into(),
+            time: SystemTime::UNIX_EPOCH,
+            reason: "exited with code 1:\n\x1b]0;pwned\x07\x1b[2J\rbye".into(),
             pid: None,
         };
         assert_eq!(
-            format_event(&event, since, 4),
-            r"[    0.000s] echo  starting -> error (exited with code 1: \x1b]0;pwned\x07\x1b[2J | bye\r)"
+            format_event(&event, 4, CLOCK.into(), Painter::new(false)),
+            "16:05:10.153  echo  starting -> error (exited with code 1)\n    \\x1b]0;pwned\\x07\\x1b[2J\\rbye"
         );
     }
 }
