@@ -135,7 +135,17 @@ socket = "other.sock"
         "{}",
         run.stderr
     );
+    // And so does `tend restart app`.
+    let run = sandbox.run(&["restart", "app", "-c", c(&config)]);
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains("waiting for db, which failed"),
+        "{}",
+        run.stderr
+    );
     assert!(!app_starts.exists());
+    let processes = status(&sandbox, &config).unwrap();
+    assert_eq!(process(&processes, "app")["state"], "error");
     sandbox.run(&["down", "-c", c(&config)]).expect_success();
     up.wait();
 }
