@@ -176,6 +176,10 @@ pub struct ReloadSummary {
     pub updated: Vec<String>,
     /// Unchanged, left alone.
     pub unchanged: Vec<String>,
+    /// Not started before because a dependency had failed; started again
+    /// now (the reload may have fixed the dependency).
+    #[serde(default)]
+    pub retried: Vec<String>,
 }
 
 /// A failure a client tells apart from the others.

@@ -215,9 +215,17 @@ impl ServerContext {
     /// failed), or `stopped`. `None` for a name the config does not have
     /// and the manager never ran.
     pub fn process_status(&self, name: &str) -> Option<ProcessStatus> {
-        let config = self.config_of(name).ok();
+        let config = self.config();
+        self.status_of(name, config.process(name))
+    }
+
+    /// [`Self::process_status`] of `name`, whose config is `config`.
+    fn status_of(
+        &self,
+        name: &str,
+        config: Option<&BackgroundProcessConfig>,
+    ) -> Option<ProcessStatus> {
         let retries = config
-            .as_ref()
             .and_then(|config| config.healthcheck)
             .map(|check| check.retries);
         let info = self.manager.process_info(name);
@@ -246,7 +254,7 @@ impl ServerContext {
         if let Some(info) = info {
             return Some(ProcessStatus::new(info, retries));
         }
-        config.as_ref()?;
+        config?;
         Some(match self.preparation(name) {
             Some(Preparation::Pending) => {
                 ProcessStatus::not_started(name, State::Starting, None, retries)
@@ -262,11 +270,11 @@ impl ServerContext {
 
     /// The status of every daemon of the config, sorted by name.
     pub fn statuses(&self) -> Vec<ProcessStatus> {
-        let mut statuses: Vec<ProcessStatus> = self
-            .config()
+        let config = self.config();
+        let mut statuses: Vec<ProcessStatus> = config
             .processes
             .iter()
-            .filter_map(|process| self.process_status(&process.name))
+            .filter_map(|process| self.status_of(&process.name, Some(process)))
             .collect();
         statuses.sort_by(|a, b| a.name.cmp(&b.name));
         statuses

@@ -34,7 +34,8 @@
 //! Unix stream socket there, accepts connections (a check may itself
 //! connect and send nothing, and the daemon then reads end of file; with
 //! [`HealthProbe::Accept`] it must accept that within the check's timeout),
-//! exits cleanly on SIGTERM and removes its socket. It gets stdin from
+//! exits cleanly on SIGTERM (or the [`StopSignal`] its config names) and
+//! removes its socket. It gets stdin from
 //! `/dev/null`, stdout and stderr as pipes tend reads, and (on Linux 5.9
 //! or later) no other descriptor of the app.
 //! `examples/daemons/echo_daemon.py` is a complete one.
@@ -72,7 +73,8 @@
 //!   subreaper of `tend up` and the `TEND_MANAGER_ID` marker. Which one is
 //!   in force is in [`ProcessInfo::containment`] and a log line.
 //! - **Whole groups.** Stopping a daemon signals its process group and
-//!   every member of its cgroup (SIGTERM, SIGCONT, then SIGKILL after the
+//!   every member of its cgroup (its stop signal, SIGTERM by default, and
+//!   SIGCONT, then SIGKILL after the
 //!   grace period: `cgroup.kill` with a cgroup) and returns the moment no
 //!   live member is left (`populated 0` of the cgroup, seen through
 //!   inotify); `Stopped` is never reported while one is. A daemon that
@@ -103,13 +105,17 @@
 //!   only carries a dead manager's `TEND_MANAGER_ID` is reported in
 //!   [`CleanupReport::suspects`], not killed, unless it descends from one
 //!   of the daemons stopped.
-//! - **Restarts are bounded.** A daemon that fails after it was once ready
-//!   is restarted after `restart_delay`, doubling per attempt up to a cap
-//!   with a little jitter, at most `max_restart_attempts` times in a row;
-//!   then its state is `Error` with the reason in `last_error`. The counter
-//!   resets once the daemon stays `Running` for `stable_period`. A daemon
-//!   whose *first* start fails is not restarted: `start_process` returns the
-//!   reason at once.
+//! - **Restarts are bounded, and chosen.** A daemon that ends after it was
+//!   once ready is restarted as its [`RestartPolicy`] says (after any end by
+//!   default; `OnFailure` and `Never` leave a clean exit `Stopped` and
+//!   [`ProcessInfo::completed`], `Never` a failure in `Error`), after
+//!   `restart_delay`, doubling per attempt up to a cap with a little
+//!   jitter, at most `max_restart_attempts` times in a row; then its state
+//!   is `Error` with the reason in `last_error`. The counter resets once
+//!   the daemon stays `Running` for `stable_period`. A daemon whose *first*
+//!   start fails is not restarted: `start_process` returns the reason at
+//!   once — unless [`BackgroundProcessConfig::retry_first_start`] asks for
+//!   the same retries.
 //! - **Resources, where the kernel can tell.** With cgroup containment
 //!   ([`ContainmentChoice`]) each daemon's cgroup gives its CPU time and
 //!   memory in [`ProcessInfo::usage`] and takes its optional limits

@@ -43,6 +43,7 @@ pub fn describe_reload(summary: &ReloadSummary, notes: &[String]) -> Vec<String>
             "updated, not running (settings apply at the next start)",
             &summary.updated,
         ),
+        ("started again (a dependency had failed)", &summary.retried),
     ];
     let mut lines: Vec<String> = kinds
         .iter()

@@ -338,7 +338,13 @@ async fn supervise(
             "tend: SIGHUP received; reloading {}",
             context.config().file.display()
         );
-        match context.reload().await {
+        // A shutdown signal during a long reload (a start that waits for
+        // its dependencies) is not kept waiting.
+        let reloaded = tokio::select! {
+            reloaded = context.reload() => reloaded,
+            signal = signals.next() => return format!("{signal} received during a reload"),
+        };
+        match reloaded {
             Ok(reloaded) => {
                 for line in describe_reload(&reloaded.summary, &reloaded.notes) {
                     say!("tend: {}", escape_controls(&line, Layout::Lines));

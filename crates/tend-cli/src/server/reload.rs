@@ -5,15 +5,16 @@
 //! refused and nothing changes. Then, in order: daemons gone from the file
 //! and daemons whose settings changed are stopped (dependents first), the
 //! new config takes effect, environments of new and changed daemons are
-//! prepared, and new daemons (with `autostart`) and the changed ones that
-//! were running start, each after its dependencies. A daemon whose
+//! prepared, and new daemons (with `autostart`), the changed ones that
+//! were running and those left unstarted because a dependency had failed
+//! start, each after its dependencies. A daemon whose
 //! settings are the same keeps running under the same PID.
 
 use std::{collections::BTreeSet, sync::Arc};
 
 use tokio::task::JoinSet;
 
-use super::{Preparation, ServerContext};
+use super::{Pending, Preparation, ServerContext};
 use crate::{
     config::{self, TendConfig},
     environments::Environments,
@@ -118,7 +119,18 @@ impl ServerContext {
             .iter()
             .cloned()
             .partition(|name| new.autostart(name));
-        let to_start: BTreeSet<String> = started.union(&restart).cloned().collect();
+        // Daemons left unstarted because a dependency failed get another
+        // chance: the reload may have fixed it.
+        let retried: BTreeSet<String> = new
+            .processes
+            .iter()
+            .map(|process| process.name.clone())
+            .filter(|name| {
+                !restart.contains(name)
+                    && matches!(self.pending_of(name), Some(Pending::Blocked(_)))
+            })
+            .collect();
+        let to_start: BTreeSet<String> = started.union(&restart).chain(&retried).cloned().collect();
         self.prepare_environments(&new, &to_start).await;
         self.queue_starts(&to_start);
         let mut starts = JoinSet::new();
@@ -146,7 +158,12 @@ impl ServerContext {
             removed: diff.removed.into_iter().collect(),
             restarted: restart.into_iter().collect(),
             updated: updated.into_iter().collect(),
-            unchanged: diff.unchanged.into_iter().collect(),
+            unchanged: diff
+                .unchanged
+                .into_iter()
+                .filter(|name| !retried.contains(name))
+                .collect(),
+            retried: retried.into_iter().collect(),
         };
         Ok(reloaded)
     }

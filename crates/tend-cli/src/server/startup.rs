@@ -94,6 +94,14 @@ impl ServerContext {
                 guard.armed = false;
                 return Err(reason);
             }
+            // A stop while it waited (see `stop_in_order`) took the entry
+            // away: the start is off.
+            if !matches!(self.pending_of(name), Some(Pending::Waiting(_))) {
+                guard.armed = false;
+                return Err(format!(
+                    "{name} was stopped while it waited for its dependencies"
+                ));
+            }
         }
         let result = match self.startable_config(name) {
             Ok(config) => self

@@ -135,7 +135,17 @@ socket = "other.sock"
         "{}",
         run.stderr
     );
+    // And so does `tend restart app`.
+    let run = sandbox.run(&["restart", "app", "-c", c(&config)]);
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains("waiting for db, which failed"),
+        "{}",
+        run.stderr
+    );
     assert!(!app_starts.exists());
+    let processes = status(&sandbox, &config).unwrap();
+    assert_eq!(process(&processes, "app")["state"], "error");
     sandbox.run(&["down", "-c", c(&config)]).expect_success();
     up.wait();
 }
@@ -492,4 +502,53 @@ env = {{ OVERRIDDEN = "table", PORT = "${{TEST_PORT}}" }}
         "{}",
         run.stderr
     );
+}
+
+#[test]
+fn a_stop_while_a_dependent_waits_calls_its_start_off() {
+    let sandbox = Sandbox::new();
+    let testd = testd();
+    let app_starts = sandbox.path().join("app.starts");
+    let config = sandbox.config(&format!(
+        r#"
+[process.db]
+command = "{testd}"
+args = ["--bind-delay", "2000"]
+socket = "db.sock"
+
+[process.app]
+command = "{testd}"
+args = ["--record-start", "{app_starts}"]
+socket = "app.sock"
+depends_on = ["db"]
+"#,
+        testd = testd.display(),
+        app_starts = app_starts.display()
+    ));
+    let mut up = sandbox.up(&config);
+    let processes = wait_for_states(
+        &sandbox,
+        &config,
+        &[("app", "starting"), ("db", "starting")],
+    );
+    assert_eq!(process(&processes, "app")["last_error"], "waiting for db");
+    sandbox
+        .run(&["stop", "app", "-c", c(&config)])
+        .expect_success();
+    wait_for_states(&sandbox, &config, &[("db", "running")]);
+    wait_until(
+        "tend up to report app's start called off",
+        Instant::now() + SOON,
+        || {
+            up.stderr()
+                .contains("app did not start: app was stopped while it waited for its dependencies")
+        },
+    );
+    assert_eq!(
+        process(&status(&sandbox, &config).unwrap(), "app")["state"],
+        "stopped"
+    );
+    assert!(!app_starts.exists(), "app was never spawned");
+    sandbox.run(&["down", "-c", c(&config)]).expect_success();
+    up.wait();
 }

@@ -195,3 +195,46 @@ fn restart_after_the_file_changed_says_so() {
     sandbox.run(&["down", "-c", c(&config)]).expect_success();
     up.wait();
 }
+
+#[test]
+fn a_reload_that_fixes_a_failed_dependency_starts_its_dependents() {
+    let sandbox = Sandbox::new();
+    let testd = testd();
+    let config_with = |db_args: &str| {
+        sandbox.config(&format!(
+            r#"
+[process.db]
+command = "{testd}"
+args = [{db_args}]
+socket = "db.sock"
+
+[process.app]
+command = "{testd}"
+socket = "app.sock"
+depends_on = ["db"]
+"#,
+            testd = testd.display()
+        ))
+    };
+    let config = config_with("\"--exit-immediately\"");
+    let mut up = sandbox.up(&config);
+    wait_for_states(&sandbox, &config, &[("db", "error"), ("app", "error")]);
+    config_with("");
+    let run = sandbox.run(&["reload", "-c", c(&config)]);
+    run.expect_success();
+    assert!(
+        run.stdout
+            .contains("reload: restarted (settings changed): db"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("reload: started again (a dependency had failed): app"),
+        "{}",
+        run.stdout
+    );
+    wait_for_states(&sandbox, &config, &[("db", "running"), ("app", "running")]);
+    sandbox.run(&["down", "-c", c(&config)]).expect_success();
+    up.wait();
+}
