@@ -507,6 +507,14 @@ mod tests {
                 follow: false
             }
         );
+        assert_eq!(
+            parse(r#"{"cmd":"logs","lines":5,"follow":true}"#).unwrap(),
+            Request::Logs {
+                name: None,
+                lines: 5,
+                follow: true
+            }
+        );
         assert_eq!(parse(r#"{"cmd":"down","extra":1}"#).unwrap(), Request::Down);
         assert_eq!(
             parse(r#"{"cmd":"call","name":"echo","method":"ping"}"#).unwrap(),
