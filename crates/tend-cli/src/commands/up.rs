@@ -342,7 +342,7 @@ async fn supervise(
         // its dependencies) is not kept waiting.
         let reloaded = tokio::select! {
             reloaded = context.reload() => reloaded,
-            signal = signals.next() => return format!("{signal} received during a reload"),
+            signal = signals.next() => return Cause::Signal(signal),
         };
         match reloaded {
             Ok(reloaded) => {
