@@ -41,27 +41,77 @@ use crate::{
 
 /// Supervise plugin daemons that serve Unix sockets.
 #[derive(Debug, Parser)]
-#[command(name = "tend", version, about, propagate_version = true)]
+#[command(
+    name = "tend",
+    version,
+    about,
+    propagate_version = true,
+    after_help = "See `tend --help` for examples, exit codes and environment variables.",
+    after_long_help = LONG_HELP
+)]
 struct Cli {
+    /// The config file (default: ./tend.toml). Client commands find the
+    /// supervisor through its state directory. Accepted before or after
+    /// the command.
+    #[arg(short, long = "config", value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
+
+/// The text after `tend --help` (and in the man page).
+const LONG_HELP: &str = "\
+Examples:
+  tend up                         run ./tend.toml in the foreground
+  tend -c dev.toml up             another config (-c before or after the command)
+  tend status                     the daemons' table; --json for scripts
+  tend top                        a live view; q or Ctrl-C quits
+  tend logs api -f                follow one daemon's output
+  tend call api ping '{}'         call a JSON-RPC method of a daemon
+  tend down                       stop everything
+  tend completions bash > /etc/bash_completion.d/tend
+  tend man > /usr/local/share/man/man1/tend.1
+
+Exit codes:
+  0  success: the requested end state holds
+  1  the operation failed (a daemon did not start, no supervisor runs, ...)
+  2  usage or config error
+
+Environment:
+  TEND_CONTAINMENT  `tend up`: cgroup or process-group, overriding the config
+  TEND_GUARD        `tend up`: 0 turns off the guard that stops the daemons
+                    when tend up is killed (for a service manager that kills
+                    the whole cgroup itself)
+  TEND_LOG          tend's own diagnostics on stderr (default warn; info, debug)
+  NOTIFY_SOCKET     `tend up` under systemd (Type=notify): READY=1 once every
+                    daemon started at `up` is running, STATUS= as states
+                    change, STOPPING=1 at shutdown
+  NO_COLOR          no colour, even on a terminal
+  XDG_RUNTIME_DIR   where the default state directory goes
+
+See docs/CLI.md for the config file and every command.";
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run every daemon of a config in the foreground and supervise them
     /// until SIGINT, SIGTERM or `tend down`.
-    Up(ConfigFileArg),
+    Up,
     /// Show the daemons' states.
     Status {
         /// Only this daemon.
         name: Option<String>,
         /// Print a JSON array instead of a table.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         json: bool,
+        /// A live view, redrawn as states change: the same as `tend top`.
+        #[arg(short, long)]
+        watch: bool,
         #[command(flatten)]
         target: SupervisorArgs,
     },
+    /// A live view of the daemons, redrawn as their states change; q or
+    /// Ctrl-C quits.
+    Top(SupervisorArgs),
     /// Start a daemon; returns once it is running.
     Start(NameArgs),
     /// Stop a daemon; returns once its processes are gone.
@@ -115,25 +165,23 @@ enum Command {
     /// Stop every daemon and the supervisor; returns once it is gone.
     Down(SupervisorArgs),
     /// Validate a config without starting anything.
-    Check(ConfigFileArg),
-}
-
-/// The config file of `up` and `check`.
-#[derive(Debug, Args)]
-struct ConfigFileArg {
-    /// The config file.
-    #[arg(short, long = "config", value_name = "FILE", default_value = DEFAULT_CONFIG_FILE)]
-    config: PathBuf,
+    Check,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `tend man | man -l -`.
+    Man,
 }
 
 /// How a client command finds the supervisor.
 #[derive(Debug, Clone, Args)]
 pub struct SupervisorArgs {
-    /// The config file of the supervisor (default: ./tend.toml); its state
-    /// directory holds the control socket.
-    #[arg(short, long = "config", value_name = "FILE", conflicts_with = "socket")]
+    /// The global `-c FILE`, copied here before the command runs.
+    #[arg(skip)]
     config: Option<PathBuf>,
-    /// The supervisor's control socket.
+    /// The supervisor's control socket (instead of -c FILE).
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
 }
@@ -147,10 +195,31 @@ struct NameArgs {
     target: SupervisorArgs,
 }
 
+impl Command {
+    /// How this command finds the supervisor, for the client commands.
+    fn target_mut(&mut self) -> Option<&mut SupervisorArgs> {
+        match self {
+            Command::Status { target, .. }
+            | Command::Logs { target, .. }
+            | Command::Call { target, .. }
+            | Command::Publish { target, .. }
+            | Command::Top(target)
+            | Command::Down(target) => Some(target),
+            Command::Start(args) | Command::Stop(args) | Command::Restart(args) => {
+                Some(&mut args.target)
+            }
+            Command::Up | Command::Check | Command::Completions { .. } | Command::Man => None,
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Some(target) = cli.command.target_mut() {
+        target.config.clone_from(&cli.config);
+    }
     init_tracing();
-    match run(cli.command) {
+    match run(cli.command, cli.config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             // Errors carry daemon-written text (a stderr tail, a JSON-RPC
@@ -162,21 +231,34 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command) -> Result<(), Failure> {
+fn run(command: Command, config: Option<PathBuf>) -> Result<(), Failure> {
+    let config = config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_FILE));
+    match command {
+        Command::Completions { shell } => return commands::docs::completions(shell),
+        Command::Man => return commands::docs::man(),
+        _ => {}
+    }
     // `up` supervises with a worker per core; clients need one thread.
     let runtime = match command {
-        Command::Up(_) => tokio::runtime::Builder::new_multi_thread(),
+        Command::Up => tokio::runtime::Builder::new_multi_thread(),
         _ => tokio::runtime::Builder::new_current_thread(),
     }
     .enable_all()
     .build()?;
     runtime.block_on(async move {
         match command {
-            Command::Up(args) => commands::up::run(&args.config).await,
-            Command::Check(args) => commands::check::run(&args.config),
-            Command::Status { name, json, target } => {
-                commands::status::run(&target, name, json).await
-            }
+            Command::Up => commands::up::run(&config).await,
+            Command::Check => commands::check::run(&config),
+            Command::Status {
+                name,
+                json: _,
+                watch: true,
+                target,
+            } => commands::top::run(&target, name).await,
+            Command::Top(target) => commands::top::run(&target, None).await,
+            Command::Status {
+                name, json, target, ..
+            } => commands::status::run(&target, name, json).await,
             Command::Start(args) => commands::start::run(&args.target, &args.name).await,
             Command::Stop(args) => commands::stop::run(&args.target, &args.name).await,
             Command::Restart(args) => commands::restart::run(&args.target, &args.name).await,
@@ -200,6 +282,7 @@ fn run(command: Command) -> Result<(), Failure> {
                 target,
             } => commands::publish::run(&target, &event, data.as_deref()).await,
             Command::Down(target) => commands::down::run(&target).await,
+            Command::Completions { .. } | Command::Man => Ok(()),
         }
     })
 }

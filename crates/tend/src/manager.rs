@@ -639,6 +639,15 @@ fn subscribe_shared(shared: &Shared, socket: &Path, events: impl Iterator<Item =
     );
 }
 
+/// What [`Subscription::recv_or_missed`] gave.
+#[derive(Debug, Clone)]
+pub enum Received {
+    /// The next event.
+    Event(ProcessEvent),
+    /// This many events were skipped: the subscriber fell too far behind.
+    Missed(u64),
+}
+
 /// A stream of [`ProcessEvent`]s from [`BackgroundProcessManager::subscribe`].
 pub struct Subscription {
     receiver: broadcast::Receiver<ProcessEvent>,
@@ -657,6 +666,17 @@ impl Subscription {
                 }
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
+        }
+    }
+
+    /// Like [`Self::recv`], but says how many events were skipped when
+    /// this subscriber fell behind, so it can catch up from a snapshot
+    /// ([`BackgroundProcessManager::list`]) instead of missing them.
+    pub async fn recv_or_missed(&mut self) -> Option<Received> {
+        match self.receiver.recv().await {
+            Ok(event) => Some(Received::Event(event)),
+            Err(broadcast::error::RecvError::Lagged(missed)) => Some(Received::Missed(missed)),
+            Err(broadcast::error::RecvError::Closed) => None,
         }
     }
 
