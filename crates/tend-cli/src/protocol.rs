@@ -7,9 +7,7 @@ use std::{path::PathBuf, time::SystemTime};
 
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
-use tend::{
-    Containment, LogLine, ProcessEvent, ProcessInfo, ProcessState, ResourceUsage, Stream,
-};
+use tend::{Containment, LogLine, ProcessEvent, ProcessInfo, ProcessState, ResourceUsage, Stream};
 
 /// Longest request line the supervisor reads; a longer one is answered
 /// with an error and the connection closed.

@@ -22,5 +22,6 @@ mod publish;
 mod python_env;
 mod reliability;
 mod signals;
+mod top;
 mod trust;
 mod usage;

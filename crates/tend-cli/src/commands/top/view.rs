@@ -15,7 +15,15 @@ use crate::{
 
 /// The column headers, in order.
 pub const HEADERS: [&str; 9] = [
-    "NAME", "STATE", "PID", "UPTIME", "RESTARTS", "HEALTH", "CPU", "MEM", "LAST LINE",
+    "NAME",
+    "STATE",
+    "PID",
+    "UPTIME",
+    "RESTARTS",
+    "HEALTH",
+    "CPU",
+    "MEM",
+    "LAST LINE",
 ];
 
 /// One daemon as the view knows it.
@@ -98,23 +106,28 @@ impl View {
             }
         }
         if let Some(event) = response.event {
-            let pid = event.pid.map(|pid| format!(", pid {pid}")).unwrap_or_default();
+            let pid = event
+                .pid
+                .map(|pid| format!(", pid {pid}"))
+                .unwrap_or_default();
             let reason = if event.reason.is_empty() {
                 String::new()
             } else {
                 format!(" ({})", event.reason)
             };
-            self.last_event = Some(escape_controls(
-                &format!(
-                    "{} {}: {} -> {}{pid}{reason}",
-                    clock_time(event.time),
-                    event.name,
-                    event.from.as_str(),
-                    event.to.as_str()
-                ),
-                Layout::Line,
-            )
-            .into_owned());
+            self.last_event = Some(
+                escape_controls(
+                    &format!(
+                        "{} {}: {} -> {}{pid}{reason}",
+                        clock_time(event.time),
+                        event.name,
+                        event.from.as_str(),
+                        event.to.as_str()
+                    ),
+                    Layout::Line,
+                )
+                .into_owned(),
+            );
         }
         for sample in response.samples.unwrap_or_default() {
             self.apply_sample(sample, now);
@@ -142,7 +155,11 @@ impl View {
     pub fn rows(&self, now: SystemTime) -> Vec<RowText> {
         self.daemons
             .values()
-            .filter(|daemon| self.only.as_ref().is_none_or(|only| *only == daemon.status.name))
+            .filter(|daemon| {
+                self.only
+                    .as_ref()
+                    .is_none_or(|only| *only == daemon.status.name)
+            })
             .map(|daemon| row(daemon, now))
             .collect()
     }
