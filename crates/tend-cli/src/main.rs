@@ -23,6 +23,7 @@ mod commands;
 mod config;
 mod environments;
 mod failure;
+mod notify;
 mod protocol;
 mod sanitize;
 mod server;
@@ -214,12 +215,14 @@ impl Command {
 }
 
 fn main() -> ExitCode {
+    // First, while this is the only thread.
+    let notify_socket = notify::take_notify_socket();
     let mut cli = Cli::parse();
     if let Some(target) = cli.command.target_mut() {
         target.config.clone_from(&cli.config);
     }
     init_tracing();
-    match run(cli.command, cli.config) {
+    match run(cli.command, cli.config, notify_socket) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             // Errors carry daemon-written text (a stderr tail, a JSON-RPC
@@ -231,7 +234,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command, config: Option<PathBuf>) -> Result<(), Failure> {
+fn run(
+    command: Command,
+    config: Option<PathBuf>,
+    notify_socket: Option<std::ffi::OsString>,
+) -> Result<(), Failure> {
     let config = config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_FILE));
     match command {
         Command::Completions { shell } => return commands::docs::completions(shell),
@@ -247,7 +254,7 @@ fn run(command: Command, config: Option<PathBuf>) -> Result<(), Failure> {
     .build()?;
     runtime.block_on(async move {
         match command {
-            Command::Up => commands::up::run(&config).await,
+            Command::Up => commands::up::run(&config, notify_socket).await,
             Command::Check => commands::check::run(&config),
             Command::Status {
                 name,

@@ -13,7 +13,7 @@
 mod progress;
 mod signals;
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{ffi::OsString, path::Path, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use tend::{BackgroundProcessManager, CleanupReport, subreaper::Subreaper};
@@ -23,6 +23,7 @@ use crate::{
     config::{self, TendConfig},
     environments::Environments,
     failure::{CommandResult, Failure},
+    notify::{NOTIFY_SOCKET_ENV, Notifier},
     sanitize::{Layout, escape_controls},
     server::{ControlServer, Preparation, ServerContext},
     table,
@@ -30,9 +31,16 @@ use crate::{
 use progress::Progress;
 use signals::ShutdownSignals;
 
-/// Runs the command.
-pub async fn run(file: &Path) -> CommandResult {
+/// Runs the command; `notify_socket` is `NOTIFY_SOCKET`'s value, if set.
+pub async fn run(file: &Path, notify_socket: Option<OsString>) -> CommandResult {
     let config = config::load(file).map_err(Failure::usage)?;
+    let notifier = notify_socket.and_then(|value| match Notifier::new(&value) {
+        Ok(notifier) => Some(Arc::new(notifier)),
+        Err(e) => {
+            say_err!("tend: {e:#}; not notifying the service manager (unset {NOTIFY_SOCKET_ENV} to silence this)");
+            None
+        }
+    });
     let state_dir = &config.state_dir;
     let opened = state_dir.open_private().with_context(|| {
         format!(
@@ -85,7 +93,7 @@ pub async fn run(file: &Path) -> CommandResult {
         (Some(containment), None) => say!("tend: containment: {containment}"),
         (None, _) => {}
     }
-    let mut progress = Progress::subscribe(&manager, &config);
+    let mut progress = Progress::subscribe(&manager, &config, notifier.clone());
 
     // Environments first: a daemon starts with the interpreter its
     // environment provides.
@@ -115,11 +123,21 @@ pub async fn run(file: &Path) -> CommandResult {
             .await;
     if started {
         say!("{}", table::render(&context.statuses()).trim_end());
+        // Every daemon that could start is running: the others are in
+        // error, and the status line says so.
+        if let (Some(notifier), Some(summary)) = (&notifier, progress.summary()) {
+            notifier.send(&format!("READY=1\nSTATUS={summary}")).await;
+        }
         say!("tend: supervising; stop with Ctrl-C or `tend down`");
         let cause = progress
             .print_while(shutdown_cause(&mut signals, &context))
             .await;
         say!("tend: {cause}; stopping every daemon");
+    }
+    if let Some(notifier) = &notifier {
+        notifier
+            .send("STOPPING=1\nSTATUS=stopping every daemon")
+            .await;
     }
 
     let graceful = progress

@@ -6,12 +6,13 @@
 //! are printed before that wait returns. So the line saying a daemon is
 //! running always comes before the status table that shows it running.
 
-use std::{future::Future, time::SystemTime};
+use std::{future::Future, sync::Arc, time::SystemTime};
 
 use tend::{BackgroundProcessManager, ProcessEvent, Subscription};
 
 use crate::{
     config::TendConfig,
+    notify::{Notifier, StateCounts},
     sanitize::{Layout, escape_controls},
 };
 
@@ -20,12 +21,24 @@ pub struct Progress {
     events: Subscription,
     since: SystemTime,
     name_width: usize,
+    /// The service manager to send a `STATUS=` line per event to.
+    notify: Option<(Arc<Notifier>, StateCounts)>,
 }
 
 impl Progress {
     /// Subscribes to `manager`'s events; times are counted from now.
-    pub fn subscribe(manager: &BackgroundProcessManager, config: &TendConfig) -> Self {
+    /// With a `notifier`, each event also updates the service manager's
+    /// status line.
+    pub fn subscribe(
+        manager: &BackgroundProcessManager,
+        config: &TendConfig,
+        notifier: Option<Arc<Notifier>>,
+    ) -> Self {
         Progress {
+            notify: notifier.map(|notifier| {
+                let names = config.processes.iter().map(|p| p.name.as_str());
+                (notifier, StateCounts::new(names))
+            }),
             events: manager.subscribe(),
             since: SystemTime::now(),
             name_width: config
@@ -53,8 +66,17 @@ impl Progress {
         output
     }
 
-    fn print(&self, event: &ProcessEvent) {
+    fn print(&mut self, event: &ProcessEvent) {
         say!("{}", format_event(event, self.since, self.name_width));
+        if let Some((notifier, counts)) = &mut self.notify {
+            counts.apply(event);
+            notifier.send_now(&format!("STATUS={}", counts.summary()));
+        }
+    }
+
+    /// The daemons' states in a few words, when notifying.
+    pub fn summary(&self) -> Option<String> {
+        self.notify.as_ref().map(|(_, counts)| counts.summary())
     }
 }
 
