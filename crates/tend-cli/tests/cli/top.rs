@@ -30,6 +30,9 @@ struct InPty {
     writer: Box<dyn Write + Send>,
     /// Everything it wrote, and the screen that makes.
     output: Shared,
+    /// The thread reading the pty, which ends once `tend` exited and its
+    /// last bytes were read.
+    reader: thread::JoinHandle<()>,
 }
 
 impl InPty {
@@ -64,10 +67,10 @@ impl InPty {
             ),
         )));
         let sink = Arc::clone(&output);
-        thread::spawn(move || {
+        let reader = thread::spawn(move || {
             let mut buffer = [0u8; 4096];
             while let Ok(read @ 1..) = reader.read(&mut buffer) {
-                let mut output = sink.lock().unwrap();
+                let mut output = sink.lock().unwrap_or_else(|e| e.into_inner());
                 output.0.extend_from_slice(&buffer[..read]);
                 output.1.process(&buffer[..read]);
             }
@@ -77,11 +80,13 @@ impl InPty {
             master: pair.master,
             writer,
             output,
+            reader,
         }
     }
 
     fn screen(&self) -> String {
-        self.output.lock().unwrap().1.screen().contents()
+        let output = self.output.lock().unwrap_or_else(|e| e.into_inner());
+        output.1.screen().contents()
     }
 
     /// Waits until a line of the screen holds every one of `parts`.
@@ -103,13 +108,17 @@ impl InPty {
         self.writer.flush().expect("flush the pty");
     }
 
-    /// Waits for the exit code.
+    /// Waits for the exit code, and for the last of the output to be
+    /// read (the pty reads end of file once the last slave is closed).
     #[track_caller]
     fn exit_code(&mut self) -> u32 {
         let mut status = None;
         wait_until("tend to exit", Instant::now() + SOON, || {
             status = self.child.try_wait().expect("try_wait");
             status.is_some()
+        });
+        wait_until("the pty's end of file", Instant::now() + SOON, || {
+            self.reader.is_finished()
         });
         status.unwrap().exit_code()
     }
@@ -119,7 +128,8 @@ impl InPty {
     /// back on.
     #[track_caller]
     fn assert_restored(&self) {
-        let (bytes, parser) = &*self.output.lock().unwrap();
+        let output = self.output.lock().unwrap_or_else(|e| e.into_inner());
+        let (bytes, parser) = &*output;
         let text = String::from_utf8_lossy(bytes);
         let entered = text
             .find("\x1b[?1049h")
