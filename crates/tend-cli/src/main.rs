@@ -23,6 +23,7 @@ mod commands;
 mod config;
 mod environments;
 mod failure;
+mod memory;
 mod notify;
 mod protocol;
 mod sanitize;
@@ -244,6 +245,9 @@ fn run(
         Command::Completions { shell } => return commands::docs::completions(shell),
         Command::Man => return commands::docs::man(),
         _ => {}
+    }
+    if let Command::Up = command {
+        memory::single_arena();
     }
     // `up` supervises with a worker per core; clients need one thread.
     let runtime = match command {

@@ -61,7 +61,8 @@ pub struct BackgroundProcessManager {
 struct Slot {
     shared: Arc<Shared>,
     control: mpsc::UnboundedSender<Control>,
-    config: BackgroundProcessConfig,
+    /// Shared with the supervisor: one copy a daemon, not two.
+    config: Arc<BackgroundProcessConfig>,
 }
 
 struct Inner {
@@ -339,7 +340,7 @@ impl BackgroundProcessManager {
         // a status shows why it is not running.
         let refusal = check_limits(&config, &context).err();
         let (waiter, started) = oneshot::channel();
-        {
+        let config = {
             let mut slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
             // Again under the lock: `stop_all_processes` sets the flag and
             // then lists the names under this lock, so a start that got
@@ -389,13 +390,14 @@ impl BackgroundProcessManager {
                     Slot {
                         shared,
                         control,
-                        config,
+                        config: Arc::new(config),
                     },
                 );
                 return Err(refusal);
             }
+            let config = Arc::new(config);
             let supervisor = Supervisor::new(
-                config.clone(),
+                Arc::clone(&config),
                 Arc::clone(&shared),
                 context,
                 requests,
@@ -407,18 +409,20 @@ impl BackgroundProcessManager {
                     subscribe_shared(&shared, socket, config.events.iter().cloned());
                 }
             }
+            let name = config.name.clone();
             slots.insert(
-                config.name.clone(),
+                name,
                 Slot {
                     shared,
                     control,
-                    config: config.clone(),
+                    config: Arc::clone(&config),
                 },
             );
-        }
+            config
+        };
         started
             .await
-            .unwrap_or(Err(Error::ManagerGone(config.name)))
+            .unwrap_or_else(|_| Err(Error::ManagerGone(config.name.clone())))
     }
 
     /// Stops a daemon: SIGTERM to its process group, SIGKILL after the
@@ -450,7 +454,7 @@ impl BackgroundProcessManager {
             let slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
             slots
                 .get(name)
-                .map(|slot| slot.config.clone())
+                .map(|slot| BackgroundProcessConfig::clone(&slot.config))
                 .ok_or_else(|| Error::UnknownProcess(name.to_owned()))?
         };
         self.stop_process(name).await?;

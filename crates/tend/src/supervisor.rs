@@ -125,7 +125,8 @@ enum Interrupt {
 
 /// The supervisor task of one process.
 pub(crate) struct Supervisor {
-    config: BackgroundProcessConfig,
+    /// Shared with the manager's registry.
+    config: Arc<BackgroundProcessConfig>,
     shared: Arc<Shared>,
     ctx: Context,
     control: mpsc::UnboundedReceiver<Control>,
@@ -138,7 +139,7 @@ pub(crate) struct Supervisor {
 
 impl Supervisor {
     pub fn new(
-        config: BackgroundProcessConfig,
+        config: Arc<BackgroundProcessConfig>,
         shared: Arc<Shared>,
         ctx: Context,
         control: mpsc::UnboundedReceiver<Control>,
@@ -162,18 +163,22 @@ impl Supervisor {
         }
         self.shared
             .update(|info| info.containment = Some(self.ctx.containment));
-        self.ctx.orphans.cleanup(Some(&self.config.name)).await;
+        // The futures of starting, stopping and restarting are boxed: they
+        // live only while that happens, and inline they would size every
+        // daemon's task for the largest of them while it only supervises
+        // (about 1 KiB a daemon; see PERFORMANCE.md, "Memory of `tend up`").
+        Box::pin(self.ctx.orphans.cleanup(Some(&self.config.name))).await;
         loop {
-            let interrupt = match self.bring_up().await {
+            let interrupt = match Box::pin(self.bring_up()).await {
                 Ok(mut incarnation) => {
                     let interrupt = self.supervise(&mut incarnation).await;
-                    self.wind_down(incarnation, interrupt).await
+                    Box::pin(self.wind_down(incarnation, interrupt)).await
                 }
                 Err(interrupt) => interrupt,
             };
             match interrupt {
                 Interrupt::Failed(failure) => {
-                    if !self.schedule_restart(failure).await {
+                    if !Box::pin(self.schedule_restart(failure)).await {
                         return;
                     }
                 }
@@ -397,7 +402,9 @@ impl Supervisor {
                 match (next_check, health, &socket) {
                     (Some(at), Some(h), Some(path)) => {
                         tokio::time::sleep_until(at).await;
-                        probe::health_check(path, health_probe, h.timeout).await
+                        // Boxed: inline, the probe would size every
+                        // daemon's task, also where the board probes.
+                        Box::pin(probe::health_check(path, health_probe, h.timeout)).await
                     }
                     _ => std::future::pending().await,
                 }

@@ -23,6 +23,7 @@ use crate::{
     config::{self, TendConfig},
     environments::Environments,
     failure::{CommandResult, Failure},
+    memory,
     notify::{NOTIFY_SOCKET_ENV, Notifier},
     sanitize::{Layout, escape_controls},
     server::{ControlServer, Preparation, ServerContext},
@@ -60,17 +61,21 @@ pub async fn run(file: &Path, notify_socket: Option<OsString>) -> CommandResult 
         .children(children.clone())
         .containment(config.containment)
         .build();
+    // The manager clones its guard process now: give back what parsing
+    // the config freed first, or the guard keeps a private copy of those
+    // pages once this process reuses them.
+    memory::release_free_memory();
     let cleanup = manager
         .cleanup_orphans()
         .await
         .context("cannot clean up after an earlier run")?;
     report_cleanup(&cleanup);
 
-    let context = Arc::new(ServerContext::new(
-        manager.clone(),
-        config.clone(),
-        children,
-    ));
+    // The one copy of the config from here on (a thousand daemons' worth
+    // is worth not keeping twice).
+    let context = Arc::new(ServerContext::new(manager.clone(), config, children));
+    let config = &context.config;
+    let state_dir = &config.state_dir;
     let server = ControlServer::bind(&state_dir.control_socket(), Arc::clone(&context))
         .with_context(|| format!("cannot listen on {}", state_dir.control_socket().display()))?;
     say!(
@@ -93,7 +98,7 @@ pub async fn run(file: &Path, notify_socket: Option<OsString>) -> CommandResult 
         (Some(containment), None) => say!("tend: containment: {containment}"),
         (None, _) => {}
     }
-    let mut progress = Progress::subscribe(&manager, &config, notifier.clone());
+    let mut progress = Progress::subscribe(&manager, config, notifier.clone());
 
     // Environments first: a daemon starts with the interpreter its
     // environment provides.
@@ -123,6 +128,10 @@ pub async fn run(file: &Path, notify_socket: Option<OsString>) -> CommandResult 
             .await;
     if started {
         say!("{}", table::render(&context.statuses()).trim_end());
+        // Starting a thousand daemons leaves free memory behind (their
+        // start futures, the events, the table) that supervising does not
+        // need again.
+        memory::release_free_memory();
         // Every daemon that could start is running: the others are in
         // error, and the status line says so.
         if let (Some(notifier), Some(summary)) = (&notifier, progress.summary()) {
@@ -153,7 +162,7 @@ pub async fn run(file: &Path, notify_socket: Option<OsString>) -> CommandResult 
         .await;
     if let Some(subreaper) = &subreaper {
         let grace = if graceful {
-            longest_grace_period(&config)
+            longest_grace_period(config)
         } else {
             Duration::ZERO
         };
