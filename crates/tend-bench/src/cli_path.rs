@@ -2,7 +2,10 @@
 //! testd and health check as the scale figures; the CLI's defaults
 //! otherwise, so each daemon's output goes to a log file) until
 //! `tend status --json` reports them all running, then the latency of
-//! `tend status --json` itself, then `tend down`.
+//! `tend status --json`, `tend status` (the table), `tend logs NAME` and
+//! the live view's first draw (`tend top` in a pseudo-terminal, until its
+//! screen shows every daemon counted), the memory of `tend up` and its
+//! guard, then `tend down`.
 //!
 //! "All running" is seen by calling `tend status --json` back to back
 //! (10 ms apart), so that figure is an upper bound: it includes up to one
@@ -43,8 +46,17 @@ pub struct CliRow {
     pub status_polls: usize,
     /// Wall time of `tend status --json` with every daemon running.
     pub status: Option<Summary>,
+    /// Wall time of `tend status` (the table).
+    pub status_table: Option<Summary>,
+    /// Wall time of `tend logs NAME` (100 lines of one daemon).
+    pub logs: Option<Summary>,
+    /// `tend top` spawned in a pseudo-terminal → its screen counts every
+    /// daemon; `None` for a tend without `top`.
+    pub top_first_draw: Option<Summary>,
     /// Resident memory of the tend processes alive after `up`, KiB.
     pub server_rss_kib: Option<u64>,
+    /// Proportional set size of `tend up` and its guard together, KiB.
+    pub server_pss_kib: Option<u64>,
     /// How the daemons were stopped.
     pub stop_method: String,
     /// Stop command issued → every daemon gone.
@@ -208,6 +220,109 @@ fn tend_processes(tend: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// Children of `parent` running `exe`.
+fn children_running(parent: u32, exe: &Path) -> Vec<u32> {
+    let exe = exe.canonicalize().unwrap_or_else(|_| exe.to_owned());
+    let parent = parent.to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let running = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+            let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|t| Some(t[t.rfind(')')? + 1..].split_whitespace().nth(1)?.to_owned()));
+            running.as_deref() == Some(exe.as_path()) && ppid.as_deref() == Some(parent.as_str())
+        })
+        .collect()
+}
+
+/// Runs `tend ARGS -c CONFIG` to a successful end; its wall time (ns).
+fn timed_success(tend: &Path, args: &[&str], config: &Path) -> anyhow::Result<i64> {
+    let mut command = Command::new(tend);
+    command.args(args).arg("-c").arg(config);
+    let (out, took) = output_within(&mut command, Duration::from_secs(60))?;
+    if !out.status.success() {
+        bail!(
+            "tend {} exited with {}: {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(took.as_nanos() as i64)
+}
+
+/// Spawns `tend top -c CONFIG` in a pseudo-terminal and times it until its
+/// screen counts all `n` daemons (the first frame: it draws once it has
+/// the supervisor's snapshot), then quits it with `q` (ns).
+fn first_draw(tend: &Path, config: &Path, n: usize) -> anyhow::Result<i64> {
+    use portable_pty::{CommandBuilder, PtySize, native_pty_system};
+    use std::io::{Read, Write};
+
+    const ROWS: u16 = 40;
+    const COLS: u16 = 160;
+    let pair = native_pty_system()
+        .openpty(PtySize {
+            rows: ROWS,
+            cols: COLS,
+            pixel_width: 0,
+            pixel_height: 0,
+        })
+        .map_err(|e| anyhow::anyhow!("cannot open a pty: {e}"))?;
+    let mut command = CommandBuilder::new(tend);
+    command.args(["top".as_ref(), "-c".as_ref(), config.as_os_str()]);
+    command.env("TERM", "xterm-256color");
+    let started = Instant::now();
+    let mut child = pair
+        .slave
+        .spawn_command(command)
+        .map_err(|e| anyhow::anyhow!("cannot spawn tend top: {e}"))?;
+    drop(pair.slave);
+    let mut reader = pair
+        .master
+        .try_clone_reader()
+        .map_err(|e| anyhow::anyhow!("pty: {e}"))?;
+    let mut writer = pair
+        .master
+        .take_writer()
+        .map_err(|e| anyhow::anyhow!("pty: {e}"))?;
+    let (drawn, seen) = mpsc::channel();
+    let wanted = format!("{n} daemons: {n} running");
+    std::thread::spawn(move || {
+        let mut screen = vt100::Parser::new(
+            ROWS.try_into().expect("rows"),
+            COLS.try_into().expect("cols"),
+            0,
+        );
+        let mut buffer = [0u8; 16 * 1024];
+        let mut told = false;
+        while let Ok(read @ 1..) = reader.read(&mut buffer) {
+            screen.process(&buffer[..read]);
+            if !told && screen.screen().contents().contains(&wanted) {
+                told = true;
+                let _ = drawn.send(());
+            }
+        }
+    });
+    let result = seen.recv_timeout(Duration::from_secs(30));
+    let took = started.elapsed();
+    let _ = writer.write_all(b"q");
+    let _ = writer.flush();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait()?.is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            bail!("tend top did not quit on q");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    result.map_err(|_| anyhow::anyhow!("tend top did not show all {n} daemons within 30 s"))?;
+    Ok(took.as_nanos() as i64)
+}
+
 fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
@@ -293,9 +408,32 @@ pub fn run(
         }
         status_ns.push(took);
     }
-    let server_rss_kib = tend_processes(tend)
-        .into_iter()
+    let mut status_table_ns = Vec::new();
+    let mut logs_ns = Vec::new();
+    for _ in 0..settings.status_reps {
+        status_table_ns.push(timed_success(tend, &["status"], &config_path)?);
+        logs_ns.push(timed_success(tend, &["logs", "d00000"], &config_path)?);
+    }
+    let top_first_draw = if help_mentions(tend, "top", "Usage") {
+        let mut draws = Vec::new();
+        for _ in 0..settings.status_reps.min(5) {
+            draws.push(first_draw(tend, &config_path, n)?);
+        }
+        summarize(&draws)
+    } else {
+        None
+    };
+    let ups = tend_processes(tend);
+    let server_rss_kib = ups
+        .iter()
+        .copied()
         .filter_map(sys::rss_kib)
+        .reduce(|a, b| a + b);
+    // The guard is a child of `tend up` running the same executable.
+    let server_pss_kib = ups
+        .iter()
+        .flat_map(|&up| std::iter::once(up).chain(children_running(up, tend)))
+        .filter_map(sys::pss_kib)
         .reduce(|a, b| a + b);
 
     let pids: Vec<u32> = rows.iter().filter_map(|row| row.pid).collect();
@@ -332,7 +470,11 @@ pub fn run(
         up_to_last_listen_ms: (last_listen - t0) as f64 / 1e6,
         status_polls: polls,
         status: summarize(&status_ns),
+        status_table: summarize(&status_table_ns),
+        logs: summarize(&logs_ns),
+        top_first_draw,
         server_rss_kib,
+        server_pss_kib,
         stop_method: stop_method.to_owned(),
         stop_ms: stopped.then(|| stop_started.elapsed().as_secs_f64() * 1e3),
     })

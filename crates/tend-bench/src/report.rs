@@ -779,25 +779,57 @@ impl Results {
                 let _ = writeln!(
                     md,
                     "| Daemons | `up` → last `listen()` | `up` → all running | status median | \
-                     status p99 | tend RSS (MiB) | stop | stop method |"
+                     status p99 | tend RSS (MiB) | tend PSS with guard (MiB) | stop | stop method |"
                 );
-                let _ = writeln!(md, "|--:|--:|--:|--:|--:|--:|--:|---|");
+                let _ = writeln!(md, "|--:|--:|--:|--:|--:|--:|--:|--:|---|");
+                let ms = |s: Option<Summary>, p: fn(&Summary) -> f64| {
+                    s.map_or("–".to_owned(), |s| format!("{:.1}", p(&s) / 1e3))
+                };
+                let mib = |k: Option<u64>| {
+                    k.map_or("–".to_owned(), |k| format!("{:.1}", k as f64 / 1024.0))
+                };
                 for r in &self.cli.rows {
                     let _ = writeln!(
                         md,
-                        "| {} | {:.1} | {:.1} | {} | {} | {} | {} | {} |",
+                        "| {} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} |",
                         r.n,
                         r.up_to_last_listen_ms,
                         r.up_to_all_running_ms,
-                        r.status
-                            .map_or("–".to_owned(), |s| format!("{:.1}", s.median_us / 1e3)),
-                        r.status
-                            .map_or("–".to_owned(), |s| format!("{:.1}", s.p99_us / 1e3)),
-                        r.server_rss_kib
-                            .map_or("–".to_owned(), |k| format!("{:.1}", k as f64 / 1024.0)),
+                        ms(r.status, |s| s.median_us),
+                        ms(r.status, |s| s.p99_us),
+                        mib(r.server_rss_kib),
+                        mib(r.server_pss_kib),
                         r.stop_ms
                             .map_or("not gone".to_owned(), |ms| format!("{ms:.1}")),
                         r.stop_method,
+                    );
+                }
+                let _ = writeln!(
+                    md,
+                    "\nClient commands with every daemon running, wall time of the whole \
+                     command (process start included), milliseconds, median / p99. The live \
+                     view's first draw is `tend top` in a pseudo-terminal until its screen \
+                     counts every daemon.\n"
+                );
+                let _ = writeln!(
+                    md,
+                    "| Daemons | `status --json` | `status` | `logs NAME` | `top` first draw |"
+                );
+                let _ = writeln!(md, "|--:|--:|--:|--:|--:|");
+                let both = |s: Option<Summary>| {
+                    s.map_or("–".to_owned(), |s| {
+                        format!("{:.1} / {:.1}", s.median_us / 1e3, s.p99_us / 1e3)
+                    })
+                };
+                for r in &self.cli.rows {
+                    let _ = writeln!(
+                        md,
+                        "| {} | {} | {} | {} | {} |",
+                        r.n,
+                        both(r.status),
+                        both(r.status_table),
+                        both(r.logs),
+                        both(r.top_first_draw),
                     );
                 }
             }

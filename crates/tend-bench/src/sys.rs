@@ -43,6 +43,16 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     status_kib(pid, "VmRSS")
 }
 
+/// Proportional set size of `pid` now, in KiB (`/proc/<pid>/smaps_rollup`):
+/// its resident pages, each shared one divided among the processes that
+/// share it, so the PSS of processes adds up to what they hold together.
+pub fn pss_kib(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("Pss:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+}
+
 /// Peak resident memory of `pid`, in KiB.
 pub fn hwm_kib(pid: u32) -> Option<u64> {
     status_kib(pid, "VmHWM")

@@ -24,6 +24,8 @@ mod config;
 mod deps;
 mod environments;
 mod failure;
+mod memory;
+mod notify;
 mod protocol;
 mod sanitize;
 mod server;
@@ -43,19 +45,61 @@ use crate::{
 
 /// Supervise plugin daemons that serve Unix sockets.
 #[derive(Debug, Parser)]
-#[command(name = "tend", version, about, propagate_version = true)]
+#[command(
+    name = "tend",
+    version,
+    about,
+    propagate_version = true,
+    after_help = "See `tend --help` for examples, exit codes and environment variables.",
+    after_long_help = LONG_HELP
+)]
 struct Cli {
+    /// The config file (default: ./tend.toml). Client commands find the
+    /// supervisor through its state directory. Accepted before or after
+    /// the command.
+    #[arg(short, long = "config", value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
+
+/// The text after `tend --help` (and in the man page).
+const LONG_HELP: &str = "\
+Examples:
+  tend up                         run ./tend.toml in the foreground
+  tend -c dev.toml up             another config (-c before or after the command)
+  tend status                     the daemons' table; --json for scripts
+  tend top                        a live view; q or Ctrl-C quits
+  tend logs api -f                follow one daemon's output
+  tend call api ping '{}'         call a JSON-RPC method of a daemon
+  tend down                       stop everything
+  tend completions bash > /etc/bash_completion.d/tend
+  tend man > /usr/local/share/man/man1/tend.1
+
+Exit codes:
+  0  success: the requested end state holds
+  1  the operation failed (a daemon did not start, no supervisor runs, ...)
+  2  usage or config error
+
+Environment:
+  TEND_CONTAINMENT  `tend up`: cgroup or process-group, overriding the config
+  TEND_GUARD        `tend up`: 0 turns off the guard that stops the daemons
+                    when tend up is killed (for a service manager that kills
+                    the whole cgroup itself)
+  TEND_LOG          tend's own diagnostics on stderr (default warn; info, debug)
+  NOTIFY_SOCKET     `tend up` under systemd (Type=notify): READY=1 once every
+                    daemon started at `up` is running, STATUS= as states
+                    change, STOPPING=1 at shutdown
+  NO_COLOR          no colour, even on a terminal
+  XDG_RUNTIME_DIR   where the default state directory goes
+
+See docs/CLI.md for the config file and every command.";
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the daemons of a config in the foreground and supervise them
     /// until SIGINT, SIGTERM or `tend down` (SIGHUP reloads the file).
     Up {
-        #[command(flatten)]
-        file: ConfigFileArg,
         /// Start only these daemons (and what they depend on); by default
         /// every daemon without `autostart = false`.
         #[arg(value_name = "NAME")]
@@ -70,15 +114,21 @@ enum Command {
         /// Only this daemon.
         name: Option<String>,
         /// Print a JSON array instead of a table.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         json: bool,
         /// Exit with 1 unless every daemon (or NAME) is running: a probe
         /// for scripts and container health checks.
         #[arg(long)]
         check: bool,
+        /// A live view, redrawn as states change: the same as `tend top`.
+        #[arg(short, long)]
+        watch: bool,
         #[command(flatten)]
         target: SupervisorArgs,
     },
+    /// A live view of the daemons, redrawn as their states change; q or
+    /// Ctrl-C quits.
+    Top(SupervisorArgs),
     /// Start a daemon; returns once it is running.
     Start(NameArgs),
     /// Stop a daemon; returns once its processes are gone.
@@ -140,25 +190,23 @@ enum Command {
     /// removed ones, restart changed ones, leave the rest running.
     Reload(SupervisorArgs),
     /// Validate a config without starting anything.
-    Check(ConfigFileArg),
-}
-
-/// The config file of `up` and `check`.
-#[derive(Debug, Args)]
-struct ConfigFileArg {
-    /// The config file.
-    #[arg(short, long = "config", value_name = "FILE", default_value = DEFAULT_CONFIG_FILE)]
-    config: PathBuf,
+    Check,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `tend man | man -l -`.
+    Man,
 }
 
 /// How a client command finds the supervisor.
 #[derive(Debug, Clone, Args)]
 pub struct SupervisorArgs {
-    /// The config file of the supervisor (default: ./tend.toml); its state
-    /// directory holds the control socket.
-    #[arg(short, long = "config", value_name = "FILE", conflicts_with = "socket")]
+    /// The global `-c FILE`, copied here before the command runs.
+    #[arg(skip)]
     config: Option<PathBuf>,
-    /// The supervisor's control socket.
+    /// The supervisor's control socket (instead of -c FILE).
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
 }
@@ -172,10 +220,36 @@ struct NameArgs {
     target: SupervisorArgs,
 }
 
+impl Command {
+    /// How this command finds the supervisor, for the client commands.
+    fn target_mut(&mut self) -> Option<&mut SupervisorArgs> {
+        match self {
+            Command::Status { target, .. }
+            | Command::Logs { target, .. }
+            | Command::Call { target, .. }
+            | Command::Publish { target, .. }
+            | Command::Top(target)
+            | Command::Reload(target)
+            | Command::Down(target) => Some(target),
+            Command::Start(args) | Command::Stop(args) | Command::Restart(args) => {
+                Some(&mut args.target)
+            }
+            Command::Up { .. } | Command::Check | Command::Completions { .. } | Command::Man => {
+                None
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // First, while this is the only thread.
+    let notify_socket = notify::take_notify_socket();
+    let mut cli = Cli::parse();
+    if let Some(target) = cli.command.target_mut() {
+        target.config.clone_from(&cli.config);
+    }
     init_tracing();
-    match run(cli.command) {
+    match run(cli.command, cli.config, notify_socket) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             // Errors carry daemon-written text (a stderr tail, a JSON-RPC
@@ -187,7 +261,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command) -> Result<(), Failure> {
+fn run(
+    command: Command,
+    config: Option<PathBuf>,
+    notify_socket: Option<std::ffi::OsString>,
+) -> Result<(), Failure> {
+    let config = config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_FILE));
+    match command {
+        Command::Completions { shell } => return commands::docs::completions(shell),
+        Command::Man => return commands::docs::man(),
+        _ => {}
+    }
+    if let Command::Up { .. } = command {
+        memory::single_arena();
+    }
     // `up` supervises with a worker per core; clients need one thread.
     let runtime = match command {
         Command::Up { .. } => tokio::runtime::Builder::new_multi_thread(),
@@ -198,16 +285,24 @@ fn run(command: Command) -> Result<(), Failure> {
     runtime.block_on(async move {
         match command {
             Command::Up {
-                file,
                 names,
                 exit_on_failure,
-            } => commands::up::run(&file.config, &names, exit_on_failure).await,
-            Command::Check(args) => commands::check::run(&args.config),
+            } => commands::up::run(&config, &names, exit_on_failure, notify_socket).await,
+            Command::Check => commands::check::run(&config),
+            Command::Status {
+                name,
+                json: _,
+                watch: true,
+                target,
+                ..
+            } => commands::top::run(&target, name).await,
+            Command::Top(target) => commands::top::run(&target, None).await,
             Command::Status {
                 name,
                 json,
                 check,
                 target,
+                ..
             } => commands::status::run(&target, name, json, check).await,
             Command::Start(args) => commands::start::run(&args.target, &args.name).await,
             Command::Stop(args) => commands::stop::run(&args.target, &args.name).await,
@@ -242,6 +337,7 @@ fn run(command: Command) -> Result<(), Failure> {
             } => commands::publish::run(&target, &event, data.as_deref()).await,
             Command::Down(target) => commands::down::run(&target).await,
             Command::Reload(target) => commands::reload::run(&target).await,
+            Command::Completions { .. } | Command::Man => Ok(()),
         }
     })
 }

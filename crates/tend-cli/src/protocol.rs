@@ -7,7 +7,7 @@ use std::{path::PathBuf, time::SystemTime};
 
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
-use tend::{Containment, LogLine, ProcessInfo, ProcessState, ResourceUsage, Stream};
+use tend::{Containment, LogLine, ProcessEvent, ProcessInfo, ProcessState, ResourceUsage, Stream};
 
 /// Longest request line the supervisor reads; a longer one is answered
 /// with an error and the connection closed.
@@ -86,6 +86,16 @@ pub enum Request {
         #[serde(default)]
         timeout_ms: Option<u64>,
     },
+    /// A live view: a snapshot of every daemon, then each state change as
+    /// it happens and usage figures every `usage_interval_ms`, until the
+    /// client disconnects.
+    Watch {
+        /// How often to send CPU, memory and last log lines, in
+        /// milliseconds; [`DEFAULT_USAGE_INTERVAL_MS`] when absent, at
+        /// least [`MIN_USAGE_INTERVAL_MS`].
+        #[serde(default)]
+        usage_interval_ms: Option<u64>,
+    },
     /// Publish an event to every daemon subscribed to it.
     Publish {
         /// The event name.
@@ -95,6 +105,12 @@ pub enum Request {
         data: Value,
     },
 }
+
+/// Usage interval of a `watch` request that names none: 1 s.
+pub const DEFAULT_USAGE_INTERVAL_MS: u64 = 1_000;
+/// Shortest usage interval a `watch` may ask for: reading every daemon's
+/// usage is not free.
+pub const MIN_USAGE_INTERVAL_MS: u64 = 200;
 
 /// Timeout of a `call` request that names none: 30 s.
 pub const DEFAULT_CALL_TIMEOUT_MS: u64 = tend::rpc::DEFAULT_TIMEOUT.as_millis() as u64;
@@ -158,6 +174,12 @@ pub struct Response {
     /// reload.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// `watch`: a state change (with `process`, the daemon after it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<EventEntry>,
+    /// `watch`: CPU, memory and the last log line of every daemon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<Vec<Sample>>,
 }
 
 /// What a `reload` changed, by daemon name (each list sorted).
@@ -188,6 +210,47 @@ pub struct ReloadSummary {
 pub enum ErrorKind {
     /// The request names a daemon the config does not have.
     UnknownDaemon,
+}
+
+/// A state change of a daemon, as `watch` sends it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventEntry {
+    /// The daemon.
+    pub name: String,
+    /// Its state before.
+    pub from: State,
+    /// Its state after.
+    pub to: State,
+    /// When it changed (Unix milliseconds).
+    pub time: u64,
+    /// Why, in words ("ready", "exited with code 1", "stop requested").
+    pub reason: String,
+    /// PID of the incarnation concerned, if any.
+    pub pid: Option<u32>,
+}
+
+impl From<ProcessEvent> for EventEntry {
+    fn from(event: ProcessEvent) -> Self {
+        EventEntry {
+            name: event.name,
+            from: event.from.into(),
+            to: event.to.into(),
+            time: unix_ms(event.time),
+            reason: event.reason,
+            pid: event.pid,
+        }
+    }
+}
+
+/// What `watch` refreshes on its timer for one daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sample {
+    /// The daemon.
+    pub name: String,
+    /// CPU time and memory of its live incarnation; null while none is.
+    pub usage: Option<Usage>,
+    /// The last line of its output, if it wrote any.
+    pub last_line: Option<LogEntry>,
 }
 
 /// Reads a field that is there as `Some`, also when it is `null` (which
@@ -533,6 +596,18 @@ mod tests {
                 method: "m".into(),
                 params: serde_json::json!([1]),
                 timeout_ms: Some(50)
+            }
+        );
+        assert_eq!(
+            parse(r#"{"cmd":"watch"}"#).unwrap(),
+            Request::Watch {
+                usage_interval_ms: None
+            }
+        );
+        assert_eq!(
+            parse(r#"{"cmd":"watch","usage_interval_ms":2000}"#).unwrap(),
+            Request::Watch {
+                usage_interval_ms: Some(2000)
             }
         );
         assert_eq!(

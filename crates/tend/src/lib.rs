@@ -161,7 +161,7 @@ pub use config::{RestartPolicy, StopSignal};
 pub use error::{ConfigProblem, ConfigProblems, Error, Result};
 pub use logs::{LogLine, Stream};
 pub use manager::{
-    BackgroundProcessManager, GUARD_ENV, ManagerBuilder, Subscription, default_state_dir,
+    BackgroundProcessManager, GUARD_ENV, ManagerBuilder, Received, Subscription, default_state_dir,
 };
 pub use orphans::CleanupReport;
 pub use state::{ExitStatus, ProcessEvent, ProcessInfo, ProcessState};

@@ -121,7 +121,10 @@ impl LogBuffer {
     pub fn new(capacity: usize, file: Option<OpenedLog>) -> Self {
         LogBuffer {
             ring: Mutex::new(Ring {
-                lines: VecDeque::with_capacity(capacity.min(64)),
+                // Grown as lines come: a daemon that writes little (most
+                // write a few lines at start) does not pay for 64 slots,
+                // 3.5 KiB, which was 3.5 MiB at 1,000 daemons.
+                lines: VecDeque::new(),
                 next: 0,
             }),
             capacity,

@@ -61,7 +61,8 @@ pub struct BackgroundProcessManager {
 struct Slot {
     shared: Arc<Shared>,
     control: mpsc::UnboundedSender<Control>,
-    config: BackgroundProcessConfig,
+    /// Shared with the supervisor: one copy a daemon, not two.
+    config: Arc<BackgroundProcessConfig>,
 }
 
 struct Inner {
@@ -342,7 +343,7 @@ impl BackgroundProcessManager {
         // a status shows why it is not running.
         let refusal = check_limits(&config, &context).err();
         let (waiter, started) = oneshot::channel();
-        {
+        let config = {
             let mut slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
             // Again under the lock: `stop_all_processes` sets the flag and
             // then lists the names under this lock, so a start that got
@@ -392,13 +393,14 @@ impl BackgroundProcessManager {
                     Slot {
                         shared,
                         control,
-                        config,
+                        config: Arc::new(config),
                     },
                 );
                 return Err(refusal);
             }
+            let config = Arc::new(config);
             let supervisor = Supervisor::new(
-                config.clone(),
+                Arc::clone(&config),
                 Arc::clone(&shared),
                 context,
                 requests,
@@ -410,18 +412,20 @@ impl BackgroundProcessManager {
                     subscribe_shared(&shared, socket, config.events.iter().cloned());
                 }
             }
+            let name = config.name.clone();
             slots.insert(
-                config.name.clone(),
+                name,
                 Slot {
                     shared,
                     control,
-                    config: config.clone(),
+                    config: Arc::clone(&config),
                 },
             );
-        }
+            config
+        };
         started
             .await
-            .unwrap_or(Err(Error::ManagerGone(config.name)))
+            .unwrap_or_else(|_| Err(Error::ManagerGone(config.name.clone())))
     }
 
     /// Stops a daemon: SIGTERM to its process group, SIGKILL after the
@@ -453,7 +457,7 @@ impl BackgroundProcessManager {
             let slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
             slots
                 .get(name)
-                .map(|slot| slot.config.clone())
+                .map(|slot| BackgroundProcessConfig::clone(&slot.config))
                 .ok_or_else(|| Error::UnknownProcess(name.to_owned()))?
         };
         self.stop_process(name).await?;
@@ -642,6 +646,15 @@ fn subscribe_shared(shared: &Shared, socket: &Path, events: impl Iterator<Item =
     );
 }
 
+/// What [`Subscription::recv_or_missed`] gave.
+#[derive(Debug, Clone)]
+pub enum Received {
+    /// The next event.
+    Event(ProcessEvent),
+    /// This many events were skipped: the subscriber fell too far behind.
+    Missed(u64),
+}
+
 /// A stream of [`ProcessEvent`]s from [`BackgroundProcessManager::subscribe`].
 pub struct Subscription {
     receiver: broadcast::Receiver<ProcessEvent>,
@@ -660,6 +673,17 @@ impl Subscription {
                 }
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
+        }
+    }
+
+    /// Like [`Self::recv`], but says how many events were skipped when
+    /// this subscriber fell behind, so it can catch up from a snapshot
+    /// ([`BackgroundProcessManager::list`]) instead of missing them.
+    pub async fn recv_or_missed(&mut self) -> Option<Received> {
+        match self.receiver.recv().await {
+            Ok(event) => Some(Received::Event(event)),
+            Err(broadcast::error::RecvError::Lagged(missed)) => Some(Received::Missed(missed)),
+            Err(broadcast::error::RecvError::Closed) => None,
         }
     }
 

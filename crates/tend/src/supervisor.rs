@@ -148,7 +148,8 @@ enum Interrupt {
 
 /// The supervisor task of one process.
 pub(crate) struct Supervisor {
-    config: BackgroundProcessConfig,
+    /// Shared with the manager's registry.
+    config: Arc<BackgroundProcessConfig>,
     shared: Arc<Shared>,
     ctx: Context,
     control: mpsc::UnboundedReceiver<Control>,
@@ -170,7 +171,7 @@ pub(crate) struct Supervisor {
 
 impl Supervisor {
     pub fn new(
-        config: BackgroundProcessConfig,
+        config: Arc<BackgroundProcessConfig>,
         shared: Arc<Shared>,
         ctx: Context,
         control: mpsc::UnboundedReceiver<Control>,
@@ -197,18 +198,22 @@ impl Supervisor {
         }
         self.shared
             .update(|info| info.containment = Some(self.ctx.containment));
-        self.ctx.orphans.cleanup(Some(&self.config.name)).await;
+        // The futures of starting, stopping and restarting are boxed: they
+        // live only while that happens, and inline they would size every
+        // daemon's task for the largest of them while it only supervises
+        // (about 1 KiB a daemon; see PERFORMANCE.md, "Memory of `tend up`").
+        Box::pin(self.ctx.orphans.cleanup(Some(&self.config.name))).await;
         loop {
-            let interrupt = match self.bring_up().await {
+            let interrupt = match Box::pin(self.bring_up()).await {
                 Ok(mut incarnation) => {
                     let interrupt = self.supervise(&mut incarnation).await;
-                    self.wind_down(incarnation, interrupt).await
+                    Box::pin(self.wind_down(incarnation, interrupt)).await
                 }
                 Err(interrupt) => interrupt,
             };
             match interrupt {
                 Interrupt::Failed(failure) => {
-                    if !self.schedule_restart(failure).await {
+                    if !Box::pin(self.schedule_restart(failure)).await {
                         return;
                     }
                 }
@@ -300,7 +305,7 @@ impl Supervisor {
         let with_notify;
         let config = match &self.notify {
             Some(notify) => {
-                let mut config = self.config.clone();
+                let mut config = BackgroundProcessConfig::clone(&self.config);
                 config
                     .env
                     .push(("NOTIFY_SOCKET".into(), notify.path().into()));
@@ -312,7 +317,7 @@ impl Supervisor {
                 with_notify = config;
                 &with_notify
             }
-            None => &self.config,
+            None => &*self.config,
         };
         let mut plan = SpawnPlan::for_daemon(
             config,
@@ -643,7 +648,15 @@ impl Supervisor {
                 match (next_check, health) {
                     (Some(at), Some(h)) => {
                         tokio::time::sleep_until(at).await;
-                        probe::supervisor_check(health_probe, &config, &children, h.timeout).await
+                        // Boxed: inline, the probe would size every
+                        // daemon's task, also where the board probes.
+                        Box::pin(probe::supervisor_check(
+                            health_probe,
+                            &config,
+                            &children,
+                            h.timeout,
+                        ))
+                        .await
                     }
                     _ => std::future::pending().await,
                 }

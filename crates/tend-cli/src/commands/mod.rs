@@ -2,6 +2,7 @@
 
 pub mod call;
 pub mod check;
+pub mod docs;
 pub mod down;
 pub mod logs;
 pub mod publish;
@@ -10,6 +11,7 @@ pub mod restart;
 pub mod start;
 pub mod status;
 pub mod stop;
+pub mod top;
 pub mod up;
 
 use std::path::{Path, PathBuf};
@@ -51,6 +53,11 @@ pub struct Target {
 /// the state directory of `-c FILE` (default `./tend.toml`).
 pub fn control_socket(target: &SupervisorArgs) -> Result<Target, Failure> {
     if let Some(socket) = &target.socket {
+        if target.config.is_some() {
+            return Err(Failure::usage(anyhow!(
+                "-c FILE and --socket PATH both name the supervisor: pass one of them"
+            )));
+        }
         return Ok(Target {
             socket: socket.clone(),
             config: None,

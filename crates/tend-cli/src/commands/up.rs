@@ -19,7 +19,7 @@
 mod progress;
 mod signals;
 
-use std::{collections::BTreeSet, fmt, path::Path, sync::Arc, time::Duration};
+use std::{collections::BTreeSet, ffi::OsString, fmt, path::Path, sync::Arc, time::Duration};
 
 use anyhow::{Context, anyhow};
 use tend::{BackgroundProcessManager, CleanupReport, subreaper::Subreaper};
@@ -31,6 +31,8 @@ use crate::{
     deps,
     environments::Environments,
     failure::{CommandResult, Failure},
+    memory,
+    notify::{NOTIFY_SOCKET_ENV, Notifier},
     sanitize::{Layout, escape_controls},
     server::{ControlServer, Preparation, ServerContext},
     table,
@@ -63,9 +65,22 @@ fn selection(config: &TendConfig, names: &[String]) -> Result<BTreeSet<String>, 
 /// Runs the command: the daemons `names` (and their dependencies), or
 /// every one with `autostart`; with `exit_on_failure`, stops everything
 /// and fails as soon as a daemon cannot start or ends in `error`.
-pub async fn run(file: &Path, names: &[String], exit_on_failure: bool) -> CommandResult {
+/// `notify_socket` is `NOTIFY_SOCKET`'s value, if set.
+pub async fn run(
+    file: &Path,
+    names: &[String],
+    exit_on_failure: bool,
+    notify_socket: Option<OsString>,
+) -> CommandResult {
     let config = config::load(file).map_err(Failure::usage)?;
     let selected = selection(&config, names)?;
+    let notifier = notify_socket.and_then(|value| match Notifier::new(&value) {
+        Ok(notifier) => Some(Arc::new(notifier)),
+        Err(e) => {
+            say_err!("tend: {e:#}; not notifying the service manager (unset {NOTIFY_SOCKET_ENV} to silence this)");
+            None
+        }
+    });
     let state_dir = &config.state_dir;
     let opened = state_dir.open_private().with_context(|| {
         format!(
@@ -85,17 +100,21 @@ pub async fn run(file: &Path, names: &[String], exit_on_failure: bool) -> Comman
         .children(children.clone())
         .containment(config.containment)
         .build();
+    // The manager clones its guard process now: give back what parsing
+    // the config freed first, or the guard keeps a private copy of those
+    // pages once this process reuses them.
+    memory::release_free_memory();
     let cleanup = manager
         .cleanup_orphans()
         .await
         .context("cannot clean up after an earlier run")?;
     report_cleanup(&cleanup);
 
-    let context = Arc::new(ServerContext::new(
-        manager.clone(),
-        config.clone(),
-        children,
-    ));
+    // The one copy of the config from here on (a thousand daemons' worth
+    // is worth not keeping twice).
+    let context = Arc::new(ServerContext::new(manager.clone(), config, children));
+    let config = context.config();
+    let state_dir = &config.state_dir;
     let server = ControlServer::bind(&state_dir.control_socket(), Arc::clone(&context))
         .with_context(|| format!("cannot listen on {}", state_dir.control_socket().display()))?;
     let count = config.processes.len();
@@ -126,7 +145,7 @@ pub async fn run(file: &Path, names: &[String], exit_on_failure: bool) -> Comman
     // The first failure, for `--exit-on-failure`.
     let failures = Arc::new(watch::channel(None::<String>).0);
     let failed = exit_on_failure.then(|| failures.subscribe());
-    let mut progress = Progress::subscribe(&manager, &config, {
+    let mut progress = Progress::subscribe(&manager, &config, notifier.clone(), {
         let failures = Arc::clone(&failures);
         move |event| report_failure(&failures, &event.name)
     });
@@ -172,6 +191,15 @@ pub async fn run(file: &Path, names: &[String], exit_on_failure: bool) -> Comman
         failed_with = cause.failure();
     } else if started {
         say!("{}", table::render(&context.statuses()).trim_end());
+        // Starting a thousand daemons leaves free memory behind (their
+        // start futures, the events, the table) that supervising does not
+        // need again.
+        memory::release_free_memory();
+        // Every daemon that could start is running: the others are in
+        // error, and the status line says so.
+        if let (Some(notifier), Some(summary)) = (&notifier, progress.summary()) {
+            notifier.send(&format!("READY=1\nSTATUS={summary}")).await;
+        }
         say!(
             "tend: supervising; stop with Ctrl-C or `tend down`, reload the file with `tend reload` or SIGHUP"
         );
@@ -180,6 +208,11 @@ pub async fn run(file: &Path, names: &[String], exit_on_failure: bool) -> Comman
             .await;
         say!("tend: {cause}; stopping every daemon");
         failed_with = cause.failure();
+    }
+    if let Some(notifier) = &notifier {
+        notifier
+            .send("STOPPING=1\nSTATUS=stopping every daemon")
+            .await;
     }
 
     let graceful = progress

@@ -3,12 +3,13 @@
 use std::{io, sync::Arc, time::Duration};
 
 use serde_json::Value;
-use tend::{LogLine, ProcessState, rpc::RpcError};
+use tend::{LogLine, ProcessState, Received, rpc::RpcError};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::{After, Connection, ServerContext};
 use crate::protocol::{
-    DEFAULT_CALL_TIMEOUT_MS, ErrorKind, LogEntry, Request, Response, RpcErrorObject, SupervisorInfo,
+    DEFAULT_CALL_TIMEOUT_MS, DEFAULT_USAGE_INTERVAL_MS, ErrorKind, LogEntry, MIN_USAGE_INTERVAL_MS,
+    ProcessStatus, Request, Response, RpcErrorObject, Sample, SupervisorInfo,
 };
 
 type Context = Arc<ServerContext>;
@@ -67,6 +68,9 @@ pub async fn handle(
         } => call(context, &name, &method, params, timeout_ms).await,
         Request::Publish { event, data } => publish(context, &event, data),
         Request::Reload => reload(context).await,
+        Request::Watch { usage_interval_ms } => {
+            return watch(context, usage_interval_ms, connection).await;
+        }
         Request::Down => {
             connection.send(&down(context)).await?;
             return Ok(After::HoldUntilExit);
@@ -361,6 +365,76 @@ async fn logs(
         };
         connection.send(&response).await?;
     }
+}
+
+/// A live view: every daemon's status and sample, then each state change
+/// as the manager reports it (the daemon's status with it), and the
+/// samples again every `usage_interval_ms`, until the client hangs up.
+///
+/// States are pushed, never polled: the timer only refreshes usage and
+/// last lines, which have no events. A client too slow for the events is
+/// told how many it missed and sent every status again.
+async fn watch(
+    context: &ServerContext,
+    usage_interval_ms: Option<u64>,
+    connection: &mut Connection<'_>,
+) -> io::Result<After> {
+    let interval_ms = usage_interval_ms
+        .unwrap_or(DEFAULT_USAGE_INTERVAL_MS)
+        .max(MIN_USAGE_INTERVAL_MS);
+    // Subscribe before the snapshot, so no change falls between the two.
+    let mut events = context.manager.subscribe();
+    let processes = context.statuses();
+    connection
+        .send(&Response {
+            samples: Some(samples(context, &processes)),
+            processes: Some(processes),
+            ..Response::ok()
+        })
+        .await?;
+    let period = Duration::from_millis(interval_ms);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let response = tokio::select! {
+            received = events.recv_or_missed() => match received {
+                Some(Received::Event(event)) => Response {
+                    process: context.process_status(&event.name),
+                    event: Some(event.into()),
+                    ..Response::ok()
+                },
+                Some(Received::Missed(missed)) => Response {
+                    missed: Some(missed),
+                    processes: Some(context.statuses()),
+                    ..Response::ok()
+                },
+                None => return Ok(After::Close),
+            },
+            _ = ticks.tick() => Response {
+                samples: Some(samples(context, &context.statuses())),
+                ..Response::ok()
+            },
+            () = connection.closed() => return Ok(After::Close),
+        };
+        connection.send(&response).await?;
+    }
+}
+
+/// Usage and the last output line of each of `processes`.
+fn samples(context: &ServerContext, processes: &[ProcessStatus]) -> Vec<Sample> {
+    processes
+        .iter()
+        .map(|process| Sample {
+            name: process.name.clone(),
+            usage: process.usage,
+            last_line: context
+                .manager
+                .logs(&process.name, 1)
+                .ok()
+                .and_then(|mut lines| lines.pop())
+                .map(LogEntry::from),
+        })
+        .collect()
 }
 
 fn down(context: &Context) -> Response {

@@ -195,3 +195,75 @@ fn peers_of_another_uid_are_refused() {
     // The owner is still served.
     assert!(status(&sandbox, &config).is_some());
 }
+
+/// The next response line.
+fn next(reader: &mut BufReader<UnixStream>) -> Value {
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+}
+
+#[test]
+fn watch_pushes_each_state_change_and_refreshes_samples() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.config(&format!(
+        r#"
+[process.talker]
+command = "{testd}"
+args = ["--stdout", "first words"]
+socket = "talker.sock"
+"#,
+        testd = testd().display(),
+    ));
+    let c = config.to_str().unwrap();
+    let mut up = sandbox.up(&config);
+    wait_for_states(&sandbox, &config, &[("talker", "running")]);
+
+    let mut watch = connect(&sandbox);
+    let first = exchange(
+        &mut watch,
+        b"{\"cmd\":\"watch\",\"usage_interval_ms\":200}\n",
+    );
+    assert_eq!(first["ok"], true, "{first}");
+    assert_eq!(first["processes"][0]["state"], "running", "{first}");
+    assert_eq!(first["samples"][0]["name"], "talker", "{first}");
+    assert_eq!(
+        first["samples"][0]["last_line"]["text"], "first words",
+        "{first}"
+    );
+
+    // A refresh on the timer: usage of the live incarnation.
+    let sample = loop {
+        let response = next(&mut watch);
+        if response.get("samples").is_some() {
+            break response;
+        }
+    };
+    assert!(sample["samples"][0]["usage"]["cpu_us"].is_u64(), "{sample}");
+
+    // Each change of the stop, pushed with the daemon after it.
+    sandbox.run(&["stop", "talker", "-c", c]).expect_success();
+    let mut changes = Vec::new();
+    while changes.last() != Some(&("stopping".to_owned(), "stopped".to_owned())) {
+        let response = next(&mut watch);
+        if let Some(event) = response.get("event") {
+            assert_eq!(event["name"], "talker", "{response}");
+            assert_eq!(response["process"]["state"], event["to"], "{response}");
+            changes.push((
+                event["from"].as_str().unwrap().to_owned(),
+                event["to"].as_str().unwrap().to_owned(),
+            ));
+        }
+    }
+    assert_eq!(
+        changes,
+        [("running", "stopping"), ("stopping", "stopped")]
+            .map(|(a, b)| (a.to_owned(), b.to_owned()))
+    );
+
+    // The supervisor's exit ends the watch.
+    sandbox.run(&["down", "-c", c]).expect_success();
+    let mut rest = String::new();
+    watch.read_to_string(&mut rest).unwrap();
+    assert!(up.wait().success());
+}

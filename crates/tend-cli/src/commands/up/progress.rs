@@ -9,12 +9,13 @@
 //! are printed before that wait returns. So the line saying a daemon is
 //! running always comes before the status table that shows it running.
 
-use std::{future::Future, time::SystemTime};
+use std::{future::Future, sync::Arc, time::SystemTime};
 
 use tend::{BackgroundProcessManager, ProcessEvent, ProcessState, Subscription};
 
 use crate::{
     config::TendConfig,
+    notify::{Notifier, StateCounts},
     protocol::State,
     sanitize::{Layout, escape_controls},
     style::{self, Painter},
@@ -27,17 +28,25 @@ pub struct Progress {
     painter: Painter,
     /// Called with each event that puts a daemon in `error`.
     on_error: Box<dyn FnMut(&ProcessEvent) + Send>,
+    /// The service manager to send a `STATUS=` line per event to.
+    notify: Option<(Arc<Notifier>, StateCounts)>,
 }
 
 impl Progress {
     /// Subscribes to `manager`'s events; `on_error` is told of each
-    /// daemon that ends in `error`.
+    /// daemon that ends in `error`. With a `notifier`, each event also
+    /// updates the service manager's status line.
     pub fn subscribe(
         manager: &BackgroundProcessManager,
         config: &TendConfig,
+        notifier: Option<Arc<Notifier>>,
         on_error: impl FnMut(&ProcessEvent) + Send + 'static,
     ) -> Self {
         Progress {
+            notify: notifier.map(|notifier| {
+                let names = config.processes.iter().map(|p| p.name.as_str());
+                (notifier, StateCounts::new(names))
+            }),
             events: manager.subscribe(),
             name_width: config
                 .processes
@@ -74,6 +83,15 @@ impl Progress {
         if event.to == ProcessState::Error {
             (self.on_error)(event);
         }
+        if let Some((notifier, counts)) = &mut self.notify {
+            counts.apply(event);
+            notifier.send_now(&format!("STATUS={}", counts.summary()));
+        }
+    }
+
+    /// The daemons' states in a few words, when notifying.
+    pub fn summary(&self) -> Option<String> {
+        self.notify.as_ref().map(|(_, counts)| counts.summary())
     }
 }
 
