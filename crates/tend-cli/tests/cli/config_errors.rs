@@ -134,7 +134,7 @@ const BAD_FILES: &[(&str, &str, &str, &str)] = &[
     ),
     (
         "unknown health probe",
-        "[process.a]\ncommand = \"x\"\nsocket = \"a.sock\"\n[process.a.healthcheck]\nprobe = \"http\"\n",
+        "[process.a]\ncommand = \"x\"\nsocket = \"a.sock\"\n[process.a.healthcheck]\nprobe = \"grpc\"\n",
         "probe",
         "process.a.healthcheck.probe",
     ),
