@@ -431,7 +431,7 @@ fn read_process(
 ) -> Option<ReadProcess> {
     let name = &process.key["process.".len()..];
     let before = problems.len();
-    if let Err(message) = tend::config::validate_name(name) {
+    if let Err(message) = tend::validate_name(name) {
         problems.add(
             process.key_span.clone(),
             &process.key,
@@ -790,7 +790,7 @@ fn report_library_problems(
     else {
         return;
     };
-    for problem in found.0 {
+    for problem in &found {
         let Some(key) = file_key(problem.field) else {
             continue;
         };
@@ -799,7 +799,11 @@ fn report_library_problems(
             continue;
         }
         let span = spans.get(key).cloned().flatten().or_else(|| process.span());
-        problems.add(span, format!("{}.{key}", process.key), problem.message);
+        problems.add(
+            span,
+            format!("{}.{key}", process.key),
+            problem.message.clone(),
+        );
     }
 }
 

@@ -159,7 +159,7 @@ impl ServerContext {
             .ok()
             .and_then(|config| config.healthcheck)
             .map(|check| check.retries);
-        if let Some(info) = self.manager.process_info(name) {
+        if let Ok(info) = self.manager.process_info(name) {
             return Some(ProcessStatus::new(info, retries));
         }
         match self.preparation(name)? {

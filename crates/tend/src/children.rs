@@ -19,7 +19,7 @@
 
 use std::{
     collections::BTreeMap,
-    fmt, io,
+    fmt,
     os::fd::{AsFd, OwnedFd},
     sync::{Arc, Mutex, MutexGuard, OnceLock},
     thread,
@@ -29,6 +29,7 @@ use rustix::{
     pipe::PipeFlags,
     process::{WaitId, WaitIdOptions},
 };
+#[cfg(feature = "envs")]
 use tokio::process::{Child, Command};
 
 /// The children a process started and has not reaped yet. Clones share
@@ -87,7 +88,8 @@ impl ChildTable {
     /// Spawns `command` (a helper such as an installer, not a daemon) and
     /// registers the child, under the lock the subreaper takes. Forget it
     /// with [`Self::forget`] once reaped.
-    pub(crate) fn spawn_registered(&self, command: &mut Command) -> io::Result<Child> {
+    #[cfg(feature = "envs")]
+    pub(crate) fn spawn_registered(&self, command: &mut Command) -> std::io::Result<Child> {
         let mut children = self.lock();
         let child = command.spawn()?;
         if let Some(pid) = child.id() {

@@ -44,8 +44,9 @@ pub enum Stream {
     Stderr,
 }
 
-/// One line of daemon output.
+/// One line of daemon output. Fields may be added in any release.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct LogLine {
     /// The pipe it came from.
     pub stream: Stream,
@@ -62,6 +63,53 @@ fn serialize_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
     s.serialize_u64(ms)
+}
+
+/// The lines a process writes from now on, from
+/// [`crate::BackgroundProcessManager::follow_logs`]: a
+/// [`futures_core::Stream`] of [`LogLine`]s, or [`recv`](Self::recv) them
+/// one by one. It follows the process across restarts and ends once the
+/// manager is gone. A follower that falls more than the log ring's size
+/// behind skips the oldest lines it missed; [`take_missed`](Self::take_missed)
+/// says how many.
+pub struct LogFollower {
+    lines: crate::lagging::SkipLagged<LogLine>,
+}
+
+impl LogFollower {
+    pub(crate) fn new(receiver: broadcast::Receiver<LogLine>) -> Self {
+        LogFollower {
+            lines: crate::lagging::SkipLagged::new(receiver),
+        }
+    }
+
+    /// The next line; `None` once the manager is gone.
+    pub async fn recv(&mut self) -> Option<LogLine> {
+        use futures_core::Stream as _;
+        std::future::poll_fn(|cx| std::pin::Pin::new(&mut self.lines).poll_next(cx)).await
+    }
+
+    /// The next line if one is already waiting.
+    pub fn try_recv(&mut self) -> Option<LogLine> {
+        self.lines.try_next()
+    }
+
+    /// How many lines were skipped, because this follower fell behind,
+    /// since the last call.
+    pub fn take_missed(&mut self) -> u64 {
+        self.lines.take_missed()
+    }
+}
+
+impl futures_core::Stream for LogFollower {
+    type Item = LogLine;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<LogLine>> {
+        std::pin::Pin::new(&mut self.lines).poll_next(cx)
+    }
 }
 
 /// The output of one process (across its incarnations).

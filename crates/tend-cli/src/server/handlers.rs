@@ -4,7 +4,6 @@ use std::{io, time::Duration};
 
 use serde_json::Value;
 use tend::{LogLine, ProcessState, rpc::RpcError};
-use tokio::sync::broadcast::error::RecvError;
 
 use super::{After, Connection, ServerContext};
 use crate::protocol::{
@@ -160,19 +159,19 @@ async fn call(
         ms => Duration::from_millis(ms),
     };
     match context.manager.state(name) {
-        None => {
+        Err(_) => {
             let reason = match context.startable_config(name) {
                 Err(reason) => format!(": {reason}"),
                 Ok(_) => String::new(),
             };
             return Response::error(format!("{name:?} has not been started{reason}"));
         }
-        Some(state @ (ProcessState::Stopped | ProcessState::Error)) => {
+        Ok(state @ (ProcessState::Stopped | ProcessState::Error)) => {
             return Response::error(format!(
                 "{name:?} is {state}; start it with `tend start {name}`"
             ));
         }
-        Some(_) => {}
+        Ok(_) => {}
     }
     let client = match context.manager.rpc_client(name) {
         Ok(client) => client,
@@ -243,16 +242,29 @@ async fn logs(
         return Ok(After::Continue);
     }
     loop {
-        let response = tokio::select! {
+        let line = tokio::select! {
             received = live.recv() => match received {
-                Ok(line) if already_sent(&line) => continue,
-                Ok(line) => Response { line: Some(line.into()), ..Response::ok() },
-                Err(RecvError::Lagged(missed)) => Response { missed: Some(missed), ..Response::ok() },
-                Err(RecvError::Closed) => return Ok(After::Close),
+                Some(line) if already_sent(&line) => continue,
+                Some(line) => line,
+                None => return Ok(After::Close),
             },
             () = connection.closed() => return Ok(After::Close),
         };
-        connection.send(&response).await?;
+        let missed = live.take_missed();
+        if missed > 0 {
+            connection
+                .send(&Response {
+                    missed: Some(missed),
+                    ..Response::ok()
+                })
+                .await?;
+        }
+        connection
+            .send(&Response {
+                line: Some(line.into()),
+                ..Response::ok()
+            })
+            .await?;
     }
 }
 

@@ -117,7 +117,7 @@ async fn run() {
             eprintln!("failed {name}: {e}");
             std::process::exit(1);
         }
-        let pid = manager.pid(name).unwrap_or_default();
+        let pid = manager.pid(name).ok().flatten().unwrap_or_default();
         println!("started {name} {pid}");
     }
     println!("ready");

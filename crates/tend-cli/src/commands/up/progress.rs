@@ -8,7 +8,7 @@
 
 use std::{future::Future, time::SystemTime};
 
-use tend::{BackgroundProcessManager, ProcessEvent, Subscription};
+use tend::{BackgroundProcessManager, ProcessEvent, ProcessState, Subscription};
 
 use crate::{
     config::TendConfig,
@@ -54,54 +54,73 @@ impl Progress {
     }
 
     fn print(&self, event: &ProcessEvent) {
-        say!("{}", format_event(event, self.since, self.name_width));
+        let line = EventLine {
+            name: &event.name,
+            from: event.from,
+            to: event.to,
+            time: event.time,
+            reason: &event.reason,
+            pid: event.pid,
+        };
+        say!("{}", line.format(self.since, self.name_width));
     }
 }
 
-/// One line for `event`, timed from `since`, the name padded to `name_width`.
-/// The reason may hold the daemon's stderr tail, so control characters are
-/// escaped, a newline included: the event stays on its line.
-fn format_event(event: &ProcessEvent, since: SystemTime, name_width: usize) -> String {
-    let elapsed = event.time.duration_since(since).unwrap_or_default();
-    let pid = event
-        .pid
-        .map(|pid| format!(", pid {pid}"))
-        .unwrap_or_default();
-    let reason = if event.reason.is_empty() {
-        String::new()
-    } else {
-        format!(" ({})", escape_controls(&event.reason, Layout::Line))
-    };
-    format!(
-        "[{:>9.3}s] {:<name_width$}  {} -> {}{pid}{reason}",
-        elapsed.as_secs_f64(),
-        event.name,
-        event.from,
-        event.to,
-    )
+/// What a printed event line shows of a [`ProcessEvent`] (which only the
+/// library builds).
+struct EventLine<'a> {
+    name: &'a str,
+    from: ProcessState,
+    to: ProcessState,
+    time: SystemTime,
+    reason: &'a str,
+    pid: Option<u32>,
+}
+
+impl EventLine<'_> {
+    /// The line, timed from `since`, the name padded to `name_width`.
+    /// The reason may hold the daemon's stderr tail, so control characters
+    /// are escaped, a newline included: the event stays on its line.
+    fn format(&self, since: SystemTime, name_width: usize) -> String {
+        let elapsed = self.time.duration_since(since).unwrap_or_default();
+        let pid = self
+            .pid
+            .map(|pid| format!(", pid {pid}"))
+            .unwrap_or_default();
+        let reason = if self.reason.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", escape_controls(self.reason, Layout::Line))
+        };
+        format!(
+            "[{:>9.3}s] {:<name_width$}  {} -> {}{pid}{reason}",
+            elapsed.as_secs_f64(),
+            self.name,
+            self.from,
+            self.to,
+        )
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
-    use tend::ProcessState;
-
     use super::*;
 
     #[test]
     fn an_event_is_one_readable_line() {
         let since = SystemTime::UNIX_EPOCH;
-        let event = ProcessEvent {
-            name: "echo".into(),
+        let event = EventLine {
+            name: "echo",
             from: ProcessState::Starting,
             to: ProcessState::Running,
             time: since + Duration::from_millis(1_530),
-            reason: "ready".into(),
+            reason: "ready",
             pid: Some(42),
         };
         assert_eq!(
-            format_event(&event, since, 6),
+            event.format(since, 6),
             "[    1.530s] echo    starting -> running, pid 42 (ready)"
         );
     }
@@ -109,16 +128,16 @@ mod tests {
     #[test]
     fn a_stderr_tail_in_the_reason_is_escaped() {
         let since = SystemTime::UNIX_EPOCH;
-        let event = ProcessEvent {
-            name: "echo".into(),
+        let event = EventLine {
+            name: "echo",
             from: ProcessState::Starting,
             to: ProcessState::Error,
             time: since,
-            reason: "exited with code 1: \x1b]0;pwned\x07\x1b[2J | bye\r".into(),
+            reason: "exited with code 1: \x1b]0;pwned\x07\x1b[2J | bye\r",
             pid: None,
         };
         assert_eq!(
-            format_event(&event, since, 4),
+            event.format(since, 4),
             r"[    0.000s] echo  starting -> error (exited with code 1: \x1b]0;pwned\x07\x1b[2J | bye\r)"
         );
     }
