@@ -13,13 +13,16 @@ mod size;
 mod values;
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     fmt, fs, io,
     os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
 };
 
-use tend::{BackgroundProcessConfig, ContainmentChoice, HealthCheck, HealthProbe, defaults};
+use tend::{
+    BackgroundProcessConfig, ContainmentChoice, HealthCheck, HealthProbe, Rlimit, RlimitValue,
+    defaults,
+};
 use toml_edit::ImDocument;
 
 use crate::state_dir::StateDir;
@@ -47,6 +50,11 @@ const PROCESS_KEYS: &[&str] = &[
     "memory_max",
     "pids_max",
     "cpu_max",
+    "user",
+    "group",
+    "supplementary_groups",
+    "umask",
+    "rlimits",
     "python",
     "node",
 ];
@@ -519,6 +527,19 @@ fn read_process(
             "memory_max" => config.memory_max = problems.size(&entry),
             "pids_max" => config.pids_max = problems.large_count(&entry),
             "cpu_max" => config.cpu_max = problems.number(&entry),
+            "user" => config.user = problems.id_or_name(&entry),
+            "group" => config.group = problems.id_or_name(&entry),
+            "supplementary_groups" => {
+                if let Some(groups) = problems.id_or_name_list(&entry) {
+                    config = config.supplementary_groups(groups);
+                }
+            }
+            "umask" => config.umask = problems.umask(&entry),
+            "rlimits" => {
+                if let Some(rlimits) = read_rlimits(&entry, problems) {
+                    config.rlimits = rlimits;
+                }
+            }
             // Recorded even when invalid, so that the default command
             // applies and no second problem is reported for it.
             "python" => {
@@ -634,6 +655,67 @@ fn read_process(
         environment,
         spans,
     })
+}
+
+/// `[process.NAME.rlimits]`: each key a resource (`nofile`), each value
+/// one limit for soft and hard alike (an integer or `"unlimited"`), or a
+/// table `{ soft = …, hard = … }`.
+fn read_rlimits(
+    entry: &Entry<'_>,
+    problems: &mut Problems<'_>,
+) -> Option<BTreeMap<Rlimit, RlimitValue>> {
+    let table = problems.table(entry)?;
+    let before = problems.len();
+    let mut rlimits = BTreeMap::new();
+    for inner in entries(table, &entry.key, &entry.span()) {
+        let short = &inner.key[entry.key.len() + 1..];
+        let resource = match short.parse::<Rlimit>() {
+            Ok(resource) => resource,
+            Err(message) => {
+                problems.add(
+                    inner.key_span.clone().or_else(|| inner.span()),
+                    &inner.key,
+                    message,
+                );
+                continue;
+            }
+        };
+        let value = if inner.item.is_table_like() {
+            read_soft_and_hard(&inner, problems)
+        } else {
+            problems.limit(&inner).map(RlimitValue::both)
+        };
+        if let Some(value) = value {
+            rlimits.insert(resource, value);
+        }
+    }
+    (problems.len() == before).then_some(rlimits)
+}
+
+/// `{ soft = …, hard = … }` of one resource limit; both are required.
+fn read_soft_and_hard(entry: &Entry<'_>, problems: &mut Problems<'_>) -> Option<RlimitValue> {
+    let table = problems.table(entry)?;
+    let before = problems.len();
+    let (mut soft, mut hard) = (None, None);
+    for inner in entries(table, &entry.key, &entry.span()) {
+        match &inner.key[entry.key.len() + 1..] {
+            "soft" => soft = problems.limit(&inner),
+            "hard" => hard = problems.limit(&inner),
+            _ => problems.unknown_key(&inner, &["soft", "hard"]),
+        }
+    }
+    match (soft, hard) {
+        (Some(soft), Some(hard)) => Some(RlimitValue { soft, hard }),
+        _ if problems.len() > before => None,
+        _ => {
+            problems.add(
+                entry.span(),
+                &entry.key,
+                "needs both soft and hard (or one value for both, such as `nofile = 4096`)",
+            );
+            None
+        }
+    }
 }
 
 /// `events`: a list of non-empty event names.
