@@ -13,7 +13,7 @@
 //! The table is passed, not global: a process may run several managers,
 //! and those that share a subreaper must share its table
 //! ([`crate::ManagerBuilder::children`],
-//! [`crate::envs::PluginEnvironmentManager::children`],
+//! `envs::PluginEnvironmentManager::children`,
 //! [`crate::subreaper::enable`]). Each manager otherwise gets a table of
 //! its own.
 

@@ -138,7 +138,7 @@ pub struct BackgroundProcessConfig {
     /// File the daemon's stdout and stderr are appended to, rotated by size.
     pub log_file: Option<PathBuf>,
     /// Events the daemon is subscribed to when it starts (see
-    /// [`crate::BackgroundProcessManager::publish`]).
+    /// `BackgroundProcessManager::publish`, with the `rpc` feature).
     pub events: Vec<String>,
     /// Most memory the daemon's cgroup may use, in bytes (`memory.max`):
     /// beyond it the kernel reclaims, then kills a member (OOM).

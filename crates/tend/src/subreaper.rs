@@ -36,7 +36,7 @@ pub struct Subreaper {
 /// children: every zombie child not in `children`. Every manager and
 /// environment manager of the process must register its children in that
 /// same table ([`crate::ManagerBuilder::children`],
-/// [`crate::envs::PluginEnvironmentManager::children`]), or the subreaper
+/// `envs::PluginEnvironmentManager::children`), or the subreaper
 /// would take their exit status. Must be called inside a tokio runtime.
 pub fn enable(children: ChildTable) -> io::Result<Subreaper> {
     rustix::process::set_child_subreaper(Some(rustix::process::getpid()))?;
