@@ -118,6 +118,32 @@
 //!   controller not delegated) is refused with
 //!   [`Error::LimitUnavailable`] before anything is spawned. With process
 //!   groups, `usage` is the group leader's.
+//! - **Another user, its own limits.** A manager running as root can run
+//!   a daemon as another user and group
+//!   ([`BackgroundProcessConfig::user`], `group`, `supplementary_groups`,
+//!   names or ids, resolved when the config is validated), with its own
+//!   resource limits ([`rlimits`](BackgroundProcessConfig::rlimits)) and
+//!   `umask`. The child sets them between clone and `exec`, and arms the
+//!   parent-death signal after the change of user, which clears it.
+//!
+//! # Queries, streams and the lookup rule
+//! Every method of the manager that takes a name fails with
+//! [`Error::UnknownProcess`] for a name never started; only
+//! [`is_running`](BackgroundProcessManager::is_running) answers `false`.
+//! [`subscribe`](BackgroundProcessManager::subscribe) and
+//! [`follow_logs`](BackgroundProcessManager::follow_logs) return
+//! [`futures_core::Stream`]s ([`Subscription`], [`LogFollower`]) that also
+//! have `recv` and `try_recv`.
+//!
+//! # Cargo features
+//! - `rpc` (default): the JSON-RPC client (`rpc` module,
+//!   `BackgroundProcessManager::rpc_client`) and event delivery to daemons
+//!   (`publish`, `subscribe_daemon`, the config's `events`).
+//! - `envs` (default): the plugin environment manager (`envs` module).
+//!
+//! The crate asks tokio only for what it uses; the app chooses its runtime
+//! flavour, and must call the manager inside a tokio runtime. It builds on
+//! Linux only.
 
 // tend is built on Linux interfaces with no portable equivalent: pidfds,
 // cgroup v2, PR_SET_PDEATHSIG, inotify, NETLINK_SOCK_DIAG, clone with
