@@ -83,7 +83,8 @@ impl LogFollower {
         }
     }
 
-    /// The next line; `None` once the manager is gone.
+    /// The next line; `None` once the manager is gone. Cancel-safe: a
+    /// `recv` dropped in a `select!` loses no line.
     pub async fn recv(&mut self) -> Option<LogLine> {
         use futures_core::Stream as _;
         std::future::poll_fn(|cx| std::pin::Pin::new(&mut self.lines).poll_next(cx)).await

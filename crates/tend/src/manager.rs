@@ -672,7 +672,8 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// The next event; `None` once the manager is gone.
+    /// The next event; `None` once the manager is gone. Cancel-safe: a
+    /// `recv` dropped in a `select!` loses no event.
     pub async fn recv(&mut self) -> Option<ProcessEvent> {
         std::future::poll_fn(|cx| std::pin::Pin::new(&mut *self).poll_next(cx)).await
     }

@@ -188,6 +188,7 @@ pub struct Notifications {
 
 impl Notifications {
     /// The next notification; `None` once the client is gone.
+    /// Cancel-safe.
     pub async fn recv(&mut self) -> Option<Notification> {
         use futures_core::Stream as _;
         std::future::poll_fn(|cx| std::pin::Pin::new(&mut self.inner).poll_next(cx)).await
