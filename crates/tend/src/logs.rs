@@ -102,6 +102,12 @@ impl LogFollower {
     }
 }
 
+impl std::fmt::Debug for LogFollower {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogFollower").finish_non_exhaustive()
+    }
+}
+
 impl futures_core::Stream for LogFollower {
     type Item = LogLine;
 

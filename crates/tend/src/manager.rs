@@ -175,6 +175,22 @@ pub fn default_state_dir() -> PathBuf {
     }
 }
 
+impl std::fmt::Debug for BackgroundProcessManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let processes = self
+            .inner
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len();
+        f.debug_struct("BackgroundProcessManager")
+            .field("state_dir", &self.inner.state_dir)
+            .field("containment", &self.containment())
+            .field("processes", &processes)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Default for BackgroundProcessManager {
     fn default() -> Self {
         Self::new()
@@ -690,6 +706,12 @@ impl Subscription {
         if missed > 0 {
             tracing::warn!(missed, "event subscriber fell behind");
         }
+    }
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription").finish_non_exhaustive()
     }
 }
 

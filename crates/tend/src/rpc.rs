@@ -206,6 +206,12 @@ impl Notifications {
     }
 }
 
+impl std::fmt::Debug for Notifications {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notifications").finish_non_exhaustive()
+    }
+}
+
 impl futures_core::Stream for Notifications {
     type Item = Notification;
 

@@ -27,6 +27,7 @@ use crate::{children::ChildTable, kill, procfs};
 
 /// Marks the calling process as a child subreaper and reaps adopted
 /// zombies until dropped.
+#[derive(Debug)]
 pub struct Subreaper {
     reaper: JoinHandle<()>,
     children: ChildTable,

@@ -164,7 +164,10 @@ async fn a_subscription_ends_when_the_manager_is_gone() {
     let mut events = sb.manager.subscribe();
     let Sandbox { manager, dir } = sb;
     drop(manager);
-    assert_eq!(within("the end of the stream", SOON, next(&mut events)).await, None);
+    assert_eq!(
+        within("the end of the stream", SOON, next(&mut events)).await,
+        None
+    );
     drop(dir);
 }
 
