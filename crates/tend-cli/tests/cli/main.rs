@@ -12,6 +12,7 @@ mod control_socket;
 mod escape;
 mod harness;
 mod health_probe;
+mod identity;
 mod kill9;
 mod lifecycle;
 mod limits;
