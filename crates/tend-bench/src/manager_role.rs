@@ -434,7 +434,7 @@ fn latency(runtime: &Runtime, args: &LatencyArgs) -> anyhow::Result<()> {
             let stubborn = &case.stubborn;
             let (total, after_exit) = runtime.block_on(async {
                 manager.start_process(stubborn.clone()).await?;
-                let pid = manager.pid("stubborn").context("no pid while running")?;
+                let pid = manager.pid("stubborn")?.context("no pid while running")?;
                 let watch = ExitWatch::start(pid)?;
                 let t0 = now_ns();
                 manager.stop_process("stubborn").await?;
@@ -480,7 +480,7 @@ fn tend_round(runtime: &Runtime, case: &mut LatencyCase) -> anyhow::Result<TendR
         t.running_to_return = returned - running;
         t.start_total = returned - t0;
 
-        let pid = manager.pid("lat").context("no pid while running")?;
+        let pid = manager.pid("lat")?.context("no pid while running")?;
         let killed = now_ns();
         sigkill(pid)?;
         let running = next_event(events, "lat", ProcessState::Running).await?;
@@ -490,7 +490,7 @@ fn tend_round(runtime: &Runtime, case: &mut LatencyCase) -> anyhow::Result<TendR
         t.kill_to_running = running - killed;
         t.crash_listen_to_running = running - second.listen_ns;
 
-        let pid = manager.pid("lat").context("no pid while running")?;
+        let pid = manager.pid("lat")?.context("no pid while running")?;
         let watch = ExitWatch::start(pid)?;
         let t0 = now_ns();
         manager.stop_process("lat").await?;
@@ -613,11 +613,11 @@ fn scale(runtime: &Runtime, args: &ScaleArgs) -> anyhow::Result<()> {
     let stamps = args.dir.join("tend.ts");
     let sockets = args.dir.join("s");
     std::fs::create_dir_all(&sockets)?;
-    let check = HealthCheck {
-        interval: Duration::from_millis(args.health_ms),
-        timeout: Duration::from_secs(1),
-        retries: 3,
-    };
+    let check = HealthCheck::new(
+        Duration::from_millis(args.health_ms),
+        Duration::from_secs(1),
+        3,
+    );
     let configs: Vec<BackgroundProcessConfig> = (0..args.n)
         .map(|i| {
             BackgroundProcessConfig::new(format!("d{i:05}"), &args.testd)

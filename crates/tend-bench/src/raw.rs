@@ -69,7 +69,7 @@ fn command(testd: &Path, socket: &Path, stamps: &Path, extra: &[&str]) -> Comman
         .arg("--timestamps")
         .arg(stamps)
         .args(extra)
-        .env(tend::spawn::SOCKET_PATH_ENV, socket)
+        .env(tend::SOCKET_PATH_ENV, socket)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -21,15 +21,15 @@ mod size;
 mod values;
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     fmt, fs, io,
     os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
 };
 
 use tend::{
-    BackgroundProcessConfig, ContainmentChoice, HealthCheck, HealthProbe, RestartPolicy,
-    StopSignal, defaults,
+    BackgroundProcessConfig, ContainmentChoice, HealthCheck, HealthProbe, RestartPolicy, Rlimit,
+    RlimitValue, StopSignal, defaults,
 };
 use toml_edit::ImDocument;
 
@@ -65,6 +65,11 @@ const PROCESS_KEYS: &[&str] = &[
     "memory_max",
     "pids_max",
     "cpu_max",
+    "user",
+    "group",
+    "supplementary_groups",
+    "umask",
+    "rlimits",
     "python",
     "node",
     "restart",
@@ -546,7 +551,7 @@ fn read_process(
 ) -> Option<ReadProcess> {
     let name = &process.key["process.".len()..];
     let before = problems.len();
-    if let Err(message) = tend::config::validate_name(name) {
+    if let Err(message) = tend::validate_name(name) {
         problems.add(
             process.key_span.clone(),
             &process.key,
@@ -701,6 +706,19 @@ fn read_process(
             "memory_max" => config.memory_max = problems.size(&entry),
             "pids_max" => config.pids_max = problems.large_count(&entry),
             "cpu_max" => config.cpu_max = problems.number(&entry),
+            "user" => config.user = problems.id_or_name(&entry),
+            "group" => config.group = problems.id_or_name(&entry),
+            "supplementary_groups" => {
+                if let Some(groups) = problems.id_or_name_list(&entry) {
+                    config = config.supplementary_groups(groups);
+                }
+            }
+            "umask" => config.umask = problems.umask(&entry),
+            "rlimits" => {
+                if let Some(rlimits) = read_rlimits(&entry, problems) {
+                    config.rlimits = rlimits;
+                }
+            }
             // Recorded even when invalid, so that the default command
             // applies and no second problem is reported for it.
             "python" => {
@@ -1011,6 +1029,67 @@ fn report_dependency_problems(
     }
 }
 
+/// `[process.NAME.rlimits]`: each key a resource (`nofile`), each value
+/// one limit for soft and hard alike (an integer or `"unlimited"`), or a
+/// table `{ soft = …, hard = … }`.
+fn read_rlimits(
+    entry: &Entry<'_>,
+    problems: &mut Problems<'_>,
+) -> Option<BTreeMap<Rlimit, RlimitValue>> {
+    let table = problems.table(entry)?;
+    let before = problems.len();
+    let mut rlimits = BTreeMap::new();
+    for inner in entries(table, &entry.key, &entry.span()) {
+        let short = &inner.key[entry.key.len() + 1..];
+        let resource = match short.parse::<Rlimit>() {
+            Ok(resource) => resource,
+            Err(message) => {
+                problems.add(
+                    inner.key_span.clone().or_else(|| inner.span()),
+                    &inner.key,
+                    message,
+                );
+                continue;
+            }
+        };
+        let value = if inner.item.is_table_like() {
+            read_soft_and_hard(&inner, problems)
+        } else {
+            problems.limit(&inner).map(RlimitValue::both)
+        };
+        if let Some(value) = value {
+            rlimits.insert(resource, value);
+        }
+    }
+    (problems.len() == before).then_some(rlimits)
+}
+
+/// `{ soft = …, hard = … }` of one resource limit; both are required.
+fn read_soft_and_hard(entry: &Entry<'_>, problems: &mut Problems<'_>) -> Option<RlimitValue> {
+    let table = problems.table(entry)?;
+    let before = problems.len();
+    let (mut soft, mut hard) = (None, None);
+    for inner in entries(table, &entry.key, &entry.span()) {
+        match &inner.key[entry.key.len() + 1..] {
+            "soft" => soft = problems.limit(&inner),
+            "hard" => hard = problems.limit(&inner),
+            _ => problems.unknown_key(&inner, &["soft", "hard"]),
+        }
+    }
+    match (soft, hard) {
+        (Some(soft), Some(hard)) => Some(RlimitValue { soft, hard }),
+        _ if problems.len() > before => None,
+        _ => {
+            problems.add(
+                entry.span(),
+                &entry.key,
+                "needs both soft and hard (or one value for both, such as `nofile = 4096`)",
+            );
+            None
+        }
+    }
+}
+
 /// `events`: a list of non-empty event names.
 fn read_events(entry: &Entry<'_>, problems: &mut Problems<'_>) -> Option<Vec<String>> {
     let events = problems.string_list(entry)?;
@@ -1167,7 +1246,7 @@ fn report_library_problems(
     else {
         return;
     };
-    for problem in found.0 {
+    for problem in &found {
         let Some(key) = file_key(problem.field) else {
             continue;
         };
@@ -1176,7 +1255,11 @@ fn report_library_problems(
             continue;
         }
         let span = spans.get(key).cloned().flatten().or_else(|| process.span());
-        problems.add(span, format!("{}.{key}", process.key), problem.message);
+        problems.add(
+            span,
+            format!("{}.{key}", process.key),
+            problem.message.clone(),
+        );
     }
 }
 

@@ -167,6 +167,8 @@ fn kind_name(kind: EnvKind) -> &'static str {
     match kind {
         EnvKind::Python => "python",
         EnvKind::Node => "node",
+        // Non-exhaustive: a later kind is named generically.
+        _ => "environment",
     }
 }
 
@@ -183,6 +185,7 @@ fn report_progress(progress: Progress<'_>) {
             let what = match kind {
                 EnvKind::Python => "python requirements (pip)",
                 EnvKind::Node => "node packages (npm)",
+                _ => "dependencies",
             };
             say!("tend: {name}: installing {what}…");
         }

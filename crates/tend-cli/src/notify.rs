@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use rustix::net::{AddressFamily, SendFlags, SocketAddrUnix, SocketFlags, SocketType};
-use tend::{ProcessEvent, ProcessState};
+use tend::ProcessState;
 
 /// The environment variable systemd sets for a `Type=notify` service.
 pub const NOTIFY_SOCKET_ENV: &str = "NOTIFY_SOCKET";
@@ -129,8 +129,8 @@ impl StateCounts {
     }
 
     /// Takes in `event`.
-    pub fn apply(&mut self, event: &ProcessEvent) {
-        self.states.insert(event.name.clone(), event.to);
+    pub fn apply(&mut self, name: &str, to: ProcessState) {
+        self.states.insert(name.to_owned(), to);
     }
 
     /// "3 daemons: 2 running, 1 error", states in lifecycle order.
@@ -153,7 +153,6 @@ impl StateCounts {
 
 #[cfg(test)]
 mod tests {
-    use std::time::SystemTime;
 
     use super::*;
 
@@ -172,16 +171,8 @@ mod tests {
     fn the_status_counts_states_from_events() {
         let mut counts = StateCounts::new(["a", "b", "c"]);
         assert_eq!(counts.summary(), "3 daemons: 3 starting");
-        let event = |name: &str, to| ProcessEvent {
-            name: name.into(),
-            from: ProcessState::Starting,
-            to,
-            time: SystemTime::now(),
-            reason: String::new(),
-            pid: None,
-        };
-        counts.apply(&event("a", ProcessState::Running));
-        counts.apply(&event("b", ProcessState::Error));
+        counts.apply("a", ProcessState::Running);
+        counts.apply("b", ProcessState::Error);
         assert_eq!(
             counts.summary(),
             "3 daemons: 1 starting, 1 running, 1 error"

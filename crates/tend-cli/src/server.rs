@@ -228,7 +228,7 @@ impl ServerContext {
         let retries = config
             .and_then(|config| config.healthcheck)
             .map(|check| check.retries);
-        let info = self.manager.process_info(name);
+        let info = self.manager.process_info(name).ok();
         if let Some(info) = info.as_ref().filter(|info| info.state.is_active()) {
             return Some(ProcessStatus::new(info.clone(), retries));
         }

@@ -40,7 +40,7 @@ async fn show_environment(
     config: BackgroundProcessConfig,
 ) -> Result<(), Box<dyn std::error::Error>> {
     manager.start_process(config).await?;
-    let pid = manager.pid("with-env").ok_or("no pid while running")?;
+    let pid = manager.pid("with-env")?.ok_or("no pid while running")?;
 
     // Linux only: the environment the daemon was started with.
     let environ = std::fs::read(format!("/proc/{pid}/environ"))?;

@@ -102,7 +102,7 @@ async fn fail_in_five_ways(
         }
     })
     .await?;
-    let info = manager.process_info("fails-later").ok_or("unknown name")?;
+    let info = manager.process_info("fails-later")?;
     println!(
         "fails-later: state {}, {} restart(s), last_error: {}",
         info.state,
@@ -126,18 +126,18 @@ async fn try_start(manager: &BackgroundProcessManager, config: BackgroundProcess
         Error::StartupTimeout { timeout, .. } => format!("startup timeout ({timeout:?})"),
         Error::Spawn { source, .. } => format!("could not spawn ({source})"),
         Error::InvalidConfig { problems, .. } => {
-            format!("invalid config ({} problems)", problems.0.len())
+            format!("invalid config ({} problems)", problems.len())
         }
         _ => "other".to_owned(),
     };
     println!("{name}: {kind}");
     println!("  error:      {error}");
     match manager.process_info(&name) {
-        Some(info) => println!(
+        Ok(info) => println!(
             "  state:      {}\n  last_error: {}",
             info.state,
             info.last_error.as_deref().unwrap_or("-")
         ),
-        None => println!("  (no process of that name was recorded)"),
+        Err(_) => println!("  (no process of that name was recorded)"),
     }
 }

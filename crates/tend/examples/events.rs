@@ -54,16 +54,16 @@ async fn start_crash_stop(
         .await?;
 
     // Simulate a crash: SIGKILL the daemon behind tend's back.
-    let pid = manager.pid("echo").ok_or("no pid while running")?;
+    let pid = manager.pid("echo")?.ok_or("no pid while running")?;
     println!("-- killing pid {pid}");
     kill_process(Pid::from_raw(pid as i32).ok_or("bad pid")?, Signal::KILL)?;
 
     // Wait until tend has brought up a new incarnation.
     wait_until(Duration::from_secs(10), || {
-        manager.is_running("echo") && manager.pid("echo").is_some_and(|p| p != pid)
+        manager.is_running("echo") && manager.pid("echo").ok().flatten().is_some_and(|p| p != pid)
     })
     .await?;
-    println!("-- restarted as pid {:?}; stopping", manager.pid("echo"));
+    println!("-- restarted as pid {:?}; stopping", manager.pid("echo")?);
     manager.stop_process("echo").await?;
     Ok(())
 }

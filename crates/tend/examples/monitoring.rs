@@ -41,12 +41,12 @@ async fn monitor(
 
     // The quick checks.
     println!("is_running(alpha) = {}", manager.is_running("alpha"));
-    println!("state(alpha)      = {:?}", manager.state("alpha"));
-    println!("pid(alpha)        = {:?}", manager.pid("alpha"));
+    println!("state(alpha)      = {:?}", manager.state("alpha")?);
+    println!("pid(alpha)        = {:?}", manager.pid("alpha")?);
     println!("state(unknown)    = {:?}", manager.state("unknown"));
 
     // Everything about one process.
-    let info = manager.process_info("alpha").ok_or("unknown name")?;
+    let info = manager.process_info("alpha")?;
     println!("\nprocess_info(alpha):");
     println!("  state                {}", info.state);
     println!("  pid                  {:?}", info.pid);

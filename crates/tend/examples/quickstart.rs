@@ -35,17 +35,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .socket_path(&socket_path)
                 .startup_timeout(defaults::STARTUP_TIMEOUT)
                 .shutdown_grace_period(defaults::SHUTDOWN_GRACE_PERIOD)
-                .healthcheck(HealthCheck {
-                    interval: defaults::HEALTH_CHECK_INTERVAL,
-                    timeout: defaults::HEALTH_CHECK_TIMEOUT,
-                    retries: defaults::MAX_HEALTH_CHECK_FAILURES,
-                }),
+                .healthcheck(HealthCheck::new(
+                    defaults::HEALTH_CHECK_INTERVAL,
+                    defaults::HEALTH_CHECK_TIMEOUT,
+                    defaults::MAX_HEALTH_CHECK_FAILURES,
+                )),
         )
         .await?;
     println!(
         "my-plugin is {} with pid {:?}, serving {}",
-        manager.state("my-plugin").expect("known name"),
-        manager.pid("my-plugin"),
+        manager.state("my-plugin")?,
+        manager.pid("my-plugin")?,
         socket_path.display()
     );
 
@@ -55,7 +55,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     manager.stop_process("my-plugin").await?;
     println!(
         "my-plugin is {} after {:?}; socket file left behind: {}",
-        manager.state("my-plugin").expect("known name"),
+        manager.state("my-plugin")?,
         asked.elapsed(),
         socket_path.exists()
     );

@@ -13,13 +13,13 @@
 //! The table is passed, not global: a process may run several managers,
 //! and those that share a subreaper must share its table
 //! ([`crate::ManagerBuilder::children`],
-//! [`crate::envs::PluginEnvironmentManager::children`],
+//! `envs::PluginEnvironmentManager::children`,
 //! [`crate::subreaper::enable`]). Each manager otherwise gets a table of
 //! its own.
 
 use std::{
     collections::BTreeMap,
-    fmt, io,
+    fmt,
     os::fd::{AsFd, OwnedFd},
     sync::{Arc, Mutex, MutexGuard, OnceLock},
     thread,
@@ -87,7 +87,7 @@ impl ChildTable {
     /// Spawns `command` (a helper such as an installer, not a daemon) and
     /// registers the child, under the lock the subreaper takes. Forget it
     /// with [`Self::forget`] once reaped.
-    pub(crate) fn spawn_registered(&self, command: &mut Command) -> io::Result<Child> {
+    pub(crate) fn spawn_registered(&self, command: &mut Command) -> std::io::Result<Child> {
         let mut children = self.lock();
         let child = command.spawn()?;
         if let Some(pid) = child.id() {

@@ -2,6 +2,7 @@
 //! [`HealthCheck`], with validation that reports every problem at once.
 
 use std::{
+    collections::BTreeMap,
     ffi::{OsStr, OsString},
     os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
@@ -9,8 +10,10 @@ use std::{
 };
 
 use crate::{
+    credentials::{self, IdOrName},
     defaults,
     error::{ConfigProblem, ConfigProblems, Error},
+    rlimit::{Rlimit, RlimitValue},
 };
 
 mod probes;
@@ -20,7 +23,11 @@ pub use probes::{ExecProbe, HttpProbe, Readiness, TcpProbe};
 
 /// Periodic liveness check over the daemon's socket; what a check does is
 /// chosen by [`HealthProbe`].
+///
+/// Build it with [`HealthCheck::new`] or from [`HealthCheck::default`];
+/// the fields can be read and changed, and more may be added.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HealthCheck {
     /// Time between the end of one check and the start of the next; checks
     /// never overlap. A check falls due on a tick shared with other checks,
@@ -36,19 +43,32 @@ pub struct HealthCheck {
     pub retries: u32,
 }
 
+impl HealthCheck {
+    /// A check every `interval`, each allowed `timeout`, `retries` failures
+    /// in a row making tend restart the daemon.
+    pub fn new(interval: Duration, timeout: Duration, retries: u32) -> Self {
+        HealthCheck {
+            interval,
+            timeout,
+            retries,
+        }
+    }
+}
+
 impl Default for HealthCheck {
     fn default() -> Self {
-        HealthCheck {
-            interval: defaults::HEALTH_CHECK_INTERVAL,
-            timeout: defaults::HEALTH_CHECK_TIMEOUT,
-            retries: defaults::MAX_HEALTH_CHECK_FAILURES,
-        }
+        HealthCheck::new(
+            defaults::HEALTH_CHECK_INTERVAL,
+            defaults::HEALTH_CHECK_TIMEOUT,
+            defaults::MAX_HEALTH_CHECK_FAILURES,
+        )
     }
 }
 
 /// What a health check does: over the daemon's Unix socket (`Connect`,
 /// `Accept`, `Ping`), or against another target (`Tcp`, `Http`, `Exec`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum HealthProbe {
     /// Proves what a connect proves: a listener is bound to the socket and
     /// its accept queue is not full.
@@ -232,7 +252,12 @@ impl std::fmt::Display for StopSignal {
 /// How to run and supervise one daemon. Build it with [`Self::new`] and the
 /// chained setters; every setting not given takes its value from
 /// [`crate::defaults`].
+///
+/// The fields are public to read and to change, but the struct may gain
+/// fields in any release: build it with `new`, never with a struct
+/// literal.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct BackgroundProcessConfig {
     /// Unique name: `[A-Za-z0-9._-]`, not `.` or `..`, at most 64 bytes.
     pub name: String,
@@ -291,7 +316,7 @@ pub struct BackgroundProcessConfig {
     /// Rotated log files kept besides the live one (`<file>.1` …).
     pub log_file_keep: u32,
     /// Events the daemon is subscribed to when it starts (see
-    /// [`crate::BackgroundProcessManager::publish`]).
+    /// `BackgroundProcessManager::publish`, with the `rpc` feature).
     pub events: Vec<String>,
     /// Most memory the daemon's cgroup may use, in bytes (`memory.max`):
     /// beyond it the kernel reclaims, then kills a member (OOM).
@@ -313,6 +338,34 @@ pub struct BackgroundProcessConfig {
     /// `200000 100000`: a quota per 100 ms period). At least `0.01`. Needs
     /// the `cpu` controller (see [`memory_max`](Self::memory_max)).
     pub cpu_max: Option<f64>,
+    /// The user the daemon runs as (`setresuid` before `exec`); the
+    /// manager's when `None`. Changing it needs root (`CAP_SETUID`).
+    /// With a user, [`group`](Self::group) defaults to its primary group
+    /// and the supplementary groups are its memberships in the group
+    /// database, plus [`supplementary_groups`](Self::supplementary_groups).
+    /// Names are looked up when the config is validated and at each
+    /// spawn; an unknown name is refused naming it.
+    ///
+    /// The parent-death signal is armed after the change (the kernel
+    /// clears it when the uid changes), and the working directory is
+    /// entered and the command executed as the user: a daemon cannot read
+    /// what its user could not.
+    pub user: Option<IdOrName>,
+    /// The daemon's group (`setresgid`); `user`'s primary group, else the
+    /// manager's, when `None`. Needs root (`CAP_SETGID`) to change.
+    pub group: Option<IdOrName>,
+    /// Supplementary groups (`setgroups`), added to `user`'s memberships.
+    /// When any of `user`, `group` or this is set, the daemon never keeps
+    /// the manager's own supplementary groups.
+    pub supplementary_groups: Vec<IdOrName>,
+    /// File mode creation mask of the daemon (`0o027` keeps new files
+    /// from others); the manager's when `None`.
+    pub umask: Option<u32>,
+    /// Resource limits set on the daemon before `exec` (`setrlimit`),
+    /// before the change of user, so a hard limit may be raised by a root
+    /// manager. Limits not listed are inherited from the manager (the open
+    /// file limit as the manager had it before raising its own).
+    pub rlimits: BTreeMap<Rlimit, RlimitValue>,
 }
 
 impl BackgroundProcessConfig {
@@ -344,6 +397,11 @@ impl BackgroundProcessConfig {
             memory_max: None,
             pids_max: None,
             cpu_max: None,
+            user: None,
+            group: None,
+            supplementary_groups: Vec::new(),
+            umask: None,
+            rlimits: BTreeMap::new(),
         }
     }
 
@@ -497,8 +555,46 @@ impl BackgroundProcessConfig {
         self
     }
 
-    /// Whether any resource limit is set.
-    pub fn has_limits(&self) -> bool {
+    /// Runs the daemon as `user`, a name or a numeric uid (see
+    /// [`user`](Self::user)).
+    pub fn user(mut self, user: impl Into<IdOrName>) -> Self {
+        self.user = Some(user.into());
+        self
+    }
+
+    /// Runs the daemon with `group` as its group, a name or a numeric gid.
+    pub fn group(mut self, group: impl Into<IdOrName>) -> Self {
+        self.group = Some(group.into());
+        self
+    }
+
+    /// Adds supplementary groups, names or numeric gids.
+    pub fn supplementary_groups<I, G>(mut self, groups: I) -> Self
+    where
+        I: IntoIterator<Item = G>,
+        G: Into<IdOrName>,
+    {
+        self.supplementary_groups
+            .extend(groups.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets the daemon's file mode creation mask (`0o027`).
+    pub fn umask(mut self, mask: u32) -> Self {
+        self.umask = Some(mask);
+        self
+    }
+
+    /// Sets a resource limit of the daemon: `soft` and `hard`, `None`
+    /// being unlimited (see [`rlimits`](Self::rlimits)).
+    pub fn rlimit(mut self, resource: Rlimit, soft: Option<u64>, hard: Option<u64>) -> Self {
+        self.rlimits.insert(resource, RlimitValue { soft, hard });
+        self
+    }
+
+    /// Whether any cgroup resource limit (`memory_max`, `pids_max`,
+    /// `cpu_max`) is set.
+    pub(crate) fn has_limits(&self) -> bool {
         self.memory_max.is_some() || self.pids_max.is_some() || self.cpu_max.is_some()
     }
 
@@ -605,6 +701,12 @@ impl BackgroundProcessConfig {
             );
         }
 
+        if !self.events.is_empty() && !cfg!(feature = "rpc") {
+            problem(
+                "events",
+                "events are delivered by the JSON-RPC client, which this build of tend leaves out; enable the crate's rpc feature".into(),
+            );
+        }
         if !self.events.is_empty() && self.socket_path.is_none() {
             problem(
                 "events",
@@ -633,6 +735,30 @@ impl BackgroundProcessConfig {
                     ),
                 );
             }
+        }
+
+        if let Some(mask) = self.umask {
+            if mask > 0o777 {
+                problem(
+                    "umask",
+                    format!("{mask:#o} is not a file mode mask; give one from 0o000 to 0o777"),
+                );
+            }
+        }
+        for (resource, value) in &self.rlimits {
+            if !value.is_ordered() {
+                problem(
+                    "rlimits",
+                    format!(
+                        "{resource}: the soft limit must not be above the hard one (found soft {}, hard {})",
+                        limit_text(value.soft),
+                        limit_text(value.hard)
+                    ),
+                );
+            }
+        }
+        if let Err(e) = credentials::resolve(self) {
+            problem(e.field, e.message);
         }
 
         if problems.is_empty() {
@@ -717,10 +843,14 @@ impl BackgroundProcessConfig {
 
 /// The smallest `cpu_max`: 1 ms of CPU per 100 ms period, the kernel's
 /// smallest quota.
-pub const MIN_CPU_MAX: f64 = 0.01;
+pub(crate) const MIN_CPU_MAX: f64 = 0.01;
 /// The largest `cpu_max`, far beyond any machine, so the quota stays well
 /// inside the kernel's range.
-pub const MAX_CPU_MAX: f64 = 1_000_000.0;
+pub(crate) const MAX_CPU_MAX: f64 = 1_000_000.0;
+
+fn limit_text(limit: Option<u64>) -> String {
+    limit.map_or("unlimited".into(), |n| n.to_string())
+}
 
 fn has_nul(s: &OsStr) -> bool {
     s.as_bytes().contains(&0)
@@ -840,11 +970,7 @@ mod tests {
             .startup_timeout(Duration::ZERO)
             .plugin_path("/definitely/not/here")
             .env("A=B", "v")
-            .healthcheck(HealthCheck {
-                interval: Duration::ZERO,
-                timeout: Duration::ZERO,
-                retries: 0,
-            });
+            .healthcheck(HealthCheck::new(Duration::ZERO, Duration::ZERO, 0));
         assert_eq!(
             problems(&config),
             [
@@ -919,6 +1045,24 @@ mod tests {
             assert_eq!(policy.restarts(clean), restarts, "{policy:?} clean={clean}");
         }
         assert_eq!(RestartPolicy::default(), RestartPolicy::Always);
+    }
+
+    #[test]
+    fn identity_and_limits_are_checked() {
+        let good = BackgroundProcessConfig::new("p", "/bin/true")
+            .user("root")
+            .group(0)
+            .supplementary_groups(["root"])
+            .umask(0o027)
+            .rlimit(Rlimit::Nofile, Some(512), Some(1024))
+            .rlimit(Rlimit::Core, Some(0), None);
+        assert_eq!(problems(&good), Vec::<&str>::new());
+        let bad = BackgroundProcessConfig::new("p", "/bin/true")
+            .user("no-such-user-tend")
+            .umask(0o1000)
+            .rlimit(Rlimit::Nofile, Some(2048), Some(1024))
+            .rlimit(Rlimit::Core, None, Some(0));
+        assert_eq!(problems(&bad), ["umask", "rlimits", "rlimits", "user"]);
     }
 
     #[test]

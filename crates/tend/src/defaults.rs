@@ -2,6 +2,9 @@
 //!
 //! The first seven equal the constants of the system tend reimplements, so a
 //! plugin written against it behaves the same under tend.
+//!
+//! The names are API; the values are behaviour: a release may tune one
+//! (and says so in its notes), never remove or retype it.
 
 use std::time::Duration;
 

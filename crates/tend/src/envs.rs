@@ -154,6 +154,7 @@ fn io_error(context: impl Into<String>) -> impl FnOnce(io::Error) -> EnvError {
 
 /// Which kind of environment a [`Progress`] report is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum EnvKind {
     /// A Python virtualenv.
     Python,

@@ -10,6 +10,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// One problem found while validating a [`crate::BackgroundProcessConfig`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ConfigProblem {
     /// The setting at fault, as its builder method is named (`socket_path`).
     pub field: &'static str,
@@ -24,9 +25,36 @@ impl fmt::Display for ConfigProblem {
 }
 
 /// Every problem of one config, reported together so a user fixes them in
-/// one pass.
+/// one pass; at least one.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigProblems(pub Vec<ConfigProblem>);
+pub struct ConfigProblems(pub(crate) Vec<ConfigProblem>);
+
+impl ConfigProblems {
+    /// The problems, in the order of the config's fields.
+    pub fn iter(&self) -> std::slice::Iter<'_, ConfigProblem> {
+        self.0.iter()
+    }
+
+    /// How many problems there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Always false: an error holds at least one problem. For clippy's
+    /// sake, and for symmetry with [`len`](Self::len).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<'a> IntoIterator for &'a ConfigProblems {
+    type Item = &'a ConfigProblem;
+    type IntoIter = std::slice::Iter<'a, ConfigProblem>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
 
 impl fmt::Display for ConfigProblems {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -52,7 +80,10 @@ pub enum Error {
         /// Everything that is wrong with it.
         problems: ConfigProblems,
     },
-    /// No process of that name was ever started on this manager.
+    /// No process of that name was ever started on this manager. Every
+    /// method of [`crate::BackgroundProcessManager`] that takes a name
+    /// fails with this for such a name (only `is_running` answers
+    /// `false`); a name stays known once started, whatever its state.
     #[error("no process named {0:?}")]
     UnknownProcess(String),
     /// A start was asked for a process that is already up or on its way.

@@ -469,11 +469,7 @@ mod tests {
             path: path.to_path_buf(),
             tcp: None,
             require_accept: false,
-            check: HealthCheck {
-                interval: Duration::from_millis(100),
-                timeout: Duration::from_millis(300),
-                retries: 3,
-            },
+            check: HealthCheck::new(Duration::from_millis(100), Duration::from_millis(300), 3),
             shared: Arc::new(Shared::new("t", LogBuffer::new(1, None), events)),
             next_due: Instant::now(),
             failures: 0,

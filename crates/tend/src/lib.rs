@@ -42,12 +42,12 @@
 //!
 //! # Theory of operation
 //! - **One task per process.** Each started name gets a supervisor task
-//!   ([`supervisor`]) that owns its child processes and is the only writer
+//!   (`supervisor.rs`) that owns its child processes and is the only writer
 //!   of its state. The manager keeps a registry of those tasks and forwards
 //!   start and stop requests to them, so requests on one name are handled
 //!   in order and a stop overtakes a pending start. Queries read a snapshot
 //!   the task publishes and never wait for a daemon.
-//! - **States move through a table.** [`state::next_state`] maps a state
+//! - **States move through a table.** A transition table (`state.rs`) maps a state
 //!   and an occurrence (ready, failed, stop requested, group gone) to the
 //!   next state; the task only feeds occurrences into it. Every change is
 //!   broadcast as a [`ProcessEvent`].
@@ -80,7 +80,7 @@
 //!   inotify); `Stopped` is never reported while one is. A daemon that
 //!   crashes has its leftover children killed before it is restarted.
 //! - **No orphans.** Daemons are spawned from one long-lived thread
-//!   ([`spawn`]), without `fork`, with a parent-death signal; dropping the
+//!   (`spawn.rs`), without `fork`, with a parent-death signal; dropping the
 //!   manager SIGKILLs what it still runs. Because that signal reaches only
 //!   the leader, and the kernel clears it when a daemon changes its uid,
 //!   each manager also starts a *guard*: a small copy of itself, in a
@@ -94,7 +94,7 @@
 //!   supervisors. Each spawn is also recorded, with the PID's start time,
 //!   in the manager's journal in the state directory, so the next start (or
 //!   [`BackgroundProcessManager::cleanup_orphans`]) stops whatever survived
-//!   — and only what it proves is its own ([`orphans`]): journals of this
+//!   — and only what it proves is its own (`orphans/`): journals of this
 //!   user in a state directory of this user (never a file another user
 //!   planted, nor a link), well-formed records (never PID or group 1), a
 //!   group whose leader still has the recorded start time (never a process
@@ -124,32 +124,76 @@
 //!   controller not delegated) is refused with
 //!   [`Error::LimitUnavailable`] before anything is spawned. With process
 //!   groups, `usage` is the group leader's.
+//! - **Another user, its own limits.** A manager running as root can run
+//!   a daemon as another user and group
+//!   ([`BackgroundProcessConfig::user`], `group`, `supplementary_groups`,
+//!   names or ids, resolved when the config is validated), with its own
+//!   resource limits ([`rlimits`](BackgroundProcessConfig::rlimits)) and
+//!   `umask`. The child sets them between clone and `exec`, and arms the
+//!   parent-death signal after the change of user, which clears it.
+//!
+//! # Queries, streams and the lookup rule
+//! Every method of the manager that takes a name fails with
+//! [`Error::UnknownProcess`] for a name never started; only
+//! [`is_running`](BackgroundProcessManager::is_running) answers `false`.
+//! [`subscribe`](BackgroundProcessManager::subscribe) and
+//! [`follow_logs`](BackgroundProcessManager::follow_logs) return
+//! [`futures_core::Stream`]s ([`Subscription`], [`LogFollower`]) that also
+//! have `recv` and `try_recv`.
+//!
+//! # Cargo features
+//! - `rpc` (default): the JSON-RPC client (`rpc` module,
+//!   `BackgroundProcessManager::rpc_client`) and event delivery to daemons
+//!   (`publish`, `subscribe_daemon`, the config's `events`).
+//! - `envs` (default): the plugin environment manager (`envs` module).
+//!
+//! The crate asks tokio only for what it uses; the app chooses its runtime
+//! flavour, and must call the manager inside a tokio runtime. It builds on
+//! Linux only.
+
+// tend is built on Linux interfaces with no portable equivalent: pidfds,
+// cgroup v2, PR_SET_PDEATHSIG, inotify, NETLINK_SOCK_DIAG, clone with
+// CLONE_PIDFD. A clear message here beats a thousand unresolved imports.
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "tend supports Linux only (5.4 or later): it relies on pidfds, cgroup v2, PR_SET_PDEATHSIG, inotify and NETLINK_SOCK_DIAG"
+);
 
 mod cgroup;
 mod children;
-pub mod config;
+mod config;
+mod credentials;
 pub mod defaults;
+#[cfg(feature = "rpc")]
 mod delivery;
+#[cfg(feature = "envs")]
 pub mod envs;
 mod error;
 mod guard;
 mod health;
 pub mod human;
 mod kill;
-pub mod logs;
+mod lagging;
+mod logs;
 mod manager;
-pub mod orphans;
+mod orphans;
+// Not part of the API: `tend up` keeps its socket and its own records in
+// a directory checked the same way as the state directory, and shares the
+// code. Hidden from the docs and the API snapshot; may change in any
+// release.
+#[doc(hidden)]
 pub mod private_dir;
 mod probe;
 mod procfs;
 mod rlimit;
+#[cfg(feature = "rpc")]
 pub mod rpc;
 mod shared;
 mod sockdiag;
-pub mod spawn;
-pub mod state;
+mod spawn;
+mod state;
 pub mod subreaper;
-pub mod supervisor;
+mod supervisor;
 mod watch;
 
 pub use cgroup::{CONTAINMENT_ENV, Containment, ContainmentChoice, ResourceUsage};
@@ -158,10 +202,19 @@ pub use config::{
     BackgroundProcessConfig, ExecProbe, HealthCheck, HealthProbe, HttpProbe, Readiness, TcpProbe,
 };
 pub use config::{RestartPolicy, StopSignal};
+pub use credentials::IdOrName;
 pub use error::{ConfigProblem, ConfigProblems, Error, Result};
-pub use logs::{LogLine, Stream};
+pub use logs::{LogFollower, LogLine, Stream, read_log_file};
 pub use manager::{
     BackgroundProcessManager, GUARD_ENV, ManagerBuilder, Received, Subscription, default_state_dir,
 };
 pub use orphans::CleanupReport;
+pub use rlimit::{Rlimit, RlimitValue};
+pub use spawn::{MANAGER_ID_ENV, SOCKET_PATH_ENV};
 pub use state::{ExitStatus, ProcessEvent, ProcessInfo, ProcessState};
+
+// Not part of the API: `tend up` checks names while it reads its TOML file,
+// so an error can name the file and line. Hidden; may change in any
+// release.
+#[doc(hidden)]
+pub use config::validate_name;

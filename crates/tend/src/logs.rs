@@ -66,8 +66,9 @@ impl Stream {
     }
 }
 
-/// One line of daemon output.
+/// One line of daemon output. Fields may be added in any release.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct LogLine {
     /// The pipe it came from.
     pub stream: Stream,
@@ -96,6 +97,60 @@ pub(crate) struct OpenedLog {
     pub max_bytes: u64,
     /// Rotated files kept.
     pub keep: u32,
+}
+
+/// The lines a process writes from now on, from
+/// [`crate::BackgroundProcessManager::follow_logs`]: a
+/// [`futures_core::Stream`] of [`LogLine`]s, or [`recv`](Self::recv) them
+/// one by one. It follows the process across restarts and ends once the
+/// manager is gone. A follower that falls more than the log ring's size
+/// behind skips the oldest lines it missed; [`take_missed`](Self::take_missed)
+/// says how many.
+pub struct LogFollower {
+    lines: crate::lagging::SkipLagged<LogLine>,
+}
+
+impl LogFollower {
+    pub(crate) fn new(receiver: broadcast::Receiver<LogLine>) -> Self {
+        LogFollower {
+            lines: crate::lagging::SkipLagged::new(receiver),
+        }
+    }
+
+    /// The next line; `None` once the manager is gone. Cancel-safe: a
+    /// `recv` dropped in a `select!` loses no line.
+    pub async fn recv(&mut self) -> Option<LogLine> {
+        use futures_core::Stream as _;
+        std::future::poll_fn(|cx| std::pin::Pin::new(&mut self.lines).poll_next(cx)).await
+    }
+
+    /// The next line if one is already waiting.
+    pub fn try_recv(&mut self) -> Option<LogLine> {
+        self.lines.try_next()
+    }
+
+    /// How many lines were skipped, because this follower fell behind,
+    /// since the last call.
+    pub fn take_missed(&mut self) -> u64 {
+        self.lines.take_missed()
+    }
+}
+
+impl std::fmt::Debug for LogFollower {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogFollower").finish_non_exhaustive()
+    }
+}
+
+impl futures_core::Stream for LogFollower {
+    type Item = LogLine;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<LogLine>> {
+        std::pin::Pin::new(&mut self.lines).poll_next(cx)
+    }
 }
 
 /// The output of one process (across its incarnations).
@@ -507,7 +562,7 @@ pub fn parse_log_line(line: &str) -> LogLine {
 /// from it (`path.1`, … up to `keep`), oldest first: what a front end
 /// shows when no manager runs. A file that is not there is skipped; one
 /// that is not this user's own regular file (a symlink, another user's) is
-/// refused, as [`open_log_file`] refuses to write it. Invalid UTF-8 is
+/// refused, as tend refuses to write it. Invalid UTF-8 is
 /// replaced.
 pub fn read_log_file(path: &Path, keep: u32, n: usize) -> io::Result<Vec<LogLine>> {
     let mut newest_first: Vec<LogLine> = Vec::new();

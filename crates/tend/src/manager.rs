@@ -16,20 +16,26 @@ use std::{
     time::Duration,
 };
 
+use futures_core::Stream as _;
 use tokio::sync::{broadcast, mpsc, oneshot};
+
+#[cfg(feature = "rpc")]
+use crate::{
+    delivery::{EventDelivery, PublishedEvent},
+    rpc,
+};
 
 use crate::{
     cgroup::{Containment, ContainmentChoice, ManagerCgroup},
     children::ChildTable,
     config::BackgroundProcessConfig,
     defaults,
-    delivery::{EventDelivery, PublishedEvent},
     error::{Error, Result},
     guard::Guard,
     health::HealthBoard,
-    logs::{self, LogBuffer, LogLine},
+    lagging::SkipLagged,
+    logs::{self, LogBuffer, LogFollower, LogLine},
     orphans::{CleanupReport, OrphanRegistry},
-    rpc,
     shared::Shared,
     spawn::Spawner,
     state::{Occurrence, ProcessEvent, ProcessInfo, ProcessState},
@@ -167,6 +173,22 @@ pub fn default_state_dir() -> PathBuf {
         Some(dir) if !dir.is_empty() => Path::new(&dir).join("tend"),
         _ if Path::new("/dev/shm").is_dir() => PathBuf::from(format!("/dev/shm/tend-{uid}")),
         _ => std::env::temp_dir().join(format!("tend-{uid}")),
+    }
+}
+
+impl std::fmt::Debug for BackgroundProcessManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let processes = self
+            .inner
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len();
+        f.debug_struct("BackgroundProcessManager")
+            .field("state_dir", &self.inner.state_dir)
+            .field("containment", &self.containment())
+            .field("processes", &processes)
+            .finish_non_exhaustive()
     }
 }
 
@@ -407,6 +429,7 @@ impl BackgroundProcessManager {
                 waiter,
             );
             tokio::spawn(supervisor.run());
+            #[cfg(feature = "rpc")]
             if let Some(socket) = &config.socket_path {
                 if !config.events.is_empty() {
                     subscribe_shared(&shared, socket, config.events.iter().cloned());
@@ -431,7 +454,8 @@ impl BackgroundProcessManager {
     /// Stops a daemon: SIGTERM to its process group, SIGKILL after the
     /// grace period, and returns as soon as no member is alive. Stopping a
     /// process that is `Starting` cancels its start. Stopping a `Stopped`
-    /// or `Error` process does nothing. An unknown name is an error.
+    /// or `Error` process does nothing. A name never started is
+    /// [`Error::UnknownProcess`].
     pub async fn stop_process(&self, name: &str) -> Result<()> {
         let control = {
             let slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
@@ -493,23 +517,27 @@ impl BackgroundProcessManager {
         }
     }
 
-    /// Whether the process is `Running`.
+    /// Whether the process is `Running`; `false` for a name never started
+    /// (the one query that does not fail with [`Error::UnknownProcess`]).
     pub fn is_running(&self, name: &str) -> bool {
-        self.state(name) == Some(ProcessState::Running)
+        matches!(self.state(name), Ok(ProcessState::Running))
     }
 
-    /// The process's state, or `None` for an unknown name.
-    pub fn state(&self, name: &str) -> Option<ProcessState> {
+    /// The process's state; [`Error::UnknownProcess`] for a name never
+    /// started.
+    pub fn state(&self, name: &str) -> Result<ProcessState> {
         self.with_shared(name, |s| s.state())
     }
 
-    /// PID of the process's current incarnation, while one is alive.
-    pub fn pid(&self, name: &str) -> Option<u32> {
-        self.with_shared(name, |s| s.pid()).flatten()
+    /// PID of the process's current incarnation, `None` while none is
+    /// alive; [`Error::UnknownProcess`] for a name never started.
+    pub fn pid(&self, name: &str) -> Result<Option<u32>> {
+        self.with_shared(name, |s| s.pid())
     }
 
-    /// A snapshot of everything known about the process.
-    pub fn process_info(&self, name: &str) -> Option<ProcessInfo> {
+    /// A snapshot of everything known about the process;
+    /// [`Error::UnknownProcess`] for a name never started.
+    pub fn process_info(&self, name: &str) -> Result<ProcessInfo> {
         self.with_shared(name, |s| s.snapshot())
     }
 
@@ -526,31 +554,34 @@ impl BackgroundProcessManager {
         infos
     }
 
-    /// The newest `n` lines the process wrote to stdout and stderr.
+    /// The newest `n` lines the process wrote to stdout and stderr;
+    /// [`Error::UnknownProcess`] for a name never started.
     pub fn logs(&self, name: &str, n: usize) -> Result<Vec<LogLine>> {
         self.with_shared(name, |s| s.logs.tail(n))
-            .ok_or_else(|| Error::UnknownProcess(name.to_owned()))
     }
 
-    /// Lines the process writes from now on (for following its output).
-    pub fn follow_logs(&self, name: &str) -> Result<broadcast::Receiver<LogLine>> {
-        self.with_shared(name, |s| s.logs.follow())
-            .ok_or_else(|| Error::UnknownProcess(name.to_owned()))
+    /// Lines the process writes from now on, across restarts (for
+    /// following its output); [`Error::UnknownProcess`] for a name never
+    /// started.
+    pub fn follow_logs(&self, name: &str) -> Result<LogFollower> {
+        self.with_shared(name, |s| LogFollower::new(s.logs.follow()))
     }
 
     /// State changes of every process from now on.
     pub fn subscribe(&self) -> Subscription {
         Subscription {
-            receiver: self.inner.events.subscribe(),
+            events: SkipLagged::new(self.inner.events.subscribe()),
         }
     }
 
+    #[cfg(feature = "rpc")]
     /// The persistent JSON-RPC client of a daemon: one connection,
     /// multiplexed, reconnecting after restarts. Clones share it.
     pub fn rpc_client(&self, name: &str) -> Result<rpc::Client> {
         self.with_socket(name, |shared, socket| shared.rpc_client(socket))
     }
 
+    #[cfg(feature = "rpc")]
     /// Subscribes a daemon to named events: each [`Self::publish`]ed event
     /// of those names reaches it as an `on_event` notification with params
     /// `{"event": name, "data": data}`, in publish order, over its RPC
@@ -565,6 +596,7 @@ impl BackgroundProcessManager {
         })
     }
 
+    #[cfg(feature = "rpc")]
     /// Publishes an event to every daemon subscribed to it; returns how
     /// many daemons it was queued for. A daemon that is not `Running`
     /// receives it once it is ready again. Fails for an event larger than
@@ -610,6 +642,7 @@ impl BackgroundProcessManager {
     }
 
     /// Runs `f` on a known daemon that has a socket.
+    #[cfg(feature = "rpc")]
     fn with_socket<T>(&self, name: &str, f: impl FnOnce(&Shared, &Path) -> T) -> Result<T> {
         let slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
         let slot = slots
@@ -623,16 +656,22 @@ impl BackgroundProcessManager {
         Ok(f(&slot.shared, socket))
     }
 
-    fn with_shared<T>(&self, name: &str, f: impl FnOnce(&Shared) -> T) -> Option<T> {
+    /// Runs `f` on a known daemon: the one lookup of every query, so an
+    /// unknown name is [`Error::UnknownProcess`] everywhere.
+    fn with_shared<T>(&self, name: &str, f: impl FnOnce(&Shared) -> T) -> Result<T> {
         // `f` runs outside the registry lock (a snapshot reads files).
         let shared = {
             let slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
-            Arc::clone(&slots.get(name)?.shared)
+            let slot = slots
+                .get(name)
+                .ok_or_else(|| Error::UnknownProcess(name.to_owned()))?;
+            Arc::clone(&slot.shared)
         };
-        Some(f(&shared))
+        Ok(f(&shared))
     }
 }
 
+#[cfg(feature = "rpc")]
 fn subscribe_shared(shared: &Shared, socket: &Path, events: impl Iterator<Item = String>) {
     shared.delivery(
         || {
@@ -655,47 +694,69 @@ pub enum Received {
     Missed(u64),
 }
 
-/// A stream of [`ProcessEvent`]s from [`BackgroundProcessManager::subscribe`].
+/// The state changes of every process of a manager, from
+/// [`BackgroundProcessManager::subscribe`]: a [`futures_core::Stream`] of
+/// [`ProcessEvent`]s, or [`recv`](Self::recv) them one by one. It ends
+/// once the manager is gone. A subscriber that falls more than 4,096
+/// events behind skips the oldest it missed (a warning is logged).
 pub struct Subscription {
-    receiver: broadcast::Receiver<ProcessEvent>,
+    events: SkipLagged<ProcessEvent>,
 }
 
 impl Subscription {
-    /// The next event; `None` once the manager is gone. A subscriber that
-    /// fell more than 4,096 events behind skips the oldest it missed (a
-    /// warning is logged).
+    /// The next event; `None` once the manager is gone. Cancel-safe: a
+    /// `recv` dropped in a `select!` loses no event.
     pub async fn recv(&mut self) -> Option<ProcessEvent> {
-        loop {
-            match self.receiver.recv().await {
-                Ok(event) => return Some(event),
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    tracing::warn!(missed, "event subscriber fell behind");
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
-        }
+        std::future::poll_fn(|cx| std::pin::Pin::new(&mut *self).poll_next(cx)).await
     }
 
     /// Like [`Self::recv`], but says how many events were skipped when
     /// this subscriber fell behind, so it can catch up from a snapshot
     /// ([`BackgroundProcessManager::list`]) instead of missing them.
+    ///
+    /// When events were skipped, the event received after them is dropped
+    /// too: a snapshot taken after `Missed` shows its effect.
     pub async fn recv_or_missed(&mut self) -> Option<Received> {
-        match self.receiver.recv().await {
-            Ok(event) => Some(Received::Event(event)),
-            Err(broadcast::error::RecvError::Lagged(missed)) => Some(Received::Missed(missed)),
-            Err(broadcast::error::RecvError::Closed) => None,
+        use futures_core::Stream as _;
+        let event =
+            std::future::poll_fn(|cx| std::pin::Pin::new(&mut self.events).poll_next(cx)).await?;
+        match self.events.take_missed() {
+            0 => Some(Received::Event(event)),
+            missed => Some(Received::Missed(missed)),
         }
     }
 
     /// The next event if one is already waiting.
     pub fn try_recv(&mut self) -> Option<ProcessEvent> {
-        loop {
-            match self.receiver.try_recv() {
-                Ok(event) => return Some(event),
-                Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
-                Err(_) => return None,
-            }
+        let event = self.events.try_next();
+        self.warn_missed();
+        event
+    }
+
+    fn warn_missed(&mut self) {
+        let missed = self.events.take_missed();
+        if missed > 0 {
+            tracing::warn!(missed, "event subscriber fell behind");
         }
+    }
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription").finish_non_exhaustive()
+    }
+}
+
+impl futures_core::Stream for Subscription {
+    type Item = ProcessEvent;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<ProcessEvent>> {
+        let polled = std::pin::Pin::new(&mut self.events).poll_next(cx);
+        self.warn_missed();
+        polled
     }
 }
 

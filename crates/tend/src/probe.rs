@@ -362,17 +362,25 @@ fn classify_takeover(e: &io::Error) -> Takeover {
 /// Makes `path` ready for a new daemon to bind: creates its directory
 /// (0700) if missing, removes a stale socket left by a dead daemon, and
 /// refuses a socket something is listening on or a file that is not a
-/// socket.
+/// socket. `daemon_owner` is the uid and gid the daemon runs as, when the
+/// config sets a user or group.
 ///
 /// A socket file is removed only when all of this holds: a stream connect
 /// to it is refused (`ECONNREFUSED`, no live socket bound there), it
-/// belongs to this user, and it is still the very file probed (same
-/// device and inode) just before the unlink.
-pub(crate) async fn prepare_socket(path: &Path) -> Result<(), SocketBlocked> {
+/// belongs to this user or to the daemon's, and it is still the very file
+/// probed (same device and inode) just before the unlink.
+pub(crate) async fn prepare_socket(
+    path: &Path,
+    daemon_owner: Option<(u32, u32)>,
+) -> Result<(), SocketBlocked> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     if let Some(dir) = path.parent() {
         if !dir.exists() {
             crate::orphans::create_private_dir(dir).map_err(SocketBlocked::Io)?;
+            // A daemon of another user must be able to bind in it.
+            if let Some((uid, gid)) = daemon_owner {
+                std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(SocketBlocked::Io)?;
+            }
         }
     }
     let meta = match std::fs::symlink_metadata(path) {
@@ -400,10 +408,11 @@ pub(crate) async fn prepare_socket(path: &Path) -> Result<(), SocketBlocked> {
         ))),
         Takeover::Stale => {
             let me = rustix::process::geteuid().as_raw();
-            if meta.uid() != me {
+            let daemons = daemon_owner.map(|(uid, _)| uid);
+            if meta.uid() != me && Some(meta.uid()) != daemons {
                 return Err(SocketBlocked::NotStale(format!(
                     "the stale socket there is owned by {}, not by this user \
-                     (uid {me}); tend removes only its own",
+                     (uid {me}) nor the daemon's; tend removes only its own",
                     owner()
                 )));
             }

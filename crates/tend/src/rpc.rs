@@ -178,6 +178,51 @@ pub struct Notification {
     pub params: Option<Value>,
 }
 
+/// The notifications a daemon sends, from [`Client::notifications`]: a
+/// [`futures_core::Stream`] of [`Notification`]s, or
+/// [`recv`](Self::recv) them one by one. It ends once the client is
+/// dropped.
+pub struct Notifications {
+    inner: crate::lagging::SkipLagged<Notification>,
+}
+
+impl Notifications {
+    /// The next notification; `None` once the client is gone.
+    /// Cancel-safe.
+    pub async fn recv(&mut self) -> Option<Notification> {
+        use futures_core::Stream as _;
+        std::future::poll_fn(|cx| std::pin::Pin::new(&mut self.inner).poll_next(cx)).await
+    }
+
+    /// The next notification if one is already waiting.
+    pub fn try_recv(&mut self) -> Option<Notification> {
+        self.inner.try_next()
+    }
+
+    /// How many notifications were skipped, because this subscriber fell
+    /// behind, since the last call.
+    pub fn take_missed(&mut self) -> u64 {
+        self.inner.take_missed()
+    }
+}
+
+impl std::fmt::Debug for Notifications {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notifications").finish_non_exhaustive()
+    }
+}
+
+impl futures_core::Stream for Notifications {
+    type Item = Notification;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Notification>> {
+        std::pin::Pin::new(&mut self.inner).poll_next(cx)
+    }
+}
+
 /// Builds a [`Client`] with non-default settings.
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
@@ -277,9 +322,12 @@ impl Client {
     /// Subscribes to the notifications the daemon sends (messages with a
     /// `method` and no `id`), on this and every later connection. Without a
     /// subscriber they are dropped. A subscriber that falls more than 1024
-    /// notifications behind gets [`broadcast::error::RecvError::Lagged`].
-    pub fn notifications(&self) -> broadcast::Receiver<Notification> {
-        self.inner.notifications.subscribe()
+    /// notifications behind skips the oldest it missed
+    /// ([`Notifications::take_missed`] says how many).
+    pub fn notifications(&self) -> Notifications {
+        Notifications {
+            inner: crate::lagging::SkipLagged::new(self.inner.notifications.subscribe()),
+        }
     }
 
     /// Calls `method` with `params` and returns the reply's `result`, with

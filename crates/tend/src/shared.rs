@@ -4,7 +4,7 @@
 
 use std::{
     os::fd::OwnedFd,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::Arc,
     sync::{Mutex, MutexGuard},
     time::SystemTime,
@@ -18,12 +18,13 @@ use tokio::{
 
 use crate::{
     cgroup::{DaemonCgroup, ResourceUsage},
-    delivery::EventDelivery,
     kill,
     logs::LogBuffer,
-    procfs, rpc,
+    procfs,
     state::{Occurrence, ProcessEvent, ProcessInfo, ProcessState, next_state},
 };
+#[cfg(feature = "rpc")]
+use crate::{delivery::EventDelivery, rpc};
 
 /// Whether the process of `pidfd` has exited (a pidfd polls readable
 /// then); an error counts as exited.
@@ -49,8 +50,10 @@ pub(crate) struct Shared {
     /// tasks that wait for a (new) incarnation to be `Running`.
     readiness: watch::Sender<Readiness>,
     /// The persistent RPC connection to the daemon, made on first use.
+    #[cfg(feature = "rpc")]
     rpc: Mutex<Option<rpc::Client>>,
     /// Events this daemon subscribed to, and their delivery task.
+    #[cfg(feature = "rpc")]
     delivery: Mutex<Option<EventDelivery>>,
 }
 
@@ -108,7 +111,9 @@ impl Shared {
                 incarnation: 0,
             })
             .0,
+            #[cfg(feature = "rpc")]
             rpc: Mutex::new(None),
+            #[cfg(feature = "rpc")]
             delivery: Mutex::new(None),
         }
     }
@@ -267,13 +272,15 @@ impl Shared {
     }
 
     /// A receiver of state and incarnation changes.
+    #[cfg(feature = "rpc")]
     pub fn readiness(&self) -> watch::Receiver<Readiness> {
         self.readiness.subscribe()
     }
 
+    #[cfg(feature = "rpc")]
     /// The persistent RPC client for `socket`, created on first use (and
     /// again if the socket path changed with a new config).
-    pub fn rpc_client(&self, socket: &Path) -> rpc::Client {
+    pub fn rpc_client(&self, socket: &std::path::Path) -> rpc::Client {
         let mut rpc = self.rpc.lock().unwrap_or_else(|e| e.into_inner());
         match rpc.as_ref() {
             Some(client) if client.socket_path() == socket => client.clone(),
@@ -285,6 +292,7 @@ impl Shared {
         }
     }
 
+    #[cfg(feature = "rpc")]
     /// The event delivery of this daemon, started by `start` on first use.
     pub fn delivery<T>(
         &self,
@@ -295,6 +303,7 @@ impl Shared {
         with(delivery.get_or_insert_with(start))
     }
 
+    #[cfg(feature = "rpc")]
     /// Runs `with` on the event delivery, if this daemon has one.
     pub fn existing_delivery<T>(&self, with: impl FnOnce(&EventDelivery) -> T) -> Option<T> {
         let delivery = self.delivery.lock().unwrap_or_else(|e| e.into_inner());

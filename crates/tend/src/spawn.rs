@@ -69,6 +69,13 @@ pub(crate) struct SpawnPlan {
     /// cloning into it is not possible). The caller keeps both open until
     /// the spawn returned.
     cgroup: Option<(Option<std::os::fd::RawFd>, std::os::fd::RawFd)>,
+    /// The uid, gid and supplementary groups to switch to, resolved from
+    /// the config's names.
+    credentials: Option<(u32, u32, Vec<rustix::process::Gid>)>,
+    /// The file mode creation mask to set.
+    umask: Option<u32>,
+    /// Resource limits to set: resource number, soft and hard value.
+    rlimits: Vec<(libc::c_int, libc::rlimit64)>,
 }
 
 /// `PATH` when the environment has none (glibc's `execvp` default).
@@ -139,12 +146,34 @@ impl SpawnPlan {
             .as_ref()
             .map(|dir| c_string(dir.as_os_str().as_bytes(), "the working directory"))
             .transpose()?;
+        // Looked up again at each spawn: a restart follows a changed
+        // group membership, and a user deleted meanwhile fails the spawn
+        // instead of running the daemon as a stale uid.
+        let credentials = crate::credentials::resolve(config)
+            .map_err(|problem| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{}: {}", problem.field, problem.message),
+                )
+            })?
+            .map(|c| {
+                let groups = c.groups.into_iter().map(rustix::process::Gid::from_raw);
+                (c.uid, c.gid, groups.collect())
+            });
+        let rlimits = config
+            .rlimits
+            .iter()
+            .map(|(resource, value)| (resource.resource(), value.raw()))
+            .collect();
         Ok(SpawnPlan {
             candidates,
             argv,
             envp,
             cwd,
             cgroup: None,
+            credentials,
+            umask: config.umask,
+            rlimits,
         })
     }
 }
@@ -301,6 +330,16 @@ impl SpawnerState {
                 None => -1,
             },
         );
+        if let Some((uid, gid, groups)) = &plan.credentials {
+            setup.credentials = Some(child::ChildCredentials {
+                uid: *uid,
+                gid: *gid,
+                groups: groups.as_ptr(),
+                group_count: groups.len(),
+            });
+        }
+        setup.umask = plan.umask;
+        setup.rlimits = (plan.rlimits.as_ptr(), plan.rlimits.len());
         let into_cgroup = plan
             .cgroup
             .and_then(|(dir, _)| dir)

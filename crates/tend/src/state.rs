@@ -54,6 +54,13 @@ impl ProcessState {
         }
     }
 
+    /// Whether the state machine can move from this state straight to
+    /// `next` (docs/STATES.md): every [`ProcessEvent`] has `from` and `to`
+    /// for which this holds, so a consumer can check the stream it sees.
+    pub fn can_change_to(self, next: ProcessState) -> bool {
+        is_legal_transition(self, next)
+    }
+
     /// Whether a supervisor is still at work on the process: it may have a
     /// live process group, and a new start of the same name is refused.
     pub fn is_active(self) -> bool {
@@ -74,7 +81,7 @@ impl fmt::Display for ProcessState {
 /// Something that happened to a supervised process; the input of the
 /// transition table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Occurrence {
+pub(crate) enum Occurrence {
     /// `start_process` (or a restart request) was accepted.
     Start,
     /// The socket accepted a connection, or a socket-less daemon was spawned.
@@ -100,7 +107,7 @@ pub enum Occurrence {
 
 /// The transition table: the state after `occurrence` in state `from`, or
 /// `None` when the occurrence has no effect in that state.
-pub fn next_state(from: ProcessState, occurrence: Occurrence) -> Option<ProcessState> {
+pub(crate) fn next_state(from: ProcessState, occurrence: Occurrence) -> Option<ProcessState> {
     use Occurrence as O;
     use ProcessState as S;
     match (from, occurrence) {
@@ -128,9 +135,8 @@ pub fn next_state(from: ProcessState, occurrence: Occurrence) -> Option<ProcessS
     }
 }
 
-/// Whether `from → to` is a move some occurrence can cause. Used by tests
-/// and by the chaos suite to check the event stream.
-pub fn is_legal_transition(from: ProcessState, to: ProcessState) -> bool {
+/// Whether `from → to` is a move some occurrence can cause.
+fn is_legal_transition(from: ProcessState, to: ProcessState) -> bool {
     const ALL_OCCURRENCES: [Occurrence; 8] = [
         Occurrence::Start,
         Occurrence::Ready,
@@ -189,7 +195,9 @@ fn signal_name(signal: i32) -> Option<&'static str> {
 }
 
 /// A snapshot of one supervised process, as `process_info` returns it.
+/// Fields may be added in any release.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct ProcessInfo {
     /// The process name.
     pub name: String,
@@ -268,7 +276,9 @@ impl ProcessInfo {
 }
 
 /// A state change, as [`crate::BackgroundProcessManager::subscribe`] delivers it.
+/// Fields may be added in any release.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct ProcessEvent {
     /// The process name.
     pub name: String,

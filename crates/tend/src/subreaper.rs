@@ -27,6 +27,7 @@ use crate::{children::ChildTable, kill, procfs};
 
 /// Marks the calling process as a child subreaper and reaps adopted
 /// zombies until dropped.
+#[derive(Debug)]
 pub struct Subreaper {
     reaper: JoinHandle<()>,
     children: ChildTable,
@@ -36,7 +37,7 @@ pub struct Subreaper {
 /// children: every zombie child not in `children`. Every manager and
 /// environment manager of the process must register its children in that
 /// same table ([`crate::ManagerBuilder::children`],
-/// [`crate::envs::PluginEnvironmentManager::children`]), or the subreaper
+/// `envs::PluginEnvironmentManager::children`), or the subreaper
 /// would take their exit status. Must be called inside a tokio runtime.
 pub fn enable(children: ChildTable) -> io::Result<Subreaper> {
     rustix::process::set_child_subreaper(Some(rustix::process::getpid()))?;

@@ -230,7 +230,13 @@ impl Supervisor {
     async fn bring_up(&mut self) -> Result<Incarnation, Interrupt> {
         let socket = self.config.socket_path.clone();
         if let Some(path) = &socket {
-            if let Err(blocked) = probe::prepare_socket(path).await {
+            // The user the daemon runs as, whose stale socket tend may
+            // remove; a name that no longer resolves fails the spawn below.
+            let owner = crate::credentials::resolve(&self.config)
+                .ok()
+                .flatten()
+                .map(|c| (c.uid, c.gid));
+            if let Err(blocked) = probe::prepare_socket(path, owner).await {
                 let error = match blocked {
                     probe::SocketBlocked::InUse => Error::SocketInUse {
                         name: self.config.name.clone(),

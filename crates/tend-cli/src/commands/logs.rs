@@ -133,7 +133,7 @@ fn from_files(
             continue;
         };
         let lines =
-            tend::logs::read_log_file(path, daemon.log_file_keep, options.lines).map_err(|e| {
+            tend::read_log_file(path, daemon.log_file_keep, options.lines).map_err(|e| {
                 anyhow!(
                     "cannot read the log file {} of {}: {e}",
                     path.display(),

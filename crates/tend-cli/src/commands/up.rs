@@ -333,7 +333,7 @@ async fn start_selected(
     while let Some(joined) = starts.join_next().await {
         match joined {
             Ok((_, Ok(()))) => {}
-            Ok((name, Err(_))) if context.manager.process_info(&name).is_some() => {
+            Ok((name, Err(_))) if context.manager.process_info(&name).is_ok() => {
                 report_failure(failures, &name);
             }
             // The reason may end with an installer's output of several

@@ -874,3 +874,103 @@ env_file = "bad.env"
         problems[1].message
     );
 }
+
+#[test]
+fn identity_umask_and_rlimits_are_read() {
+    let config = parsed(
+        r#"
+[process.a]
+command = "a"
+user = "root"
+group = 0
+supplementary_groups = ["root", 4242, "65534"]
+umask = "027"
+
+[process.a.rlimits]
+nofile = { soft = 1024, hard = 4096 }
+core = 0
+stack = "unlimited"
+"#,
+    );
+    let a = &config.processes[0];
+    assert_eq!(a.user, Some(tend::IdOrName::Name("root".into())));
+    assert_eq!(a.group, Some(tend::IdOrName::Id(0)));
+    assert_eq!(
+        a.supplementary_groups,
+        [
+            tend::IdOrName::Name("root".into()),
+            tend::IdOrName::Id(4242),
+            tend::IdOrName::Id(65534)
+        ]
+    );
+    assert_eq!(a.umask, Some(0o027));
+    let limits: Vec<_> = a.rlimits.iter().map(|(r, v)| (*r, *v)).collect();
+    assert_eq!(
+        limits,
+        [
+            (Rlimit::Core, RlimitValue::both(Some(0))),
+            (
+                Rlimit::Nofile,
+                RlimitValue {
+                    soft: Some(1024),
+                    hard: Some(4096)
+                }
+            ),
+            (Rlimit::Stack, RlimitValue::both(None)),
+        ]
+    );
+}
+
+#[test]
+fn bad_identity_umask_and_rlimits_have_their_line_and_key() {
+    let text = r#"[process.a]
+command = "a"
+user = "no-such-user-tend"
+group = -1
+supplementary_groups = ["ok", true]
+umask = 27
+
+[process.b]
+command = "b"
+umask = "0800"
+[process.b.rlimits]
+files = 10
+nofile = { soft = 10 }
+
+[process.c]
+command = "c"
+[process.c.rlimits]
+core = { soft = 10, hard = 5 }
+"#;
+    assert_eq!(
+        places(text),
+        [
+            (Some(3), "process.a.user".into()),
+            (Some(4), "process.a.group".into()),
+            (Some(5), "process.a.supplementary_groups[1]".into()),
+            (Some(6), "process.a.umask".into()),
+            (Some(10), "process.b.umask".into()),
+            (Some(12), "process.b.rlimits.files".into()),
+            (Some(13), "process.b.rlimits.nofile".into()),
+            (Some(17), "process.c.rlimits".into()),
+        ]
+    );
+    let messages: Vec<String> = problems(text).into_iter().map(|p| p.message).collect();
+    assert!(
+        messages[0].contains("no user named \"no-such-user-tend\""),
+        "{}",
+        messages[0]
+    );
+    assert!(messages[3].contains("octal digits"), "{}", messages[3]);
+    assert!(messages[5].contains("one of as, core"), "{}", messages[5]);
+    assert!(
+        messages[6].contains("needs both soft and hard"),
+        "{}",
+        messages[6]
+    );
+    assert!(
+        messages[7].contains("soft limit must not be above the hard one"),
+        "{}",
+        messages[7]
+    );
+}

@@ -324,6 +324,80 @@ impl<'text> Problems<'text> {
         }
     }
 
+    /// A user or group: a name, or a numeric id as an integer or a string
+    /// of digits.
+    pub fn id_or_name(&mut self, entry: &Entry<'_>) -> Option<tend::IdOrName> {
+        match entry.item {
+            Item::Value(Value::String(text)) if text.value().is_empty() => {
+                self.add(entry.span(), &entry.key, "must not be empty");
+                None
+            }
+            Item::Value(Value::String(text)) => Some(tend::IdOrName::from(text.value().as_str())),
+            Item::Value(Value::Integer(_)) => self.count(entry).map(tend::IdOrName::Id),
+            _ => {
+                self.wrong_type(entry, "a name or a numeric id");
+                None
+            }
+        }
+    }
+
+    /// An array of users or groups (see [`Self::id_or_name`]).
+    pub fn id_or_name_list(&mut self, entry: &Entry<'_>) -> Option<Vec<tend::IdOrName>> {
+        let Some(array) = entry.item.as_array() else {
+            self.wrong_type(entry, "an array of names or numeric ids");
+            return None;
+        };
+        let mut ids = Vec::with_capacity(array.len());
+        let before = self.len();
+        for (index, value) in array.iter().enumerate() {
+            let inner = Entry {
+                key: format!("{}[{index}]", entry.key),
+                item: &Item::Value(value.clone()),
+                key_span: entry.key_span.clone(),
+                value_span: value.span().or_else(|| entry.span()),
+            };
+            if let Some(id) = self.id_or_name(&inner) {
+                ids.push(id);
+            }
+        }
+        (self.len() == before).then_some(ids)
+    }
+
+    /// A file mode creation mask: a string of up to four octal digits
+    /// (`"027"`), so it cannot be mistaken for a decimal number.
+    pub fn umask(&mut self, entry: &Entry<'_>) -> Option<u32> {
+        let Some(text) = entry.item.as_str() else {
+            self.wrong_type(entry, "a string of octal digits, such as \"027\"");
+            return None;
+        };
+        let octal =
+            !text.is_empty() && text.len() <= 4 && text.bytes().all(|b| (b'0'..=b'7').contains(&b));
+        match u32::from_str_radix(text, 8) {
+            Ok(mask) if octal && mask <= 0o777 => Some(mask),
+            _ => {
+                self.add(
+                    entry.span(),
+                    &entry.key,
+                    format!("must be octal digits from \"000\" to \"777\", such as \"027\", found {text:?}"),
+                );
+                None
+            }
+        }
+    }
+
+    /// One value of a resource limit: an integer, or `"unlimited"`
+    /// (`None`).
+    pub fn limit(&mut self, entry: &Entry<'_>) -> Option<Option<u64>> {
+        match entry.item {
+            Item::Value(Value::String(text)) if text.value() == "unlimited" => Some(None),
+            Item::Value(Value::Integer(_)) => self.large_count(entry).map(Some),
+            _ => {
+                self.wrong_type(entry, "an integer or \"unlimited\"");
+                None
+            }
+        }
+    }
+
     /// Reports a key that is not part of the format.
     pub fn unknown_key(&mut self, entry: &Entry<'_>, known: &[&str]) {
         self.add(

@@ -4,7 +4,6 @@ use std::{io, sync::Arc, time::Duration};
 
 use serde_json::Value;
 use tend::{LogLine, ProcessState, Received, rpc::RpcError};
-use tokio::sync::broadcast::error::RecvError;
 
 use super::{After, Connection, ServerContext};
 use crate::protocol::{
@@ -127,7 +126,7 @@ fn outcome(context: &Context, name: &str, result: Result<(), String>) -> Respons
 /// [`ServerContext::start`]).
 async fn start(context: &Context, name: &str) -> Response {
     // The state asked for holds already.
-    if context.manager.state(name) == Some(ProcessState::Running) {
+    if context.manager.state(name).ok() == Some(ProcessState::Running) {
         return outcome(context, name, Ok(()));
     }
     let result = context.start(name).await;
@@ -222,19 +221,19 @@ async fn call(
         ms => Duration::from_millis(ms),
     };
     match context.manager.state(name) {
-        None => {
+        Err(_) => {
             let reason = match context.startable_config(name) {
                 Err(reason) => format!(": {reason}"),
                 Ok(_) => String::new(),
             };
             return Response::error(format!("{name:?} has not been started{reason}"));
         }
-        Some(state @ (ProcessState::Stopped | ProcessState::Error)) => {
+        Ok(state @ (ProcessState::Stopped | ProcessState::Error)) => {
             return Response::error(format!(
                 "{name:?} is {state}; start it with `tend start {name}`"
             ));
         }
-        Some(_) => {}
+        Ok(_) => {}
     }
     let client = match context.manager.rpc_client(name) {
         Ok(client) => client,
@@ -340,14 +339,15 @@ async fn logs(
             let already_sent = |line: &LogLine| {
                 sent_up_to.is_some_and(|time| line.time <= time) && recent.contains(line)
             };
-            loop {
-                let item = match live.recv().await {
-                    Ok(line) if already_sent(&line) => continue,
-                    Ok(line) => Ok(line),
-                    Err(RecvError::Lagged(missed)) => Err(missed),
-                    Err(RecvError::Closed) => return,
-                };
-                if queue.send((daemon.clone(), item)).await.is_err() {
+            while let Some(line) = live.recv().await {
+                let missed = live.take_missed();
+                if missed > 0 && queue.send((daemon.clone(), Err(missed))).await.is_err() {
+                    return;
+                }
+                if already_sent(&line) {
+                    continue;
+                }
+                if queue.send((daemon.clone(), Ok(line))).await.is_err() {
                     return;
                 }
             }

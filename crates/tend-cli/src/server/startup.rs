@@ -229,7 +229,7 @@ impl ServerContext {
             .filter(|dependent| {
                 self.manager
                     .state(dependent)
-                    .is_some_and(|state| state.is_active())
+                    .is_ok_and(|state| state.is_active())
                     || matches!(self.pending_of(dependent), Some(Pending::Waiting(_)))
             })
             .collect();

@@ -15,6 +15,7 @@ mod escape;
 mod failures;
 mod harness;
 mod health_probe;
+mod identity;
 mod kill9;
 mod lifecycle;
 mod limits;

@@ -66,7 +66,9 @@ impl Readiness {
 pub struct TcpProbe {
     /// The address the daemon listens on.
     pub address: SocketAddr,
-    /// Allow an address that is not loopback (see the [module](self) doc).
+    /// Allow an address that is not loopback: without it, only `127.0.0.0/8`,
+    /// `::1` and `localhost` are probed, so a probe never reaches another
+    /// machine that may answer "ready" for a daemon that is not running.
     pub remote: bool,
 }
 
@@ -140,7 +142,7 @@ pub struct HttpProbe {
     pub url: String,
     /// The status that passes; any 2xx when `None`.
     pub expect_status: Option<u16>,
-    /// Allow a host that is not loopback (see the [module](self) doc).
+    /// Allow a host that is not loopback (see [`TcpProbe::remote`]).
     pub remote: bool,
 }
 

@@ -91,8 +91,9 @@ pub(crate) struct OrphanRecord {
     pub cgroup: Option<std::path::PathBuf>,
 }
 
-/// What a cleanup did.
+/// What a cleanup did. Fields may be added in any release.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CleanupReport {
     /// Names of daemons from dead managers that were found alive and killed.
     pub killed: Vec<String>,

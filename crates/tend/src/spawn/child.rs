@@ -62,6 +62,10 @@ pub(super) enum Step {
     Exec = 6,
     /// Joining the daemon's cgroup.
     Cgroup = 7,
+    /// `prlimit` of a configured resource limit.
+    ResourceLimits = 8,
+    /// `setgroups`, `setresgid` and `setresuid`.
+    Credentials = 9,
 }
 
 impl Step {
@@ -74,6 +78,8 @@ impl Step {
             5 => Step::WorkingDirectory,
             6 => Step::Exec,
             7 => Step::Cgroup,
+            8 => Step::ResourceLimits,
+            9 => Step::Credentials,
             _ => return None,
         })
     }
@@ -88,8 +94,23 @@ impl Step {
             Step::WorkingDirectory => "cannot enter the working directory",
             Step::Exec => "cannot execute the command",
             Step::Cgroup => "cannot move the daemon into its cgroup",
+            Step::ResourceLimits => {
+                "cannot set the daemon's resource limits (raising a hard limit needs root)"
+            }
+            Step::Credentials => {
+                "cannot switch to the daemon's user and group (that needs root: CAP_SETUID and CAP_SETGID)"
+            }
         }
     }
+}
+
+/// The identity the child switches to before `execve`.
+pub(super) struct ChildCredentials {
+    pub uid: u32,
+    pub gid: u32,
+    /// The supplementary groups, `group_count` of them.
+    pub groups: *const rustix::process::Gid,
+    pub group_count: usize,
 }
 
 /// Everything the child reads, prepared by the parent before the clone.
@@ -117,6 +138,12 @@ pub(super) struct ChildSetup {
     /// The soft `RLIMIT_NOFILE` to restore before `execve`, when the
     /// manager raised its own (see [`crate::rlimit`]).
     nofile_soft: Option<u64>,
+    /// The user and groups to switch to, if the config sets them.
+    pub credentials: Option<ChildCredentials>,
+    /// The file mode creation mask to set, if the config sets one.
+    pub umask: Option<u32>,
+    /// The configured resource limits: a pointer to that many pairs.
+    pub rlimits: (*const (c_int, libc::rlimit64), usize),
     /// Written by the child when it fails: the [`Step`] and the errno.
     failed_step: AtomicI32,
     errno: AtomicI32,
@@ -143,6 +170,9 @@ impl ChildSetup {
             parent: rustix::process::getpid().as_raw_nonzero().get(),
             share_files,
             nofile_soft: crate::rlimit::daemon_nofile_soft(),
+            credentials: None,
+            umask: None,
+            rlimits: (ptr::null(), 0),
             failed_step: AtomicI32::new(0),
             errno: AtomicI32::new(0),
         }
@@ -435,7 +465,43 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
             return setup.fail(Step::Cgroup, last_errno());
         }
     }
-    // The daemon gets SIGTERM when the spawning thread dies.
+    // Limits before the change of user: raising a hard limit needs the
+    // manager's privilege. The open-file soft limit goes back to what the
+    // manager had before raising its own, unless the config sets one.
+    if let Some(soft) = setup.nofile_soft {
+        restore_nofile_soft(soft);
+    }
+    if setup.rlimits.1 > 0 {
+        // SAFETY: the parent's vector of that length, alive and unchanged
+        // while the parent is suspended.
+        let rlimits = unsafe { std::slice::from_raw_parts(setup.rlimits.0, setup.rlimits.1) };
+        for (resource, value) in rlimits {
+            // SAFETY: raw prlimit64 on this process, reading one plain
+            // struct; it changes only the child's own limits.
+            let set = unsafe {
+                libc::syscall(
+                    libc::SYS_prlimit64,
+                    0,
+                    *resource,
+                    ptr::from_ref(value),
+                    ptr::null_mut::<libc::rlimit64>(),
+                )
+            };
+            if set != 0 {
+                return setup.fail(Step::ResourceLimits, last_errno());
+            }
+        }
+    }
+    if let Some(mask) = setup.umask {
+        rustix::process::umask(rustix::fs::Mode::from_bits_truncate(mask));
+    }
+    if let Some(credentials) = &setup.credentials {
+        if let Err(e) = switch_credentials(credentials) {
+            return setup.fail(Step::Credentials, e.raw_os_error());
+        }
+    }
+    // The daemon gets SIGTERM when the spawning thread dies. Armed after
+    // the change of user, which clears it.
     if let Err(e) =
         rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))
     {
@@ -494,11 +560,31 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
             return setup.fail(Step::WorkingDirectory, last_errno());
         }
     }
-    if let Some(soft) = setup.nofile_soft {
-        restore_nofile_soft(soft);
-    }
     unblock_signals();
     exec_candidates(setup)
+}
+
+/// Sets the supplementary groups, then the gid, then the uid (after which
+/// the first two would be refused), real, effective and saved alike, so
+/// the daemon cannot switch back.
+///
+/// These are rustix's raw per-thread system calls, not the C library's
+/// `setuid` family: glibc makes every thread of the process change its
+/// ids by signalling them, and this child shares the manager's memory,
+/// where glibc's thread list names the manager's threads.
+fn switch_credentials(credentials: &ChildCredentials) -> rustix::io::Result<()> {
+    use rustix::{
+        process::{Gid, Uid},
+        thread,
+    };
+    // SAFETY: the parent's vector of that length, alive and unchanged
+    // while the parent is suspended.
+    let groups = unsafe { std::slice::from_raw_parts(credentials.groups, credentials.group_count) };
+    thread::set_thread_groups(groups)?;
+    let gid = Gid::from_raw(credentials.gid);
+    thread::set_thread_res_gid(gid, gid, gid)?;
+    let uid = Uid::from_raw(credentials.uid);
+    thread::set_thread_res_uid(uid, uid, uid)
 }
 
 /// Tries each candidate path like `execvp` does: a missing file or a

@@ -14,7 +14,8 @@
 //! then `ready`, and the program waits forever. A failed start prints
 //! `failed <name>: <error>` to stderr and exits 1; a usage error exits 100.
 //!
-//! `TEND_EMBEDDER_GRACE_MS` sets another grace period. With
+//! `TEND_EMBEDDER_GRACE_MS` sets another grace period;
+//! `TEND_EMBEDDER_USER` a user (name or uid) every daemon runs as. With
 //! `TEND_EMBEDDER_SETSID=1` it first leaves its parent's session and
 //! process group (as a shell's job would). With
 //! `TEND_EMBEDDER_DENY_UNSHARE=1` in its environment, it first
@@ -108,16 +109,19 @@ async fn run() {
             eprintln!("empty SPEC\n{USAGE}");
             std::process::exit(100);
         };
-        let config = BackgroundProcessConfig::new(name, testd)
+        let mut config = BackgroundProcessConfig::new(name, testd)
             .args(words)
             .socket_path(PathBuf::from(socket_dir).join(format!("{name}.sock")))
             .startup_timeout(Duration::from_secs(10))
             .shutdown_grace_period(grace);
+        if let Ok(user) = std::env::var("TEND_EMBEDDER_USER") {
+            config = config.user(user);
+        }
         if let Err(e) = manager.start_process(config).await {
             eprintln!("failed {name}: {e}");
             std::process::exit(1);
         }
-        let pid = manager.pid(name).unwrap_or_default();
+        let pid = manager.pid(name).ok().flatten().unwrap_or_default();
         println!("started {name} {pid}");
     }
     println!("ready");

@@ -6,7 +6,6 @@ use tend::{
     ProcessEvent, ProcessState,
     ProcessState::{Error, Running, Starting, Stopped, Stopping},
     Subscription,
-    state::is_legal_transition,
 };
 
 use crate::harness::*;
@@ -20,7 +19,7 @@ fn drain(events: &mut Subscription, name: &str) -> Vec<ProcessEvent> {
             continue;
         }
         assert!(
-            is_legal_transition(event.from, event.to),
+            event.from.can_change_to(event.to),
             "illegal transition in {event:?}"
         );
         assert!(!event.reason.is_empty(), "no reason in {event:?}");
@@ -65,7 +64,7 @@ async fn crash_and_restart_are_reported_with_the_exit() {
     let first = sb.start(sb.daemon("a", &[])).await;
     first.signal(Signal::KILL);
     wait_for("a to run again", SOON, || {
-        sb.manager.is_running("a") && sb.manager.pid("a") != Some(first.pid)
+        sb.manager.is_running("a") && sb.manager.pid("a").ok().flatten() != Some(first.pid)
     })
     .await;
     let seen = drain(&mut events, "a");
@@ -91,7 +90,7 @@ async fn giving_up_is_reported_with_the_reason() {
         .max_restart_attempts(1);
     sb.manager.start_process(config).await.unwrap();
     wait_for("a to give up", SOON, || {
-        sb.manager.state("a") == Some(Error)
+        sb.manager.state("a").ok() == Some(Error)
     })
     .await;
     let seen = drain(&mut events, "a");
@@ -128,4 +127,81 @@ async fn failed_first_start_is_reported_as_an_error() {
         "{seen:#?}"
     );
     assert!(seen[1].reason.contains("code 3"), "{:?}", seen[1].reason);
+}
+
+/// The next item of `stream`, through `futures_core::Stream` alone.
+async fn next<S: futures_core::Stream + Unpin>(stream: &mut S) -> Option<S::Item> {
+    std::future::poll_fn(|cx| std::pin::Pin::new(&mut *stream).poll_next(cx)).await
+}
+
+#[tokio::test]
+async fn a_subscription_is_a_stream_of_state_changes() {
+    let sb = Sandbox::new();
+    let mut events = sb.manager.subscribe();
+    let _daemon = sb.start(sb.daemon("a", &[])).await;
+    sb.manager.stop_process("a").await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let event = within("the next event", SOON, next(&mut events))
+            .await
+            .expect("the manager is alive");
+        seen.push(event);
+    }
+    assert_eq!(
+        moves(&seen),
+        [
+            (Stopped, Starting),
+            (Starting, Running),
+            (Running, Stopping),
+            (Stopping, Stopped)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_subscription_ends_when_the_manager_is_gone() {
+    let sb = Sandbox::new();
+    let mut events = sb.manager.subscribe();
+    let Sandbox { manager, dir } = sb;
+    drop(manager);
+    assert_eq!(
+        within("the end of the stream", SOON, next(&mut events)).await,
+        None
+    );
+    drop(dir);
+}
+
+#[tokio::test]
+async fn followed_logs_are_a_stream() {
+    let sb = Sandbox::new();
+    let _daemon = sb.start(sb.daemon("a", &["--stdout", "hello"])).await;
+    sb.wait_for_stdout("a", "hello").await;
+    let mut follow = sb.manager.follow_logs("a").unwrap();
+    sb.manager.restart_process("a").await.unwrap();
+    let _second = crate::harness::Tracked::new(sb.manager.pid("a").unwrap().unwrap());
+    let line = within("a followed line", SOON, next(&mut follow))
+        .await
+        .unwrap();
+    assert_eq!(line.text, "hello");
+    assert_eq!(follow.take_missed(), 0);
+}
+
+#[tokio::test]
+async fn every_query_by_name_fails_alike_for_an_unknown_name() {
+    let sb = Sandbox::new();
+    let unknown = |result: Result<(), tend::Error>, what: &str| match result {
+        Err(tend::Error::UnknownProcess(name)) => assert_eq!(name, "ghost", "{what}"),
+        other => panic!("{what}: {other:?}"),
+    };
+    let m = &sb.manager;
+    unknown(m.state("ghost").map(drop), "state");
+    unknown(m.pid("ghost").map(drop), "pid");
+    unknown(m.process_info("ghost").map(drop), "process_info");
+    unknown(m.logs("ghost", 1).map(drop), "logs");
+    unknown(m.follow_logs("ghost").map(drop), "follow_logs");
+    unknown(m.stop_process("ghost").await, "stop_process");
+    unknown(m.restart_process("ghost").await, "restart_process");
+    unknown(m.rpc_client("ghost").map(drop), "rpc_client");
+    unknown(m.subscribe_daemon("ghost", ["e"]), "subscribe_daemon");
+    assert!(!m.is_running("ghost"));
 }

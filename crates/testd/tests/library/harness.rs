@@ -134,7 +134,12 @@ impl Sandbox {
             .start_process(config)
             .await
             .unwrap_or_else(|e| panic!("start {name}: {e}"));
-        let pid = self.manager.pid(&name).expect("a running daemon has a pid");
+        let pid = self
+            .manager
+            .pid(&name)
+            .ok()
+            .flatten()
+            .expect("a running daemon has a pid");
         Tracked::new(pid)
     }
 

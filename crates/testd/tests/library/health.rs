@@ -8,11 +8,7 @@ use tend::{HealthCheck, HealthProbe, ProcessState};
 use crate::harness::*;
 
 fn fast_checks() -> HealthCheck {
-    HealthCheck {
-        interval: Duration::from_millis(100),
-        timeout: Duration::from_millis(100),
-        retries: 2,
-    }
+    HealthCheck::new(Duration::from_millis(100), Duration::from_millis(100), 2)
 }
 
 /// Starts a daemon whose first incarnation has `fault`, then waits for the
@@ -83,10 +79,8 @@ async fn daemon_that_accepts_but_never_answers_is_restarted_by_ping_checks() {
 async fn failed_health_checks_are_counted() {
     let sb = Sandbox::new();
     // One failure short of a restart: the count shows, the pid stays.
-    let checks = HealthCheck {
-        retries: 1000,
-        ..fast_checks()
-    };
+    let mut checks = fast_checks();
+    checks.retries = 1000;
     let daemon = sb
         .start(
             sb.daemon("a", &["--stop-accepting-after", "300"])

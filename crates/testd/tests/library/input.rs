@@ -14,14 +14,14 @@ async fn assert_rejected(sb: &Sandbox, config: BackgroundProcessConfig, field: &
     match sb.manager.start_process(config).await {
         Err(Error::InvalidConfig { problems, .. }) => {
             assert!(
-                problems.0.iter().any(|p| p.field == field),
+                problems.iter().any(|p| p.field == field),
                 "problems {problems} do not name {field}"
             );
         }
         other => panic!("expected InvalidConfig naming {field}, got {other:?}"),
     }
     assert_eq!(
-        sb.manager.state(&name),
+        sb.manager.state(&name).ok(),
         None,
         "a rejected config was registered"
     );
@@ -47,7 +47,7 @@ async fn name_of_64_bytes_is_accepted() {
     let sb = Sandbox::new();
     let name = "n".repeat(64);
     let _daemon = sb.start(sb.worker(&name, &[])).await;
-    assert_eq!(sb.manager.state(&name), Some(ProcessState::Running));
+    assert_eq!(sb.manager.state(&name).ok(), Some(ProcessState::Running));
 }
 
 #[tokio::test]
@@ -119,7 +119,7 @@ async fn every_problem_is_reported_in_one_error() {
     let Err(Error::InvalidConfig { problems, .. }) = sb.manager.start_process(config).await else {
         panic!("expected InvalidConfig");
     };
-    let fields: Vec<_> = problems.0.iter().map(|p| p.field).collect();
+    let fields: Vec<_> = problems.iter().map(|p| p.field).collect();
     for field in ["name", "socket_path", "startup_timeout", "env"] {
         assert!(fields.contains(&field), "{fields:?} lacks {field}");
     }

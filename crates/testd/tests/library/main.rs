@@ -7,6 +7,7 @@ mod harness;
 mod crash;
 mod events;
 mod health;
+mod identity;
 mod input;
 mod lifetime;
 mod logs;

@@ -65,7 +65,7 @@ async fn stop_waits_for_a_member_named_mid_character_and_kills_it_after_the_grac
         took >= grace,
         "stopped after {took:?}, within the grace of {grace:?}"
     );
-    assert_eq!(sb.manager.state("a"), Some(ProcessState::Stopped));
+    assert_eq!(sb.manager.state("a").ok(), Some(ProcessState::Stopped));
 }
 
 /// `testd` run through [`testd_with_cut_name`], in its own process group.

@@ -130,7 +130,7 @@ async fn a_failing_first_start_fails_at_once_by_default() {
     let error = sb.manager.start_process(config).await.unwrap_err();
     assert!(matches!(error, Error::ExitedBeforeReady { .. }), "{error}");
     assert_eq!(lines(&starts_file).len(), 1);
-    assert_eq!(sb.manager.state("a"), Some(ProcessState::Error));
+    assert_eq!(sb.manager.state("a").ok(), Some(ProcessState::Error));
 }
 
 #[tokio::test]
@@ -237,18 +237,18 @@ async fn a_daemon_deaf_to_its_stop_signal_is_still_killed_after_the_grace_period
         "killed only after the grace period"
     );
     assert!(!daemon.alive());
-    assert_eq!(sb.manager.state("a"), Some(ProcessState::Stopped));
+    assert_eq!(sb.manager.state("a").ok(), Some(ProcessState::Stopped));
 }
 
 #[tokio::test]
 async fn the_first_passed_health_check_is_an_event_and_a_flag() {
     let sb = Sandbox::new();
     let mut events = sb.manager.subscribe();
-    let config = sb.daemon("a", &[]).healthcheck(HealthCheck {
-        interval: Duration::from_millis(50),
-        timeout: Duration::from_secs(5),
-        retries: 3,
-    });
+    let config = sb.daemon("a", &[]).healthcheck(HealthCheck::new(
+        Duration::from_millis(50),
+        Duration::from_secs(5),
+        3,
+    ));
     let _daemon = sb.start(config).await;
     within("the healthy event", SOON, async {
         loop {
@@ -258,7 +258,7 @@ async fn the_first_passed_health_check_is_an_event_and_a_flag() {
                     (event.from, event.to),
                     (ProcessState::Running, ProcessState::Running)
                 );
-                assert!(tend::state::is_legal_transition(event.from, event.to));
+                assert!(event.from.can_change_to(event.to));
                 break;
             }
         }

@@ -27,11 +27,11 @@ fn free_address() -> SocketAddr {
 }
 
 fn fast_checks(retries: u32) -> HealthCheck {
-    HealthCheck {
-        interval: Duration::from_millis(100),
-        timeout: Duration::from_millis(300),
+    HealthCheck::new(
+        Duration::from_millis(100),
+        Duration::from_millis(300),
         retries,
-    }
+    )
 }
 
 /// The value `--print-env NAME` printed for `name`.
@@ -71,7 +71,7 @@ async fn notify_readiness_waits_for_ready_and_ignores_outsiders() {
     let start = sb.manager.start_process(config);
     let drive = async {
         let socket = printed_env(&sb, "n", "NOTIFY_SOCKET").await;
-        let pid = sb.manager.pid("n").expect("spawned");
+        let pid = sb.manager.pid("n").ok().flatten().expect("spawned");
         let guard = Tracked::new(pid);
         // The socket is private to this user, in a 0700 directory.
         let dir = Path::new(&socket).parent().unwrap();
@@ -433,11 +433,11 @@ async fn an_exec_check_that_overruns_is_killed_with_its_group() {
     let config = sb
         .worker("slow", &[])
         .readiness(Readiness::None)
-        .healthcheck(HealthCheck {
-            interval: Duration::from_millis(100),
-            timeout: Duration::from_millis(300),
-            retries: 1,
-        })
+        .healthcheck(HealthCheck::new(
+            Duration::from_millis(100),
+            Duration::from_millis(300),
+            1,
+        ))
         .health_probe(HealthProbe::Exec(ExecProbe::new(["sleep", nap.as_str()])))
         .max_restart_attempts(0);
     let _daemon = sb.start(config).await;

@@ -38,7 +38,7 @@ async fn assert_start_refused(sb: &Sandbox, socket: &Path, what: &str) -> String
     assert!(matches!(error, Error::SocketNotStale { .. }), "{error:?}");
     assert!(message.contains(&format!("{socket:?}")), "{message}");
     assert!(message.contains(what), "{message}");
-    assert_eq!(sb.manager.state("a"), Some(ProcessState::Error));
+    assert_eq!(sb.manager.state("a").ok(), Some(ProcessState::Error));
     assert!(lines(&starts).is_empty(), "a daemon was spawned");
     assert!(socket.exists(), "the foreign socket file was removed");
     message

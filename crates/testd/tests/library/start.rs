@@ -12,7 +12,7 @@ use crate::harness::*;
 async fn start_resolves_running_with_a_live_pid_once_the_socket_accepts() {
     let sb = Sandbox::new();
     let daemon = sb.start(sb.daemon("a", &[])).await;
-    assert_eq!(sb.manager.state("a"), Some(ProcessState::Running));
+    assert_eq!(sb.manager.state("a").ok(), Some(ProcessState::Running));
     assert!(daemon.alive());
     let info = sb.manager.process_info("a").unwrap();
     assert_eq!(info.pid, Some(daemon.pid));
@@ -178,7 +178,7 @@ async fn first_start_that_fails_is_not_retried() {
         )
         .max_restart_attempts(5);
     sb.manager.start_process(config).await.unwrap_err();
-    assert_eq!(sb.manager.state("a"), Some(ProcessState::Error));
+    assert_eq!(sb.manager.state("a").ok(), Some(ProcessState::Error));
     assert_eq!(lines(&starts).len(), 1);
     assert_eq!(sb.manager.process_info("a").unwrap().restart_attempts, 0);
 }
@@ -245,7 +245,7 @@ async fn startup_timeout_fails_the_start_and_kills_the_process_group() {
         }
         other => panic!("expected StartupTimeout, got {other:?}"),
     }
-    assert_eq!(sb.manager.state("a"), Some(ProcessState::Error));
+    assert_eq!(sb.manager.state("a").ok(), Some(ProcessState::Error));
     let pids = pids_in(&lines(&starts), "");
     assert_eq!(pids.len(), 1, "spawned exactly once");
     let leader = pids[0];
@@ -276,7 +276,7 @@ async fn second_start_of_a_running_name_is_refused() {
         ),
         "{error:?}"
     );
-    assert_eq!(sb.manager.pid("a"), Some(daemon.pid));
+    assert_eq!(sb.manager.pid("a").ok().flatten(), Some(daemon.pid));
     assert!(daemon.alive());
     assert!(sb.manager.is_running("a"));
 }
@@ -313,7 +313,7 @@ async fn start_after_giving_up_begins_with_fresh_counters() {
         .max_restart_attempts(1);
     sb.manager.start_process(config).await.unwrap();
     wait_for("a to give up", SOON, || {
-        sb.manager.state("a") == Some(ProcessState::Error)
+        sb.manager.state("a").ok() == Some(ProcessState::Error)
     })
     .await;
     assert_eq!(sb.manager.process_info("a").unwrap().restart_attempts, 1);
@@ -353,7 +353,7 @@ async fn concurrent_starts_of_one_name_run_one_daemon() {
         ),
         "{error:?}"
     );
-    let _daemon = Tracked::new(sb.manager.pid("a").unwrap());
+    let _daemon = Tracked::new(sb.manager.pid("a").ok().flatten().unwrap());
     assert_eq!(lines(&starts).len(), 1);
 }
 
@@ -361,7 +361,7 @@ async fn concurrent_starts_of_one_name_run_one_daemon() {
 async fn daemon_without_socket_is_running_once_spawned() {
     let sb = Sandbox::new();
     let daemon = sb.start(sb.worker("w", &["--stdout", "hello"])).await;
-    assert_eq!(sb.manager.state("w"), Some(ProcessState::Running));
+    assert_eq!(sb.manager.state("w").ok(), Some(ProcessState::Running));
     assert!(daemon.alive());
     sb.wait_for_stdout("w", "hello").await;
 }
@@ -390,7 +390,7 @@ async fn socket_another_process_listens_on_is_refused_and_left_alone() {
         .await
         .unwrap_err();
     assert!(matches!(error, Error::SocketInUse { .. }), "{error:?}");
-    assert_eq!(sb.manager.state("a"), Some(ProcessState::Error));
+    assert_eq!(sb.manager.state("a").ok(), Some(ProcessState::Error));
     assert!(lines(&starts).is_empty(), "a daemon was spawned");
     // The other listener still owns its socket and gets connections.
     assert!(socket.exists());
@@ -421,7 +421,7 @@ async fn file_in_the_way_of_the_socket_is_refused_and_kept() {
         .await
         .unwrap_err();
     assert!(matches!(error, Error::Io { .. }), "{error:?}");
-    assert_eq!(sb.manager.state("a"), Some(ProcessState::Error));
+    assert_eq!(sb.manager.state("a").ok(), Some(ProcessState::Error));
     assert_eq!(std::fs::read_to_string(&socket).unwrap(), "precious");
 }
 
@@ -486,7 +486,7 @@ async fn daemon_inherits_stdio_only_and_a_clean_signal_state() {
     // on PATH like execvp would.
     let config = BackgroundProcessConfig::new("a", "sleep").args(["1000"]);
     sb.manager.start_process(config).await.unwrap();
-    let pid = sb.manager.pid("a").unwrap();
+    let pid = sb.manager.pid("a").ok().flatten().unwrap();
     // The program may open a file for a moment as it starts (`sleep`
     // reads the locale): what is inherited stays, so wait for exactly the
     // three, with a deadline.

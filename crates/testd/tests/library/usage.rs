@@ -89,7 +89,7 @@ async fn usage_of_a_running_daemon() {
             .start_process(sb.worker("busy", &["--never-bind"]))
             .await
             .unwrap();
-        let _tracked = crate::harness::Tracked::new(manager.pid("busy").unwrap());
+        let _tracked = crate::harness::Tracked::new(manager.pid("busy").ok().flatten().unwrap());
         let containment = manager.containment().unwrap();
         assert_eq!(
             manager.process_info("busy").unwrap().containment,
@@ -159,7 +159,7 @@ async fn limit_applies_or_is_refused(
     };
     match started {
         Ok(()) => {
-            let _tracked = crate::harness::Tracked::new(manager.pid(name).unwrap());
+            let _tracked = crate::harness::Tracked::new(manager.pid(name).ok().flatten().unwrap());
             let value =
                 std::fs::read_to_string(cgroup.join(format!("d-{name}")).join(file)).unwrap();
             assert_eq!(value.trim(), written, "{file}");
@@ -195,7 +195,7 @@ async fn assert_refused_in_error(manager: &BackgroundProcessManager, name: &str,
     assert_eq!(info.usage, None);
     assert_eq!(info.last_error.as_deref(), Some(text));
     manager.stop_process(name).await.unwrap();
-    assert_eq!(manager.state(name), Some(tend::ProcessState::Error));
+    assert_eq!(manager.state(name).ok(), Some(tend::ProcessState::Error));
 }
 
 #[tokio::test]

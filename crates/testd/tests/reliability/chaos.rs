@@ -34,7 +34,7 @@ use std::{
 use rustix::process::{Pid, PidfdFlags, Signal};
 use tend::{
     BackgroundProcessConfig, BackgroundProcessManager, Error, HealthCheck, HealthProbe,
-    ProcessState, Subscription, state::is_legal_transition,
+    ProcessState, Subscription,
 };
 use tokio::{task::JoinSet, time::Instant};
 
@@ -140,11 +140,11 @@ impl Walk {
             .restart_delay(Duration::from_millis(10))
             .stable_period(Duration::from_secs(1))
             .max_restart_attempts(3)
-            .healthcheck(HealthCheck {
-                interval: Duration::from_millis(100),
-                timeout: Duration::from_millis(100),
-                retries: 2,
-            })
+            .healthcheck(HealthCheck::new(
+                Duration::from_millis(100),
+                Duration::from_millis(100),
+                2,
+            ))
             .health_probe(HealthProbe::Ping)
     }
 
@@ -174,7 +174,7 @@ impl Walk {
                 "    event {name}: {} -> {} ({}) pid {:?}",
                 event.from, event.to, event.reason, event.pid
             ));
-            if !is_legal_transition(event.from, event.to) {
+            if !event.from.can_change_to(event.to) {
                 return Err(format!("illegal transition {event:?}"));
             }
             let known = self.model.entry(name).or_insert(Known {
@@ -228,7 +228,7 @@ impl Walk {
                     Op::Kill(_) => Signal::KILL,
                     _ => Signal::STOP,
                 };
-                match self.manager.pid(NAMES[n]) {
+                match self.manager.pid(NAMES[n]).ok().flatten() {
                     Some(pid) if self.signal(pid, signal) => {
                         self.faults.push((n, pid));
                         self.note(format!("    {op}: sent to pid {pid}"));
@@ -274,12 +274,12 @@ impl Walk {
         loop {
             self.drain_events()?;
             let faults_seen = self.faults.iter().all(|&(n, pid)| {
-                self.manager.pid(NAMES[n]) != Some(pid)
-                    || self.manager.state(NAMES[n]) != Some(ProcessState::Running)
+                self.manager.pid(NAMES[n]).ok().flatten() != Some(pid)
+                    || self.manager.state(NAMES[n]).ok() != Some(ProcessState::Running)
             });
             let quiet = NAMES.iter().all(|n| {
                 !matches!(
-                    self.manager.state(n),
+                    self.manager.state(n).ok(),
                     Some(ProcessState::Starting | ProcessState::Stopping)
                 )
             });
@@ -302,7 +302,13 @@ impl Walk {
     fn states(&self) -> Vec<(&'static str, Option<ProcessState>, Option<u32>)> {
         NAMES
             .iter()
-            .map(|n| (*n, self.manager.state(n), self.manager.pid(n)))
+            .map(|n| {
+                (
+                    *n,
+                    self.manager.state(n).ok(),
+                    self.manager.pid(n).ok().flatten(),
+                )
+            })
             .collect()
     }
 
@@ -326,8 +332,8 @@ impl Walk {
     fn violation(&self) -> Option<String> {
         let mut running = BTreeSet::new();
         for name in NAMES {
-            let state = self.manager.state(name);
-            let pid = self.manager.pid(name);
+            let state = self.manager.state(name).ok();
+            let pid = self.manager.pid(name).ok().flatten();
             let modelled = self.model.get(name).map(|k| k.state);
             if state.is_some() && state != modelled.or(Some(ProcessState::Stopped)) {
                 return Some(format!(
@@ -369,7 +375,7 @@ impl Walk {
     /// manager (the old one refuses starts for good).
     fn next_epoch(&mut self) -> Result<(), String> {
         for name in NAMES {
-            if let Some(state) = self.manager.state(name).filter(|s| s.is_active()) {
+            if let Some(state) = self.manager.state(name).ok().filter(|s| s.is_active()) {
                 return Err(format!("{name} is {state} after stop_all"));
             }
         }

@@ -15,18 +15,14 @@ use tend::{ExitStatus, HealthCheck, HealthProbe, ProcessState, Stream, defaults}
 use crate::{harness::*, support::*};
 
 fn fast_checks() -> HealthCheck {
-    HealthCheck {
-        interval: Duration::from_millis(100),
-        timeout: Duration::from_millis(100),
-        retries: 2,
-    }
+    HealthCheck::new(Duration::from_millis(100), Duration::from_millis(100), 2)
 }
 
 /// Waits until `name` runs under a PID other than `old`; returns the new.
 async fn wait_replaced(sb: &Sandbox, name: &str, old: u32) -> u32 {
     let mut pid = None;
     wait_for(&format!("{name} to run under a new pid"), SOON, || {
-        pid = sb.manager.pid(name).filter(|&p| p != old);
+        pid = sb.manager.pid(name).ok().flatten().filter(|&p| p != old);
         sb.manager.is_running(name) && pid.is_some()
     })
     .await;
@@ -35,7 +31,7 @@ async fn wait_replaced(sb: &Sandbox, name: &str, old: u32) -> u32 {
 
 async fn wait_state(sb: &Sandbox, name: &str, state: ProcessState) {
     wait_for(&format!("{name} to be {state}"), SOON, || {
-        sb.manager.state(name) == Some(state)
+        sb.manager.state(name).ok() == Some(state)
     })
     .await;
 }
@@ -335,7 +331,7 @@ async fn cleanup_run_from_a_descendant_of_a_dead_managers_daemon_spares_itself_a
     let dead = dead_pid();
     // A manager started at boot: every process started after it.
     let id = format!("{dead}.1");
-    let marker = format!("{}={id}", tend::spawn::MANAGER_ID_ENV);
+    let marker = format!("{}={id}", tend::MANAGER_ID_ENV);
     let mut shell = tokio::process::Command::new("sh")
         .arg("-c")
         // Waits for the go-ahead, then runs the app as its child.
@@ -345,7 +341,7 @@ async fn cleanup_run_from_a_descendant_of_a_dead_managers_daemon_spares_itself_a
         .arg(sb.dir.path())
         .arg(testd())
         .arg("x")
-        .env(tend::spawn::MANAGER_ID_ENV, &id)
+        .env(tend::MANAGER_ID_ENV, &id)
         .env("TEND_EMBEDDER_SETSID", "1")
         .process_group(0)
         .stdin(std::process::Stdio::piped())
@@ -570,11 +566,7 @@ async fn frozen_daemon_is_replaced_by_accept_health_checks() {
 #[tokio::test]
 async fn planted_check_connections_do_not_fail_a_healthy_daemon() {
     let sb = Sandbox::new();
-    let checks = HealthCheck {
-        interval: Duration::from_millis(10),
-        timeout: Duration::from_millis(500),
-        retries: 1,
-    };
+    let checks = HealthCheck::new(Duration::from_millis(10), Duration::from_millis(500), 1);
     let daemon = sb
         .start(
             sb.daemon("a", &["--log-accepts"])
@@ -618,7 +610,7 @@ async fn daemon_that_closes_its_output_keeps_running_and_stops_cleanly() {
     let reply = ping(&sb.socket("a")).await.expect("still serving");
     assert!(reply.contains("pong"), "{reply}");
     assert!(sb.manager.is_running("a"));
-    assert_eq!(sb.manager.pid("a"), Some(daemon.pid));
+    assert_eq!(sb.manager.pid("a").ok().flatten(), Some(daemon.pid));
     let began = Instant::now();
     sb.manager.stop_process("a").await.unwrap();
     assert!(
@@ -819,8 +811,8 @@ async fn supervision_goes_on_when_the_state_directory_breaks<B>(
     let other = sb.start(sb.daemon("b", &[])).await;
     sb.manager.stop_all_processes().await;
     assert!(!second.alive() && !other.alive());
-    assert_eq!(sb.manager.state("a"), Some(ProcessState::Stopped));
-    assert_eq!(sb.manager.state("b"), Some(ProcessState::Stopped));
+    assert_eq!(sb.manager.state("a").ok(), Some(ProcessState::Stopped));
+    assert_eq!(sb.manager.state("b").ok(), Some(ProcessState::Stopped));
 }
 
 /// A read-only bind mount of a folder over itself, unmounted on drop.

@@ -38,11 +38,11 @@ fn start_racing_stop_all_is_refused_or_stopped() {
             tokio::task::yield_now().await;
             manager.stop_all_processes().await;
             let started = within("the racing start", SOON, start).await.unwrap();
-            match (&started, manager.state(&name)) {
+            match (&started, manager.state(&name).ok()) {
                 (Err(Error::ShuttingDown(_) | Error::Stopped(_)), _) => {}
                 (Ok(()), Some(ProcessState::Stopped)) => {}
                 (_, state) => {
-                    if let Some(pid) = manager.pid(&name) {
+                    if let Some(pid) = manager.pid(&name).ok().flatten() {
                         leaks.push(Tracked::new(pid));
                     }
                     leaks_report(round, &started, state);

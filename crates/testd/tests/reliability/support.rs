@@ -18,7 +18,7 @@ use crate::harness::*;
 /// carries.
 pub fn manager_marker(pid: u32) -> String {
     let start = proc_stat(pid).expect("the manager is alive").start_time;
-    format!("{}={pid}.{start}", tend::spawn::MANAGER_ID_ENV)
+    format!("{}={pid}.{start}", tend::MANAGER_ID_ENV)
 }
 
 /// Live (non-zombie) processes whose environment holds `entry` exactly.

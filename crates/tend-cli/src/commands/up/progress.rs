@@ -76,15 +76,22 @@ impl Progress {
     }
 
     fn print(&mut self, event: &ProcessEvent) {
+        let line = EventLine {
+            name: &event.name,
+            from: event.from,
+            to: event.to,
+            reason: &event.reason,
+            pid: event.pid,
+        };
         say!(
             "{}",
-            format_event(event, self.name_width, local_time(event.time), self.painter)
+            line.format(self.name_width, local_time(event.time), self.painter)
         );
         if event.to == ProcessState::Error {
             (self.on_error)(event);
         }
         if let Some((notifier, counts)) = &mut self.notify {
-            counts.apply(event);
+            counts.apply(&event.name, event.to);
             notifier.send_now(&format!("STATUS={}", counts.summary()));
         }
     }
@@ -106,49 +113,53 @@ pub fn local_time(time: SystemTime) -> String {
         .to_string()
 }
 
-/// One event: the time `clock`, the name padded to `name_width`, the
-/// change, and the reason. The reason may hold the daemon's stderr tail
-/// (its lines after the first): each becomes an indented line under the
-/// event, with its control characters escaped, so none can pass for a
-/// line of tend's.
-fn format_event(
-    event: &ProcessEvent,
-    name_width: usize,
-    clock: String,
-    painter: Painter,
-) -> String {
-    let pid = event
-        .pid
-        .map(|pid| format!(", pid {pid}"))
-        .unwrap_or_default();
-    // The library names the daemon in its errors; the line does already.
-    let quoted = format!("{:?} ", event.name);
-    let reason = event.reason.strip_prefix(&quoted).unwrap_or(&event.reason);
-    let mut lines = reason.lines();
-    // "exited with code 1:" introduces the tail, which the indent does.
-    let summary = lines.next().unwrap_or_default().trim_end_matches(':');
-    let name = escape_controls(&event.name, Layout::Line);
-    let mut text = format!(
-        "{}  {name:<name_width$}  {} -> {}{pid}",
-        painter.dim(&clock),
-        event.from,
-        painter.state(event.to.as_str(), State::from(event.to)),
-    );
-    if !summary.is_empty() {
-        text.push_str(&format!(" ({})", escape_controls(summary, Layout::Line)));
+/// What a printed event line shows of a [`ProcessEvent`] (which only the
+/// library builds).
+struct EventLine<'a> {
+    name: &'a str,
+    from: ProcessState,
+    to: ProcessState,
+    reason: &'a str,
+    pid: Option<u32>,
+}
+
+impl EventLine<'_> {
+    /// The line: the time `clock`, the name padded to `name_width`, the
+    /// change, and the reason. The reason may hold the daemon's stderr
+    /// tail (its lines after the first): each becomes an indented line
+    /// under the event, with its control characters escaped, so none can
+    /// pass for a line of tend's.
+    fn format(&self, name_width: usize, clock: String, painter: Painter) -> String {
+        let pid = self
+            .pid
+            .map(|pid| format!(", pid {pid}"))
+            .unwrap_or_default();
+        // The library names the daemon in its errors; the line does already.
+        let quoted = format!("{:?} ", self.name);
+        let reason = self.reason.strip_prefix(&quoted).unwrap_or(self.reason);
+        let mut lines = reason.lines();
+        // "exited with code 1:" introduces the tail, which the indent does.
+        let summary = lines.next().unwrap_or_default().trim_end_matches(':');
+        let name = escape_controls(self.name, Layout::Line);
+        let mut text = format!(
+            "{}  {name:<name_width$}  {} -> {}{pid}",
+            painter.dim(&clock),
+            self.from,
+            painter.state(self.to.as_str(), State::from(self.to)),
+        );
+        if !summary.is_empty() {
+            text.push_str(&format!(" ({})", escape_controls(summary, Layout::Line)));
+        }
+        for line in lines {
+            text.push_str("\n    ");
+            text.push_str(&escape_controls(line, Layout::Line));
+        }
+        text
     }
-    for line in lines {
-        text.push_str("\n    ");
-        text.push_str(&escape_controls(line, Layout::Line));
-    }
-    text
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
-    use tend::ProcessState;
 
     use super::*;
 
@@ -156,32 +167,30 @@ mod tests {
 
     #[test]
     fn an_event_is_one_readable_line() {
-        let event = ProcessEvent {
-            name: "echo".into(),
+        let event = EventLine {
+            name: "echo",
             from: ProcessState::Starting,
             to: ProcessState::Running,
-            time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_530),
-            reason: "ready".into(),
+            reason: "ready",
             pid: Some(42),
         };
         assert_eq!(
-            format_event(&event, 6, CLOCK.into(), Painter::new(false)),
+            event.format(6, CLOCK.into(), Painter::new(false)),
             "16:05:10.153  echo    starting -> running, pid 42 (ready)"
         );
     }
 
     #[test]
     fn a_stderr_tail_is_indented_under_the_event() {
-        let event = ProcessEvent {
-            name: "db".into(),
+        let event = EventLine {
+            name: "db",
             from: ProcessState::Starting,
             to: ProcessState::Error,
-            time: SystemTime::UNIX_EPOCH,
-            reason: "\"db\" exited with code 1 before it was ready:\nno config\nbye".into(),
+            reason: "\"db\" exited with code 1 before it was ready:\nno config\nbye",
             pid: Some(7),
         };
         assert_eq!(
-            format_event(&event, 2, CLOCK.into(), Painter::new(false)),
+            event.format(2, CLOCK.into(), Painter::new(false)),
             "16:05:10.153  db  starting -> error, pid 7 (exited with code 1 before it was ready)\n    no config\n    bye"
         );
     }
@@ -195,16 +204,15 @@ mod tests {
 
     #[test]
     fn a_stderr_tail_in_the_reason_is_escaped() {
-        let event = ProcessEvent {
-            name: "echo".into(),
+        let event = EventLine {
+            name: "echo",
             from: ProcessState::Starting,
             to: ProcessState::Error,
-            time: SystemTime::UNIX_EPOCH,
-            reason: "exited with code 1:\n\x1b]0;pwned\x07\x1b[2J\rbye".into(),
+            reason: "exited with code 1:\n\x1b]0;pwned\x07\x1b[2J\rbye",
             pid: None,
         };
         assert_eq!(
-            format_event(&event, 4, CLOCK.into(), Painter::new(false)),
+            event.format(4, CLOCK.into(), Painter::new(false)),
             "16:05:10.153  echo  starting -> error (exited with code 1)\n    \\x1b]0;pwned\\x07\\x1b[2J\\rbye"
         );
     }
