@@ -36,8 +36,9 @@ use tokio::{
 use super::connect;
 use crate::{
     SupervisorArgs,
+    client::ControlClient,
     failure::{CommandResult, Failure},
-    protocol::{Request, State},
+    protocol::{Request, Response, State},
 };
 use view::{HEADERS, View};
 
@@ -90,6 +91,9 @@ pub async fn run(target: &SupervisorArgs, only: Option<String>) -> CommandResult
     let mut hangup = signal(SignalKind::hangup())?;
     let colour = std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
 
+    // Read on a task of its own: a response line read halfway when
+    // another branch of the loop below wins would be lost.
+    let mut responses = forward_responses(client);
     let mut terminal = ratatui::try_init()?;
     let stop_keys = Arc::new(AtomicBool::new(false));
     let mut keys = read_keys(Arc::clone(&stop_keys));
@@ -107,7 +111,7 @@ pub async fn run(target: &SupervisorArgs, only: Option<String>) -> CommandResult
         }
         let next_frame = last_draw.map_or_else(Instant::now, |at| at + FRAME_INTERVAL);
         tokio::select! {
-            response = client.receive() => match response {
+            response = responses.recv() => match response.unwrap_or(Ok(None)) {
                 Ok(Some(response)) => {
                     if let Some(error) = response.error.clone() {
                         break Err(anyhow!(error));
@@ -115,7 +119,7 @@ pub async fn run(target: &SupervisorArgs, only: Option<String>) -> CommandResult
                     view.apply(response, Instant::now());
                     dirty = true;
                 }
-                Ok(None) => break Ok(Some("the supervisor stopped")),
+                Ok(None) => break Ok(Some("the supervisor closed the connection (it stopped)")),
                 Err(e) => break Err(e),
             },
             key = keys.recv() => match key {
@@ -142,6 +146,24 @@ pub async fn run(target: &SupervisorArgs, only: Option<String>) -> CommandResult
         Ok(None) => Ok(()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Hands the supervisor's responses over a channel; `Ok(None)` once it
+/// closed the connection.
+fn forward_responses(
+    mut client: ControlClient,
+) -> mpsc::UnboundedReceiver<anyhow::Result<Option<Response>>> {
+    let (send, receive) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let response = client.receive().await;
+            let last = !matches!(response, Ok(Some(_)));
+            if send.send(response).is_err() || last {
+                return;
+            }
+        }
+    });
+    receive
 }
 
 /// Reads keys on a thread of its own (crossterm's reads block), until
