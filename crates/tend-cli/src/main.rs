@@ -273,7 +273,7 @@ fn run(
         _ => {}
     }
     if let Command::Up { .. } = command {
-        memory::single_arena();
+        memory::tune_allocator();
     }
     // `up` supervises with a worker per core; clients need one thread.
     let runtime = match command {

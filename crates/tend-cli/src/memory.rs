@@ -4,21 +4,33 @@
 //! - One malloc arena instead of one per worker thread: each arena keeps
 //!   its own free memory, and with daemons started from any worker the
 //!   arenas held several MiB free between them.
+//! - Blocks of 128 KiB and more always mapped on their own, so freeing
+//!   them gives them back: glibc otherwise raises that threshold to the
+//!   size of the largest block freed, and the next `status` of 1,000
+//!   daemons (a response of several hundred KiB) stays in the heap.
 //! - Free memory given back to the kernel at two moments: before the
 //!   guard process is cloned (it would otherwise keep a private copy of
-//!   every page this process reuses afterwards) and once every daemon has
-//!   started (what the starts needed is not needed again).
+//!   every page this process reuses afterwards), once every daemon has
+//!   started (what the starts needed is not needed again), and after each
+//!   large response (a `status` of many daemons).
 //!
 //! Elsewhere (musl, other allocators) these do nothing.
 
-/// Keeps one malloc arena for the whole process. Call it before the
-/// runtime starts its threads.
-pub fn single_arena() {
+/// Large blocks are mapped on their own from this size on.
+#[cfg(target_env = "gnu")]
+const MMAP_THRESHOLD: libc::c_int = 128 * 1024;
+
+/// Tunes the allocator for a long-running supervisor: one arena, large
+/// blocks mapped on their own. Call it before the runtime starts its
+/// threads.
+pub fn tune_allocator() {
     #[cfg(target_env = "gnu")]
-    // SAFETY: `mallopt` only sets a tunable of the allocator; called
-    // before any other thread exists, and M_ARENA_MAX is valid for it.
+    // SAFETY: `mallopt` only sets tunables of the allocator, with values
+    // valid for them; called before any other thread exists.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
+        // Setting it explicitly also turns off its dynamic raise.
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
     }
 }
 

@@ -48,6 +48,9 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once; more are answered with an error and closed.
 pub const MAX_CONNECTIONS: usize = 64;
+/// A response at least this long is followed by giving free memory
+/// back (see [`crate::memory`]): about a status of 200 daemons.
+const LARGE_RESPONSE_BYTES: usize = 64 * 1024;
 /// Pause after a failed `accept` (out of file descriptors), so the loop
 /// does not spin while the condition lasts.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
@@ -504,9 +507,16 @@ impl<'s> Connection<'s> {
     /// Writes one response line.
     pub async fn send(&mut self, response: &Response) -> io::Result<()> {
         let line = response.to_line();
-        tokio::time::timeout(WRITE_TIMEOUT, self.writer.write_all(&line))
+        let written = tokio::time::timeout(WRITE_TIMEOUT, self.writer.write_all(&line))
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client does not read"))?
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client does not read"))?;
+        if line.len() >= LARGE_RESPONSE_BYTES {
+            // Building it (a status of many daemons) left small blocks
+            // free all over the heap; give back the pages they free.
+            drop(line);
+            crate::memory::release_free_memory();
+        }
+        written
     }
 
     /// Resolves when the client closes its end (anything it sends

@@ -36,8 +36,9 @@ use tokio::{
 use super::connect;
 use crate::{
     SupervisorArgs,
+    client::ControlClient,
     failure::{CommandResult, Failure},
-    protocol::{Request, State},
+    protocol::{Request, Response, State},
 };
 use view::{HEADERS, View};
 
@@ -90,16 +91,19 @@ pub async fn run(target: &SupervisorArgs, only: Option<String>) -> CommandResult
     let mut hangup = signal(SignalKind::hangup())?;
     let colour = std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
 
+    // Read on a task of its own: a response line read halfway when
+    // another branch of the loop below wins would be lost.
+    let mut responses = forward_responses(client);
     let mut terminal = ratatui::try_init()?;
     let stop_keys = Arc::new(AtomicBool::new(false));
     let mut keys = read_keys(Arc::clone(&stop_keys));
-    let mut table = TableState::default().with_selected(Some(0));
+    let mut scroll = Scroll::default();
     let mut dirty = true;
     let mut last_draw: Option<Instant> = None;
     let mut clock = tokio::time::interval(CLOCK_TICK);
     let ended = loop {
         if dirty && last_draw.is_none_or(|at| at.elapsed() >= FRAME_INTERVAL) {
-            if let Err(e) = draw(&mut terminal, &view, &mut table, colour) {
+            if let Err(e) = draw(&mut terminal, &view, &mut scroll, colour) {
                 break Err(anyhow!(e).context("cannot draw on the terminal"));
             }
             dirty = false;
@@ -107,7 +111,7 @@ pub async fn run(target: &SupervisorArgs, only: Option<String>) -> CommandResult
         }
         let next_frame = last_draw.map_or_else(Instant::now, |at| at + FRAME_INTERVAL);
         tokio::select! {
-            response = client.receive() => match response {
+            response = responses.recv() => match response.unwrap_or(Ok(None)) {
                 Ok(Some(response)) => {
                     if let Some(error) = response.error.clone() {
                         break Err(anyhow!(error));
@@ -115,13 +119,13 @@ pub async fn run(target: &SupervisorArgs, only: Option<String>) -> CommandResult
                     view.apply(response, Instant::now());
                     dirty = true;
                 }
-                Ok(None) => break Ok(Some("the supervisor stopped")),
+                Ok(None) => break Ok(Some("the supervisor closed the connection (it stopped)")),
                 Err(e) => break Err(e),
             },
             key = keys.recv() => match key {
                 Some(Key::Quit) | None => break Ok(None),
                 Some(key) => {
-                    scroll(&mut table, key);
+                    scroll.apply(key, view.len());
                     dirty = true;
                 }
             },
@@ -142,6 +146,24 @@ pub async fn run(target: &SupervisorArgs, only: Option<String>) -> CommandResult
         Ok(None) => Ok(()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Hands the supervisor's responses over a channel; `Ok(None)` once it
+/// closed the connection.
+fn forward_responses(
+    mut client: ControlClient,
+) -> mpsc::UnboundedReceiver<anyhow::Result<Option<Response>>> {
+    let (send, receive) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let response = client.receive().await;
+            let last = !matches!(response, Ok(Some(_)));
+            if send.send(response).is_err() || last {
+                return;
+            }
+        }
+    });
+    receive
 }
 
 /// Reads keys on a thread of its own (crossterm's reads block), until
@@ -183,32 +205,57 @@ fn read_keys(stop: Arc<AtomicBool>) -> mpsc::UnboundedReceiver<Key> {
     receive
 }
 
-/// Moves the selected row.
-fn scroll(table: &mut TableState, key: Key) {
-    const PAGE: u16 = 20;
-    match key {
-        Key::Up => table.scroll_up_by(1),
-        Key::Down => table.scroll_down_by(1),
-        Key::PageUp => table.scroll_up_by(PAGE),
-        Key::PageDown => table.scroll_down_by(PAGE),
-        Key::Home => table.select_first(),
-        Key::End => table.select_last(),
-        Key::Quit | Key::Redraw => {}
+/// Which row is selected and which is the first shown. Kept here rather
+/// than in ratatui's `TableState` so that only the rows on the screen are
+/// built for a frame, not all of a thousand daemons.
+#[derive(Debug, Default, Clone, Copy)]
+struct Scroll {
+    selected: usize,
+    offset: usize,
+}
+
+impl Scroll {
+    /// Moves the selection among `rows` rows.
+    fn apply(&mut self, key: Key, rows: usize) {
+        const PAGE: usize = 20;
+        let last = rows.saturating_sub(1);
+        self.selected = match key {
+            Key::Up => self.selected.saturating_sub(1),
+            Key::Down => self.selected + 1,
+            Key::PageUp => self.selected.saturating_sub(PAGE),
+            Key::PageDown => self.selected + PAGE,
+            Key::Home => 0,
+            Key::End => last,
+            Key::Quit | Key::Redraw => self.selected,
+        }
+        .min(last);
+    }
+
+    /// Keeps the selection within `rows` rows and on a screen of `height`
+    /// rows.
+    fn fit(&mut self, rows: usize, height: usize) {
+        self.selected = self.selected.min(rows.saturating_sub(1));
+        if self.selected < self.offset {
+            self.offset = self.selected;
+        } else if height > 0 && self.selected >= self.offset + height {
+            self.offset = self.selected + 1 - height;
+        }
+        self.offset = self.offset.min(rows.saturating_sub(height));
     }
 }
 
 fn draw(
     terminal: &mut DefaultTerminal,
     view: &View,
-    table: &mut TableState,
+    scroll: &mut Scroll,
     colour: bool,
 ) -> std::io::Result<()> {
     terminal
-        .draw(|frame| render(frame, view, table, colour))
+        .draw(|frame| render(frame, view, scroll, colour))
         .map(|_| ())
 }
 
-fn render(frame: &mut Frame, view: &View, table: &mut TableState, colour: bool) {
+fn render(frame: &mut Frame, view: &View, scroll: &mut Scroll, colour: bool) {
     let [title, body, footer] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Min(1),
@@ -223,7 +270,10 @@ fn render(frame: &mut Frame, view: &View, table: &mut TableState, colour: bool) 
         .style(Style::new().add_modifier(Modifier::BOLD)),
         title,
     );
-    let rows = view.rows(SystemTime::now());
+    // The header takes a row.
+    let height = usize::from(body.height.saturating_sub(1));
+    scroll.fit(view.len(), height);
+    let rows = view.rows(SystemTime::now(), scroll.offset, height);
     // Every column but the last as wide as its widest cell; the last line
     // takes the rest.
     let mut widths = HEADERS.map(|header| header.len() as u16);
@@ -263,12 +313,13 @@ fn render(frame: &mut Frame, view: &View, table: &mut TableState, colour: bool) 
     } else {
         Style::new()
     };
+    let mut state = TableState::default().with_selected(Some(scroll.selected - scroll.offset));
     frame.render_stateful_widget(
         Table::new(table_rows, constraints)
             .header(header)
             .row_highlight_style(selected),
         body,
-        table,
+        &mut state,
     );
     frame.render_widget(
         Line::from(view.last_event.clone().unwrap_or_default()),
@@ -282,5 +333,30 @@ fn state_colour(state: State) -> Color {
         State::Starting | State::Stopping => Color::Yellow,
         State::Stopped => Color::DarkGray,
         State::Error => Color::Red,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_selection_stays_on_the_screen() {
+        let mut scroll = Scroll::default();
+        scroll.apply(Key::End, 100);
+        scroll.fit(100, 10);
+        assert_eq!((scroll.selected, scroll.offset), (99, 90));
+        scroll.apply(Key::PageUp, 100);
+        scroll.fit(100, 10);
+        assert_eq!((scroll.selected, scroll.offset), (79, 79));
+        scroll.apply(Key::Down, 100);
+        scroll.fit(100, 10);
+        assert_eq!((scroll.selected, scroll.offset), (80, 79));
+        // Fewer rows after a snapshot: the selection follows.
+        scroll.fit(5, 10);
+        assert_eq!((scroll.selected, scroll.offset), (4, 0));
+        scroll.apply(Key::Home, 5);
+        scroll.apply(Key::Up, 5);
+        assert_eq!(scroll.selected, 0);
     }
 }

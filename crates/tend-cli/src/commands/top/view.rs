@@ -151,8 +151,17 @@ impl View {
         daemon.previous_cpu = cpu_us.map(|cpu| (cpu, now));
     }
 
-    /// The rows to show, sorted by name, their times counted to `now`.
-    pub fn rows(&self, now: SystemTime) -> Vec<RowText> {
+    /// How many rows there are.
+    pub fn len(&self) -> usize {
+        match &self.only {
+            Some(only) => usize::from(self.daemons.contains_key(only)),
+            None => self.daemons.len(),
+        }
+    }
+
+    /// At most `count` rows from the `skip`th on, sorted by name, their
+    /// times counted to `now`.
+    pub fn rows(&self, now: SystemTime, skip: usize, count: usize) -> Vec<RowText> {
         self.daemons
             .values()
             .filter(|daemon| {
@@ -160,6 +169,8 @@ impl View {
                     .as_ref()
                     .is_none_or(|only| *only == daemon.status.name)
             })
+            .skip(skip)
+            .take(count)
             .map(|daemon| row(daemon, now))
             .collect()
     }
@@ -288,7 +299,7 @@ mod tests {
             },
             now,
         );
-        let rows = view.rows(SystemTime::UNIX_EPOCH + Duration::from_secs(43));
+        let rows = view.rows(SystemTime::UNIX_EPOCH + Duration::from_secs(43), 0, 10);
         assert_eq!(
             rows[0].cells[..6],
             ["a", "running", "5", "42s", "0", "ok"].map(String::from)
@@ -323,13 +334,35 @@ mod tests {
             ..Response::ok()
         };
         view.apply(sample(1_000_000), then);
-        let first = view.rows(SystemTime::now());
+        let first = view.rows(SystemTime::now(), 0, 10);
         assert_eq!(first[0].cells[6], "-", "one sample gives no rate");
         view.apply(sample(1_500_000), then + Duration::from_secs(2));
-        let cells = &view.rows(SystemTime::now())[0].cells;
+        let cells = &view.rows(SystemTime::now(), 0, 10)[0].cells;
         assert_eq!(cells[6], "25.0%");
         assert_eq!(cells[7], "3.0 MiB");
         assert_eq!(cells[8], r"hi\x1b[2J", "daemon text is escaped");
+    }
+
+    #[test]
+    fn only_the_rows_asked_for_are_built() {
+        let mut view = View::new(None);
+        let names = ["a", "b", "c", "d"];
+        view.apply(
+            snapshot(
+                names
+                    .map(|name| status(name, State::Stopped, None))
+                    .to_vec(),
+            ),
+            Instant::now(),
+        );
+        assert_eq!(view.len(), 4);
+        let rows = view.rows(SystemTime::now(), 1, 2);
+        assert_eq!(
+            rows.iter()
+                .map(|row| row.cells[0].as_str())
+                .collect::<Vec<_>>(),
+            ["b", "c"]
+        );
     }
 
     #[test]
@@ -342,7 +375,7 @@ mod tests {
             ]),
             Instant::now(),
         );
-        let rows = view.rows(SystemTime::now());
+        let rows = view.rows(SystemTime::now(), 0, 10);
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].cells[..3], ["b", "error", "-"].map(String::from));
         assert!(view.has("a"));
