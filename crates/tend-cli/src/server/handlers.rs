@@ -288,15 +288,18 @@ async fn logs(
         Some(name) => vec![name],
         None => config.processes.iter().map(|p| p.name.as_str()).collect(),
     };
-    // Subscribe before taking the tails, so no line falls between the two;
-    // lines that are in both are skipped below. A daemon never started has
-    // no output yet.
+    // With `follow`, subscribe before taking the tails, so no line falls
+    // between the two; lines that are in both are skipped below. (Without
+    // it, no subscription: each costs the daemon a channel of 1,024 slots
+    // until its next line.) A daemon never started has no output yet.
     let mut sources = Vec::new();
     for &daemon in &names {
-        match (
-            context.manager.follow_logs(daemon),
-            context.manager.logs(daemon, lines),
-        ) {
+        let live = if follow {
+            context.manager.follow_logs(daemon).map(Some)
+        } else {
+            Ok(None)
+        };
+        match (live, context.manager.logs(daemon, lines)) {
             (Ok(live), Ok(recent)) => sources.push((daemon, live, recent)),
             _ if name.is_some() && follow => {
                 let message =
@@ -331,7 +334,8 @@ async fn logs(
     // this handler (the set aborts them when dropped).
     let (queue, mut received) = tokio::sync::mpsc::channel(1024);
     let mut forwarders = tokio::task::JoinSet::new();
-    for (daemon, mut live, recent) in sources {
+    for (daemon, live, recent) in sources {
+        let Some(mut live) = live else { continue };
         let queue = queue.clone();
         let daemon = daemon.to_owned();
         forwarders.spawn(async move {

@@ -77,10 +77,25 @@ fn colour_on_a_terminal_unless_no_color() {
     // The failed state is red and bold.
     assert!(coloured.contains("\x1b[1m\x1b[31merror"), "{coloured:?}");
 
-    let (code, plain) = on_terminal(&sandbox, &up, &[("NO_COLOR", "1")]);
+    // NO_COLOR: none, the diagnostics on stderr included.
+    let (code, plain) = on_terminal(&sandbox, &up, &[("NO_COLOR", "1"), ("TEND_LOG", "info")]);
     assert_eq!(code, Some(1), "{plain}");
     assert!(plain.contains("-> error"), "{plain}");
+    assert!(plain.contains(" INFO "), "{plain}");
     assert!(!plain.contains('\x1b'), "{plain:?}");
+
+    // Redirected: none either.
+    let piped = sandbox
+        .command(&up)
+        .env("TEND_LOG", "info")
+        .output()
+        .expect("tend up");
+    let stderr = String::from_utf8_lossy(&piped.stderr);
+    assert!(stderr.contains(" INFO "), "{stderr}");
+    assert!(
+        !stderr.contains('\x1b') && !piped.stdout.contains(&0x1b),
+        "{stderr:?}"
+    );
 
     // `tend logs` of every daemon (from the files now): names in colour.
     let (code, logs) = on_terminal(&sandbox, &["logs", "-c", c], &[]);

@@ -188,8 +188,8 @@ fn a_stop_that_ran_out_of_grace_says_sigkill_was_sent() {
 fn health_is_unknown_until_a_first_check_ran() {
     let sandbox = Sandbox::new();
     let config = sandbox.config(&format!(
-        "[process.slowcheck]\ncommand = \"{}\"\nsocket = \"h.sock\"\n[process.slowcheck.healthcheck]\ninterval = \"1h\"\n",
-        testd().display()
+        "[process.slowcheck]\ncommand = \"{testd}\"\nsocket = \"h.sock\"\n[process.slowcheck.healthcheck]\ninterval = \"1h\"\n\n[process.quickcheck]\ncommand = \"{testd}\"\nsocket = \"q.sock\"\n[process.quickcheck.healthcheck]\ninterval = \"50ms\"\n",
+        testd = testd().display()
     ));
     let c = config.to_str().unwrap();
     let _up = sandbox.up(&config);
@@ -204,5 +204,23 @@ fn health_is_unknown_until_a_first_check_ran() {
         .to_owned();
     let health = row.split_whitespace().nth(8);
     assert_eq!(health, Some("-"), "{}", table.stdout);
+    // Once a check ran, it says so.
+    wait_until(
+        "quickcheck's first check",
+        std::time::Instant::now() + SOON,
+        || {
+            status(&sandbox, &config).is_some_and(|processes| {
+                process(&processes, "quickcheck")["health_checked"] == true
+            })
+        },
+    );
+    let table = sandbox.run(&["status", "quickcheck", "-c", c]);
+    let row = table.stdout.lines().nth(1).unwrap_or_default().to_owned();
+    assert_eq!(
+        row.split_whitespace().nth(8),
+        Some("ok"),
+        "{}",
+        table.stdout
+    );
     sandbox.run(&["down", "-c", c]).expect_success();
 }
