@@ -184,7 +184,7 @@ pub(crate) async fn wait_ready(watcher: Option<&SocketWatcher>, path: &Path) {
 /// Sleeps for `duration` with microsecond precision, on a timerfd the
 /// reactor watches (tokio's own timer has millisecond ticks). Falls back
 /// to the runtime's timer if no timerfd can be made.
-async fn fine_sleep(duration: Duration) {
+pub(crate) async fn fine_sleep(duration: Duration) {
     use rustix::time::{
         Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec, timerfd_create,
         timerfd_settime,

@@ -433,6 +433,7 @@ impl Supervisor {
         let children = self.ctx.children.clone();
         let notify = self.notify.take();
         let pgid = incarnation.pgid;
+        let pid = incarnation.pid as i32;
         let cgroup = incarnation.cgroup.clone();
         let mark = incarnation.log_mark;
         // The last reason the daemon was not ready, for the timeout error.
@@ -460,6 +461,7 @@ impl Supervisor {
                         return std::future::pending().await;
                     };
                     let members = Members {
+                        leader: pid,
                         pgid,
                         cgroup: cgroup.as_deref(),
                     };
@@ -590,6 +592,7 @@ impl Supervisor {
         let mut failures = 0u32;
         let notify = self.notify.as_ref();
         let members = Members {
+            leader: incarnation.pid as i32,
             pgid: incarnation.pgid,
             cgroup: incarnation.cgroup.clone(),
         };

@@ -103,6 +103,9 @@ pub(crate) fn parse(datagram: &[u8]) -> Notification {
 
 /// Who may speak for the daemon: the members of its current incarnation.
 pub(crate) struct Members<C> {
+    /// The incarnation's leader, unreaped while it is supervised, so its
+    /// PID cannot name another process.
+    pub leader: i32,
     /// The process group the incarnation leads.
     pub pgid: i32,
     /// Its cgroup, with cgroup containment.
@@ -113,6 +116,7 @@ impl Members<Arc<DaemonCgroup>> {
     /// The same members, borrowed.
     pub fn borrowed(&self) -> Members<&DaemonCgroup> {
         Members {
+            leader: self.leader,
             pgid: self.pgid,
             cgroup: self.cgroup.as_deref(),
         }
@@ -125,6 +129,10 @@ impl Members<&DaemonCgroup> {
     pub fn contain(&self, pid: i32) -> bool {
         if pid <= 1 {
             return false;
+        }
+        // The common case, proven without a system call.
+        if pid == self.leader {
+            return true;
         }
         match self.cgroup {
             Some(cgroup) => cgroup.members().contains(&pid),
