@@ -62,11 +62,19 @@ impl Readiness {
 }
 
 /// A TCP address to connect to.
+///
+/// A daemon supervised on this machine listens on this machine, so a TCP or
+/// HTTP probe targets a loopback address (`127.0.0.0/8`, `::1`, or the name
+/// `localhost`, which means `127.0.0.1`) unless its `remote` flag is set:
+/// anything else would probe another machine, which may answer "ready" for
+/// a daemon that is not running at all. With `remote` set, the address is
+/// probed as given. Host names other than `localhost` are never resolved:
+/// the address is configured, never guessed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TcpProbe {
     /// The address the daemon listens on.
     pub address: SocketAddr,
-    /// Allow an address that is not loopback (see the [module](self) doc).
+    /// Allow an address that is not loopback (see [`TcpProbe`]).
     pub remote: bool,
 }
 
@@ -140,7 +148,7 @@ pub struct HttpProbe {
     pub url: String,
     /// The status that passes; any 2xx when `None`.
     pub expect_status: Option<u16>,
-    /// Allow a host that is not loopback (see the [module](self) doc).
+    /// Allow a host that is not loopback (see [`TcpProbe`]).
     pub remote: bool,
 }
 
