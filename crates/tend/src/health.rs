@@ -614,6 +614,44 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn tcp_checks_run_on_the_board_and_fail_when_nothing_listens() {
+        let Ok(board) = HealthBoard::start() else {
+            return; // no socket diagnostics here: the board does not run
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let open = listener.local_addr().unwrap();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let check = HealthCheck {
+            interval: Duration::from_millis(20),
+            timeout: Duration::from_secs(1),
+            retries: 3,
+        };
+        let shared = |name: &str| {
+            let (events, _) = tokio::sync::broadcast::channel(1);
+            Arc::new(Shared::new(name, LogBuffer::new(1, None), events))
+        };
+        let (up, down) = (shared("up"), shared("down"));
+        let probe = |address| HealthProbe::Tcp(crate::config::TcpProbe::new(address));
+        let _up = board.register(Path::new(""), check, &probe(open), Arc::clone(&up));
+        let mut down_checks = board.register(Path::new(""), check, &probe(closed), down);
+        let reason = tokio::time::timeout(Duration::from_secs(20), down_checks.unhealthy())
+            .await
+            .expect("three refused connects fail the check");
+        assert!(
+            reason.contains("failed 3 health checks in a row"),
+            "{reason}"
+        );
+        assert!(reason.contains("refused"), "{reason}");
+        // The listening one was checked on the same ticks, and passed.
+        assert_eq!(up.snapshot().failed_health_checks, 0);
+        let (accepted, _) = listener.accept().expect("the board connected");
+        drop(accepted);
+    }
+
     #[test]
     fn checks_land_on_a_shared_tick_never_early() {
         let tick = board_tick(Duration::from_secs(1));

@@ -356,7 +356,14 @@ impl Supervisor {
                 tokio::spawn(async move { logs::capture(pipe, stream, &shared.logs).await })
             })
             .collect();
-        self.shared.update(|info| info.pid = Some(pid));
+        self.shared.update(|info| {
+            info.pid = Some(pid);
+            // What the previous incarnation said over the notify socket
+            // is not this one's.
+            info.status_text = None;
+            info.status_errno = None;
+            info.main_pid = None;
+        });
         tracing::debug!(name = %self.config.name, pid, cgroup = ?cgroup.as_ref().map(|c| c.path()), "spawned");
         Ok(Incarnation {
             leader,
