@@ -31,6 +31,7 @@ pub(crate) mod http;
 pub(crate) mod log;
 pub(crate) mod notify;
 pub(crate) mod tcp;
+pub(crate) mod tcpdiag;
 
 /// One health check run by the supervisor (the board runs the batched
 /// ones): over the daemon's socket, or against its other target.
