@@ -52,6 +52,7 @@ mod clock;
 mod manager_role;
 mod orchestrate;
 mod raw;
+mod readiness;
 mod report;
 mod stats;
 mod sys;

@@ -65,6 +65,8 @@ enum Mode {
     Scale(ScaleArgs),
     /// Which containment is in force when one is asked for.
     Probe(ProbeArgs),
+    /// Readiness notice latency by kind.
+    Readiness(crate::readiness::ReadinessArgs),
 }
 
 /// Arguments of `manager probe`.
@@ -131,6 +133,10 @@ pub struct ScaleArgs {
     /// The containment to ask for.
     #[arg(long, value_enum)]
     pub containment: BenchContainment,
+    /// Serve TCP ports checked by `HealthProbe::Tcp` (ready by tcp)
+    /// instead of Unix sockets checked by connect.
+    #[arg(long)]
+    pub tcp: bool,
 }
 
 /// Every latency sample, in nanoseconds: the raw baseline's and, per
@@ -262,11 +268,12 @@ pub fn run(args: ManagerArgs) -> anyhow::Result<()> {
         Mode::Latency(args) => latency(&runtime, &args),
         Mode::Scale(args) => scale(&runtime, &args),
         Mode::Probe(args) => probe(&runtime, &args),
+        Mode::Readiness(args) => crate::readiness::role(&runtime, &args),
     }
 }
 
 /// Writes one JSON line to stdout.
-fn emit(message: &impl Serialize) -> anyhow::Result<()> {
+pub(crate) fn emit(message: &impl Serialize) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer(&mut out, message)?;
     out.write_all(b"\n")?;
@@ -285,7 +292,7 @@ fn expect_command(expected: &str) -> anyhow::Result<()> {
 }
 
 /// Waits for the next event that moves `name` to `to`; returns its time.
-async fn next_event(
+pub(crate) async fn next_event(
     events: &mut tend::Subscription,
     name: &str,
     to: ProcessState,
@@ -314,12 +321,16 @@ fn sigkill(pid: u32) -> anyhow::Result<()> {
 
 /// The next stamp of `path` after the `seen` already there, looking every
 /// `poll`.
-fn next_stamp(path: &Path, seen: usize, poll: Duration) -> anyhow::Result<crate::clock::Stamp> {
+pub(crate) fn next_stamp(
+    path: &Path,
+    seen: usize,
+    poll: Duration,
+) -> anyhow::Result<crate::clock::Stamp> {
     Ok(wait_stamps(path, seen + 1, poll, STEP_TIMEOUT)?[seen])
 }
 
 /// A manager built with `containment` asked for explicitly.
-fn manager_for(dir: &Path, containment: BenchContainment) -> BackgroundProcessManager {
+pub(crate) fn manager_for(dir: &Path, containment: BenchContainment) -> BackgroundProcessManager {
     BackgroundProcessManager::builder()
         .state_dir(dir.join(format!("state-{containment}")))
         .containment(containment.choice())
@@ -618,13 +629,33 @@ fn scale(runtime: &Runtime, args: &ScaleArgs) -> anyhow::Result<()> {
         Duration::from_secs(1),
         3,
     );
+    // Distinct free ports: all bound at once, then released.
+    let ports: Vec<u16> = if args.tcp {
+        let held = (0..args.n)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        held.iter()
+            .map(|l| l.local_addr().map(|a| a.port()))
+            .collect::<std::io::Result<_>>()?
+    } else {
+        Vec::new()
+    };
     let configs: Vec<BackgroundProcessConfig> = (0..args.n)
         .map(|i| {
-            BackgroundProcessConfig::new(format!("d{i:05}"), &args.testd)
+            let config = BackgroundProcessConfig::new(format!("d{i:05}"), &args.testd)
                 .args(["--timestamps".as_ref(), stamps.as_os_str()])
-                .socket_path(sockets.join(format!("{i:05}.sock")))
                 .healthcheck(check)
-                .startup_timeout(Duration::from_secs(300))
+                .startup_timeout(Duration::from_secs(300));
+            match ports.get(i) {
+                Some(&port) => {
+                    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+                    config
+                        .args(["--tcp".to_owned(), address.to_string()])
+                        .readiness(tend::Readiness::Tcp(tend::TcpProbe::new(address)))
+                        .health_probe(tend::HealthProbe::Tcp(tend::TcpProbe::new(address)))
+                }
+                None => config.socket_path(sockets.join(format!("{i:05}.sock"))),
+            }
         })
         .collect();
     emit(&ScaleMsg::Ready)?;

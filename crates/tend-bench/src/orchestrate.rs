@@ -86,6 +86,33 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
 
+    // Readiness by kind, under the first containment.
+    let readiness = match containments.first() {
+        Some(&containment) => {
+            let gap_reps = settings.reps.clamp(1, 20);
+            progress(format_args!(
+                "readiness: {} rounds of socket, tcp and notify, {gap_reps} late listens ({containment})",
+                settings.reps
+            ));
+            match crate::readiness::measure(
+                &exe,
+                &testd,
+                &dir.join("rdy"),
+                settings.reps,
+                gap_reps,
+                containment,
+            ) {
+                Ok(section) => Some(section),
+                Err(e) => {
+                    notes.push(format!("readiness: {e:#}"));
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    sweep("readiness", &mut notes);
+
     let cli = if args.no_cli {
         Err("skipped with --no-cli".to_owned())
     } else {
@@ -152,12 +179,19 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         cli: cli.map(|_| cli_rows),
         notes,
     });
-    let markdown = results.markdown();
+    let mut markdown = results.markdown();
+    if let Some(section) = &readiness {
+        markdown.push_str(&section.markdown());
+    }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
+    let mut json = serde_json::to_value(&results)?;
+    if let (Some(section), Some(object)) = (&readiness, json.as_object_mut()) {
+        object.insert("readiness".to_owned(), serde_json::to_value(section)?);
+    }
     std::fs::write(
         args.out.join("results.json"),
-        serde_json::to_string_pretty(&results)?,
+        serde_json::to_string_pretty(&json)?,
     )?;
     std::fs::write(args.out.join("results.md"), &markdown)?;
     println!("{markdown}");
@@ -251,7 +285,7 @@ fn sweep(phase: &str, notes: &mut Vec<String>) {
 }
 
 /// A manager child and the lines it writes.
-struct ManagerChild {
+pub(crate) struct ManagerChild {
     child: Child,
     stdin: ChildStdin,
     lines: mpsc::Receiver<String>,
@@ -259,7 +293,7 @@ struct ManagerChild {
 
 impl ManagerChild {
     /// Runs `tend-bench manager <args>` with a parent-death signal.
-    fn spawn(exe: &Path, args: &[&std::ffi::OsStr]) -> anyhow::Result<Self> {
+    pub(crate) fn spawn(exe: &Path, args: &[&std::ffi::OsStr]) -> anyhow::Result<Self> {
         let mut command = Command::new(exe);
         command
             .arg("manager")
@@ -300,7 +334,10 @@ impl ManagerChild {
     }
 
     /// The next JSON line, parsed, within `timeout`.
-    fn recv<T: serde::de::DeserializeOwned>(&mut self, timeout: Duration) -> anyhow::Result<T> {
+    pub(crate) fn recv<T: serde::de::DeserializeOwned>(
+        &mut self,
+        timeout: Duration,
+    ) -> anyhow::Result<T> {
         let line = self.lines.recv_timeout(timeout).map_err(|e| match e {
             mpsc::RecvTimeoutError::Timeout => {
                 anyhow::anyhow!("the manager role said nothing for {timeout:?}")
@@ -319,7 +356,7 @@ impl ManagerChild {
         Ok(())
     }
 
-    fn finish(mut self) -> anyhow::Result<()> {
+    pub(crate) fn finish(mut self) -> anyhow::Result<()> {
         let status = self.child.wait()?;
         if !status.success() {
             bail!("the manager role exited with {status}");
@@ -457,6 +494,7 @@ fn scale_row(
             n,
             settings,
             containment,
+            false,
         );
         sweep(&format!("scale {n}, tend ({containment})"), notes);
         match run {
@@ -467,6 +505,30 @@ fn scale_row(
         raws.push(raw_scale(testd, &dir.join(format!("raw-{}", i + 1)), n)?);
         sweep(&format!("scale {n}, raw run {}", i + 2), notes);
     }
+    // The same size with TCP health checks, under the first containment:
+    // the idle-CPU figure for checks the board makes by TCP connects.
+    let tend_tcp = match order.first() {
+        Some(&containment) => {
+            let run = tend_scale(
+                exe,
+                testd,
+                &dir.join(format!("tcp-{containment}")),
+                n,
+                settings,
+                containment,
+                true,
+            );
+            sweep(&format!("scale {n}, tend tcp ({containment})"), notes);
+            match run {
+                Ok(run) => Some(run),
+                Err(e) => {
+                    notes.push(format!("size {n}, tcp checks: {e:#}"));
+                    None
+                }
+            }
+        }
+        None => None,
+    };
     let raw = RawScale::mean(&raws);
     let ms = |ns: i64| ns as f64 / 1e6;
     let tend = runs
@@ -487,11 +549,13 @@ fn scale_row(
         raw_check_cpu_us: raw.check_cpu_us,
         raw_idle_floor_pct: raw.check_cpu_us * n as f64 / (settings.health_ms as f64 * 1e3) * 100.0,
         tend,
+        tend_tcp,
     })
 }
 
-/// n daemons supervised by a manager process under `containment`; the
-/// ratios to raw are filled in by the caller.
+/// n daemons supervised by a manager process under `containment` (on
+/// TCP ports with TCP health checks when `tcp`); the ratios to raw are
+/// filled in by the caller.
 fn tend_scale(
     exe: &Path,
     testd: &Path,
@@ -499,29 +563,40 @@ fn tend_scale(
     n: usize,
     settings: &Settings,
     containment: BenchContainment,
+    tcp: bool,
 ) -> anyhow::Result<TendScaleRow> {
     progress(format_args!(
-        "scale n={n}: supervised ({containment}), then {} s idle with a {} ms health check",
-        settings.idle_secs, settings.health_ms
+        "scale n={n}: supervised ({containment}{}), then {} s idle with a {} ms health check",
+        if tcp { ", tcp ports and checks" } else { "" },
+        settings.idle_secs,
+        settings.health_ms
     ));
     std::fs::create_dir_all(tend_dir)?;
     let n_arg = n.to_string();
     let health = settings.health_ms.to_string();
+    let mut scale_args: Vec<&std::ffi::OsStr> = Vec::new();
+    if tcp {
+        scale_args.push("--tcp".as_ref());
+    }
     let mut child = ManagerChild::spawn(
         exe,
         &[
-            "scale".as_ref(),
-            "--testd".as_ref(),
-            testd.as_os_str(),
-            "--dir".as_ref(),
-            tend_dir.as_os_str(),
-            "--n".as_ref(),
-            n_arg.as_ref(),
-            "--health-ms".as_ref(),
-            health.as_ref(),
-            "--containment".as_ref(),
-            containment.name().as_ref(),
-        ],
+            &[
+                "scale".as_ref(),
+                "--testd".as_ref(),
+                testd.as_os_str(),
+                "--dir".as_ref(),
+                tend_dir.as_os_str(),
+                "--n".as_ref(),
+                n_arg.as_ref(),
+                "--health-ms".as_ref(),
+                health.as_ref(),
+                "--containment".as_ref(),
+                containment.name().as_ref(),
+            ],
+            scale_args.as_slice(),
+        ]
+        .concat(),
     )?;
     let pid = child.pid();
     let step = Duration::from_secs(300);

@@ -80,6 +80,9 @@ pub struct ScaleRow {
     pub raw_idle_floor_pct: f64,
     /// tend, one entry per containment that completed.
     pub tend: Vec<TendScaleRow>,
+    /// tend under the first containment with the daemons on TCP ports,
+    /// ready by tcp and checked by TCP connects, if that run completed.
+    pub tend_tcp: Option<TendScaleRow>,
 }
 
 impl ScaleRow {
@@ -727,16 +730,25 @@ impl Results {
                 "|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
             );
             for r in &self.scale {
-                for c in cs {
-                    let Some(t) = r.under(c.requested) else {
-                        continue;
-                    };
+                let rows = cs
+                    .iter()
+                    .filter_map(|c| Some((c.label(), r.under(c.requested)?)))
+                    .chain(r.tend_tcp.iter().map(|t| {
+                        (
+                            format!(
+                                "{} + **tcp checks**",
+                                t.in_force.as_deref().unwrap_or(t.requested.name())
+                            ),
+                            t,
+                        )
+                    }));
+                for (label, t) in rows {
                     let mib = |kib: u64| kib as f64 / 1024.0;
                     let _ = writeln!(
                         md,
                         "| {} | {} | {:.1} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.0} | {} | {} | {} | {:.0} | {} | {} |",
                         r.n,
-                        c.label(),
+                        label,
                         t.last_running_after_last_listen_ms,
                         t.start_cpu_ms,
                         mib(t.rss_idle_kib),

@@ -46,7 +46,10 @@ use tokio::{
 
 use crate::{
     config::{HealthCheck, HealthProbe},
-    probe::{self, tcp},
+    probe::{
+        self, tcp,
+        tcpdiag::{TcpDiag, TcpListeners},
+    },
     shared::Shared,
     sockdiag::{self, Snapshot, SockDiag},
 };
@@ -113,6 +116,10 @@ struct Planted {
 struct BoardState {
     diag: SockDiag,
     snapshot: Snapshot,
+    /// The dumper of listening TCP sockets, for `Tcp` checks.
+    tcp_diag: TcpDiag,
+    /// Its last dump; empty when it failed (then `Tcp` checks connect).
+    tcp_snapshot: TcpListeners,
     entries: HashMap<u64, Entry>,
     next_id: u64,
     /// When the task wakes next on its own (`None`: only when woken). A
@@ -139,6 +146,8 @@ impl HealthBoard {
             state: Mutex::new(BoardState {
                 diag,
                 snapshot: Snapshot::default(),
+                tcp_diag: TcpDiag::new(),
+                tcp_snapshot: TcpListeners::default(),
                 entries: HashMap::new(),
                 next_id: 0,
                 wakes_at: None,
@@ -246,19 +255,40 @@ impl HealthBoard {
                     state.snapshot = Snapshot::default();
                 }
             }
+            let mut tcp_dumped = false;
+            if state.entries.values().any(|e| due(e) && e.tcp.is_some()) {
+                match state.tcp_diag.dump_into(&mut state.tcp_snapshot) {
+                    Ok(()) => tcp_dumped = true,
+                    Err(e) => tracing::debug!(error = %e, "TCP socket diagnostics dump failed"),
+                }
+            }
             let mut failed = Vec::new();
             for (&id, entry) in state.entries.iter_mut().filter(|(_, e)| due(e)) {
                 entry.next_due =
                     on_shared_tick(now + entry.check.interval, board_tick(entry.check.interval));
                 let result = match entry.tcp {
-                    Some(address) => match tcp::start_connect(address, entry.check.timeout) {
-                        Ok(None) => Ok(()),
-                        Ok(Some(under_way)) => {
-                            connecting.push((id, under_way));
-                            continue;
+                    Some(address) => {
+                        let listed = tcp_dumped
+                            .then(|| state.tcp_snapshot.reaching(address))
+                            .flatten();
+                        match listed {
+                            Some(listener) if listener.is_full() => Err(format!(
+                                "{address}: the accept queue is full ({} connections waiting; \
+                                 the daemon is not accepting)",
+                                listener.queued
+                            )),
+                            Some(_) => Ok(()),
+                            // Not listed (or no dump): a connect decides.
+                            None => match tcp::start_connect(address, entry.check.timeout) {
+                                Ok(None) => Ok(()),
+                                Ok(Some(under_way)) => {
+                                    connecting.push((id, under_way));
+                                    continue;
+                                }
+                                Err(reason) => Err(reason),
+                            },
                         }
-                        Err(reason) => Err(reason),
-                    },
+                    }
                     None => check(entry, &state.snapshot, now),
                 };
                 if record(entry, result) {
@@ -626,6 +656,44 @@ mod tests {
             verdict.try_recv().unwrap(),
             "failed 3 health checks in a row (three)"
         );
+    }
+
+    #[tokio::test]
+    async fn tcp_checks_run_on_the_board_and_fail_when_nothing_listens() {
+        let Ok(board) = HealthBoard::start() else {
+            return; // no socket diagnostics here: the board does not run
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let open = listener.local_addr().unwrap();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let check = HealthCheck {
+            interval: Duration::from_millis(20),
+            timeout: Duration::from_secs(1),
+            retries: 3,
+        };
+        let shared = |name: &str| {
+            let (events, _) = tokio::sync::broadcast::channel(1);
+            Arc::new(Shared::new(name, LogBuffer::new(1, None), events))
+        };
+        let (up, down) = (shared("up"), shared("down"));
+        let probe = |address| HealthProbe::Tcp(crate::config::TcpProbe::new(address));
+        let _up = board.register(Path::new(""), check, &probe(open), Arc::clone(&up));
+        let mut down_checks = board.register(Path::new(""), check, &probe(closed), down);
+        let reason = tokio::time::timeout(Duration::from_secs(20), down_checks.unhealthy())
+            .await
+            .expect("three refused connects fail the check");
+        assert!(
+            reason.contains("failed 3 health checks in a row"),
+            "{reason}"
+        );
+        assert!(reason.contains("refused"), "{reason}");
+        // The listening one was checked on the same ticks (from the dump
+        // of listening TCP sockets, or by connects), and passed.
+        assert_eq!(up.snapshot().failed_health_checks, 0);
+        drop(listener);
     }
 
     #[test]

@@ -40,6 +40,34 @@
 //! or later) no other descriptor of the app.
 //! `examples/daemons/echo_daemon.py` is a complete one.
 //!
+//! ## Other kinds of daemons
+//! A daemon that serves no Unix socket tells tend it is ready another way,
+//! chosen with [`BackgroundProcessConfig::readiness`] ([`Readiness`]):
+//! - **notify**: it sends `READY=1` over systemd's notify protocol to the
+//!   datagram socket named in `NOTIFY_SOCKET` (a socket of its own, in a
+//!   0700 directory of the manager's state directory). Only a process of
+//!   the daemon's cgroup (or process group) is heard, as the kernel's
+//!   `SCM_CREDENTIALS` prove; others, and malformed or oversized
+//!   datagrams, are dropped. `STATUS=` becomes
+//!   [`ProcessInfo::status_text`], `MAINPID=` of a member
+//!   [`ProcessInfo::main_pid`], `ERRNO=` [`ProcessInfo::status_errno`].
+//!   With [`BackgroundProcessConfig::watchdog`] it gets `WATCHDOG_USEC` and
+//!   must send `WATCHDOG=1` at least that often once ready; a missed one
+//!   replaces it. redis-server `--supervised systemd` and PostgreSQL speak
+//!   it.
+//! - **tcp**: it listens on the configured `host:port` (loopback, unless
+//!   [`TcpProbe::remote`]).
+//! - **http**: it answers a `GET` of the configured URL, over TCP or over its
+//!   own Unix socket, with 2xx (or [`HttpProbe::expect_status`]).
+//! - **exec**: a command run in its environment and working directory
+//!   exits 0 (`pg_isready` for PostgreSQL, which accepts on its socket
+//!   long before it can serve).
+//! - **log**: it prints a line matching a regular expression.
+//! - **none**: nothing; [`ProcessInfo::readiness_checked`] is false.
+//!
+//! Health checks choose their kind separately ([`HealthProbe`]): over the
+//! socket (`Connect`, `Accept`, `Ping`) or `Tcp`, `Http`, `Exec`.
+//!
 //! # Theory of operation
 //! - **One task per process.** Each started name gets a supervisor task
 //!   (`supervisor.rs`) that owns its child processes and is the only writer
@@ -61,7 +89,14 @@
 //!   of the listening Unix sockets per tick rather than a connect per
 //!   check; a connection left waiting in a daemon's accept queue longer
 //!   than the timeout fails its check. Where the dump is unavailable, each
-//!   check is a connect. `Ping` checks run in the supervisor task.
+//!   check is a connect. TCP checks run in the same task on the same tick:
+//!   non-blocking connects, waited on together in one `poll`. `Ping`,
+//!   `Http` and `Exec` checks run in the supervisor task, one at a time.
+//! - **Readiness as it happens.** A notify datagram wakes the supervisor
+//!   the moment it arrives, a log line as it is captured; a socket file's
+//!   creation through inotify. Where the kernel says nothing (a TCP port
+//!   starting to listen, a bound socket starting to listen), tend retries
+//!   on a microsecond timer, at most 2 ms apart for the first seconds.
 //! - **Containment you can prove.** Where a writable cgroup v2 hierarchy is
 //!   found (or when asked for, [`ContainmentChoice`], `TEND_CONTAINMENT`),
 //!   each daemon runs in a cgroup of its own,

@@ -31,6 +31,7 @@ pub(crate) mod http;
 pub(crate) mod log;
 pub(crate) mod notify;
 pub(crate) mod tcp;
+pub(crate) mod tcpdiag;
 
 /// One health check run by the supervisor (the board runs the batched
 /// ones): over the daemon's socket, or against its other target.
@@ -184,7 +185,7 @@ pub(crate) async fn wait_ready(watcher: Option<&SocketWatcher>, path: &Path) {
 /// Sleeps for `duration` with microsecond precision, on a timerfd the
 /// reactor watches (tokio's own timer has millisecond ticks). Falls back
 /// to the runtime's timer if no timerfd can be made.
-async fn fine_sleep(duration: Duration) {
+pub(crate) async fn fine_sleep(duration: Duration) {
     use rustix::time::{
         Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec, timerfd_create,
         timerfd_settime,

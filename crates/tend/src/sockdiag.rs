@@ -74,30 +74,30 @@ use rustix::{
 
 // From linux/netlink.h.
 /// Length of `struct nlmsghdr`.
-const NLMSG_HDRLEN: usize = 16;
+pub(crate) const NLMSG_HDRLEN: usize = 16;
 /// `NLM_F_REQUEST`: a request to the kernel.
-const NLM_F_REQUEST: u16 = 0x1;
+pub(crate) const NLM_F_REQUEST: u16 = 0x1;
 /// `NLM_F_DUMP` (`NLM_F_ROOT | NLM_F_MATCH`): all entries, not one.
-const NLM_F_DUMP: u16 = 0x300;
+pub(crate) const NLM_F_DUMP: u16 = 0x300;
 /// `NLMSG_NOOP`: nothing, skip it.
-const NLMSG_NOOP: u16 = 1;
+pub(crate) const NLMSG_NOOP: u16 = 1;
 /// `NLMSG_ERROR`: an errno for the request (negative) or an ack (zero).
-const NLMSG_ERROR: u16 = 2;
+pub(crate) const NLMSG_ERROR: u16 = 2;
 /// `NLMSG_DONE`: end of a dump, possibly with the dump's error.
-const NLMSG_DONE: u16 = 3;
+pub(crate) const NLMSG_DONE: u16 = 3;
 /// `NLMSG_OVERRUN`: data lost.
-const NLMSG_OVERRUN: u16 = 4;
+pub(crate) const NLMSG_OVERRUN: u16 = 4;
 /// Bits of `nla_type` that are flags (`NLA_F_NESTED`,
 /// `NLA_F_NET_BYTEORDER`), not the attribute type.
 const NLA_TYPE_MASK: u16 = 0x3fff;
 
 // From linux/sock_diag.h and linux/unix_diag.h.
 /// `SOCK_DIAG_BY_FAMILY`: the message type of requests and replies.
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
+pub(crate) const SOCK_DIAG_BY_FAMILY: u16 = 20;
 /// `AF_UNIX`, the `sdiag_family` asked for.
 const AF_UNIX: u8 = 1;
 /// `TCP_LISTEN`: Unix sockets reuse the TCP state numbers.
-const TCP_LISTEN: u8 = 10;
+pub(crate) const TCP_LISTEN: u8 = 10;
 /// `UDIAG_SHOW_VFS`: ask for the socket file's inode and device.
 const UDIAG_SHOW_VFS: u32 = 0x2;
 /// `UDIAG_SHOW_ICONS`: ask for the connections waiting to be accepted.
@@ -122,12 +122,12 @@ const RTA_HDRLEN: usize = 4;
 /// `netlink_recvmsg`; 32,436-byte datagrams with 64 and 256 KiB buffers
 /// too), so a larger buffer gains nothing and a smaller one means more,
 /// smaller datagrams. A listener takes 68 bytes: 1,000 fit in two.
-const BUF_LEN: usize = 32 * 1024;
+pub(crate) const BUF_LEN: usize = 32 * 1024;
 /// Guard against a receive that never returns. The kernel builds a dump's
 /// datagrams inside `recv` itself and never waits on another process, so
 /// this is never reached in practice; it only bounds the damage of a
 /// kernel oddity to one check tick.
-const RECV_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const RECV_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Identity of a socket file as `stat` sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -328,7 +328,7 @@ pub(crate) fn user_dev(kernel_dev: u32) -> u64 {
 }
 
 /// A `NETLINK_SOCK_DIAG` socket with a receive timeout.
-fn open_socket() -> io::Result<OwnedFd> {
+pub(crate) fn open_socket() -> io::Result<OwnedFd> {
     let socket = rustix::net::socket_with(
         AddressFamily::NETLINK,
         SocketType::DGRAM,
@@ -495,34 +495,34 @@ fn parse_listener(msg: &[u8]) -> io::Result<Option<(Key, Listener)>> {
 }
 
 /// `NLMSG_ALIGN` / `RTA_ALIGN`: lengths are padded to 4 bytes.
-fn align4(len: usize) -> usize {
+pub(crate) fn align4(len: usize) -> usize {
     len.saturating_add(3) & !3
 }
 
 /// The native-endian `u16` at `offset`, if `buf` holds it.
-fn u16_at(buf: &[u8], offset: usize) -> Option<u16> {
+pub(crate) fn u16_at(buf: &[u8], offset: usize) -> Option<u16> {
     let bytes = buf.get(offset..offset.checked_add(2)?)?;
     Some(u16::from_ne_bytes(bytes.try_into().ok()?))
 }
 
 /// The native-endian `u32` at `offset`, if `buf` holds it.
-fn u32_at(buf: &[u8], offset: usize) -> Option<u32> {
+pub(crate) fn u32_at(buf: &[u8], offset: usize) -> Option<u32> {
     let bytes = buf.get(offset..offset.checked_add(4)?)?;
     Some(u32::from_ne_bytes(bytes.try_into().ok()?))
 }
 
 /// The native-endian `i32` at `offset`, if `buf` holds it.
-fn i32_at(buf: &[u8], offset: usize) -> Option<i32> {
+pub(crate) fn i32_at(buf: &[u8], offset: usize) -> Option<i32> {
     u32_at(buf, offset).map(|v| v as i32)
 }
 
 /// An `InvalidData` error for a malformed reply.
-fn invalid(what: &'static str) -> io::Error {
+pub(crate) fn invalid(what: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
 }
 
 /// Runs `f` again while it is interrupted by a signal.
-fn retry_eintr<T>(mut f: impl FnMut() -> rustix::io::Result<T>) -> io::Result<T> {
+pub(crate) fn retry_eintr<T>(mut f: impl FnMut() -> rustix::io::Result<T>) -> io::Result<T> {
     loop {
         match f() {
             Err(Errno::INTR) => continue,

@@ -406,7 +406,14 @@ impl Supervisor {
                 tokio::spawn(async move { logs::capture(pipe, stream, &shared.logs).await })
             })
             .collect();
-        self.shared.update(|info| info.pid = Some(pid));
+        self.shared.update(|info| {
+            info.pid = Some(pid);
+            // What the previous incarnation said over the notify socket
+            // is not this one's.
+            info.status_text = None;
+            info.status_errno = None;
+            info.main_pid = None;
+        });
         tracing::debug!(name = %self.config.name, pid, cgroup = ?cgroup.as_ref().map(|c| c.path()), "spawned");
         Ok(Incarnation {
             leader,
@@ -486,6 +493,7 @@ impl Supervisor {
         let children = self.ctx.children.clone();
         let notify = self.notify.take();
         let pgid = incarnation.pgid;
+        let pid = incarnation.pid as i32;
         let cgroup = incarnation.cgroup.clone();
         let mark = incarnation.log_mark;
         // The last reason the daemon was not ready, for the timeout error.
@@ -513,6 +521,7 @@ impl Supervisor {
                         return std::future::pending().await;
                     };
                     let members = Members {
+                        leader: pid,
                         pgid,
                         cgroup: cgroup.as_deref(),
                     };
@@ -643,6 +652,7 @@ impl Supervisor {
         let mut failures = 0u32;
         let notify = self.notify.as_ref();
         let members = Members {
+            leader: incarnation.pid as i32,
             pgid: incarnation.pgid,
             cgroup: incarnation.cgroup.clone(),
         };

@@ -93,10 +93,13 @@ pub fn notify(plan: NotifyPlan) {
         if plan.ready {
             let status = plan.status.as_deref().unwrap_or("ready");
             let message = format!("READY=1\nSTATUS={status}\nMAINPID={}", std::process::id());
-            if let Some(stamp) = &plan.ready_stamp {
-                crate::append_line(stamp, &format!("{}\n", crate::now_ns()));
-            }
+            // The stamp is taken right before the send and written after
+            // it, so the file write is not measured.
+            let before_send = crate::now_ns();
             send(&socket, &path, message.as_bytes());
+            if let Some(stamp) = &plan.ready_stamp {
+                crate::append_line(stamp, &format!("{before_send}\n"));
+            }
         }
         if let Some(pings) = plan.watchdog_pings {
             let usec: u64 = std::env::var("WATCHDOG_USEC")

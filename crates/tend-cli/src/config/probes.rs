@@ -113,6 +113,9 @@ pub(super) struct ProbeKeys<'doc> {
     pub command: Option<(Entry<'doc>, ExecProbe)>,
     pub remote: bool,
     pub status: Option<u16>,
+    /// Target keys written, valid or not (an invalid one is reported once,
+    /// not again as missing).
+    pub given: Vec<&'static str>,
 }
 
 impl<'doc> ProbeKeys<'doc> {
@@ -125,16 +128,19 @@ impl<'doc> ProbeKeys<'doc> {
                 }
             }
             "url" => {
+                self.given.push("url");
                 if let Some(url) = problems.non_empty_string(&inner) {
                     self.url = Some((inner, url));
                 }
             }
             "address" => {
+                self.given.push("address");
                 if let Some(address) = problems.non_empty_string(&inner) {
                     self.address = Some((inner, address));
                 }
             }
             "command" => {
+                self.given.push("command");
                 if let Some(exec) = command(&inner, problems) {
                     self.command = Some((inner, exec));
                 }
@@ -149,6 +155,11 @@ impl<'doc> ProbeKeys<'doc> {
     /// The probe the keys describe.
     pub fn probe(self, table: &Entry<'_>, problems: &mut Problems<'_>) -> Option<HealthProbe> {
         let kind = self.kind.as_ref().map(|(_, kind)| kind.as_str());
+        // A missing target is reported at the `probe` key that asks for it.
+        let (span, key) = match &self.kind {
+            Some((entry, _)) => (entry.span(), entry.key.clone()),
+            None => (table.span(), table.key.clone()),
+        };
         let unused =
             |problems: &mut Problems<'_>, key: &Option<(Entry<'_>, String)>, what: &str| {
                 if let Some((entry, _)) = key {
@@ -172,11 +183,13 @@ impl<'doc> ProbeKeys<'doc> {
                     }
                 },
                 None => {
-                    problems.add(
-                        table.span(),
-                        &table.key,
-                        "probe = \"tcp\" needs address = \"host:port\"",
-                    );
+                    if !self.given.contains(&"address") {
+                        problems.add(
+                            span.clone(),
+                            &key,
+                            "probe = \"tcp\" needs address = \"host:port\"",
+                        );
+                    }
                     None
                 }
             },
@@ -187,23 +200,27 @@ impl<'doc> ProbeKeys<'doc> {
                     Some(HealthProbe::Http(http))
                 }
                 None => {
-                    problems.add(
-                        table.span(),
-                        &table.key,
-                        "probe = \"http\" needs url = \"http://127.0.0.1:PORT/path\" \
+                    if !self.given.contains(&"url") {
+                        problems.add(
+                            span.clone(),
+                            &key,
+                            "probe = \"http\" needs url = \"http://127.0.0.1:PORT/path\" \
                          (or a path such as \"/healthz\", asked over the daemon's socket)",
-                    );
+                        );
+                    }
                     None
                 }
             },
             Some("exec") => match &self.command {
                 Some((_, exec)) => Some(HealthProbe::Exec(exec.clone())),
                 None => {
-                    problems.add(
-                        table.span(),
-                        &table.key,
-                        "probe = \"exec\" needs command = [\"program\", \"arg\", ...]",
-                    );
+                    if !self.given.contains(&"command") {
+                        problems.add(
+                            span.clone(),
+                            &key,
+                            "probe = \"exec\" needs command = [\"program\", \"arg\", ...]",
+                        );
+                    }
                     None
                 }
             },

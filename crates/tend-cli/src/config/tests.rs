@@ -602,7 +602,7 @@ ready = { tcp = "example.com:80" }
     assert!(keys.contains(&(Some(9), "process.c.ready")), "{keys:?}");
     assert!(keys.contains(&(Some(12), "process.d.watchdog")), "{keys:?}");
     assert!(
-        keys.contains(&(Some(15), "process.e.healthcheck")),
+        keys.contains(&(Some(15), "process.e.healthcheck.probe")),
         "{keys:?}"
     );
     assert!(

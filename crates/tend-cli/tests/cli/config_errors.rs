@@ -134,9 +134,21 @@ const BAD_FILES: &[(&str, &str, &str, &str)] = &[
     ),
     (
         "unknown health probe",
-        "[process.a]\ncommand = \"x\"\nsocket = \"a.sock\"\n[process.a.healthcheck]\nprobe = \"grpc\"\n",
+        "[process.a]\ncommand = \"x\"\nsocket = \"a.sock\"\n[process.a.healthcheck]\nprobe = \"smtp\"\n",
         "probe",
         "process.a.healthcheck.probe",
+    ),
+    (
+        "http probe without a url",
+        "[process.a]\ncommand = \"x\"\n[process.a.healthcheck]\nprobe = \"http\"\n",
+        "probe",
+        "process.a.healthcheck.probe",
+    ),
+    (
+        "notify watchdog without notify readiness",
+        "[process.a]\ncommand = \"x\"\nready = { tcp = \"127.0.0.1:80\" }\nwatchdog = \"1s\"\n",
+        "watchdog",
+        "process.a.watchdog",
     ),
     (
         "empty event name",

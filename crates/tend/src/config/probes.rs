@@ -62,6 +62,14 @@ impl Readiness {
 }
 
 /// A TCP address to connect to.
+///
+/// A daemon supervised on this machine listens on this machine, so a TCP or
+/// HTTP probe targets a loopback address (`127.0.0.0/8`, `::1`, or the name
+/// `localhost`, which means `127.0.0.1`) unless its `remote` flag is set:
+/// anything else would probe another machine, which may answer "ready" for
+/// a daemon that is not running at all. With `remote` set, the address is
+/// probed as given. Host names other than `localhost` are never resolved:
+/// the address is configured, never guessed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TcpProbe {
     /// The address the daemon listens on.

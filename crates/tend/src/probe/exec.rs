@@ -38,29 +38,66 @@ pub(crate) async fn check(
     if let Some(dir) = &config.plugin_path {
         command.current_dir(dir);
     }
-    let mut child = children
+    let child = children
         .spawn_registered(&mut command)
         .map_err(|e| format!("cannot run {shown:?}: {e}"))?;
-    let pid = child.id();
-    let result = match tokio::time::timeout(timeout, child.wait()).await {
+    let mut run = Run {
+        pid: child.id(),
+        child,
+        children,
+        finished: false,
+    };
+    let result = match tokio::time::timeout(timeout, run.child.wait()).await {
         Ok(Ok(status)) if status.success() => Ok(()),
         Ok(Ok(status)) => Err(format!("{shown:?} {}", describe(status))),
         Ok(Err(e)) => Err(format!("cannot wait for {shown:?}: {e}")),
         Err(_) => {
-            if let Some(pid) = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
-                // Unreaped, so the group it leads is still its own.
-                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-            }
-            let _ = child.wait().await;
+            run.kill_group();
+            let _ = run.child.wait().await;
             Err(format!(
                 "{shown:?} did not finish within {timeout:?} (killed)"
             ))
         }
     };
-    if let Some(pid) = pid {
-        children.forget(pid);
-    }
+    run.finished = true;
     result
+}
+
+/// A probe command under way. Dropped unfinished (the check was cancelled:
+/// the daemon is stopping), it kills the command's group; either way it
+/// takes the command out of the child table.
+struct Run<'a> {
+    child: tokio::process::Child,
+    pid: Option<u32>,
+    children: &'a ChildTable,
+    /// Reaped, so its PID may name another process now.
+    finished: bool,
+}
+
+impl Run<'_> {
+    /// SIGKILL to the command's process group, while its leader is unreaped
+    /// (so the group is certainly the one it leads).
+    fn kill_group(&self) {
+        if let Some(pid) = self
+            .pid
+            .and_then(|p| rustix::process::Pid::from_raw(p as i32))
+        {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+impl Drop for Run<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            // Not waited for: unreaped, its group still its own. tokio reaps
+            // the killed leader in the background.
+            self.kill_group();
+        }
+        if let Some(pid) = self.pid {
+            self.children.forget(pid);
+        }
+    }
 }
 
 fn describe(status: std::process::ExitStatus) -> String {

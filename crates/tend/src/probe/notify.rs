@@ -103,6 +103,9 @@ pub(crate) fn parse(datagram: &[u8]) -> Notification {
 
 /// Who may speak for the daemon: the members of its current incarnation.
 pub(crate) struct Members<C> {
+    /// The incarnation's leader, unreaped while it is supervised, so its
+    /// PID cannot name another process.
+    pub leader: i32,
     /// The process group the incarnation leads.
     pub pgid: i32,
     /// Its cgroup, with cgroup containment.
@@ -113,6 +116,7 @@ impl Members<Arc<DaemonCgroup>> {
     /// The same members, borrowed.
     pub fn borrowed(&self) -> Members<&DaemonCgroup> {
         Members {
+            leader: self.leader,
             pgid: self.pgid,
             cgroup: self.cgroup.as_deref(),
         }
@@ -125,6 +129,10 @@ impl Members<&DaemonCgroup> {
     pub fn contain(&self, pid: i32) -> bool {
         if pid <= 1 {
             return false;
+        }
+        // The common case, proven without a system call.
+        if pid == self.leader {
+            return true;
         }
         match self.cgroup {
             Some(cgroup) => cgroup.members().contains(&pid),
@@ -166,6 +174,7 @@ impl NotifySocket {
                 ),
             ));
         }
+        sweep_dead(&dir);
         // A file of that name is a leftover of a dead process with this
         // PID: the directory is this user's alone.
         match dir.remove_file(&name) {
@@ -234,6 +243,32 @@ impl Drop for NotifySocket {
     }
 }
 
+/// Removes the sockets of managers that are gone (named `<pid>.<n>`, the
+/// PID no longer alive), left behind when one was killed. Only names of
+/// that form are touched, in a directory only this user can write; a PID
+/// reused by another process keeps its files, which is harmless.
+fn sweep_dead(dir: &PrivateDir) {
+    let me = std::process::id();
+    let Ok(entries) = dir.entries() else {
+        return;
+    };
+    for name in entries {
+        let Some((pid, n)) = name.to_str().and_then(|n| n.split_once('.')) else {
+            continue;
+        };
+        let (Ok(pid), Ok(_)) = (pid.parse::<u32>(), n.parse::<u64>()) else {
+            continue;
+        };
+        let gone = pid != me
+            && rustix::process::Pid::from_raw(pid as i32).is_some_and(|p| {
+                rustix::process::test_kill_process(p) == Err(rustix::io::Errno::SRCH)
+            });
+        if gone {
+            let _ = dir.remove_file(&name);
+        }
+    }
+}
+
 /// Reads one datagram: `Some((sender pid, bytes))`, or `None` for one that
 /// is dropped (truncated, or without credentials).
 fn receive(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<Option<(i32, Vec<u8>)>> {
@@ -267,7 +302,75 @@ fn receive(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<Option<(i32, Vec<u8>)>
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+
+    fn private_dir() -> (tempfile::TempDir, Arc<PrivateDir>) {
+        let temp = tempfile::Builder::new()
+            .prefix("nt")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let dir = PrivateDir::open_or_create(temp.path().join("n")).unwrap();
+        (temp, Arc::new(dir))
+    }
+
+    #[tokio::test]
+    async fn only_members_are_heard_and_the_file_goes_with_the_socket() {
+        let (_temp, dir) = private_dir();
+        let socket = NotifySocket::bind(Arc::clone(&dir)).unwrap();
+        let path = socket.path().to_path_buf();
+        let sender = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        let me = std::process::id() as i32;
+        // Not the leader, not in the group: this process is a stranger.
+        let strangers = Members::<&DaemonCgroup> {
+            leader: i32::MAX,
+            pgid: i32::MAX,
+            cgroup: None,
+        };
+        let members = Members::<&DaemonCgroup> {
+            leader: me,
+            pgid: i32::MAX,
+            cgroup: None,
+        };
+        sender.send_to(b"READY=1\nSTATUS=first", &path).unwrap();
+        let heard = tokio::time::timeout(Duration::from_millis(200), socket.next(&strangers)).await;
+        assert!(heard.is_err(), "a stranger's datagram was taken: {heard:?}");
+        sender.send_to(&[b'x'; MAX_DATAGRAM + 1], &path).unwrap();
+        sender.send_to(b"READY=1\nSTATUS=second", &path).unwrap();
+        let heard = socket.next(&members).await;
+        assert!(heard.ready);
+        assert_eq!(
+            heard.status.as_deref(),
+            Some("second"),
+            "the oversized one is dropped"
+        );
+        drop(socket);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn sockets_of_dead_managers_are_swept() {
+        let (_temp, dir) = private_dir();
+        let me = std::process::id();
+        for name in [
+            "999999999.0".to_owned(),
+            format!("{me}.7"),
+            "notes.txt".to_owned(),
+        ] {
+            dir.create_new(&name).unwrap();
+        }
+        sweep_dead(&dir);
+        let mut left = dir.entries().unwrap();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                OsString::from(format!("{me}.7")),
+                OsString::from("notes.txt")
+            ]
+        );
+    }
 
     #[test]
     fn assignments_are_read_and_the_rest_ignored() {

@@ -3,12 +3,13 @@
 //!
 //! Nothing tells tend when a TCP port starts listening (inotify sees socket
 //! files, not ports), so the readiness wait connects, and while the connect
-//! is refused retries after a pause that starts at 1 ms and stays at most
-//! [`MAX_PAUSE`] for [`FINE_WINDOW`]: a refused loopback connect costs a
-//! few microseconds, so a listen is noticed within about that pause
-//! however long the daemon takes, at a negligible cost. After the window
-//! (a daemon that takes seconds to start) the pause grows to
-//! [`SLOW_PAUSE`].
+//! is refused retries after a pause on the microsecond timer the Unix-socket
+//! wait uses: 20 µs, doubling to 200 µs for the first 20 ms (a daemon
+//! usually listens within a few milliseconds of its start), then at most
+//! [`MAX_PAUSE`] until [`FINE_WINDOW`]: a refused loopback connect costs a
+//! few microseconds, so a listen is noticed within about that pause however
+//! long the daemon takes, at a negligible cost. After the window (a daemon
+//! that takes seconds to start) the pause grows to [`SLOW_PAUSE`].
 
 use std::{
     io,
@@ -22,6 +23,12 @@ use rustix::{
     net::{AddressFamily, SocketFlags, SocketType},
 };
 
+/// The first pause after a refused connect.
+const FIRST_PAUSE: Duration = Duration::from_micros(20);
+/// The longest pause on the microsecond timer.
+const MAX_FINE_PAUSE: Duration = Duration::from_micros(200);
+/// How long the microsecond timer is used.
+const FINE_SCHEDULE: Duration = Duration::from_millis(20);
 /// The longest pause between refused connects during [`FINE_WINDOW`].
 pub(crate) const MAX_PAUSE: Duration = Duration::from_millis(2);
 /// How long refused connects are retried every [`MAX_PAUSE`] at most.
@@ -33,20 +40,26 @@ const SLOW_PAUSE: Duration = Duration::from_millis(20);
 /// the caller races it against the child's exit and the startup deadline.
 pub(crate) async fn wait_ready(address: SocketAddr) {
     let started = Instant::now();
+    let mut fine_pause = FIRST_PAUSE;
     let mut pause = Duration::from_millis(1);
     loop {
         match tokio::net::TcpStream::connect(address).await {
             Ok(_) => return,
             Err(e) => {
                 tracing::trace!(%address, error = %e, "not accepting yet");
-                let cap = if started.elapsed() < FINE_WINDOW {
-                    MAX_PAUSE
+                let waited = started.elapsed();
+                if waited < FINE_SCHEDULE {
+                    super::fine_sleep(fine_pause).await;
+                    fine_pause = (fine_pause * 2).min(MAX_FINE_PAUSE);
                 } else {
-                    SLOW_PAUSE
-                };
-                pause = pause.min(cap);
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(cap);
+                    let cap = if waited < FINE_WINDOW {
+                        MAX_PAUSE
+                    } else {
+                        SLOW_PAUSE
+                    };
+                    tokio::time::sleep(pause.min(cap)).await;
+                    pause = (pause * 2).min(cap);
+                }
             }
         }
     }
