@@ -817,6 +817,16 @@ fn read_process(
     if config.log_file.is_none() {
         config.log_file = Some(state_dir.default_log_file(name));
     }
+    if config.readiness == tend::Readiness::Socket
+        && config.socket_path.is_none()
+        && spans.contains_key("ready")
+    {
+        problems.add(
+            spans.get("ready").cloned().flatten().or(process.span()),
+            format!("{}.ready", process.key),
+            "ready = { socket = true } waits for the daemon's socket; set `socket` too, or choose another readiness kind",
+        );
+    }
     if config.healthcheck.is_some()
         && config.socket_path.is_none()
         && config.health_probe.needs_socket()

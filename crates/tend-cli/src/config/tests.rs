@@ -594,6 +594,9 @@ ready = { http = "/healthz" }
 [process.h]
 command = "x"
 ready = { tcp = "example.com:80" }
+[process.i]
+command = "x"
+ready = { socket = true }
 "#,
     );
     let keys: Vec<(Option<usize>, &str)> = found.iter().map(|(l, k)| (*l, k.as_str())).collect();

@@ -194,6 +194,11 @@ impl HttpProbe {
 
     /// Where to connect and what to ask, or why the URL cannot be used.
     pub(crate) fn target(&self) -> Result<HttpTarget, String> {
+        if let Some(status) = self.expect_status {
+            if !(100..=599).contains(&status) {
+                return Err(format!("expected status {status} is not an HTTP status"));
+            }
+        }
         if self.over_unix_socket() {
             let uri: hyper::Uri = self
                 .url
@@ -241,11 +246,6 @@ impl HttpProbe {
             })?
         };
         check_reach(ip, self.remote)?;
-        if let Some(status) = self.expect_status {
-            if !(100..=599).contains(&status) {
-                return Err(format!("expected status {status} is not an HTTP status"));
-            }
-        }
         Ok(HttpTarget {
             address: Some(SocketAddr::new(ip, port)),
             host: authority.as_str().to_owned(),
@@ -362,6 +362,10 @@ mod tests {
                 .is_err()
         );
         assert!(HttpProbe::new("not a url").target().is_err());
+        assert!(
+            HttpProbe::new("/ok").expect_status(1000).target().is_err(),
+            "the status is checked for the Unix socket too"
+        );
     }
 
     #[test]

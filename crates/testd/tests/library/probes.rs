@@ -120,6 +120,8 @@ async fn garbage_and_oversized_notify_datagrams_are_dropped() {
         .worker(
             "g",
             &[
+                "--notify-first",
+                "ERRNO=110\nSTOPPING=1",
                 "--notify-garbage",
                 "--notify",
                 "--notify-status",
@@ -131,6 +133,7 @@ async fn garbage_and_oversized_notify_datagrams_are_dropped() {
     let info = sb.manager.process_info("g").unwrap();
     assert_eq!(info.status_text.as_deref(), Some("after garbage"));
     assert_eq!(info.main_pid, Some(daemon.pid));
+    assert_eq!(info.status_errno, Some(110), "ERRNO= is kept");
     assert!(daemon.alive());
 }
 
