@@ -179,6 +179,11 @@ async fn followed_logs_are_a_stream() {
     let mut follow = sb.manager.follow_logs("a").unwrap();
     sb.manager.restart_process("a").await.unwrap();
     let _second = crate::harness::Tracked::new(sb.manager.pid("a").unwrap().unwrap());
+    // First tend's marker of the new incarnation, then the daemon's line.
+    let marker = within("the marker line", SOON, next(&mut follow))
+        .await
+        .unwrap();
+    assert_eq!(marker.stream, tend::Stream::Tend, "{marker:?}");
     let line = within("a followed line", SOON, next(&mut follow))
         .await
         .unwrap();
