@@ -95,7 +95,7 @@ export function runNode(cleanup, cwd, script, env = {}) {
   const child = spawn(process.execPath, [script], {
     cwd,
     env: { ...process.env, ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
+    stdio: ['pipe', 'pipe', 'pipe'],
   });
   const id = { pid: child.pid, start: startTime(child.pid) };
   cleanup.push(() => killIfAlive(id));
