@@ -492,6 +492,29 @@ impl NativeManager {
             .map_err(|e| js_error(e.to_string()))
     }
 
+    /// Nanoseconds per call of `is_running` and of `process_info` when
+    /// called from Rust, `calls` times each, for the benchmark script
+    /// (`bench.mjs`) to tell the binding's overhead from tend's. Not part
+    /// of the package's API.
+    #[napi(js_name = "_benchRustQueries")]
+    pub fn bench_rust_queries(&self, name: String, calls: u32) -> Vec<f64> {
+        let time = |query: &dyn Fn()| {
+            let begin = std::time::Instant::now();
+            for _ in 0..calls {
+                query();
+            }
+            begin.elapsed().as_nanos() as f64 / f64::from(calls.max(1))
+        };
+        vec![
+            time(&|| {
+                std::hint::black_box(self.inner.is_running(&name));
+            }),
+            time(&|| {
+                std::hint::black_box(self.inner.process_info(&name));
+            }),
+        ]
+    }
+
     /// Subscribes a daemon to named events.
     #[napi]
     pub fn subscribe_daemon(&self, name: String, events: Vec<String>) -> napi::Result<()> {
