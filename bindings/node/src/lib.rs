@@ -78,8 +78,11 @@ where
 }
 
 fn duration_ms(ms: f64, key: &str) -> napi::Result<Duration> {
-    Duration::try_from_secs_f64(ms / 1000.0)
-        .map_err(|_| js_error(format!("{key} must be a number of milliseconds >= 0, not {ms}")))
+    Duration::try_from_secs_f64(ms / 1000.0).map_err(|_| {
+        js_error(format!(
+            "{key} must be a number of milliseconds >= 0, not {ms}"
+        ))
+    })
 }
 
 fn unix_ms(time: SystemTime) -> f64 {
@@ -130,6 +133,9 @@ pub struct NativeConfig {
 }
 
 impl NativeConfig {
+    // Not a struct literal for HealthCheck: it may become
+    // #[non_exhaustive], which allows only this from outside tend.
+    #[allow(clippy::field_reassign_with_default)]
     fn to_tend(&self) -> napi::Result<BackgroundProcessConfig> {
         let mut config = BackgroundProcessConfig::new(&self.plugin_name, &self.command)
             .args(&self.args)
@@ -370,7 +376,11 @@ impl NativeManager {
     /// Snapshots of every daemon, sorted by name.
     #[napi]
     pub fn list(&self) -> Vec<NativeInfo> {
-        self.inner.list().into_iter().map(NativeInfo::from).collect()
+        self.inner
+            .list()
+            .into_iter()
+            .map(NativeInfo::from)
+            .collect()
     }
 
     /// The newest `lines` lines of output.
@@ -450,7 +460,9 @@ impl NativeManager {
             .inner
             .rpc_client(&name)
             .map_err(|e| js_error(e.to_string()))?;
-        let timeout = timeout_ms.map(|ms| duration_ms(ms, "timeout")).transpose()?;
+        let timeout = timeout_ms
+            .map(|ms| duration_ms(ms, "timeout"))
+            .transpose()?;
         let params = params.unwrap_or(serde_json::Value::Null);
         promise(&env, async move {
             let reply = match timeout {
@@ -646,7 +658,11 @@ impl NativeEnvironmentManager {
 /// benchmark script (`bench.mjs`): `rounds` starts and stops of `config`,
 /// each measured, in milliseconds. Not part of the package's API.
 #[napi(js_name = "_benchRustStartStop", ts_return_type = "Promise<number[]>")]
-pub fn bench_rust_start_stop(env: Env, config: NativeConfig, rounds: u32) -> napi::Result<JsObject> {
+pub fn bench_rust_start_stop(
+    env: Env,
+    config: NativeConfig,
+    rounds: u32,
+) -> napi::Result<JsObject> {
     let config = config.to_tend()?;
     promise(&env, async move {
         let manager = tend::BackgroundProcessManager::new();

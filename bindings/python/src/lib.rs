@@ -71,7 +71,9 @@ fn healthcheck(dict: &Bound<'_, PyDict>, name: &str) -> PyResult<HealthCheck> {
     for (key, value) in dict.iter() {
         let key: String = key.extract()?;
         match key.as_str() {
-            "interval" => check.interval = seconds(value.extract()?, "healthcheck['interval']", name)?,
+            "interval" => {
+                check.interval = seconds(value.extract()?, "healthcheck['interval']", name)?
+            }
             "timeout" => check.timeout = seconds(value.extract()?, "healthcheck['timeout']", name)?,
             "retries" => check.retries = value.extract()?,
             other => {
@@ -298,7 +300,11 @@ impl BackgroundProcessManager {
 
     /// Stops a daemon with its whole process group (SIGTERM, then SIGKILL
     /// after its grace period); completes when no member is left.
-    fn stop_process<'py>(&self, py: Python<'py>, plugin_name: String) -> PyResult<Bound<'py, PyAny>> {
+    fn stop_process<'py>(
+        &self,
+        py: Python<'py>,
+        plugin_name: String,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let manager = self.inner.clone();
         future_into_py(py, async move {
             manager.stop_process(&plugin_name).await.map_err(tend_error)
@@ -313,7 +319,10 @@ impl BackgroundProcessManager {
     ) -> PyResult<Bound<'py, PyAny>> {
         let manager = self.inner.clone();
         future_into_py(py, async move {
-            manager.restart_process(&plugin_name).await.map_err(start_error)
+            manager
+                .restart_process(&plugin_name)
+                .await
+                .map_err(start_error)
         })
     }
 
@@ -451,7 +460,10 @@ fn _bench_rust(
                 let started = baseline.start_process(config.clone()).await;
                 starts.push(begin.elapsed().as_secs_f64() * 1000.0);
                 started.map_err(tend_error)?;
-                baseline.stop_process(&config.name).await.map_err(tend_error)?;
+                baseline
+                    .stop_process(&config.name)
+                    .await
+                    .map_err(tend_error)?;
             }
             baseline.stop_all_processes().await;
             Ok::<_, PyErr>(starts)
