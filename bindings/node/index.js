@@ -171,6 +171,15 @@ function withoutUndefined(object) {
 }
 
 /**
+ * Managers that started daemons and were not stopped with
+ * stopAllProcesses. The native manager kills its daemons when it is
+ * garbage-collected (as the Rust one does when dropped); an app that keeps
+ * no reference to its manager expects its daemons to go on running, as
+ * with the seed, so this reference keeps the manager until it is stopped.
+ */
+const liveManagers = new Set();
+
+/**
  * Supervises plugin daemons: the seed's BackgroundProcessManager, plus
  * 'stateChange' events, logs and JSON-RPC calls.
  */
@@ -209,6 +218,7 @@ class BackgroundProcessManager extends EventEmitter {
     let settings;
     try {
       settings = toNative(config);
+      liveManagers.add(this);
       await this.#native.startProcess(settings);
     } catch (error) {
       if (typeof name === 'string' && this.#native.getState(name) == null) {
@@ -236,6 +246,7 @@ class BackgroundProcessManager extends EventEmitter {
   /** Stops every daemon in parallel; later starts are refused. */
   async stopAllProcesses() {
     await this.#native.stopAllProcesses();
+    liveManagers.delete(this);
   }
 
   /** Whether the daemon is running (its socket accepted). */

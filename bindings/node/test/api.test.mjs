@@ -200,6 +200,50 @@ test('PluginEnvironmentManager gives python3 until a venv exists', () => {
   assert.equal(typeof PLUGIN_ENVS_DIR, 'string');
 });
 
+test("startProcess does not block Node's event loop", async () => {
+  const dir = tempDir(cleanup);
+  const m = manager();
+  let ticks = 0;
+  const ticker = setInterval(() => ticks++, 10);
+  const begin = Date.now();
+  // The daemon listens only after 0.5 s: the loop must keep ticking.
+  await m.startProcess(daemonConfig(dir, 'slow', { envVars: { DAEMON_DELAY: '0.5' } }));
+  const elapsed = Date.now() - begin;
+  clearInterval(ticker);
+  assert.ok(elapsed >= 500, `started after ${elapsed} ms`);
+  assert.ok(ticks >= 10, `only ${ticks} ticks of 10 ms in ${elapsed} ms`);
+  await m.stopProcess('slow');
+});
+
+test('a manager nobody references keeps its daemons until stopAllProcesses', async () => {
+  const dir = tempDir(cleanup);
+  const script = path.join(dir, 'unreferenced.mjs');
+  writeFileSync(script, `
+    import { BackgroundProcessManager } from ${JSON.stringify(path.resolve('index.js'))};
+    import { setFlagsFromString } from 'node:v8';
+    import { runInNewContext } from 'node:vm';
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc');
+    async function start() {
+      const m = new BackgroundProcessManager();
+      await m.startProcess(${JSON.stringify(daemonConfig(dir, 'kept'))});
+      return m.getPid('kept');
+    }
+    const pid = await start();
+    for (let i = 0; i < 5; i++) { gc(); await new Promise((r) => setImmediate(r)); }
+    console.log(JSON.stringify({ pid }));
+    process.stdin.resume();
+  `);
+  const run = runNode(cleanup, dir, script);
+  const { pid } = await run.message('pid');
+  const daemon = identity(pid);
+  cleanup.push(() => killIfAlive(daemon));
+  assert.ok(alive(daemon), 'the daemon outlived the garbage collection of its manager');
+  run.child.stdin.end();
+  await run.exited();
+  await waitFor('the daemon to be gone after Node exited', () => !alive(daemon));
+});
+
 test('the manager does not keep Node alive: a script that stops its daemons exits by itself', async () => {
   const dir = tempDir(cleanup);
   const script = path.join(dir, 'idle.mjs');

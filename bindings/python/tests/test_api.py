@@ -205,3 +205,26 @@ def test_from_plain_threads(short_dir, leftovers):
     finally:
         asyncio.run(manager.stop_all_processes())
     assert not any(identity.alive() for identity in leftovers)
+
+
+def test_a_manager_nobody_references_keeps_its_daemons(short_dir, leftovers):
+    import gc
+
+    async def start():
+        manager = tend.BackgroundProcessManager()
+        await manager.start_process(**daemon_kwargs(short_dir, "kept"))
+        return manager.pid("kept")
+
+    async def scenario():
+        pid = await start()
+        gc.collect()
+        daemon = Identity(pid)
+        leftovers.append(daemon)
+        assert daemon.alive(), "the daemon outlived its manager's last reference"
+        # Stopped through the registry of live managers.
+        for manager in list(tend._live_managers):
+            if manager.pid("kept") == pid:
+                await manager.stop_all_processes()
+        assert not daemon.alive()
+
+    asyncio.run(scenario())

@@ -74,6 +74,14 @@ PLUGIN_TIMEOUTS = {
 }
 
 
+#: Managers that started daemons and were not stopped with
+#: stop_all_processes. The native manager kills its daemons when it is
+#: freed (as the Rust one does when dropped); this reference keeps a
+#: manager the app no longer refers to, and its daemons, until it is
+#: stopped, as with the seed.
+_live_managers: "set[BackgroundProcessManager]" = set()
+
+
 class BackgroundProcessManager(_native.BackgroundProcessManager):
     """Supervises plugin daemons: starts them, waits for their socket,
     health-checks and restarts them, stops them with their whole process
@@ -105,6 +113,7 @@ class BackgroundProcessManager(_native.BackgroundProcessManager):
         ``TendError`` with the reason (the daemon's stderr tail included);
         after ``stop_all_processes``, with "Cannot start process during
         shutdown"; ``ValueError`` for a bad duration or key."""
+        _live_managers.add(self)
         await super().start_process(
             plugin_name=plugin_name,
             command=command,
@@ -132,6 +141,7 @@ class BackgroundProcessManager(_native.BackgroundProcessManager):
     async def stop_all_processes(self) -> None:
         """Stops every daemon in parallel; later starts are refused."""
         await super().stop_all_processes()
+        _live_managers.discard(self)
 
     async def call(
         self,
