@@ -527,6 +527,26 @@ impl NativeManager {
         ]
     }
 
+    /// One start of `config` through the Rust API, timed in Rust (ms),
+    /// then a stop: the baseline `bench.mjs` sets `startProcess` against,
+    /// round for round. Not part of the package's API.
+    #[napi(js_name = "_benchStartStop", ts_return_type = "Promise<number>")]
+    pub fn bench_start_stop(&self, env: Env, config: NativeConfig) -> napi::Result<JsObject> {
+        let config = config.to_tend()?;
+        let manager = self.inner.clone();
+        promise(&env, async move {
+            let begin = std::time::Instant::now();
+            let started = manager.start_process(config.clone()).await;
+            let ms = begin.elapsed().as_secs_f64() * 1000.0;
+            started.map_err(|e| js_error(e.to_string()))?;
+            manager
+                .stop_process(&config.name)
+                .await
+                .map_err(|e| js_error(e.to_string()))?;
+            Ok(ms)
+        })
+    }
+
     /// Subscribes a daemon to named events.
     #[napi]
     pub fn subscribe_daemon(&self, name: String, events: Vec<String>) -> napi::Result<()> {
@@ -652,34 +672,6 @@ impl NativeEnvironmentManager {
             })
         })
     }
-}
-
-/// Start and stop latency of the Rust API in this very process, for the
-/// benchmark script (`bench.mjs`): `rounds` starts and stops of `config`,
-/// each measured, in milliseconds. Not part of the package's API.
-#[napi(js_name = "_benchRustStartStop", ts_return_type = "Promise<number[]>")]
-pub fn bench_rust_start_stop(
-    env: Env,
-    config: NativeConfig,
-    rounds: u32,
-) -> napi::Result<JsObject> {
-    let config = config.to_tend()?;
-    promise(&env, async move {
-        let manager = tend::BackgroundProcessManager::new();
-        let mut starts = Vec::with_capacity(rounds as usize);
-        for _ in 0..rounds {
-            let begin = std::time::Instant::now();
-            let started = manager.start_process(config.clone()).await;
-            starts.push(begin.elapsed().as_secs_f64() * 1000.0);
-            started.map_err(|e| js_error(e.to_string()))?;
-            manager
-                .stop_process(&config.name)
-                .await
-                .map_err(|e| js_error(e.to_string()))?;
-        }
-        manager.stop_all_processes().await;
-        Ok(starts)
-    })
 }
 
 /// The directory tend keeps orphan records in by default.

@@ -419,21 +419,15 @@ impl BackgroundProcessManager {
 }
 
 /// Nanoseconds per call of `is_running` and `process_info` of `manager`
-/// when called from Rust, and the milliseconds of each of `rounds` starts
-/// of `command` (then stopped) through the Rust API: the baseline that
-/// `bench.py` sets the binding's numbers against. Not part of the API.
+/// for `name` when called from Rust, `calls` times each: the baseline that
+/// `bench.py` sets the binding's queries against. Not part of the API.
 #[pyfunction]
-#[allow(clippy::too_many_arguments)]
-fn _bench_rust(
+fn _bench_rust_queries(
     py: Python<'_>,
     manager: &BackgroundProcessManager,
     name: String,
     calls: u32,
-    command: PathBuf,
-    args: Vec<OsString>,
-    socket_path: PathBuf,
-    rounds: u32,
-) -> PyResult<(f64, f64, Vec<f64>)> {
+) -> (f64, f64) {
     let manager = &manager.inner;
     py.allow_threads(|| {
         let time = |query: &dyn Fn()| {
@@ -449,26 +443,38 @@ fn _bench_rust(
         let process_info = time(&|| {
             std::hint::black_box(manager.process_info(&name));
         });
-        let config = BackgroundProcessConfig::new("rust-baseline", command)
-            .args(args)
-            .socket_path(socket_path);
-        let starts = pyo3_async_runtimes::tokio::get_runtime().block_on(async {
-            let baseline = tend::BackgroundProcessManager::new();
-            let mut starts = Vec::new();
-            for _ in 0..rounds {
-                let begin = std::time::Instant::now();
-                let started = baseline.start_process(config.clone()).await;
-                starts.push(begin.elapsed().as_secs_f64() * 1000.0);
-                started.map_err(tend_error)?;
-                baseline
-                    .stop_process(&config.name)
-                    .await
-                    .map_err(tend_error)?;
-            }
-            baseline.stop_all_processes().await;
-            Ok::<_, PyErr>(starts)
-        })?;
-        Ok((is_running, process_info, starts))
+        (is_running, process_info)
+    })
+}
+
+/// One start of `command` by `manager` through the Rust API, timed in
+/// Rust (ms), then a stop; blocks the calling thread. The baseline
+/// `bench.py` sets `start_process` against, round for round. Not part of
+/// the API.
+#[pyfunction]
+fn _bench_rust_start_stop(
+    py: Python<'_>,
+    manager: &BackgroundProcessManager,
+    command: PathBuf,
+    args: Vec<OsString>,
+    socket_path: PathBuf,
+) -> PyResult<f64> {
+    let manager = &manager.inner;
+    let config = BackgroundProcessConfig::new("rust-baseline", command)
+        .args(args)
+        .socket_path(socket_path);
+    py.allow_threads(|| {
+        pyo3_async_runtimes::tokio::get_runtime().block_on(async {
+            let begin = std::time::Instant::now();
+            let started = manager.start_process(config.clone()).await;
+            let ms = begin.elapsed().as_secs_f64() * 1000.0;
+            started.map_err(tend_error)?;
+            manager
+                .stop_process(&config.name)
+                .await
+                .map_err(tend_error)?;
+            Ok(ms)
+        })
     })
 }
 
@@ -488,6 +494,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<EventIterator>()?;
     m.add("TendError", m.py().get_type::<TendError>())?;
     m.add_function(wrap_pyfunction!(default_state_dir, m)?)?;
-    m.add_function(wrap_pyfunction!(_bench_rust, m)?)?;
+    m.add_function(wrap_pyfunction!(_bench_rust_queries, m)?)?;
+    m.add_function(wrap_pyfunction!(_bench_rust_start_stop, m)?)?;
     Ok(())
 }
