@@ -2,7 +2,7 @@
 // real daemons (../../fixtures/daemon.py).
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 
 import {
@@ -242,6 +242,20 @@ test('a manager nobody references keeps its daemons until stopAllProcesses', asy
   run.child.stdin.end();
   await run.exited();
   await waitFor('the daemon to be gone after Node exited', () => !alive(daemon));
+});
+
+test('ensurePython builds a venv; getPythonPath then gives its interpreter', async () => {
+  const dir = tempDir(cleanup);
+  const envs = new PluginEnvironmentManager(path.join(dir, 'envs'));
+  const plugin = path.join(dir, 'plugin');
+  mkdirSync(plugin);
+  const outcome = await envs.ensurePython('venv-plugin', plugin);
+  assert.equal(outcome.path, path.join(dir, 'envs', 'venv-plugin', 'venv', 'bin', 'python'));
+  assert.equal(outcome.created, true);
+  assert.equal(outcome.installed, false, 'no requirements file, so pip did not run');
+  assert.equal(envs.getPythonPath('venv-plugin'), outcome.path);
+  const again = await envs.ensurePython('venv-plugin', plugin);
+  assert.equal(again.created, false);
 });
 
 test('the manager does not keep Node alive: a script that stops its daemons exits by itself', async () => {
