@@ -138,6 +138,17 @@ test('startProcess after stopAllProcesses rejects with the seed message', async 
   });
 });
 
+test('restartProcess gives a new incarnation', async () => {
+  const dir = tempDir(cleanup);
+  const m = manager();
+  await m.startProcess(daemonConfig(dir, 'again'));
+  const first = identity(m.getPid('again'));
+  await m.restartProcess('again');
+  assert.equal(m.getState('again'), 'running');
+  assert.equal(alive(first), false);
+  assert.notEqual(m.getPid('again'), first.pid);
+});
+
 test('stopProcess of a name never started resolves', async () => {
   await manager().stopProcess('never');
 });

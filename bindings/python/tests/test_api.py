@@ -1,6 +1,7 @@
 """The Python manager against real daemons (../../fixtures/daemon.py)."""
 
 import asyncio
+import os
 import threading
 import time
 
@@ -228,3 +229,34 @@ def test_a_manager_nobody_references_keeps_its_daemons(short_dir, leftovers):
         assert not daemon.alive()
 
     asyncio.run(scenario())
+
+
+def test_restart_gives_a_new_incarnation(short_dir, leftovers):
+    async def scenario(manager):
+        await manager.start_process(**daemon_kwargs(short_dir, "again"))
+        first = Identity(manager.pid("again"))
+        leftovers.append(first)
+        await manager.restart_process("again")
+        assert manager.state("again") == "running"
+        assert not first.alive()
+        assert manager.pid("again") != first.pid
+
+    run(scenario)
+
+
+def test_a_socket_path_that_is_not_utf8(short_dir):
+    """Paths are bytes to the kernel: a name that is not UTF-8 reaches the
+    daemon as given (surrogate escapes, as os.fsdecode makes them)."""
+    directory = os.fsencode(short_dir) + b"/\xff\xfe"
+    os.mkdir(directory)
+    socket_path = directory + b"/d.sock"
+
+    async def scenario(manager):
+        kwargs = daemon_kwargs(short_dir, "bytes", socket_path=os.fsdecode(socket_path))
+        await manager.start_process(**kwargs)
+        assert manager.is_running("bytes")
+        assert os.path.exists(socket_path)
+        await manager.stop_process("bytes")
+        assert not os.path.exists(socket_path)
+
+    run(scenario)
