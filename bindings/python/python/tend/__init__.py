@@ -23,7 +23,7 @@ raises or is killed, tend's guard process stops the daemons it left.
 
 import json as _json
 import os
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
 
 from . import _native
 from ._native import (
@@ -34,6 +34,9 @@ from ._native import (
     TendError,
     default_state_dir,
 )
+
+if TYPE_CHECKING:
+    from ._native import HealthCheck
 
 _Path = Union[str, "os.PathLike[str]"]
 
@@ -102,7 +105,7 @@ class BackgroundProcessManager(_native.BackgroundProcessManager):
         env: Optional[Mapping[str, str]] = None,
         startup_timeout: Optional[float] = None,
         shutdown_grace_period: Optional[float] = None,
-        healthcheck: Optional[Mapping[str, float]] = None,
+        healthcheck: Optional["HealthCheck"] = None,
         max_restart_attempts: Optional[int] = None,
         restart_delay: Optional[float] = None,
         log_file: Optional["_Path"] = None,
