@@ -12,7 +12,15 @@ const { EventEmitter } = require('node:events');
 const os = require('node:os');
 const path = require('node:path');
 
-const native = require('./index.node');
+let native;
+try {
+  native = require('./index.node');
+} catch (error) {
+  if (error.code !== 'MODULE_NOT_FOUND') throw error;
+  throw new Error(
+    `tend: the native addon ${path.join(__dirname, 'index.node')} is missing; build it with \`npm run build\` in ${__dirname} (needs cargo)`,
+  );
+}
 
 /** Where a daemon is in its life; values as in the seed (lower case). */
 const ProcessState = Object.freeze({
