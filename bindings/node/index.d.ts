@@ -102,7 +102,8 @@ export interface StateChange {
 
 /** One line of daemon output. */
 export interface LogLine {
-  stream: 'stdout' | 'stderr';
+  /** The daemon's pipe, or 'tend' for a marker line tend writes itself. */
+  stream: 'stdout' | 'stderr' | 'tend';
   text: string;
   /** When tend read it, ms since the epoch. */
   time: number;

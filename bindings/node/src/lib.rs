@@ -235,7 +235,7 @@ pub struct NativeEvent {
 /// One line of daemon output.
 #[napi(object)]
 pub struct NativeLogLine {
-    /// `stdout` or `stderr`.
+    /// `stdout`, `stderr` (or another stream tend names).
     pub stream: String,
     /// The line, without its newline.
     pub text: String,
@@ -243,14 +243,20 @@ pub struct NativeLogLine {
     pub time: f64,
 }
 
+/// The stream's lower-case name as tend serializes it ("stdout",
+/// "stderr", and whatever streams tend adds), so a new stream needs no
+/// change here.
+fn stream_name(stream: tend::Stream) -> String {
+    match serde_json::to_value(stream) {
+        Ok(serde_json::Value::String(name)) => name,
+        _ => format!("{stream:?}").to_lowercase(),
+    }
+}
+
 impl From<tend::LogLine> for NativeLogLine {
     fn from(line: tend::LogLine) -> Self {
         NativeLogLine {
-            stream: match line.stream {
-                tend::Stream::Stdout => "stdout",
-                tend::Stream::Stderr => "stderr",
-            }
-            .to_owned(),
+            stream: stream_name(line.stream),
             time: unix_ms(line.time),
             text: line.text,
         }

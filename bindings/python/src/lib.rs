@@ -167,11 +167,21 @@ impl ProcessEvent {
     }
 }
 
+/// The stream's lower-case name as tend serializes it ("stdout",
+/// "stderr", and whatever streams tend adds), so a new stream needs no
+/// change here.
+fn stream_name(stream: tend::Stream) -> String {
+    match serde_json::to_value(stream) {
+        Ok(serde_json::Value::String(name)) => name,
+        _ => format!("{stream:?}").to_lowercase(),
+    }
+}
+
 /// One line of daemon output.
 #[pyclass(frozen, get_all, module = "tend")]
 pub struct LogLine {
-    /// "stdout" or "stderr".
-    stream: &'static str,
+    /// "stdout", "stderr" (or another stream tend names).
+    stream: String,
     /// The line, without its newline.
     text: String,
     /// When tend read it, seconds since the epoch.
@@ -372,10 +382,7 @@ impl BackgroundProcessManager {
         Ok(lines
             .into_iter()
             .map(|line| LogLine {
-                stream: match line.stream {
-                    tend::Stream::Stdout => "stdout",
-                    tend::Stream::Stderr => "stderr",
-                },
+                stream: stream_name(line.stream),
                 time: unix_seconds(line.time),
                 text: line.text,
             })
