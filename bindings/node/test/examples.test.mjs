@@ -52,7 +52,7 @@ test('Error handling: the catch block prints lastError', async () => {
   const { run } = runExample('error-handling');
   const { code } = await run.exited();
   assert.equal(code, 0, run.stderr());
-  assert.match(run.stderr(), /^Failed: .*exited with code 3.*cannot read config\.json/m);
+  assert.match(run.stderr(), /^Failed: .*exited with code 3[^]*cannot read config\.json/m);
   assert.deepEqual(JSON.parse(run.stdout().trim()), { state: 'error' });
 });
 

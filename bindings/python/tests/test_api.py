@@ -75,7 +75,7 @@ def test_start_info_stop(short_dir, leftovers):
 
 def test_failed_start_raises_and_keeps_last_error(short_dir):
     async def scenario(manager):
-        with pytest.raises(tend.TendError, match=r"exited with code 3.*cannot read config\.json"):
+        with pytest.raises(tend.TendError, match=r"(?s)exited with code 3.*cannot read config\.json"):
             await manager.start_process(**daemon_kwargs(short_dir, "fails", env={"DAEMON_FAIL": "1"}))
         info = manager.process_info("fails")
         assert info.state == "error"
