@@ -145,7 +145,10 @@ export declare class BackgroundProcessManager extends EventEmitter {
   logs(pluginName: string, lines?: number): LogLine[];
   /** Lines written from now on; does not keep Node alive. */
   followLogs(pluginName: string, listener: (line: LogLine) => void): Subscription;
-  /** State changes from now on; does not keep Node alive. */
+  /**
+   * State changes from now on. A next() that waits keeps Node alive, as a
+   * pending read does; leaving a for-await loop closes the iterator.
+   */
   events(): AsyncIterableIterator<StateChange>;
   /** A JSON-RPC 2.0 call over the daemon's socket; resolves with the result. */
   call(pluginName: string, method: string, params?: unknown, options?: { timeout?: number }): Promise<unknown>;

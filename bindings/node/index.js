@@ -322,7 +322,8 @@ class BackgroundProcessManager extends EventEmitter {
 
   /**
    * State changes from now on, as an async iterator; `break` out of the
-   * loop to end it. Like events.on(), it does not keep Node alive.
+   * loop to end it. A next() that waits keeps Node alive, as a pending
+   * read does; the iterator does not otherwise.
    */
   events() {
     const queue = [];
@@ -350,9 +351,16 @@ class BackgroundProcessManager extends EventEmitter {
       },
       async next() {
         while (queue.length === 0 && !done) {
-          await new Promise((resolve) => {
-            wake = resolve;
-          });
+          // Waiting for an event keeps Node alive, as a pending read
+          // would; between next() calls the subscription does not.
+          subscription.keepAlive(true);
+          try {
+            await new Promise((resolve) => {
+              wake = resolve;
+            });
+          } finally {
+            if (!done) subscription.keepAlive(false);
+          }
         }
         if (queue.length > 0) return { value: queue.shift(), done: false };
         return { value: undefined, done: true };

@@ -263,21 +263,55 @@ impl From<tend::LogLine> for NativeLogLine {
     }
 }
 
+/// Turns the Node-liveness of a subscription's callback on or off.
+type KeepAlive = Box<dyn FnMut(&Env, bool) -> napi::Result<()>>;
+
 /// A running forwarder of events or log lines to a JS callback; `close`
 /// ends it.
 #[napi]
 pub struct NativeSubscription {
     task: Option<JoinHandle<()>>,
+    keep_alive: Option<KeepAlive>,
 }
 
 #[napi]
 impl NativeSubscription {
+    fn new<T: ToNapiValue + 'static>(
+        task: JoinHandle<()>,
+        callback: ThreadsafeFunction<T, ErrorStrategy::Fatal>,
+    ) -> Self {
+        let mut callback = callback;
+        NativeSubscription {
+            task: Some(task),
+            keep_alive: Some(Box::new(move |env, on| {
+                if on {
+                    callback.refer(env)
+                } else {
+                    callback.unref(env)
+                }
+            })),
+        }
+    }
+
+    /// Whether the callback keeps Node alive (off by default). An async
+    /// iterator turns it on while a `next()` waits, as a pending read
+    /// would, so a program awaiting the next event does not exit under it.
+    #[napi]
+    pub fn keep_alive(&mut self, env: Env, on: bool) -> napi::Result<()> {
+        match &mut self.keep_alive {
+            Some(set) => set(&env, on),
+            None => Ok(()),
+        }
+    }
+
     /// Stops forwarding.
     #[napi]
     pub fn close(&mut self) {
         if let Some(task) = self.task.take() {
             task.abort();
         }
+        // Releases this handle's reference on the callback.
+        self.keep_alive = None;
     }
 }
 
@@ -287,7 +321,8 @@ impl Drop for NativeSubscription {
     }
 }
 
-/// An unreferenced threadsafe callback: it never keeps Node alive.
+/// An unreferenced threadsafe callback: it does not keep Node alive
+/// (see [`NativeSubscription::keep_alive`]).
 fn weak_callback<T: ToNapiValue + 'static>(
     env: &Env,
     callback: JsFunction,
@@ -403,6 +438,7 @@ impl NativeManager {
     #[napi]
     pub fn subscribe(&self, env: Env, callback: JsFunction) -> napi::Result<NativeSubscription> {
         let callback = weak_callback::<NativeEvent>(&env, callback)?;
+        let handle = callback.clone();
         let mut events = self.inner.subscribe();
         let task = RUNTIME.spawn(async move {
             while let Some(event) = events.recv().await {
@@ -417,7 +453,7 @@ impl NativeManager {
                 callback.call(event, ThreadsafeFunctionCallMode::NonBlocking);
             }
         });
-        Ok(NativeSubscription { task: Some(task) })
+        Ok(NativeSubscription::new(task, handle))
     }
 
     /// Calls `callback(line)` for every line the daemon writes from now on.
@@ -433,6 +469,7 @@ impl NativeManager {
             .follow_logs(&name)
             .map_err(|e| js_error(e.to_string()))?;
         let callback = weak_callback::<NativeLogLine>(&env, callback)?;
+        let handle = callback.clone();
         let task = RUNTIME.spawn(async move {
             use tokio::sync::broadcast::error::RecvError;
             loop {
@@ -448,7 +485,7 @@ impl NativeManager {
                 }
             }
         });
-        Ok(NativeSubscription { task: Some(task) })
+        Ok(NativeSubscription::new(task, handle))
     }
 
     /// A JSON-RPC call to the daemon over its socket; resolves with the

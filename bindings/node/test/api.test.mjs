@@ -188,6 +188,36 @@ test("'stateChange' events and the async iterator see starting, running, stoppin
   m.off('stateChange', listener);
 });
 
+test('a program awaiting the next event is kept alive until it comes', async () => {
+  const dir = tempDir(cleanup);
+  const script = path.join(dir, 'await-event.mjs');
+  writeFileSync(script, `
+    import { BackgroundProcessManager } from ${JSON.stringify(path.resolve('index.js'))};
+    const m = new BackgroundProcessManager();
+    const events = m.events();
+    await m.startProcess(${JSON.stringify(daemonConfig(dir, 'watched', { restartDelay: 100 }))});
+    // next() by hand: leaving a for-await loop would close the iterator.
+    while ((await events.next()).value.to !== 'running');
+    console.log(JSON.stringify({ pid: m.getPid('watched') }));
+    // Nothing but this wait is left on the loop: the test kills the daemon.
+    for await (const event of events) {
+      console.log(JSON.stringify({ event }));
+      break;
+    }
+    await m.stopAllProcesses();
+  `);
+  const run = runNode(cleanup, dir, script);
+  const { pid } = await run.message('pid');
+  const daemon = identity(pid);
+  cleanup.push(() => killIfAlive(daemon));
+  process.kill(pid, 'SIGKILL');
+  const { event } = await run.message('event');
+  assert.equal(event.from, 'running');
+  assert.equal(event.name, 'watched');
+  const { code } = await run.exited();
+  assert.equal(code, 0, run.stderr());
+});
+
 test('logs and followLogs return the daemon output', async () => {
   const dir = tempDir(cleanup);
   const m = manager();
