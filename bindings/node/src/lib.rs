@@ -399,19 +399,19 @@ impl NativeManager {
     /// Lower-case state, `undefined` for an unknown name.
     #[napi]
     pub fn get_state(&self, name: String) -> Option<&'static str> {
-        self.inner.state(&name).map(ProcessState::as_str)
+        self.inner.state(&name).ok().map(ProcessState::as_str)
     }
 
     /// PID of the live incarnation.
     #[napi]
     pub fn get_pid(&self, name: String) -> Option<u32> {
-        self.inner.pid(&name)
+        self.inner.pid(&name).ok().flatten()
     }
 
     /// A snapshot, `undefined` for an unknown name.
     #[napi]
     pub fn get_process_info(&self, name: String) -> Option<NativeInfo> {
-        self.inner.process_info(&name).map(NativeInfo::from)
+        self.inner.process_info(&name).ok().map(NativeInfo::from)
     }
 
     /// Snapshots of every daemon, sorted by name.
@@ -471,18 +471,13 @@ impl NativeManager {
         let callback = weak_callback::<NativeLogLine>(&env, callback)?;
         let handle = callback.clone();
         let task = RUNTIME.spawn(async move {
-            use tokio::sync::broadcast::error::RecvError;
-            loop {
-                match lines.recv().await {
-                    Ok(line) => {
-                        callback.call(
-                            NativeLogLine::from(line),
-                            ThreadsafeFunctionCallMode::NonBlocking,
-                        );
-                    }
-                    Err(RecvError::Lagged(_)) => continue,
-                    Err(RecvError::Closed) => break,
-                }
+            // Lines skipped by a follower that fell behind are skipped
+            // here too; the follower ends with the manager.
+            while let Some(line) = lines.recv().await {
+                callback.call(
+                    NativeLogLine::from(line),
+                    ThreadsafeFunctionCallMode::NonBlocking,
+                );
             }
         });
         Ok(NativeSubscription::new(task, handle))
@@ -565,7 +560,7 @@ impl NativeManager {
                 std::hint::black_box(self.inner.is_running(&name));
             }),
             time(&|| {
-                std::hint::black_box(self.inner.process_info(&name));
+                let _ = std::hint::black_box(self.inner.process_info(&name));
             }),
         ]
     }

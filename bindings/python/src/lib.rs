@@ -352,18 +352,18 @@ impl BackgroundProcessManager {
 
     /// Lower-case state, `None` for a name never started.
     fn state(&self, plugin_name: &str) -> Option<&'static str> {
-        self.inner.state(plugin_name).map(ProcessState::as_str)
+        self.inner.state(plugin_name).ok().map(ProcessState::as_str)
     }
 
     /// PID of the live incarnation.
     fn pid(&self, plugin_name: &str) -> Option<u32> {
-        self.inner.pid(plugin_name)
+        self.inner.pid(plugin_name).ok().flatten()
     }
 
     /// A snapshot, `None` for a name never started.
     fn process_info(&self, py: Python<'_>, plugin_name: &str) -> Option<ProcessInfo> {
         // Reads the daemon's cgroup files: without the GIL.
-        py.allow_threads(|| self.inner.process_info(plugin_name))
+        py.allow_threads(|| self.inner.process_info(plugin_name).ok())
             .map(ProcessInfo::from)
     }
 
@@ -448,7 +448,7 @@ fn _bench_rust_queries(
             std::hint::black_box(manager.is_running(&name));
         });
         let process_info = time(&|| {
-            std::hint::black_box(manager.process_info(&name));
+            let _ = std::hint::black_box(manager.process_info(&name));
         });
         (is_running, process_info)
     })
