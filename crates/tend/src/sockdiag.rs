@@ -364,7 +364,7 @@ fn request(seq: u32) -> [u8; NLMSG_HDRLEN + UNIX_DIAG_REQ_LEN] {
 
 /// Whether a dump's replies go on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Progress {
+pub(crate) enum Progress {
     /// More datagrams follow.
     More,
     /// `NLMSG_DONE` was seen.
@@ -375,10 +375,20 @@ enum Progress {
 /// adding the listeners it holds to `out`. Messages with another sequence
 /// number (left over from an earlier request) are skipped. Never panics:
 /// anything malformed is an `InvalidData` error.
-fn parse_datagram(
+fn parse_datagram(buf: &[u8], seq: u32, out: &mut HashMap<Key, Listener>) -> io::Result<Progress> {
+    parse_dump_datagram(buf, seq, out, parse_listener)
+}
+
+/// Parses one reply datagram of a `SOCK_DIAG_BY_FAMILY` dump (Unix or
+/// inet) to the request with sequence number `seq`, adding what `parse`
+/// makes of each socket message to `out`. Messages with another sequence
+/// number (left over from an earlier request) are skipped. Never panics:
+/// anything malformed is an `InvalidData` error.
+pub(crate) fn parse_dump_datagram<K: std::hash::Hash + Eq, V>(
     mut buf: &[u8],
     seq: u32,
-    out: &mut HashMap<Key, Listener>,
+    out: &mut HashMap<K, V>,
+    parse: impl Fn(&[u8]) -> io::Result<Option<(K, V)>>,
 ) -> io::Result<Progress> {
     while !buf.is_empty() {
         let len = u32_at(buf, 0).ok_or_else(|| invalid("truncated netlink header"))? as usize;
@@ -415,8 +425,8 @@ fn parse_datagram(
             }
             NLMSG_OVERRUN => return Err(invalid("netlink overrun")),
             SOCK_DIAG_BY_FAMILY => {
-                if let Some((key, listener)) = parse_listener(payload)? {
-                    out.insert(key, listener);
+                if let Some((key, value)) = parse(payload)? {
+                    out.insert(key, value);
                 }
             }
             // Unknown message types are skipped, as netlink expects.

@@ -27,9 +27,8 @@ use std::{
 use rustix::net::{RecvFlags, SendFlags};
 
 use crate::sockdiag::{
-    BUF_LEN, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN, NLMSG_NOOP,
-    NLMSG_OVERRUN, SOCK_DIAG_BY_FAMILY, TCP_LISTEN, align4, i32_at, invalid, open_socket,
-    retry_eintr, u16_at, u32_at,
+    BUF_LEN, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_HDRLEN, Progress, SOCK_DIAG_BY_FAMILY, TCP_LISTEN,
+    invalid, open_socket, parse_dump_datagram, retry_eintr, u32_at,
 };
 
 /// `AF_INET`, `AF_INET6`.
@@ -167,46 +166,14 @@ fn request(family: u8, seq: u32) -> [u8; NLMSG_HDRLEN + INET_DIAG_REQ_LEN] {
     req
 }
 
-/// Parses one reply datagram; true once `NLMSG_DONE` was seen. Never
-/// panics: anything malformed is an `InvalidData` error.
+/// Parses one reply datagram; true once `NLMSG_DONE` was seen (the
+/// netlink framing is the Unix-socket dump's, in `sockdiag`).
 fn parse_datagram(
-    mut buf: &[u8],
+    buf: &[u8],
     seq: u32,
     out: &mut HashMap<SocketAddr, TcpListener>,
 ) -> io::Result<bool> {
-    while !buf.is_empty() {
-        let len = u32_at(buf, 0).ok_or_else(|| invalid("truncated netlink header"))? as usize;
-        let kind = u16_at(buf, 4).ok_or_else(|| invalid("truncated netlink header"))?;
-        let msg_seq = u32_at(buf, 8).ok_or_else(|| invalid("truncated netlink header"))?;
-        if len < NLMSG_HDRLEN || len > buf.len() {
-            return Err(invalid("netlink message length out of bounds"));
-        }
-        let payload = &buf[NLMSG_HDRLEN..len];
-        buf = buf.get(align4(len)..).unwrap_or_default();
-        if msg_seq != seq {
-            continue;
-        }
-        match kind {
-            NLMSG_NOOP => {}
-            NLMSG_ERROR | NLMSG_DONE => {
-                let code = i32_at(payload, 0).unwrap_or(0);
-                if code < 0 {
-                    return Err(io::Error::from_raw_os_error(-code));
-                }
-                if kind == NLMSG_DONE {
-                    return Ok(true);
-                }
-            }
-            NLMSG_OVERRUN => return Err(invalid("netlink overrun")),
-            SOCK_DIAG_BY_FAMILY => {
-                if let Some((address, listener)) = parse_listener(payload)? {
-                    out.insert(address, listener);
-                }
-            }
-            _ => {}
-        }
-    }
-    Ok(false)
+    Ok(parse_dump_datagram(buf, seq, out, parse_listener)? == Progress::Done)
 }
 
 /// One `inet_diag_msg`: the bound address and accept queue of a listener.
