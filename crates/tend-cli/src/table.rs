@@ -49,10 +49,19 @@ pub fn render(processes: &[ProcessStatus]) -> String {
     out
 }
 
+/// The state, and for a one-shot task that ran to its end, that it did:
+/// `stopped (completed)`.
+fn state(process: &ProcessStatus) -> String {
+    match (process.state, process.completed) {
+        (State::Stopped, true) => "stopped (completed)".into(),
+        (state, _) => state.as_str().to_owned(),
+    }
+}
+
 fn row(process: &ProcessStatus) -> [String; 9] {
     [
         escape_controls(&process.name, Layout::Line).into_owned(),
-        process.state.as_str().to_owned(),
+        state(process),
         process.pid.map_or("-".into(), |pid| pid.to_string()),
         process
             .uptime_ms
@@ -207,6 +216,15 @@ mod tests {
         assert!(text.contains("not checked"), "{text}");
         assert!(text.contains("status: Processing"), "{text}");
         assert!(!text.contains('\x1b'), "{text}");
+    }
+
+    #[test]
+    fn a_completed_task_says_so() {
+        let mut done = status("migrate", State::Stopped);
+        done.completed = true;
+        assert_eq!(state(&done), "stopped (completed)");
+        assert_eq!(state(&status("db", State::Stopped)), "stopped");
+        assert_eq!(state(&status("db", State::Running)), "running");
     }
 
     #[test]
