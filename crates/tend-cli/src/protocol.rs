@@ -454,6 +454,7 @@ impl ProcessStatus {
 
     /// The status of `info`, with the health-check retries of its config.
     pub fn new(info: ProcessInfo, health_check_retries: Option<u32>) -> Self {
+        let health_checked = info.health_checked();
         ProcessStatus {
             name: info.name,
             state: info.state.into(),
@@ -461,7 +462,7 @@ impl ProcessStatus {
             restart_attempts: info.restart_attempts,
             failed_health_checks: info.failed_health_checks,
             health_check_retries,
-            health_checked: info.health_checked,
+            health_checked,
             last_error: info.last_error,
             completed: info.completed,
             passed_health_check: info.passed_health_check,

@@ -88,9 +88,6 @@ struct Entry {
     shared: Arc<Shared>,
     next_due: Instant,
     failures: u32,
-    /// Whether a check of this entry completed (the snapshot says so
-    /// once, at the first).
-    checked: bool,
     /// The connection planted by the last `Accept` check: the client
     /// socket, kept open until the daemon accepts it, its inode and when it
     /// was planted.
@@ -204,7 +201,6 @@ impl HealthBoard {
                     shared,
                     next_due,
                     failures: 0,
-                    checked: false,
                     planted: None,
                     unmatched: 0,
                     connect_only: false,
@@ -377,10 +373,9 @@ fn record(entry: &mut Entry, result: Result<(), String>) -> bool {
             tracing::debug!(path = ?entry.path, failures = entry.failures, %reason, "health check failed");
             if entry.failures >= entry.check.retries {
                 let failures = entry.failures;
-                entry.shared.update(|info| {
-                    info.failed_health_checks = failures;
-                    info.health_checked = true;
-                });
+                entry
+                    .shared
+                    .update(|info| info.failed_health_checks = failures);
                 if let Some(unhealthy) = entry.unhealthy.take() {
                     let _ = unhealthy.send(format!(
                         "failed {failures} health checks in a row ({reason})"
@@ -390,13 +385,11 @@ fn record(entry: &mut Entry, result: Result<(), String>) -> bool {
             }
         }
     }
-    if entry.failures != before || !entry.checked {
-        entry.checked = true;
+    if entry.failures != before {
         let failures = entry.failures;
-        entry.shared.update(|info| {
-            info.failed_health_checks = failures;
-            info.health_checked = true;
-        });
+        entry
+            .shared
+            .update(|info| info.failed_health_checks = failures);
     }
     false
 }
@@ -503,7 +496,6 @@ mod tests {
             shared: Arc::new(Shared::new("t", LogBuffer::new(1, None), events)),
             next_due: Instant::now(),
             failures: 0,
-            checked: false,
             planted: None,
             unmatched: 0,
             connect_only: false,

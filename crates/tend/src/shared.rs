@@ -168,7 +168,6 @@ impl Shared {
         status.info.failed_health_checks = 0;
         status.info.passed_health_check = false;
         status.info.completed = false;
-        status.info.health_checked = false;
         status.info.last_error = None;
     }
 

@@ -210,9 +210,6 @@ pub struct ProcessInfo {
     /// Whether a health check of the current incarnation has passed
     /// (false until the first one did, and for a daemon without checks).
     pub passed_health_check: bool,
-    /// Whether a health check of the current incarnation has completed
-    /// (until then its health is unknown, not good).
-    pub health_checked: bool,
     /// Restarts in a row since the process last ran stably.
     pub restart_attempts: u32,
     /// Whether the last incarnation ran to its end on its own, exited
@@ -251,6 +248,12 @@ pub struct ProcessInfo {
 }
 
 impl ProcessInfo {
+    /// Whether a health check of the current incarnation has completed,
+    /// passed or failed: until then its health is unknown, not good.
+    pub fn health_checked(&self) -> bool {
+        self.passed_health_check || self.failed_health_checks > 0
+    }
+
     pub(crate) fn new(name: &str) -> Self {
         ProcessInfo {
             name: name.to_owned(),
@@ -258,7 +261,6 @@ impl ProcessInfo {
             pid: None,
             failed_health_checks: 0,
             passed_health_check: false,
-            health_checked: false,
             restart_attempts: 0,
             completed: false,
             last_error: None,

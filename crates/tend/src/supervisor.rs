@@ -287,7 +287,6 @@ impl Supervisor {
                     info.failed_health_checks = 0;
                     info.readiness_checked = checked;
                     info.passed_health_check = false;
-                    info.health_checked = false;
                 });
                 self.shared.apply(Occurrence::Ready, "ready");
                 if let Some(waiter) = self.start_waiter.take() {
@@ -751,18 +750,12 @@ impl Supervisor {
                             tracing::debug!(name = %self.config.name, failures, %reason, "health check failed");
                             if health.is_some_and(|h| failures >= h.retries) {
                                 let summary = format!("failed {failures} health checks in a row ({reason})");
-                                self.shared.update(|info| {
-                                    info.failed_health_checks = failures;
-                                    info.health_checked = true;
-                                });
+                                self.shared.update(|info| info.failed_health_checks = failures);
                                 return Interrupt::Failed(self.failure(summary));
                             }
                         }
                     }
-                    self.shared.update(|info| {
-                        info.failed_health_checks = failures;
-                        info.health_checked = true;
-                    });
+                    self.shared.update(|info| info.failed_health_checks = failures);
                 }
             }
         }
