@@ -211,6 +211,9 @@ async fn tcp_readiness_notices_a_late_listen_within_milliseconds() {
             break event.time;
         }
     };
+    // testd writes its stamps right after listen() returned, which tend
+    // may notice first.
+    wait_for("the daemon's stamps", SOON, || !lines(&stamps).is_empty()).await;
     let listened: u128 = lines(&stamps)[0]
         .split(' ')
         .nth(1)
