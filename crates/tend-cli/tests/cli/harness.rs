@@ -277,6 +277,18 @@ impl Run {
     pub fn expect_success(&self) -> &Self {
         self.expect_code(0)
     }
+
+    /// Panics unless stderr contains `needle`.
+    #[track_caller]
+    pub fn expect_stderr(&self, needle: &str) -> &Self {
+        assert!(
+            self.stderr.contains(needle),
+            "`{}`: no {needle:?} in stderr:\n{}",
+            self.command,
+            self.stderr
+        );
+        self
+    }
 }
 
 /// A running `tend up`.
@@ -298,6 +310,14 @@ impl Up {
 
     pub fn stderr(&self) -> String {
         fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// `tend down` through `config`, then waits for this `tend up` to exit.
+    #[track_caller]
+    pub fn down(&mut self, sandbox: &Sandbox, config: &Path) -> ExitStatus {
+        let config = config.to_str().expect("UTF-8 config path");
+        sandbox.run(&["down", "-c", config]).expect_success();
+        self.wait()
     }
 
     /// Waits for it to exit.

@@ -146,8 +146,7 @@ socket = "other.sock"
     assert!(!app_starts.exists());
     let processes = status(&sandbox, &config).unwrap();
     assert_eq!(process(&processes, "app")["state"], "error");
-    sandbox.run(&["down", "-c", c(&config)]).expect_success();
-    up.wait();
+    up.down(&sandbox, &config);
 }
 
 #[test]
@@ -176,8 +175,7 @@ depends_on = ["db"]
     let processes = wait_for_states(&sandbox, &config, &[("db", "running"), ("app", "running")]);
     assert_eq!(process(&processes, "db")["restart_attempts"], 2);
     assert_eq!(fs::read_to_string(&db_starts).unwrap().lines().count(), 3);
-    sandbox.run(&["down", "-c", c(&config)]).expect_success();
-    up.wait();
+    up.down(&sandbox, &config);
 }
 
 #[test]
@@ -221,8 +219,7 @@ autostart = false
         "{}",
         up.stdout()
     );
-    sandbox.run(&["down", "-c", c(&config)]).expect_success();
-    up.wait();
+    up.down(&sandbox, &config);
 
     // Without names: autostart daemons and what they need (base, though
     // autostart = false, because web depends on it); not tool.
@@ -244,16 +241,11 @@ autostart = false
         .run(&["start", "tool", "-c", c(&config)])
         .expect_success();
     wait_for_states(&sandbox, &config, &[("tool", "running")]);
-    sandbox.run(&["down", "-c", c(&config)]).expect_success();
-    up.wait();
+    up.down(&sandbox, &config);
 
     let run = sandbox.run(&["up", "-c", c(&config), "nosuch"]);
-    run.expect_code(2);
-    assert!(
-        run.stderr.contains("no daemon named \"nosuch\""),
-        "{}",
-        run.stderr
-    );
+    run.expect_code(2)
+        .expect_stderr("no daemon named \"nosuch\"");
     assert!(
         run.stderr.contains("base, web, extra, tool"),
         "{}",
@@ -308,8 +300,7 @@ depends_on = ["db"]
         .expect_success();
     let processes = wait_for_states(&sandbox, &config, &[("app", "running")]);
     assert_eq!(pid_of(process(&processes, "db")), db_pid);
-    sandbox.run(&["down", "-c", c(&config)]).expect_success();
-    up.wait();
+    up.down(&sandbox, &config);
 }
 
 #[test]
@@ -385,8 +376,7 @@ restart = "on-failure"
     let task = process(&processes, "task");
     assert_eq!(task["completed"], true);
     assert_eq!(task["last_exit"], "exited with code 0");
-    sandbox.run(&["down", "-c", c(&config)]).expect_success();
-    up.wait();
+    up.down(&sandbox, &config);
 }
 
 #[test]
@@ -424,21 +414,15 @@ shutdown_grace_period = "300ms"
         .expect_success();
     assert!(!deaf.alive());
     assert!(began.elapsed() >= std::time::Duration::from_millis(300));
-    sandbox.run(&["down", "-c", c(&config)]).expect_success();
-    up.wait();
+    up.down(&sandbox, &config);
 
     let bad = sandbox.config_named(
         "bad.toml",
         "[process.a]\ncommand = \"true\"\nstop_signal = \"SIGKILL\"\n",
     );
     let run = sandbox.run(&["check", "-c", c(&bad)]);
-    run.expect_code(2);
-    assert!(
-        run.stderr
-            .contains("bad.toml:3: process.a.stop_signal: must be SIGTERM, SIGINT"),
-        "{}",
-        run.stderr
-    );
+    run.expect_code(2)
+        .expect_stderr("bad.toml:3: process.a.stop_signal: must be SIGTERM, SIGINT");
 }
 
 #[test]
@@ -490,17 +474,12 @@ env = {{ OVERRIDDEN = "table", PORT = "${{TEST_PORT}}" }}
             logs.stdout
         );
     }
-    sandbox.run(&["down", "-c", c(&config)]).expect_success();
-    up.wait();
+    up.down(&sandbox, &config);
 
     // Without the variables: refused with the line, naming the variable.
     let run = sandbox.run(&["check", "-c", c(&config)]);
-    run.expect_code(2);
-    assert!(
-        run.stderr
-            .contains("tend.toml:7: process.app.args[1]: environment variable GREETING is not set"),
-        "{}",
-        run.stderr
+    run.expect_code(2).expect_stderr(
+        "tend.toml:7: process.app.args[1]: environment variable GREETING is not set",
     );
 }
 
@@ -549,6 +528,5 @@ depends_on = ["db"]
         "stopped"
     );
     assert!(!app_starts.exists(), "app was never spawned");
-    sandbox.run(&["down", "-c", c(&config)]).expect_success();
-    up.wait();
+    up.down(&sandbox, &config);
 }

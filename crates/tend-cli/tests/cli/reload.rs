@@ -139,8 +139,7 @@ fn a_config_with_errors_is_refused_whole_and_the_running_set_is_kept() {
         ),
         before
     );
-    sandbox.run(&["down", "-c", c(&config)]).expect_success();
-    up.wait();
+    up.down(&sandbox, &config);
 }
 
 #[test]
@@ -159,8 +158,7 @@ fn sighup_reloads_instead_of_stopping() {
     });
     assert!(up.stdout().contains("SIGHUP received; reloading"));
     assert!(up.child.try_wait().unwrap().is_none(), "tend up still runs");
-    sandbox.run(&["down", "-c", c(&config)]).expect_success();
-    up.wait();
+    up.down(&sandbox, &config);
 }
 
 #[test]
@@ -192,8 +190,7 @@ fn restart_after_the_file_changed_says_so() {
     let run = sandbox.run(&["restart", "a", "-c", c(&config)]);
     run.expect_success();
     assert!(!run.stdout.contains("note"), "{}", run.stdout);
-    sandbox.run(&["down", "-c", c(&config)]).expect_success();
-    up.wait();
+    up.down(&sandbox, &config);
 }
 
 #[test]
@@ -235,6 +232,5 @@ depends_on = ["db"]
         run.stdout
     );
     wait_for_states(&sandbox, &config, &[("db", "running"), ("app", "running")]);
-    sandbox.run(&["down", "-c", c(&config)]).expect_success();
-    up.wait();
+    up.down(&sandbox, &config);
 }
