@@ -210,6 +210,7 @@ pub mod human;
 mod kill;
 mod lagging;
 mod logs;
+mod mailbox;
 mod manager;
 mod orphans;
 // Not part of the API: `tend up` keeps its socket and its own records in

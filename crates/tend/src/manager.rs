@@ -17,7 +17,7 @@ use std::{
 };
 
 use futures_core::Stream as _;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, oneshot};
 
 #[cfg(feature = "rpc")]
 use crate::{
@@ -35,6 +35,7 @@ use crate::{
     health::HealthBoard,
     lagging::SkipLagged,
     logs::{self, LogBuffer, LogFollower, LogLine},
+    mailbox,
     orphans::{CleanupReport, OrphanRegistry},
     shared::Shared,
     spawn::Spawner,
@@ -66,7 +67,7 @@ pub struct BackgroundProcessManager {
 
 struct Slot {
     shared: Arc<Shared>,
-    control: mpsc::UnboundedSender<Control>,
+    control: mailbox::Sender<Control>,
     /// Shared with the supervisor: one copy a daemon, not two.
     config: Arc<BackgroundProcessConfig>,
 }
@@ -395,7 +396,7 @@ impl BackgroundProcessManager {
             // same name sees `Starting` and is refused.
             shared.begin_start();
             shared.apply(Occurrence::Start, "start requested");
-            let (control, requests) = mpsc::unbounded_channel();
+            let (control, requests) = mailbox::mailbox();
             if let Some(refusal) = refusal {
                 let reason = refusal.to_string();
                 shared.update(|info| {

@@ -11,10 +11,7 @@ use std::{
 };
 
 use rustix::process::Signal;
-use tokio::{
-    sync::{broadcast, watch},
-    time::Instant,
-};
+use tokio::{sync::broadcast, time::Instant};
 
 use crate::{
     cgroup::{DaemonCgroup, ResourceUsage},
@@ -25,6 +22,8 @@ use crate::{
 };
 #[cfg(feature = "rpc")]
 use crate::{delivery::EventDelivery, rpc};
+#[cfg(feature = "rpc")]
+use tokio::sync::watch;
 
 /// Whether the process of `pidfd` has exited (a pidfd polls readable
 /// then); an error counts as exited.
@@ -47,8 +46,12 @@ pub(crate) struct Shared {
     live: Mutex<Option<LiveLeader>>,
     events: broadcast::Sender<ProcessEvent>,
     /// The state and the number of times the process became ready, for
-    /// tasks that wait for a (new) incarnation to be `Running`.
-    readiness: watch::Sender<Readiness>,
+    /// tasks that wait for a (new) incarnation to be `Running`: made on
+    /// the first [`Shared::readiness`] call, under the status lock. Most
+    /// daemons never have such a task, and a watch channel holds about
+    /// 360 bytes of heap, more than a third of a kilobyte per daemon.
+    #[cfg(feature = "rpc")]
+    readiness: std::sync::OnceLock<watch::Sender<Readiness>>,
     /// The persistent RPC connection to the daemon, made on first use.
     #[cfg(feature = "rpc")]
     rpc: Mutex<Option<rpc::Client>>,
@@ -67,6 +70,9 @@ pub(crate) struct Readiness {
 struct Status {
     info: ProcessInfo,
     running_since: Option<Instant>,
+    /// What `readiness` publishes, kept here so a channel made late starts
+    /// from the current value.
+    readiness: Readiness,
 }
 
 /// The leader of the current incarnation, pinned by a pidfd so a signal can
@@ -102,15 +108,16 @@ impl Shared {
             status: Mutex::new(Status {
                 info: ProcessInfo::new(name),
                 running_since: None,
+                readiness: Readiness {
+                    state: ProcessState::Stopped,
+                    incarnation: 0,
+                },
             }),
             logs,
             live: Mutex::new(None),
             events,
-            readiness: watch::channel(Readiness {
-                state: ProcessState::Stopped,
-                incarnation: 0,
-            })
-            .0,
+            #[cfg(feature = "rpc")]
+            readiness: std::sync::OnceLock::new(),
             #[cfg(feature = "rpc")]
             rpc: Mutex::new(None),
             #[cfg(feature = "rpc")]
@@ -209,12 +216,14 @@ impl Shared {
         {
             status.info.pid = None;
         }
-        self.readiness.send_modify(|r| {
-            r.state = to;
-            if to == ProcessState::Running && from != ProcessState::Running {
-                r.incarnation += 1;
-            }
-        });
+        status.readiness.state = to;
+        if to == ProcessState::Running && from != ProcessState::Running {
+            status.readiness.incarnation += 1;
+        }
+        #[cfg(feature = "rpc")]
+        if let Some(readiness) = self.readiness.get() {
+            readiness.send_replace(status.readiness);
+        }
         // Sent under the lock so events are ordered like the states. A
         // failed restart attempt is a `starting → starting` event.
         let _ = self.events.send(ProcessEvent {
@@ -273,7 +282,12 @@ impl Shared {
     /// A receiver of state and incarnation changes.
     #[cfg(feature = "rpc")]
     pub fn readiness(&self) -> watch::Receiver<Readiness> {
-        self.readiness.subscribe()
+        // Under the status lock, which `apply` holds while it publishes:
+        // no change falls between the value read here and the channel.
+        let status = self.lock();
+        self.readiness
+            .get_or_init(|| watch::channel(status.readiness).0)
+            .subscribe()
     }
 
     #[cfg(feature = "rpc")]

@@ -10,11 +10,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use tokio::{
-    sync::{mpsc, oneshot},
-    task::JoinHandle,
-    time::Instant,
-};
+use tokio::{sync::oneshot, task::JoinHandle, time::Instant};
 
 use crate::{
     cgroup::{Containment, DaemonCgroup, ManagerCgroup},
@@ -26,6 +22,7 @@ use crate::{
     health::{self, HealthBoard},
     kill,
     logs::{self, Stream},
+    mailbox,
     orphans::OrphanRegistry,
     probe::{
         self,
@@ -152,7 +149,7 @@ pub(crate) struct Supervisor {
     config: Arc<BackgroundProcessConfig>,
     shared: Arc<Shared>,
     ctx: Context,
-    control: mpsc::UnboundedReceiver<Control>,
+    control: mailbox::Receiver<Control>,
     /// The pending `start_process`, answered at the first readiness.
     start_waiter: Option<oneshot::Sender<Result<()>>>,
     /// The daemon's cgroup, made at the first spawn and kept across
@@ -174,7 +171,7 @@ impl Supervisor {
         config: Arc<BackgroundProcessConfig>,
         shared: Arc<Shared>,
         ctx: Context,
-        control: mpsc::UnboundedReceiver<Control>,
+        control: mailbox::Receiver<Control>,
         start_waiter: oneshot::Sender<Result<()>>,
     ) -> Self {
         Supervisor {
@@ -918,8 +915,8 @@ impl Supervisor {
             // The timer wheel ticks in milliseconds; do not wait for a tick.
             match self.control.try_recv() {
                 Ok(control) => Some(Some(control)),
-                Err(mpsc::error::TryRecvError::Disconnected) => Some(None),
-                Err(mpsc::error::TryRecvError::Empty) => None,
+                Err(mailbox::TryRecvError::Disconnected) => Some(None),
+                Err(mailbox::TryRecvError::Empty) => None,
             }
         } else {
             tokio::select! {
