@@ -429,7 +429,9 @@ impl BackgroundProcessManager {
                 requests,
                 waiter,
             );
-            tokio::spawn(supervisor.run());
+            // Boxed: by value, the task's state machine would hold the
+            // supervisor twice (as its argument and as a local).
+            tokio::spawn(Box::new(supervisor).run());
             #[cfg(feature = "rpc")]
             if let Some(socket) = &config.socket_path {
                 if !config.events.is_empty() {

@@ -549,12 +549,17 @@ impl Leader {
     /// Waits for the leader to exit and reaps it. Cancel-safe; a leader
     /// dropped before it was reaped is reaped later (see [`Drop`]).
     pub async fn wait(&mut self) -> io::Result<ExitStatus> {
-        loop {
-            if let Some(status) = self.try_wait()? {
-                return Ok(status);
+        // Polled by hand rather than with `readable().await`, whose future
+        // (160 bytes) would sit in every daemon's task while it runs.
+        std::future::poll_fn(|cx| {
+            loop {
+                if let Some(status) = self.try_wait()? {
+                    return std::task::Poll::Ready(Ok(status));
+                }
+                std::task::ready!(self.pidfd.poll_read_ready(cx))?.clear_ready();
             }
-            self.pidfd.readable().await?.clear_ready();
-        }
+        })
+        .await
     }
 }
 

@@ -189,7 +189,7 @@ impl Supervisor {
 
     /// Runs until the process is `Stopped` or in `Error`. The caller has
     /// already applied [`Occurrence::Start`].
-    pub async fn run(mut self) {
+    pub async fn run(mut self: Box<Self>) {
         if let Some(guard) = &self.ctx.guard {
             guard.grace_at_least(self.config.shutdown_grace_period);
         }
@@ -276,7 +276,10 @@ impl Supervisor {
         let ready = match (&self.config.readiness, &socket) {
             (Readiness::None, _) | (Readiness::Socket, None) => Ok(()),
             (Readiness::Socket, Some(path)) => self.await_ready(&mut incarnation, path).await,
-            _ => self.await_other_ready(&mut incarnation, lines).await,
+            // Boxed, like the failure path below: this future is freed
+            // once the daemon is ready, and the smaller it is the smaller
+            // the hole it leaves among what stays allocated.
+            _ => Box::pin(self.await_other_ready(&mut incarnation, lines)).await,
         };
         match ready {
             Ok(()) => {
@@ -291,7 +294,7 @@ impl Supervisor {
                 }
                 Ok(incarnation)
             }
-            Err(interrupt) => Err(self.wind_down(incarnation, interrupt).await),
+            Err(interrupt) => Err(Box::pin(self.wind_down(incarnation, interrupt)).await),
         }
     }
 
@@ -656,35 +659,52 @@ impl Supervisor {
         let mut watchdog_at = watchdog_every.map(|every| Instant::now() + every);
         let mut passed = false;
         loop {
-            let check = async {
-                match (next_check, health) {
-                    (Some(at), Some(h)) => {
-                        tokio::time::sleep_until(at).await;
-                        // Boxed: inline, the probe would size every
-                        // daemon's task, also where the board probes.
-                        Box::pin(probe::supervisor_check(
-                            health_probe,
-                            &config,
-                            &children,
-                            h.timeout,
-                        ))
-                        .await
-                    }
-                    _ => std::future::pending().await,
-                }
-            };
-            let watchdog = async {
-                match watchdog_at {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let message = async {
-                match notify {
-                    Some(notify) => notify.next(&members.borrowed()).await,
-                    None => std::future::pending().await,
-                }
-            };
+            // The health check this loop runs, the watchdog and the notify
+            // socket, in one future made only for a daemon that has one of
+            // them, and boxed: inline, their 540 bytes would size every
+            // daemon's task for as long as it runs. Made again on each
+            // wake, which is one allocation a check or message.
+            let wakes =
+                (next_check.is_some() || watchdog_at.is_some() || notify.is_some()).then(|| {
+                    let (check_at, watchdog_deadline) = (next_check, watchdog_at);
+                    let (config, children, members) = (&config, &children, &members);
+                    Box::pin(async move {
+                        let check = async {
+                            match (check_at, health) {
+                                (Some(at), Some(h)) => {
+                                    tokio::time::sleep_until(at).await;
+                                    // Boxed: the probes' futures are large.
+                                    Box::pin(probe::supervisor_check(
+                                        health_probe,
+                                        config,
+                                        children,
+                                        h.timeout,
+                                    ))
+                                    .await
+                                }
+                                _ => std::future::pending().await,
+                            }
+                        };
+                        let watchdog = async {
+                            match watchdog_deadline {
+                                Some(at) => tokio::time::sleep_until(at).await,
+                                None => std::future::pending().await,
+                            }
+                        };
+                        let message = async {
+                            match notify {
+                                Some(notify) => notify.next(&members.borrowed()).await,
+                                None => std::future::pending().await,
+                            }
+                        };
+                        tokio::select! {
+                            biased;
+                            message = message => Wake::Message(message),
+                            () = watchdog => Wake::Watchdog,
+                            result = check => Wake::Check(result),
+                        }
+                    })
+                });
             tokio::select! {
                 biased;
                 control = self.control.recv() => return control_interrupt(control),
@@ -707,52 +727,59 @@ impl Supervisor {
                         None => std::future::pending().await,
                     }
                 } => return Interrupt::Failed(self.failure(reason)),
-                message = message => {
-                    apply_notification(&self.shared, &message, &members.borrowed());
-                    if message.watchdog_trigger {
-                        return Interrupt::Failed(self.failure(
-                            "asked to be replaced (WATCHDOG=trigger)".into(),
-                        ));
+                wake = async {
+                    match wakes {
+                        Some(wakes) => wakes.await,
+                        None => std::future::pending().await,
                     }
-                    if let (Some(usec), Some(_)) = (message.watchdog_usec, watchdog_every) {
-                        watchdog_every = Some(Duration::from_micros(usec));
+                } => match wake {
+                    Wake::Message(message) => {
+                        apply_notification(&self.shared, &message, &members.borrowed());
+                        if message.watchdog_trigger {
+                            return Interrupt::Failed(self.failure(
+                                "asked to be replaced (WATCHDOG=trigger)".into(),
+                            ));
+                        }
+                        if let (Some(usec), Some(_)) = (message.watchdog_usec, watchdog_every) {
+                            watchdog_every = Some(Duration::from_micros(usec));
+                        }
+                        if message.watchdog || message.watchdog_usec.is_some() {
+                            watchdog_at = watchdog_every.map(|every| Instant::now() + every);
+                        }
                     }
-                    if message.watchdog || message.watchdog_usec.is_some() {
-                        watchdog_at = watchdog_every.map(|every| Instant::now() + every);
+                    Wake::Watchdog => {
+                        let every = watchdog_every.unwrap_or_default();
+                        self.shared.update(|info| info.failed_health_checks = 1);
+                        return Interrupt::Failed(self.failure(format!(
+                            "missed its watchdog: no WATCHDOG=1 within {every:?}"
+                        )));
                     }
-                }
-                () = watchdog => {
-                    let every = watchdog_every.unwrap_or_default();
-                    self.shared.update(|info| info.failed_health_checks = 1);
-                    return Interrupt::Failed(self.failure(format!(
-                        "missed its watchdog: no WATCHDOG=1 within {every:?}"
-                    )));
-                }
+                    Wake::Check(result) => {
+                        next_check = health.map(next);
+                        match result {
+                            Ok(()) => {
+                                failures = 0;
+                                if !passed {
+                                    passed = true;
+                                    self.shared.health_passed();
+                                }
+                            }
+                            Err(reason) => {
+                                failures += 1;
+                                tracing::debug!(name = %self.config.name, failures, %reason, "health check failed");
+                                if health.is_some_and(|h| failures >= h.retries) {
+                                    let summary = format!("failed {failures} health checks in a row ({reason})");
+                                    self.shared.update(|info| info.failed_health_checks = failures);
+                                    return Interrupt::Failed(self.failure(summary));
+                                }
+                            }
+                        }
+                        self.shared.update(|info| info.failed_health_checks = failures);
+                    }
+                },
                 () = tokio::time::sleep_until(stable_at), if !counter_reset => {
                     counter_reset = true;
                     self.shared.update(|info| info.restart_attempts = 0);
-                }
-                result = check => {
-                    next_check = health.map(next);
-                    match result {
-                        Ok(()) => {
-                            failures = 0;
-                            if !passed {
-                                passed = true;
-                                self.shared.health_passed();
-                            }
-                        }
-                        Err(reason) => {
-                            failures += 1;
-                            tracing::debug!(name = %self.config.name, failures, %reason, "health check failed");
-                            if health.is_some_and(|h| failures >= h.retries) {
-                                let summary = format!("failed {failures} health checks in a row ({reason})");
-                                self.shared.update(|info| info.failed_health_checks = failures);
-                                return Interrupt::Failed(self.failure(summary));
-                            }
-                        }
-                    }
-                    self.shared.update(|info| info.failed_health_checks = failures);
                 }
             }
         }
@@ -1072,6 +1099,17 @@ fn apply_notification(
             info.main_pid = Some(pid);
         }
     });
+}
+
+/// What woke `supervise` other than an exit, a stop, the health board or
+/// the stable period.
+enum Wake {
+    /// A datagram on the notify socket.
+    Message(Notification),
+    /// The watchdog's deadline passed without a `WATCHDOG=1`.
+    Watchdog,
+    /// The health check this loop runs finished.
+    Check(std::result::Result<(), String>),
 }
 
 fn control_interrupt(control: Option<Control>) -> Interrupt {
