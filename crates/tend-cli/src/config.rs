@@ -25,6 +25,7 @@ use std::{
     fmt, fs, io,
     os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use tend::{
@@ -102,8 +103,10 @@ pub struct TendConfig {
     pub state_dir: StateDir,
     /// How the daemons are to be contained (`[settings] containment`).
     pub containment: ContainmentChoice,
-    /// The daemons, in file order.
-    pub processes: Vec<BackgroundProcessConfig>,
+    /// The daemons, in file order. Shared with the manager, which keeps
+    /// the config it runs a daemon with: one copy, not two (about 700
+    /// bytes a daemon).
+    pub processes: Vec<Arc<BackgroundProcessConfig>>,
     /// The environments to prepare before starting a daemon, by daemon
     /// name; daemons without a `python` or `node` table have none.
     pub environments: HashMap<String, PluginEnvironment>,
@@ -115,7 +118,10 @@ pub struct TendConfig {
 impl TendConfig {
     /// The config of daemon `name`, if the file defines it.
     pub fn process(&self, name: &str) -> Option<&BackgroundProcessConfig> {
-        self.processes.iter().find(|process| process.name == name)
+        self.processes
+            .iter()
+            .map(|process| &**process)
+            .find(|process| process.name == name)
     }
 
     /// The `depends_on` of every daemon.
@@ -454,7 +460,10 @@ pub fn parse_with_env(file: &Path, text: &str, env: Lookup) -> Result<TendConfig
             file: file.to_owned(),
             state_dir,
             containment,
-            processes: processes.into_iter().map(|read| read.config).collect(),
+            processes: processes
+                .into_iter()
+                .map(|read| Arc::new(read.config))
+                .collect(),
             environments,
             startup,
         })

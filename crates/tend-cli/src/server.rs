@@ -61,7 +61,7 @@ pub enum Preparation {
     /// Not done yet.
     Pending,
     /// Done: the daemon starts with this config.
-    Ready(Box<BackgroundProcessConfig>),
+    Ready(Arc<BackgroundProcessConfig>),
     /// Failed for this reason; the daemon is not started.
     Failed(String),
 }
@@ -139,10 +139,12 @@ impl ServerContext {
 
     /// The config of daemon `name` as the file gives it, or why there is
     /// none (in the one wording every command uses).
-    pub fn config_of(&self, name: &str) -> Result<BackgroundProcessConfig, String> {
+    pub fn config_of(&self, name: &str) -> Result<Arc<BackgroundProcessConfig>, String> {
         let config = self.config();
         config
-            .process(name)
+            .processes
+            .iter()
+            .find(|process| process.name == name)
             .cloned()
             .ok_or_else(|| self.no_such_daemon(name))
     }
@@ -197,11 +199,11 @@ impl ServerContext {
 
     /// The config daemon `name` starts with: the file's, or for a daemon
     /// with an environment, the one prepared for it when `tend up` began.
-    pub fn startable_config(&self, name: &str) -> Result<BackgroundProcessConfig, String> {
+    pub fn startable_config(&self, name: &str) -> Result<Arc<BackgroundProcessConfig>, String> {
         let config = self.config_of(name)?;
         match self.preparation(name) {
             None => Ok(config),
-            Some(Preparation::Ready(prepared)) => Ok(*prepared),
+            Some(Preparation::Ready(prepared)) => Ok(prepared),
             Some(Preparation::Pending) => Err(format!(
                 "the environment of {name:?} is still being prepared"
             )),

@@ -31,6 +31,7 @@ use std::{
     os::fd::OwnedFd,
     path::{Path, PathBuf},
     sync::Mutex,
+    task::{Context, Poll},
     time::SystemTime,
 };
 
@@ -297,50 +298,103 @@ enum ReadOutcome {
     BudgetSpent,
 }
 
-/// Reads `pipe` to its end, pushing complete lines into `buffer`.
-pub(crate) async fn capture(pipe: OwnedFd, stream: Stream, buffer: &LogBuffer) {
-    // tokio hands the pipe over in blocking mode.
-    if rustix::io::ioctl_fionbio(&pipe, true).is_err() {
-        return;
-    }
-    // SAFETY: the OwnedFd is moved into the AsyncFd, which owns it until
-    // drop; nothing else can close or replace it.
-    let Ok(pipe) = (unsafe { AsyncFd::register_with_interest(pipe, Interest::READABLE) }) else {
-        return;
-    };
-    let mut lines = LineSplitter::default();
-    loop {
-        let Ok(mut guard) = pipe.readable().await else {
-            break;
-        };
-        let outcome = READ_BUFFER.with_borrow_mut(|chunk| {
-            let mut spent = 0;
-            loop {
-                match rustix::io::read(guard.get_inner(), &mut chunk[..]) {
-                    Ok(0) => return ReadOutcome::Eof,
-                    Ok(n) => {
-                        lines.feed(&chunk[..n], |line| emit(buffer, stream, line));
-                        spent += n;
-                        if spent >= READ_BUDGET {
-                            return ReadOutcome::BudgetSpent;
-                        }
-                    }
-                    Err(rustix::io::Errno::AGAIN) => return ReadOutcome::Drained,
-                    Err(rustix::io::Errno::INTR) => continue,
-                    Err(_) => return ReadOutcome::Eof,
+/// Reads each pipe to its end, pushing complete lines into `buffer`
+/// tagged with the pipe's stream.
+///
+/// One task reads all of a daemon's pipes, polled by hand: a task and its
+/// `readable()` future per pipe cost about 400 bytes each for as long as
+/// the daemon runs, where this holds one task for both.
+pub(crate) async fn capture(pipes: Vec<(OwnedFd, Stream)>, buffer: &LogBuffer) {
+    let mut readers: Vec<PipeReader> = pipes
+        .into_iter()
+        .filter_map(|(pipe, stream)| PipeReader::new(pipe, stream))
+        .collect();
+    while !readers.is_empty() {
+        let spent = std::future::poll_fn(|cx| {
+            let mut spent = false;
+            readers.retain_mut(|reader| match reader.poll_read(cx, buffer) {
+                Poll::Ready(ReadOutcome::Eof) => {
+                    reader
+                        .lines
+                        .finish(|line| emit(buffer, reader.stream, line));
+                    false
                 }
+                Poll::Ready(ReadOutcome::BudgetSpent) => {
+                    spent = true;
+                    true
+                }
+                Poll::Ready(ReadOutcome::Drained) | Poll::Pending => true,
+            });
+            if spent || readers.is_empty() {
+                Poll::Ready(spent)
+            } else {
+                Poll::Pending
             }
-        });
-        match outcome {
-            ReadOutcome::Eof => break,
-            ReadOutcome::Drained => guard.clear_ready(),
-            ReadOutcome::BudgetSpent => {
-                drop(guard);
-                tokio::task::yield_now().await;
+        })
+        .await;
+        if spent {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// One output pipe of a daemon, in non-blocking mode.
+struct PipeReader {
+    pipe: AsyncFd<OwnedFd>,
+    stream: Stream,
+    lines: LineSplitter,
+}
+
+impl PipeReader {
+    /// `None` when the pipe cannot be read asynchronously: its output is
+    /// not captured, as before, rather than blocking a worker.
+    fn new(pipe: OwnedFd, stream: Stream) -> Option<Self> {
+        // tokio hands the pipe over in blocking mode.
+        rustix::io::ioctl_fionbio(&pipe, true).ok()?;
+        // SAFETY: the OwnedFd is moved into the AsyncFd, which owns it
+        // until drop; nothing else can close or replace it.
+        let pipe = unsafe { AsyncFd::register_with_interest(pipe, Interest::READABLE) }.ok()?;
+        Some(PipeReader {
+            pipe,
+            stream,
+            lines: LineSplitter::default(),
+        })
+    }
+
+    /// Reads what the pipe holds: `Pending` once it is drained (the task
+    /// is woken when more comes), `Eof` at its end, `BudgetSpent` after
+    /// [`READ_BUDGET`] bytes (the pipe is still ready).
+    fn poll_read(&mut self, cx: &mut Context<'_>, buffer: &LogBuffer) -> Poll<ReadOutcome> {
+        loop {
+            let Ok(mut guard) = std::task::ready!(self.pipe.poll_read_ready(cx)) else {
+                return Poll::Ready(ReadOutcome::Eof);
+            };
+            let (lines, stream) = (&mut self.lines, self.stream);
+            let outcome = READ_BUFFER.with_borrow_mut(|chunk| {
+                let mut spent = 0;
+                loop {
+                    match rustix::io::read(guard.get_inner(), &mut chunk[..]) {
+                        Ok(0) => return ReadOutcome::Eof,
+                        Ok(n) => {
+                            lines.feed(&chunk[..n], |line| emit(buffer, stream, line));
+                            spent += n;
+                            if spent >= READ_BUDGET {
+                                return ReadOutcome::BudgetSpent;
+                            }
+                        }
+                        Err(rustix::io::Errno::AGAIN) => return ReadOutcome::Drained,
+                        Err(rustix::io::Errno::INTR) => continue,
+                        Err(_) => return ReadOutcome::Eof,
+                    }
+                }
+            });
+            match outcome {
+                // Cleared, the next poll registers the waker again.
+                ReadOutcome::Drained => guard.clear_ready(),
+                outcome => return Poll::Ready(outcome),
             }
         }
     }
-    lines.finish(|line| emit(buffer, stream, line));
 }
 
 /// Splits a byte stream into lines of at most
@@ -658,7 +712,7 @@ mod tests {
             file.write_all(&input).unwrap();
         });
         let buffer = LogBuffer::new(100, None);
-        capture(read, Stream::Stdout, &buffer).await;
+        capture(vec![(read, Stream::Stdout)], &buffer).await;
         writer.join().unwrap();
         buffer.tail(100).into_iter().map(|l| l.text).collect()
     }

@@ -341,10 +341,18 @@ impl BackgroundProcessManager {
     ///
     /// Cancel safety: dropping the future does not cancel the start; the
     /// daemon is still supervised and can be stopped by name.
-    pub async fn start_process(&self, config: BackgroundProcessConfig) -> Result<()> {
+    ///
+    /// The config is taken by value or shared: an embedder that keeps its
+    /// configs (to restart or compare them) passes an `Arc`, and the
+    /// manager keeps that one instead of a copy.
+    pub async fn start_process(
+        &self,
+        config: impl Into<Arc<BackgroundProcessConfig>>,
+    ) -> Result<()> {
+        let config: Arc<BackgroundProcessConfig> = config.into();
         config.validate()?;
         if self.inner.shutting_down.load(Ordering::SeqCst) {
-            return Err(Error::ShuttingDown(config.name));
+            return Err(Error::ShuttingDown(config.name.clone()));
         }
         let context = self.context()?;
         // Opened (and checked) at every start, so a log file that cannot be
@@ -372,14 +380,14 @@ impl BackgroundProcessManager {
             // then lists the names under this lock, so a start that got
             // past the first check registers a name it would never stop.
             if self.inner.shutting_down.load(Ordering::SeqCst) {
-                return Err(Error::ShuttingDown(config.name));
+                return Err(Error::ShuttingDown(config.name.clone()));
             }
             let shared = match slots.get(&config.name) {
                 Some(slot) => {
                     let state = slot.shared.state();
                     if state.is_active() {
                         return Err(Error::AlreadyActive {
-                            name: config.name,
+                            name: config.name.clone(),
                             state,
                         });
                     }
@@ -416,12 +424,11 @@ impl BackgroundProcessManager {
                     Slot {
                         shared,
                         control,
-                        config: Arc::new(config),
+                        config,
                     },
                 );
                 return Err(refusal);
             }
-            let config = Arc::new(config);
             let supervisor = Supervisor::new(
                 Arc::clone(&config),
                 Arc::clone(&shared),
@@ -484,7 +491,7 @@ impl BackgroundProcessManager {
             let slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
             slots
                 .get(name)
-                .map(|slot| BackgroundProcessConfig::clone(&slot.config))
+                .map(|slot| Arc::clone(&slot.config))
                 .ok_or_else(|| Error::UnknownProcess(name.to_owned()))?
         };
         self.stop_process(name).await?;

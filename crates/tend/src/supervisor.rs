@@ -62,14 +62,15 @@ pub(crate) struct Context {
     pub guard: Option<Arc<Guard>>,
 }
 
-/// One spawned leader and its output readers.
+/// One spawned leader and the task reading its output.
 struct Incarnation {
     leader: Leader,
     pid: u32,
     pgid: i32,
     /// The daemon's cgroup, with cgroup containment.
     cgroup: Option<Arc<DaemonCgroup>>,
-    readers: Vec<JoinHandle<()>>,
+    /// The task that reads its stdout and stderr.
+    reader: JoinHandle<()>,
     /// Position in the log ring where this incarnation's output starts.
     log_mark: u64,
 }
@@ -398,13 +399,10 @@ impl Supervisor {
             (spawned.stdout, Stream::Stdout),
             (spawned.stderr, Stream::Stderr),
         ];
-        let readers = pipes
-            .into_iter()
-            .map(|(pipe, stream)| {
-                let shared = Arc::clone(&self.shared);
-                tokio::spawn(async move { logs::capture(pipe, stream, &shared.logs).await })
-            })
-            .collect();
+        let reader = {
+            let shared = Arc::clone(&self.shared);
+            tokio::spawn(async move { logs::capture(pipes.into(), &shared.logs).await })
+        };
         self.shared.update(|info| {
             info.pid = Some(pid);
             // What the previous incarnation said over the notify socket
@@ -419,7 +417,7 @@ impl Supervisor {
             pid,
             pgid,
             cgroup,
-            readers,
+            reader,
             log_mark,
         })
     }
@@ -806,7 +804,7 @@ impl Supervisor {
         if let Some(path) = &self.config.socket_path {
             let _ = std::fs::remove_file(path);
         }
-        drain(&mut incarnation.readers).await;
+        drain(&mut incarnation.reader).await;
         self.killed_after_grace = terminated.as_ref().is_ok_and(|t| t.killed);
         let exit = match &terminated {
             Ok(t) => {
@@ -1122,19 +1120,12 @@ fn control_interrupt(control: Option<Control>) -> Interrupt {
 /// Waits briefly for the output readers to reach end of file, so the last
 /// lines a daemon wrote before dying are in the ring. A descendant that
 /// escaped the group may hold the pipes open; then tend stops waiting.
-async fn drain(readers: &mut [JoinHandle<()>]) {
-    let all = async {
-        for reader in readers.iter_mut() {
-            let _ = reader.await;
-        }
-    };
-    if tokio::time::timeout(defaults::OUTPUT_DRAIN_TIMEOUT, all)
+async fn drain(reader: &mut JoinHandle<()>) {
+    if tokio::time::timeout(defaults::OUTPUT_DRAIN_TIMEOUT, &mut *reader)
         .await
         .is_err()
     {
-        for reader in readers.iter() {
-            reader.abort();
-        }
+        reader.abort();
     }
 }
 

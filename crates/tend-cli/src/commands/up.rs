@@ -312,7 +312,7 @@ async fn prepare_environments(context: &Arc<ServerContext>) {
                 return;
             };
             let preparation = match environments.prepare(&config).await {
-                Ok(prepared) => Preparation::Ready(Box::new(prepared)),
+                Ok(prepared) => Preparation::Ready(Arc::new(prepared)),
                 Err(e) => Preparation::Failed(e.to_string()),
             };
             context.set_preparation(&name, preparation);

@@ -185,7 +185,7 @@ impl ServerContext {
             };
             self.set_preparation(name, Preparation::Pending);
             let preparation = match environments.prepare(process).await {
-                Ok(prepared) => Preparation::Ready(Box::new(prepared)),
+                Ok(prepared) => Preparation::Ready(Arc::new(prepared)),
                 Err(e) => Preparation::Failed(e.to_string()),
             };
             self.set_preparation(name, preparation);
