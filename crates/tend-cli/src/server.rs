@@ -154,9 +154,19 @@ impl ServerContext {
         {
             let mut map = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             match pending {
-                Some(pending) => map.insert(name.to_owned(), pending),
-                None => map.remove(name),
-            };
+                Some(pending) => {
+                    map.insert(name.to_owned(), pending);
+                }
+                None => {
+                    map.remove(name);
+                    // Every daemon waits here at `tend up`; once all have
+                    // started, the table (about 120 KiB at 1,000 daemons)
+                    // is given back.
+                    if map.is_empty() {
+                        map.shrink_to_fit();
+                    }
+                }
+            }
         }
         self.pending_changed.send_modify(|n| *n = n.wrapping_add(1));
     }
