@@ -460,10 +460,13 @@ pub fn parse_with_env(file: &Path, text: &str, env: Lookup) -> Result<TendConfig
             file: file.to_owned(),
             state_dir,
             containment,
-            processes: processes
-                .into_iter()
-                .map(|read| Arc::new(read.config))
-                .collect(),
+            // Not `collect()`: collecting in place would keep the read
+            // daemons' buffer (720 bytes each) for the 8-byte `Arc`s.
+            processes: {
+                let mut configs = Vec::with_capacity(processes.len());
+                configs.extend(processes.into_iter().map(|read| Arc::new(read.config)));
+                configs
+            },
             environments,
             startup,
         })
