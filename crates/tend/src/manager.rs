@@ -349,7 +349,12 @@ impl BackgroundProcessManager {
         &self,
         config: impl Into<Arc<BackgroundProcessConfig>>,
     ) -> Result<()> {
-        let config: Arc<BackgroundProcessConfig> = config.into();
+        self.start(config.into(), false).await
+    }
+
+    /// [`start_process`](Self::start_process), with `restarted` telling
+    /// the log marker of the first incarnation ("restarted" or "started").
+    async fn start(&self, config: Arc<BackgroundProcessConfig>, restarted: bool) -> Result<()> {
         config.validate()?;
         if self.inner.shutting_down.load(Ordering::SeqCst) {
             return Err(Error::ShuttingDown(config.name.clone()));
@@ -435,6 +440,7 @@ impl BackgroundProcessManager {
                 context,
                 requests,
                 waiter,
+                restarted,
             );
             // Boxed: by value, the task's state machine would hold the
             // supervisor twice (as its argument and as a local).
@@ -485,7 +491,8 @@ impl BackgroundProcessManager {
     }
 
     /// Stops a daemon if it is active, then starts it again with its last
-    /// config, resolving once it is `Running`.
+    /// config, resolving once it is `Running`. The log marks the new
+    /// incarnation "restarted, pid N".
     pub async fn restart_process(&self, name: &str) -> Result<()> {
         let config = {
             let slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
@@ -495,7 +502,31 @@ impl BackgroundProcessManager {
                 .ok_or_else(|| Error::UnknownProcess(name.to_owned()))?
         };
         self.stop_process(name).await?;
-        self.start_process(config).await
+        self.start(config, true).await
+    }
+
+    /// Restarts a daemon with a new config (its name is the config's):
+    /// stops it if it is active, then starts it as
+    /// [`start_process`](Self::start_process) does, the log marking the
+    /// new incarnation "restarted, pid N". A name never started is simply
+    /// started (still marked "restarted": the caller asked for a restart).
+    ///
+    /// For an embedder that stops a daemon, does its own work (waits for
+    /// other daemons, rewrites a file) and then starts it: the daemon is
+    /// already stopped, so only the start and the marker remain.
+    pub async fn restart_process_with(
+        &self,
+        config: impl Into<Arc<BackgroundProcessConfig>>,
+    ) -> Result<()> {
+        let config: Arc<BackgroundProcessConfig> = config.into();
+        // Before the stop: a config that cannot start leaves the running
+        // daemon alone.
+        config.validate()?;
+        match self.stop_process(&config.name).await {
+            Ok(()) | Err(Error::UnknownProcess(_)) => {}
+            Err(e) => return Err(e),
+        }
+        self.start(config, true).await
     }
 
     /// Stops every daemon in parallel and refuses later starts. Each stop

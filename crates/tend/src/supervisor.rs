@@ -162,8 +162,9 @@ pub(crate) struct Supervisor {
     /// Set when the last termination ran out of grace period and sent
     /// SIGKILL, for the message that ends the stop.
     killed_after_grace: bool,
-    /// Whether this supervisor spawned an incarnation already (the log
-    /// marker of the next one says "restarted").
+    /// Whether the next incarnation follows an earlier one: this
+    /// supervisor spawned one already, or it was made for a restart. Its
+    /// log marker then says "restarted".
     spawned_before: bool,
 }
 
@@ -174,6 +175,7 @@ impl Supervisor {
         ctx: Context,
         control: mailbox::Receiver<Control>,
         start_waiter: oneshot::Sender<Result<()>>,
+        restarted: bool,
     ) -> Self {
         Supervisor {
             config,
@@ -184,7 +186,7 @@ impl Supervisor {
             cgroup: None,
             notify: None,
             killed_after_grace: false,
-            spawned_before: false,
+            spawned_before: restarted,
         }
     }
 

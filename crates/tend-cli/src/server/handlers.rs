@@ -171,7 +171,7 @@ async fn restart(context: &Context, name: &str) -> Response {
         Err(e) => Err(e.to_string()),
     };
     let result = match stopped {
-        Ok(()) => context.start(name).await,
+        Ok(()) => context.start_again(name).await,
         Err(e) => Err(e),
     };
     let mut response = outcome(context, name, result);

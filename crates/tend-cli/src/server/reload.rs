@@ -136,8 +136,13 @@ impl ServerContext {
         let mut starts = JoinSet::new();
         for name in to_start {
             let context = Arc::clone(self);
+            let again = restart.contains(&name);
             starts.spawn(async move {
-                let result = context.start(&name).await;
+                let result = if again {
+                    context.start_again(&name).await
+                } else {
+                    context.start(&name).await
+                };
                 (name, result)
             });
         }

@@ -63,10 +63,21 @@ impl ServerContext {
     ///
     /// Boxed: a start waits for its dependencies, which may start theirs.
     pub fn start<'a>(self: &'a Arc<Self>, name: &'a str) -> StartFuture<'a> {
-        Box::pin(self.start_after_dependencies(name))
+        Box::pin(self.start_after_dependencies(name, false))
     }
 
-    async fn start_after_dependencies(self: &Arc<Self>, name: &str) -> Result<(), String> {
+    /// [`start`](Self::start) for the second half of a restart (`tend
+    /// restart`, a reload of a changed daemon), whose caller stopped the
+    /// daemon already: the log marks the new incarnation "restarted".
+    pub fn start_again<'a>(self: &'a Arc<Self>, name: &'a str) -> StartFuture<'a> {
+        Box::pin(self.start_after_dependencies(name, true))
+    }
+
+    async fn start_after_dependencies(
+        self: &Arc<Self>,
+        name: &str,
+        restarted: bool,
+    ) -> Result<(), String> {
         let config = self.config();
         if config.process(name).is_none() {
             return Err(format!(
@@ -104,11 +115,14 @@ impl ServerContext {
             }
         }
         let result = match self.startable_config(name) {
-            Ok(config) => self
-                .manager
-                .start_process(config)
-                .await
-                .map_err(|e| e.to_string()),
+            Ok(config) => {
+                let started = if restarted {
+                    self.manager.restart_process_with(config).await
+                } else {
+                    self.manager.start_process(config).await
+                };
+                started.map_err(|e| e.to_string())
+            }
             Err(reason) => Err(reason),
         };
         // The manager's state speaks from here on.

@@ -234,3 +234,54 @@ depends_on = ["db"]
     wait_for_states(&sandbox, &config, &[("db", "running"), ("app", "running")]);
     up.down(&sandbox, &config);
 }
+
+/// The marker lines of `a` in `tend logs a`, without the pids.
+fn markers(sandbox: &Sandbox, config: &Path) -> Vec<String> {
+    let logs = sandbox.run(&["logs", "a", "-c", c(config)]);
+    logs.expect_success();
+    logs.stdout
+        .lines()
+        .filter_map(|line| line.strip_prefix("--- "))
+        .map(|marker| marker.split(", pid ").next().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn markers_say_restarted_after_tend_restart_and_a_reload_and_started_after_a_start() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.config(&tables(&[("a", "\"--stdout\", \"v1\"")]));
+    let mut up = sandbox.up(&config);
+    wait_for_states(&sandbox, &config, &[("a", "running")]);
+    let first = pid(&sandbox, &config, "a");
+
+    sandbox
+        .run(&["restart", "a", "-c", c(&config)])
+        .expect_success();
+    let second = pid(&sandbox, &config, "a");
+    assert_ne!(first, second, "restart made a new incarnation");
+    let logs = sandbox.run(&["logs", "a", "-c", c(&config)]);
+    assert!(
+        logs.stdout
+            .contains(&format!("--- restarted, pid {second} ---")),
+        "{}",
+        logs.stdout
+    );
+
+    // A reload restarts a changed daemon: that is a restart too.
+    sandbox.config(&tables(&[("a", "\"--stdout\", \"v2\"")]));
+    sandbox.run(&["reload", "-c", c(&config)]).expect_success();
+    wait_for_states(&sandbox, &config, &[("a", "running")]);
+
+    // A stop and a start are a start.
+    sandbox
+        .run(&["stop", "a", "-c", c(&config)])
+        .expect_success();
+    sandbox
+        .run(&["start", "a", "-c", c(&config)])
+        .expect_success();
+    assert_eq!(
+        markers(&sandbox, &config),
+        ["started", "restarted", "restarted", "started"]
+    );
+    up.down(&sandbox, &config);
+}

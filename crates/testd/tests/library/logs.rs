@@ -88,6 +88,47 @@ async fn follow_logs_delivers_lines_written_later() {
     assert_eq!(line.stream, Stream::Stdout);
 }
 
+/// The markers of `a`'s incarnations, without their pids.
+fn markers(sb: &Sandbox) -> Vec<String> {
+    sb.log_texts("a", Stream::Tend)
+        .into_iter()
+        .map(|text| text.split(", pid ").next().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_marker_says_started_after_a_start_and_restarted_after_a_restart() {
+    let sb = Sandbox::new();
+    let _first = sb.start(sb.daemon("a", &[])).await;
+    sb.manager.restart_process("a").await.unwrap();
+    let _second = Tracked::new(sb.manager.pid("a").ok().flatten().unwrap());
+    // A restart with another config is a restart too.
+    sb.manager
+        .restart_process_with(sb.daemon("a", &["--stdout", "v2"]))
+        .await
+        .unwrap();
+    let _third = Tracked::new(sb.manager.pid("a").ok().flatten().unwrap());
+    sb.wait_for_stdout("a", "v2").await;
+    sb.manager.stop_process("a").await.unwrap();
+    let _fourth = sb.start(sb.daemon("a", &[])).await;
+    assert_eq!(
+        markers(&sb),
+        ["started", "restarted", "restarted", "started"]
+    );
+}
+
+#[tokio::test]
+async fn restart_with_an_invalid_config_leaves_the_daemon_running() {
+    let sb = Sandbox::new();
+    let daemon = sb.start(sb.daemon("a", &[])).await;
+    let mut invalid = sb.daemon("a", &[]);
+    invalid.command = std::path::PathBuf::new();
+    let error = sb.manager.restart_process_with(invalid).await.unwrap_err();
+    assert!(matches!(error, Error::InvalidConfig { .. }), "{error:?}");
+    assert_eq!(sb.manager.state("a").unwrap(), ProcessState::Running);
+    assert_eq!(sb.manager.pid("a").ok().flatten(), Some(daemon.pid));
+}
+
 #[tokio::test]
 async fn logs_of_an_unknown_name_are_an_error() {
     let sb = Sandbox::new();
