@@ -155,6 +155,16 @@ impl ServerContext {
         Ok(())
     }
 
+    /// Waits for a daemon that is starting (or waiting for its
+    /// dependencies) to run, or says why it will not.
+    pub async fn wait_while_starting(self: &Arc<Self>, name: &str) -> Result<(), String> {
+        self.satisfy(&Dependency {
+            name: name.to_owned(),
+            condition: deps::Condition::Ready,
+        })
+        .await
+    }
+
     /// Starts `dependency` if it is neither running nor on its way, then
     /// waits for its condition.
     async fn satisfy(self: &Arc<Self>, dependency: &Dependency) -> Result<(), String> {

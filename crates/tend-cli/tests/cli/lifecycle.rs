@@ -206,3 +206,49 @@ fn a_daemon_that_fails_to_start_is_left_in_error_and_the_others_run() {
     assert!(table.stdout.contains("error"), "{}", table.stdout);
     sandbox.run(&["down", "-c", c]).expect_success();
 }
+
+#[test]
+fn start_of_a_starting_daemon_waits_for_it_to_run_or_fail() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.config(&format!(
+        r#"
+[process.slow]
+command = "{testd}"
+args = ["--listen-delay", "1500"]
+socket = "slow.sock"
+
+[process.doomed]
+command = "{testd}"
+args = ["--never-bind", "--stderr", "no database here", "--exit-after", "3000", "--exit-code", "3"]
+socket = "doomed.sock"
+restart = "never"
+"#,
+        testd = testd().display(),
+    ));
+    let c = config.to_str().unwrap();
+    let mut up = sandbox.up(&config);
+    wait_for_states(
+        &sandbox,
+        &config,
+        &[("slow", "starting"), ("doomed", "starting")],
+    );
+
+    // Not a second start and not "already starting": the answer is how
+    // the start under way ends.
+    let slow = sandbox.run(&["start", "slow", "-c", c]);
+    slow.expect_success();
+    let processes = status(&sandbox, &config).unwrap();
+    assert_eq!(process(&processes, "slow")["state"], "running");
+    assert_eq!(process(&processes, "slow")["restart_attempts"], 0);
+
+    let doomed = sandbox.run(&["start", "doomed", "-c", c]);
+    doomed.expect_code(1);
+    assert!(
+        doomed.stderr.contains("no database here"),
+        "{}",
+        doomed.stderr
+    );
+    let processes = status(&sandbox, &config).unwrap();
+    assert_eq!(process(&processes, "doomed")["state"], "error");
+    up.down(&sandbox, &config);
+}
