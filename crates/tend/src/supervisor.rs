@@ -925,7 +925,7 @@ impl Supervisor {
             None => (message.as_str(), None),
         };
         let mut reason = format!(
-            "{}; restarting in {} (attempt {attempt} of {})",
+            "{}; restarting in {}, attempt {attempt} of {}",
             summary.trim_end_matches(':'),
             crate::human::duration(delay),
             self.config.max_restart_attempts

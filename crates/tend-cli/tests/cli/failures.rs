@@ -90,7 +90,7 @@ fn a_daemon_that_fails_later_ends_an_exit_on_failure_up() {
     // that explains the exit under it; then the end.
     assert!(stdout.contains("restarting in "), "{stdout}");
     assert!(
-        stdout.contains("(attempt 1 of 1))\n    lost the database\n"),
+        stdout.contains(", attempt 1 of 1)\n    lost the database\n"),
         "{stdout}"
     );
     assert!(stdout.contains("gave up after 1 restart)"), "{stdout}");

@@ -217,7 +217,7 @@ async fn a_signal_death_carries_no_stderr_tail_and_the_restart_is_announced() {
         }
     };
     assert!(
-        restarting.contains("restarting in ") && restarting.ends_with("(attempt 1 of 3)"),
+        restarting.contains("restarting in ") && restarting.ends_with(", attempt 1 of 3"),
         "{restarting}"
     );
 }
