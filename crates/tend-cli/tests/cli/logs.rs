@@ -160,7 +160,7 @@ fn follow_every_daemon() {
     }
     assert!(
         seen.iter()
-            .any(|l| l.starts_with("web   | --- started, pid ")),
+            .any(|l| l.starts_with("web   | --- restarted, pid ")),
         "{seen:#?}"
     );
     kill(follower.id(), rustix::process::Signal::KILL);
