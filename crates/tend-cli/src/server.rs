@@ -58,7 +58,11 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// How far preparing a daemon's Python or Node environment got.
 #[derive(Debug, Clone)]
 pub enum Preparation {
-    /// Not done yet.
+    /// Not begun: its daemon has not been started (`tend up NAME` without
+    /// it, `autostart = false`, a reload that changed it while stopped).
+    /// Its first start prepares it.
+    Unprepared,
+    /// Under way.
     Pending,
     /// Done: the daemon starts with this config.
     Ready(Arc<BackgroundProcessConfig>),
@@ -113,7 +117,7 @@ impl ServerContext {
         let preparations = config
             .environments
             .keys()
-            .map(|name| (name.clone(), Preparation::Pending))
+            .map(|name| (name.clone(), Preparation::Unprepared))
             .collect();
         ServerContext {
             manager,
@@ -187,12 +191,28 @@ impl ServerContext {
         )
     }
 
-    /// Records how preparing the environment of `name` ended.
+    /// Records how far preparing the environment of `name` got. Starts
+    /// waiting for a preparation under way look again (through
+    /// `pending_changed`).
     pub fn set_preparation(&self, name: &str, preparation: Preparation) {
         self.preparations
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(name.to_owned(), preparation);
+        self.pending_changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Takes the preparation of `name` on if nobody has begun it: `true`
+    /// when the caller now prepares it (the record says `Pending`).
+    fn claim_preparation(&self, name: &str) -> bool {
+        let mut preparations = self.preparations.lock().unwrap_or_else(|e| e.into_inner());
+        match preparations.get_mut(name) {
+            Some(preparation @ Preparation::Unprepared) => {
+                *preparation = Preparation::Pending;
+                true
+            }
+            _ => false,
+        }
     }
 
     fn forget_preparation(&self, name: &str) {
@@ -208,17 +228,21 @@ impl ServerContext {
     }
 
     /// The config daemon `name` starts with: the file's, or for a daemon
-    /// with an environment, the one prepared for it when `tend up` began.
+    /// with an environment, the one prepared for it (when `tend up` began,
+    /// or at its first start: see [`Self::ensure_prepared`]).
     pub fn startable_config(&self, name: &str) -> Result<Arc<BackgroundProcessConfig>, String> {
         let config = self.config_of(name)?;
         match self.preparation(name) {
             None => Ok(config),
             Some(Preparation::Ready(prepared)) => Ok(prepared),
+            Some(Preparation::Unprepared) => Err(format!(
+                "the environment of {name:?} is prepared at its first start"
+            )),
             Some(Preparation::Pending) => Err(format!(
                 "the environment of {name:?} is still being prepared"
             )),
             Some(Preparation::Failed(reason)) => Err(format!(
-                "{reason}\n(environments are prepared when `tend up` starts: fix the problem and run `tend up` again)"
+                "{reason}\n(a failed environment is prepared again by the next `tend up`, or by a `tend reload` that changes the daemon: fix the problem and run one of them)"
             )),
         }
     }
@@ -277,7 +301,7 @@ impl ServerContext {
             Some(Preparation::Failed(reason)) => {
                 ProcessStatus::not_started(name, State::Error, Some(reason), retries)
             }
-            Some(Preparation::Ready(_)) | None => {
+            Some(Preparation::Ready(_) | Preparation::Unprepared) | None => {
                 ProcessStatus::not_started(name, State::Stopped, None, retries)
             }
         })

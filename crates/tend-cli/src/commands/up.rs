@@ -29,12 +29,11 @@ use crate::{
     commands::reload::describe_reload,
     config::{self, TendConfig},
     deps,
-    environments::Environments,
     failure::{CommandResult, Failure},
     memory,
     notify::{NOTIFY_SOCKET_ENV, Notifier},
     sanitize::{Layout, escape_controls},
-    server::{ControlServer, Preparation, ServerContext},
+    server::{ControlServer, ServerContext},
     table,
 };
 use progress::Progress;
@@ -172,7 +171,7 @@ pub async fn run(
     // Environments first: a daemon starts with the interpreter its
     // environment provides.
     let prepared = tokio::select! {
-        () = prepare_environments(&context) => true,
+        () = prepare_environments(&context, &selected) => true,
         cause = shutdown_cause(&mut signals, &context, None) => {
             say!("tend: {cause} while preparing environments; stopping");
             false
@@ -290,33 +289,29 @@ fn report_failure(failures: &watch::Sender<Option<String>>, name: &str) {
     });
 }
 
-/// Prepares the Python and Node environments of the daemons that have
-/// one, in parallel, and records how each ended for the starts.
+/// Prepares the Python and Node environments of the `selected` daemons
+/// that have one, in parallel, and records how each ended for the starts.
+/// The others are prepared at their first start (`tend start`, or as a
+/// dependency), so `tend up web` installs nothing for daemons it leaves
+/// stopped.
 ///
-/// Environments are prepared once, when `tend up` starts: `tend start` and
-/// `tend restart` reuse what was prepared, so an edited requirements file
-/// takes effect at the next `tend up`. (The installers are registered as
-/// tend's own children, so the subreaper never takes their exit status.)
+/// A prepared environment is kept: `tend start` and `tend restart` reuse
+/// it, so an edited requirements file takes effect at the next `tend up`
+/// (or a `tend reload` of a changed daemon). (The installers are
+/// registered as tend's own children, so the subreaper never takes their
+/// exit status.)
 ///
 /// Cancel safety: dropping the future kills the running installers.
-async fn prepare_environments(context: &Arc<ServerContext>) {
+async fn prepare_environments(context: &Arc<ServerContext>, selected: &BTreeSet<String>) {
     let config = context.config();
-    let environments = Arc::new(Environments::new(&config, context.children.clone()));
     let mut preparations = JoinSet::new();
-    for name in config.environments.keys() {
+    for name in selected
+        .iter()
+        .filter(|name| config.environments.contains_key(*name))
+    {
         let context = Arc::clone(context);
-        let environments = Arc::clone(&environments);
         let name = name.clone();
-        preparations.spawn(async move {
-            let Ok(config) = context.config_of(&name) else {
-                return;
-            };
-            let preparation = match environments.prepare(&config).await {
-                Ok(prepared) => Preparation::Ready(Arc::new(prepared)),
-                Err(e) => Preparation::Failed(e.to_string()),
-            };
-            context.set_preparation(&name, preparation);
-        });
+        preparations.spawn(async move { context.ensure_prepared(&name).await });
     }
     while let Some(joined) = preparations.join_next().await {
         if let Err(e) = joined {

@@ -169,6 +169,9 @@ async fn stop(context: &Context, name: &str) -> Response {
 /// environment failed) is left alone. Says so when the file has other
 /// settings for it now.
 async fn restart(context: &Context, name: &str) -> Response {
+    // Prepared before the stop, so a daemon whose environment cannot be
+    // made is left as it is.
+    context.ensure_prepared(name).await;
     if let Err(message) = context.startable_config(name) {
         let status = context.process_status(name);
         return Response {

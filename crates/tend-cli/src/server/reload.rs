@@ -4,10 +4,11 @@
 //! The file is read and validated whole first; a file with problems is
 //! refused and nothing changes. Then, in order: daemons gone from the file
 //! and daemons whose settings changed are stopped (dependents first), the
-//! new config takes effect, environments of new and changed daemons are
-//! prepared, and new daemons (with `autostart`), the changed ones that
-//! were running and those left unstarted because a dependency had failed
-//! start, each after its dependencies. A daemon whose
+//! new config takes effect, and new daemons (with `autostart`), the changed
+//! ones that were running and those left unstarted because a dependency
+//! had failed start, each after its dependencies and with its environment
+//! prepared from the new settings (a new or changed daemon left stopped
+//! gets its environment at its next start). A daemon whose
 //! settings are the same keeps running under the same PID.
 
 use std::{collections::BTreeSet, sync::Arc};
@@ -17,7 +18,6 @@ use tokio::task::JoinSet;
 use super::{Pending, Preparation, ServerContext};
 use crate::{
     config::{self, TendConfig},
-    environments::Environments,
     protocol::{ReloadSummary, State},
 };
 
@@ -114,6 +114,16 @@ impl ServerContext {
             self.set_pending(name, None);
             self.forget_preparation(name);
         }
+        // New and changed daemons get their environment from the new
+        // settings at their next start (below for those that start now);
+        // a changed daemon that stays stopped does not keep the old one.
+        for name in diff.added.iter().chain(&diff.changed) {
+            if new.environments.contains_key(name) {
+                self.set_preparation(name, Preparation::Unprepared);
+            } else {
+                self.forget_preparation(name);
+            }
+        }
         let (started, added): (BTreeSet<String>, BTreeSet<String>) = diff
             .added
             .iter()
@@ -131,7 +141,8 @@ impl ServerContext {
             })
             .collect();
         let to_start: BTreeSet<String> = started.union(&restart).chain(&retried).cloned().collect();
-        self.prepare_environments(&new, &to_start).await;
+        // Each start prepares its daemon's environment (see
+        // `ensure_prepared`), in parallel with the others.
         self.queue_starts(&to_start);
         let mut starts = JoinSet::new();
         for name in to_start {
@@ -171,30 +182,6 @@ impl ServerContext {
             retried: retried.into_iter().collect(),
         };
         Ok(reloaded)
-    }
-
-    /// Prepares the Python and Node environments of `names` under
-    /// `config`, recording how each ended.
-    async fn prepare_environments(&self, config: &TendConfig, names: &BTreeSet<String>) {
-        let with_environment: Vec<&String> = names
-            .iter()
-            .filter(|name| config.environments.contains_key(*name))
-            .collect();
-        if with_environment.is_empty() {
-            return;
-        }
-        let environments = Environments::new(config, self.children.clone());
-        for name in with_environment {
-            let Some(process) = config.process(name) else {
-                continue;
-            };
-            self.set_preparation(name, Preparation::Pending);
-            let preparation = match environments.prepare(process).await {
-                Ok(prepared) => Preparation::Ready(Arc::new(prepared)),
-                Err(e) => Preparation::Failed(e.to_string()),
-            };
-            self.set_preparation(name, preparation);
-        }
     }
 
     /// Whether the config file now says something else about `name` than

@@ -14,9 +14,10 @@ use std::{collections::BTreeSet, future::Future, pin::Pin, sync::Arc};
 
 use tokio::task::JoinSet;
 
-use super::{Pending, ServerContext};
+use super::{Pending, Preparation, ServerContext};
 use crate::{
     deps::{self, Dependency, Observed, Verdict},
+    environments::Environments,
     protocol::{ProcessStatus, State},
 };
 
@@ -44,7 +45,66 @@ impl Drop for WaitingGuard<'_> {
     }
 }
 
+/// A preparation taken on by [`ServerContext::ensure_prepared`]: if its
+/// future is dropped before the end, the record goes back to `Unprepared`
+/// (the installer was killed with the future), so the next start begins it
+/// again instead of waiting for ever.
+struct PreparationClaim<'a> {
+    context: &'a ServerContext,
+    name: &'a str,
+    ended: bool,
+}
+
+impl Drop for PreparationClaim<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.context
+                .set_preparation(self.name, Preparation::Unprepared);
+        }
+    }
+}
+
 impl ServerContext {
+    /// Prepares the Python or Node environment of `name` if nobody has
+    /// begun to (a daemon `tend up` did not start), or waits for the
+    /// preparation under way; how it ended is recorded for
+    /// [`Self::startable_config`]. Returns at once for a daemon without an
+    /// environment or one prepared (or failed) already.
+    pub async fn ensure_prepared(&self, name: &str) {
+        // Subscribed before the first look, so no change falls between.
+        let mut changes = self.pending_changed.subscribe();
+        loop {
+            if self.claim_preparation(name) {
+                let mut claim = PreparationClaim {
+                    context: self,
+                    name,
+                    ended: false,
+                };
+                let config = self.config();
+                let preparation = match config.process(name) {
+                    Some(process) => {
+                        let environments = Environments::new(&config, self.children.clone());
+                        match environments.prepare(process).await {
+                            Ok(prepared) => Preparation::Ready(Arc::new(prepared)),
+                            Err(e) => Preparation::Failed(e.to_string()),
+                        }
+                    }
+                    // Gone from the config (a reload): nothing to prepare.
+                    None => Preparation::Unprepared,
+                };
+                claim.ended = true;
+                self.set_preparation(name, preparation);
+                return;
+            }
+            if !matches!(self.preparation(name), Some(Preparation::Pending)) {
+                return;
+            }
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// Marks `names` as waiting for their turn, before `tend up` starts
     /// them all at once: a dependent then waits for a dependency that
     /// `tend up` is about to start rather than starting it a second time.
@@ -114,6 +174,7 @@ impl ServerContext {
                 ));
             }
         }
+        self.ensure_prepared(name).await;
         let result = match self.startable_config(name) {
             Ok(config) => {
                 let started = if restarted {

@@ -153,6 +153,16 @@ impl Sandbox {
 
     /// Runs `tend ARGS` in the current directory `dir` to its end.
     pub fn run_in(&self, dir: &Path, args: &[&str]) -> Run {
+        self.run_in_within(dir, args, SOON)
+    }
+
+    /// [`Self::run`] for a command that may take up to `limit` (one that
+    /// builds an environment).
+    pub fn run_until(&self, args: &[&str], limit: Duration) -> Run {
+        self.run_in_within(self.path(), args, limit)
+    }
+
+    fn run_in_within(&self, dir: &Path, args: &[&str], limit: Duration) -> Run {
         let child = self
             .command(args)
             .current_dir(dir)
@@ -165,11 +175,11 @@ impl Sandbox {
         thread::spawn(move || {
             let _ = done.send(child.wait_with_output());
         });
-        match result.recv_timeout(SOON) {
+        match result.recv_timeout(limit) {
             Ok(output) => Run::new(args, output.expect("wait for tend")),
             Err(_) => {
                 kill(pid, Signal::KILL);
-                panic!("`tend {}` did not finish within {SOON:?}", args.join(" "));
+                panic!("`tend {}` did not finish within {limit:?}", args.join(" "));
             }
         }
     }

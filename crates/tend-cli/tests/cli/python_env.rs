@@ -171,3 +171,103 @@ requirements = "requirements.txt"
     assert!(!out.contains("installing"), "{out}");
     sandbox.run(&["down", "-c", c]).expect_success();
 }
+
+#[test]
+fn environments_of_daemons_up_does_not_start_are_prepared_at_their_first_start() {
+    if !python_venv_available() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let plugin = sandbox.path().join("plugin");
+    std::fs::create_dir_all(plugin.join("wheels")).unwrap();
+    let wheel = build_wheel(&plugin.join("wheels"), "tendclipkg", "0.1");
+    std::fs::write(plugin.join("daemon.py"), DAEMON).unwrap();
+    std::fs::write(
+        plugin.join("requirements.txt"),
+        format!("--no-index\n./wheels/{wheel}\n"),
+    )
+    .unwrap();
+    let config = sandbox.config(&format!(
+        r#"
+[process.py]
+args = ["daemon.py"]
+cwd = "plugin"
+socket = "py.sock"
+
+[process.py.python]
+requirements = "requirements.txt"
+
+[process.idle]
+args = ["daemon.py"]
+cwd = "plugin"
+socket = "idle.sock"
+
+[process.idle.python]
+requirements = "requirements.txt"
+
+[process.plain]
+command = "{testd}"
+socket = "plain.sock"
+"#,
+        testd = testd().display()
+    ));
+    let c = config.to_str().unwrap();
+    let envs = sandbox.state_dir().join("envs");
+
+    // Only `plain` is asked for: no environment is made.
+    let mut up = sandbox.up_with(&config, &["plain"], &[]);
+    wait_for_states(
+        &sandbox,
+        &config,
+        &[("plain", "running"), ("py", "stopped"), ("idle", "stopped")],
+    );
+    assert!(!envs.join("py").exists() && !envs.join("idle").exists());
+    assert!(!up.stdout().contains("preparing"), "{}", up.stdout());
+
+    // Its first start prepares `py`'s, and runs it with the venv's
+    // interpreter; `idle`'s is still not made.
+    let start = sandbox.run_until(&["start", "py", "-c", c], ENV_DEADLINE);
+    start.expect_success();
+    let venv_python = envs.join("py/venv/bin/python");
+    let logs = sandbox.run(&["logs", "py", "-c", c]);
+    assert!(
+        logs.stdout
+            .contains(&format!("executable {}\n", venv_python.display())),
+        "{}",
+        logs.stdout
+    );
+    assert!(logs.stdout.contains("package 0.1\n"), "{}", logs.stdout);
+    assert!(!envs.join("idle").exists());
+
+    // Changed while stopped, then reloaded: the next start prepares the
+    // environment from the new settings, not the ones it was made from.
+    sandbox.run(&["stop", "py", "-c", c]).expect_success();
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replacen(
+            r#"args = ["daemon.py"]"#,
+            r#"args = ["daemon.py", "second"]"#,
+            1,
+        ),
+    )
+    .unwrap();
+    sandbox.run(&["reload", "-c", c]).expect_success();
+    let start = sandbox.run_until(&["start", "py", "-c", c], ENV_DEADLINE);
+    start.expect_success();
+    let running = status(&sandbox, &config).unwrap();
+    let pid = pid_of(process(&running, "py"));
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let argv: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    assert_eq!(
+        argv[..3],
+        [
+            venv_python.as_os_str().as_encoded_bytes(),
+            b"daemon.py".as_slice(),
+            b"second".as_slice()
+        ],
+        "{}",
+        String::from_utf8_lossy(&cmdline)
+    );
+    up.down(&sandbox, &config);
+}
