@@ -135,6 +135,16 @@ impl Failure {
     }
 }
 
+/// `message` with `; note` after its first line, so the stderr tail that
+/// may follow the first line (after a colon) stays last:
+/// `exited with code 3; restarting in 1.0 s, attempt 1 of 3:\n  tail`.
+fn with_note(message: &str, note: &str) -> String {
+    match message.split_once('\n') {
+        Some((summary, tail)) => format!("{}; {note}:\n{tail}", summary.trim_end_matches(':')),
+        None => format!("{message}; {note}"),
+    }
+}
+
 /// How a wait inside the supervisor ended.
 enum Interrupt {
     Failed(Failure),
@@ -891,8 +901,8 @@ impl Supervisor {
                 // The first start never became ready: fail fast, no restart.
                 let message = match attempts {
                     0 => failure.error.to_string(),
-                    1 => format!("{} (after 1 retry)", failure.error),
-                    n => format!("{} (after {n} retries)", failure.error),
+                    1 => with_note(&failure.error.to_string(), "after 1 retry"),
+                    n => with_note(&failure.error.to_string(), &format!("after {n} retries")),
                 };
                 self.give_up(&message);
                 let _ = waiter.send(Err(failure.error));
@@ -919,21 +929,15 @@ impl Supervisor {
             info.last_error = Some(message.clone());
         });
         let delay = restart_backoff(self.config.restart_delay, attempt, fastrand::f64());
-        // The event says what happens next; the tail, if any, stays last.
-        let (summary, tail) = match message.split_once('\n') {
-            Some((summary, tail)) => (summary, Some(tail)),
-            None => (message.as_str(), None),
-        };
-        let mut reason = format!(
-            "{}; restarting in {}, attempt {attempt} of {}",
-            summary.trim_end_matches(':'),
-            crate::human::duration(delay),
-            self.config.max_restart_attempts
+        // The event says what happens next.
+        let reason = with_note(
+            &message,
+            &format!(
+                "restarting in {}, attempt {attempt} of {}",
+                crate::human::duration(delay),
+                self.config.max_restart_attempts
+            ),
         );
-        if let Some(tail) = tail {
-            reason.push_str(":\n");
-            reason.push_str(tail);
-        }
         self.shared
             .apply(Occurrence::Failed { will_restart: true }, &reason);
         tracing::info!(name = %self.config.name, attempt, ?delay, %message, "restarting");
@@ -1154,6 +1158,20 @@ pub(crate) fn restart_backoff(base: Duration, attempt: u32, jitter: f64) -> Dura
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_note_goes_after_the_first_line_and_the_tail_stays_last() {
+        for (message, expected) in [
+            ("exited with code 3", "exited with code 3; after 2 retries"),
+            (
+                "exited with code 3:\n  no database\n  bye",
+                "exited with code 3; after 2 retries:\n  no database\n  bye",
+            ),
+            ("", "; after 2 retries"),
+        ] {
+            assert_eq!(with_note(message, "after 2 retries"), expected);
+        }
+    }
 
     #[test]
     fn health_checks_land_on_a_shared_tick_never_early() {
