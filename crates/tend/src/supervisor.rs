@@ -373,11 +373,9 @@ impl Supervisor {
         // starts must still leave a trace of it.
         if let Some(stat) = &spawned.stat {
             let record = self.ctx.orphans.record_for(
-                &self.config.name,
+                &self.config,
                 pid,
                 stat,
-                self.config.socket_path.as_deref(),
-                self.config.shutdown_grace_period,
                 cgroup.as_ref().map(|c| c.path()),
             );
             if let Err(e) = self.ctx.orphans.write(&record) {
