@@ -430,6 +430,13 @@ impl DaemonCgroup {
         self.dir.as_fd()
     }
 
+    /// The inode number of the cgroup's directory: the cgroup's id, which
+    /// the kernel does not hand out again while the system runs (a cgroup
+    /// created anew under the same name gets another).
+    pub fn inode(&self) -> io::Result<u64> {
+        Ok(rustix::fs::fstat(&self.dir)?.st_ino)
+    }
+
     /// The descriptor a spawned child joins the cgroup through.
     pub fn procs_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.procs.as_fd()

@@ -201,6 +201,21 @@ impl Supervisor {
         // daemon's task for the largest of them while it only supervises
         // (about 1 KiB a daemon; see PERFORMANCE.md, "Memory of `tend up`").
         Box::pin(self.ctx.orphans.cleanup(Some(&self.config.name))).await;
+        self.run_incarnations().await;
+        // The guard need not know the cgroup's stop signal once nothing is
+        // left in it; survivors keep it known to the guard.
+        if let (Some(guard), Some(cgroup)) = (&self.ctx.guard, &self.cgroup) {
+            if !cgroup.populated() {
+                if let Ok(inode) = cgroup.inode() {
+                    guard.remove_cgroup(inode);
+                }
+            }
+        }
+    }
+
+    /// Spawns incarnations, restarting them as the policy says, until the
+    /// daemon is stopped or given up on.
+    async fn run_incarnations(&mut self) {
         loop {
             let interrupt = match Box::pin(self.bring_up()).await {
                 Ok(mut incarnation) => {
@@ -384,7 +399,7 @@ impl Supervisor {
         }
         if let (Some(guard), Some(stat)) = (&self.ctx.guard, &spawned.stat) {
             if cgroup.is_none() {
-                guard.add_group(pgid, stat.start_time);
+                guard.add_group(pgid, stat.start_time, self.config.stop_signal);
             }
         }
         self.shared.set_live(Some(LiveLeader::new(
@@ -430,6 +445,16 @@ impl Supervisor {
             let cgroup = manager.daemon(&self.config.name)?;
             // The manager enabled the controllers in `start_process`.
             cgroup.apply_limits(&crate::cgroup::limits_of(&self.config))?;
+            // Told before anything runs in it, so a manager killed at any
+            // point after leaves the guard knowing the stop signal.
+            if let Some(guard) = &self.ctx.guard {
+                match cgroup.inode() {
+                    Ok(inode) => guard.add_cgroup(inode, self.config.stop_signal),
+                    Err(e) => {
+                        tracing::debug!(name = %self.config.name, error = %e, "cannot tell the guard the daemon's cgroup; it would get SIGTERM");
+                    }
+                }
+            }
             self.cgroup = Some(Arc::new(cgroup));
         }
         Ok(self.cgroup.clone())
