@@ -7,7 +7,9 @@
 //! ```
 //!
 //! Each SPEC is a daemon name followed by `testd` flags, separated by
-//! spaces: `"b --ignore-sigterm"`. The daemons run TESTD, listen on
+//! spaces: `"b --ignore-sigterm"`. The name may end in `@SIGNAL`, the
+//! daemon's stop signal (`"nginx@SIGQUIT"`; SIGTERM without). The
+//! daemons run TESTD, listen on
 //! `SOCKET_DIR/<name>.sock`, and get a 500 ms shutdown grace period; the
 //! manager keeps its orphan records in STATE_DIR. They are started one
 //! after the other; for each, one line `started <name> <pid>` is printed,
@@ -25,7 +27,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use tend::{BackgroundProcessConfig, BackgroundProcessManager};
+use tend::{BackgroundProcessConfig, BackgroundProcessManager, StopSignal};
 
 const USAGE: &str = "usage: tend-embedder STATE_DIR SOCKET_DIR TESTD SPEC...";
 
@@ -109,11 +111,22 @@ async fn run() {
             eprintln!("empty SPEC\n{USAGE}");
             std::process::exit(100);
         };
+        let (name, stop_signal) = match name.split_once('@') {
+            Some((name, signal)) => match StopSignal::from_name(signal) {
+                Some(signal) => (name, signal),
+                None => {
+                    eprintln!("{signal} is not a stop signal\n{USAGE}");
+                    std::process::exit(100);
+                }
+            },
+            None => (name, StopSignal::Term),
+        };
         let mut config = BackgroundProcessConfig::new(name, testd)
             .args(words)
             .socket_path(PathBuf::from(socket_dir).join(format!("{name}.sock")))
             .startup_timeout(Duration::from_secs(10))
-            .shutdown_grace_period(grace);
+            .shutdown_grace_period(grace)
+            .stop_signal(stop_signal);
         if let Ok(user) = std::env::var("TEND_EMBEDDER_USER") {
             config = config.user(user);
         }
