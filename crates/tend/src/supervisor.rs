@@ -201,21 +201,6 @@ impl Supervisor {
         // daemon's task for the largest of them while it only supervises
         // (about 1 KiB a daemon; see PERFORMANCE.md, "Memory of `tend up`").
         Box::pin(self.ctx.orphans.cleanup(Some(&self.config.name))).await;
-        self.run_incarnations().await;
-        // The guard need not know the cgroup's stop signal once nothing is
-        // left in it; survivors keep it known to the guard.
-        if let (Some(guard), Some(cgroup)) = (&self.ctx.guard, &self.cgroup) {
-            if !cgroup.populated() {
-                if let Ok(inode) = cgroup.inode() {
-                    guard.remove_cgroup(inode);
-                }
-            }
-        }
-    }
-
-    /// Spawns incarnations, restarting them as the policy says, until the
-    /// daemon is stopped or given up on.
-    async fn run_incarnations(&mut self) {
         loop {
             let interrupt = match Box::pin(self.bring_up()).await {
                 Ok(mut incarnation) => {
@@ -347,6 +332,16 @@ impl Supervisor {
         )
         .map_err(spawn_error)?;
         let cgroup = cgroup.map_err(spawn_error)?;
+        // Told before anything runs in the cgroup, so a manager killed at
+        // any point after leaves the guard knowing the stop signal.
+        if let (Some(guard), Some(cgroup)) = (&self.ctx.guard, &cgroup) {
+            match cgroup.inode() {
+                Ok(inode) => guard.add_cgroup(inode, self.config.stop_signal),
+                Err(e) => {
+                    tracing::debug!(name = %self.config.name, error = %e, "cannot tell the guard the daemon's cgroup; the guard would send it SIGTERM");
+                }
+            }
+        }
         if let Some(cgroup) = &cgroup {
             // `cgroup` stays alive across the spawn.
             plan = plan.join_cgroup(
@@ -445,16 +440,6 @@ impl Supervisor {
             let cgroup = manager.daemon(&self.config.name)?;
             // The manager enabled the controllers in `start_process`.
             cgroup.apply_limits(&crate::cgroup::limits_of(&self.config))?;
-            // Told before anything runs in it, so a manager killed at any
-            // point after leaves the guard knowing the stop signal.
-            if let Some(guard) = &self.ctx.guard {
-                match cgroup.inode() {
-                    Ok(inode) => guard.add_cgroup(inode, self.config.stop_signal),
-                    Err(e) => {
-                        tracing::debug!(name = %self.config.name, error = %e, "cannot tell the guard the daemon's cgroup; it would get SIGTERM");
-                    }
-                }
-            }
             self.cgroup = Some(Arc::new(cgroup));
         }
         Ok(self.cgroup.clone())
@@ -833,8 +818,17 @@ impl Supervisor {
             Ok(t) => {
                 // Gone for good: nothing left for a later cleanup to find.
                 self.ctx.orphans.remove(&self.config.name);
-                if let (Some(guard), None) = (&self.ctx.guard, &incarnation.cgroup) {
-                    guard.remove_group(incarnation.pgid);
+                // Told before the stop is answered, so a start of the same
+                // name that follows at once is told after this.
+                if let Some(guard) = &self.ctx.guard {
+                    match &incarnation.cgroup {
+                        None => guard.remove_group(incarnation.pgid),
+                        Some(cgroup) => {
+                            if let Ok(inode) = cgroup.inode() {
+                                guard.remove_cgroup(inode);
+                            }
+                        }
+                    }
                 }
                 t.leader_status
             }
