@@ -16,6 +16,10 @@
 //! then `ready`, and the program waits forever. A failed start prints
 //! `failed <name>: <error>` to stderr and exits 1; a usage error exits 100.
 //!
+//! `TEND_EMBEDDER_RESTART=NAME` restarts daemon NAME (`restart_process`:
+//! a stop, then a start with the same config) right after its first start,
+//! before its `started` line, which gives the new PID.
+//!
 //! `TEND_EMBEDDER_GRACE_MS` sets another grace period;
 //! `TEND_EMBEDDER_USER` a user (name or uid) every daemon runs as. With
 //! `TEND_EMBEDDER_SETSID=1` it first leaves its parent's session and
@@ -133,6 +137,12 @@ async fn run() {
         if let Err(e) = manager.start_process(config).await {
             eprintln!("failed {name}: {e}");
             std::process::exit(1);
+        }
+        if std::env::var("TEND_EMBEDDER_RESTART").is_ok_and(|restart| restart == name) {
+            manager.restart_process(name).await.unwrap_or_else(|e| {
+                eprintln!("failed {name} (restart): {e}");
+                std::process::exit(1)
+            });
         }
         let pid = manager.pid(name).ok().flatten().unwrap_or_default();
         println!("started {name} {pid}");

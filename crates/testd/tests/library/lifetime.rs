@@ -205,6 +205,23 @@ async fn the_guard_of_a_killed_manager_sends_each_daemon_its_stop_signal() {
     );
 }
 
+/// A daemon stopped and started again before its app is killed still gets
+/// its stop signal from the guard: the stop's "group gone" reaches the
+/// guard before the new start's description of the same group or cgroup
+/// (a cgroup that was not killed is used again, with the same inode).
+#[tokio::test]
+async fn the_guard_sends_its_stop_signal_to_a_daemon_restarted_before_the_kill() {
+    let sb = Sandbox::new();
+    let spec = recording_spec(&sb, "quit", "SIGQUIT");
+    let mut app = Embedder::start_with(&sb, &[&spec], &[("TEND_EMBEDDER_RESTART", "quit")]).await;
+    app.kill().await;
+    // One line from the restart's stop, one from the guard.
+    assert_eq!(
+        recorded_signals(&sb, &app, &["quit"]).await,
+        ["SIGQUIT\nSIGQUIT\n"]
+    );
+}
+
 /// The parent-death signal armed in a daemon is its stop signal: with no
 /// guard, a daemon configured with SIGQUIT gets SIGQUIT from the kernel
 /// when its app is killed.
