@@ -430,6 +430,13 @@ impl DaemonCgroup {
         self.dir.as_fd()
     }
 
+    /// The inode number of the cgroup's directory: the cgroup's id, which
+    /// the kernel does not hand out again while the system runs (a cgroup
+    /// created anew under the same name gets another).
+    pub fn inode(&self) -> io::Result<u64> {
+        Ok(rustix::fs::fstat(&self.dir)?.st_ino)
+    }
+
     /// The descriptor a spawned child joins the cgroup through.
     pub fn procs_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.procs.as_fd()
@@ -746,15 +753,16 @@ impl DeadManagerCgroup {
     }
 }
 
-/// Stops everything in `dead` managers' cgroups at once — SIGTERM (and
-/// SIGCONT) to every member, each daemon's grace period (`grace_of` its
-/// name) for its cgroup to empty, then `cgroup.kill` — and removes the
-/// cgroups left empty. Only the daemon `only` when given. The graces run
+/// Stops everything in `dead` managers' cgroups at once — the daemon's
+/// stop signal (`stop_of` its name; and SIGCONT) to every member, each
+/// daemon's grace period (`grace_of` its name) for its cgroup to empty,
+/// then `cgroup.kill` — and removes the cgroups left empty. Only the daemon `only` when given. The graces run
 /// side by side: the whole cleanup takes the longest one, not their sum.
 pub(crate) async fn clean_dead_managers(
     dead: &[DeadManagerCgroup],
     only: Option<&str>,
     grace_of: impl Fn(&str) -> Duration,
+    stop_of: impl Fn(&str) -> crate::config::StopSignal,
 ) -> CgroupCleanup {
     use rustix::process::Signal;
     let mut cleaned = CgroupCleanup::new();
@@ -769,7 +777,8 @@ pub(crate) async fn clean_dead_managers(
             if members.is_empty() {
                 continue;
             }
-            tracing::info!(name, cgroup = ?daemon.path(), "stopping what a dead manager left in its daemon's cgroup");
+            let stop = stop_of(&name);
+            tracing::info!(name, cgroup = ?daemon.path(), %stop, "stopping what a dead manager left in its daemon's cgroup");
             let pids = daemon
                 .members()
                 .into_iter()
@@ -782,7 +791,7 @@ pub(crate) async fn clean_dead_managers(
                 })
                 .collect();
             for pidfd in &members {
-                let _ = rustix::process::pidfd_send_signal(pidfd, Signal::TERM);
+                let _ = rustix::process::pidfd_send_signal(pidfd, stop.to_signal());
                 let _ = rustix::process::pidfd_send_signal(pidfd, Signal::CONT);
             }
             pending.push((started + grace_of(&name), daemon));

@@ -164,7 +164,9 @@ impl RestartPolicy {
 }
 
 /// The signal that asks a daemon to stop; SIGKILL follows after the
-/// grace period whichever is chosen.
+/// grace period whichever is chosen. It is also the daemon's parent-death
+/// signal, and what the guard and a later manager's cleanup send first
+/// when the daemon's manager was killed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum StopSignal {
     /// `SIGTERM`, the default.

@@ -14,15 +14,20 @@
 //!   however it died;
 //! - the read end of a pipe whose write end only the manager holds: it
 //!   carries the manager's messages (the groups it runs, in process-group
-//!   containment, and the longest grace period), and reads end of file
-//!   when the manager is dropped.
+//!   containment, or the inodes of its daemons' cgroups, in cgroup
+//!   containment, each with the daemon's stop signal; and the longest grace
+//!   period), and reads end of file when the manager is dropped.
 //!
-//! Either way it then stops what is left: with cgroup containment, SIGTERM
-//! (and SIGCONT) to every member of the manager's cgroups, up to the
-//! longest grace period for `populated 0`, then `cgroup.kill` — whatever a
-//! daemon did to its environment, uid or process group; with process-group
-//! containment, the same to every recorded group whose leader still has its
-//! recorded start time. Then it removes the empty cgroups and exits.
+//! Either way it then stops what is left: with cgroup containment, each
+//! daemon's stop signal (and SIGCONT) to every member of its cgroup, up to
+//! the longest grace period for `populated 0`, then `cgroup.kill` —
+//! whatever a daemon did to its environment, uid or process group; with
+//! process-group containment, the same to every recorded group whose
+//! leader still has its recorded start time. A daemon cgroup is known by
+//! its directory's inode, not its name, so a cgroup made anew under a
+//! name is never taken for the one the manager described; a cgroup the
+//! guard heard nothing about (a message lost) gets SIGTERM, the default.
+//! Then it removes the empty cgroups and exits.
 //!
 //! The guard leads a session of its own (a terminal's Ctrl-C does not reach
 //! it), ignores SIGTERM, SIGINT, SIGHUP and SIGQUIT (only its job ends it),
@@ -47,10 +52,11 @@ use std::{
     time::Duration,
 };
 
-use crate::{children::ChildTable, spawn};
+use crate::{children::ChildTable, config::StopSignal, spawn};
 
-/// Groups the guard can track in process-group containment; more are
-/// left to the journal cleanup (a warning is logged once).
+/// Groups (process-group containment) or daemon cgroups (cgroup
+/// containment) the guard can track; more groups are left to the journal
+/// cleanup, and more cgroups get SIGTERM.
 const GROUP_CAPACITY: usize = 1 << 16;
 /// How long the guard waits for `cgroup.kill` or SIGKILL to take effect.
 const KILL_WAIT: Duration = Duration::from_secs(5);
@@ -58,25 +64,50 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 /// containment only: there is no event for "group empty").
 const GROUP_POLL: Duration = Duration::from_millis(10);
 
-/// One message from the manager: a kind and two numbers, 24 bytes, so a
-/// write is atomic on a pipe.
+/// One message from the manager: a kind and three numbers, 32 bytes. A
+/// write of at most `PIPE_BUF` (4,096) bytes to a pipe is atomic, and 32
+/// divides it, so the pipe only ever holds whole messages and a read of a
+/// multiple of 32 bytes returns whole ones. The default pipe buffer (64
+/// KiB) holds 2,048 messages; the guard drains it as they come, and a
+/// message that does not fit is dropped (the manager never blocks), which
+/// leaves that daemon to the journal cleanup, or to SIGTERM.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Message {
     kind: u64,
     a: u64,
     b: u64,
+    c: u64,
 }
 
-const ADD_GROUP: u64 = 1;
-const REMOVE_GROUP: u64 = 2;
-const GRACE: u64 = 3;
+const _: () = assert!(size_of::<Message>() == 32 && libc::PIPE_BUF % size_of::<Message>() == 0);
 
-/// A recorded process group: its id and its leader's start time.
+/// `a` the group id, `b` its leader's start time, `c` the stop signal.
+const ADD_GROUP: u64 = 1;
+/// `a` the group id.
+const REMOVE_GROUP: u64 = 2;
+/// `a` the grace period in milliseconds.
+const GRACE: u64 = 3;
+/// `a` the inode of a daemon's cgroup directory, `c` the stop signal.
+const ADD_CGROUP: u64 = 4;
+/// `a` the inode of a daemon's cgroup directory.
+const REMOVE_CGROUP: u64 = 5;
+
+/// A recorded process group: its id, its leader's start time and the
+/// daemon's stop signal.
 #[derive(Clone, Copy)]
 struct Group {
     pgid: i32,
+    stop_signal: c_int,
     start_time: u64,
+}
+
+/// A daemon's cgroup, by the inode of its directory, and the daemon's stop
+/// signal.
+#[derive(Clone, Copy)]
+struct DaemonCgroupSignal {
+    inode: u64,
+    stop_signal: c_int,
 }
 
 /// Everything the guard reads, prepared before the clone.
@@ -90,7 +121,10 @@ struct GuardSetup {
     cgroup_events: Option<CString>,
     /// `<manager cgroup>`, removed at the end.
     cgroup_path: Option<CString>,
+    /// Process-group containment: the groups to stop.
     groups: Vec<Group>,
+    /// Cgroup containment: the stop signals of the daemons' cgroups.
+    cgroups: Vec<DaemonCgroupSignal>,
     grace: Duration,
 }
 
@@ -149,6 +183,11 @@ impl Guard {
             } else {
                 Vec::with_capacity(GROUP_CAPACITY)
             },
+            cgroups: if cgroup.is_some() {
+                Vec::with_capacity(GROUP_CAPACITY)
+            } else {
+                Vec::new()
+            },
             grace,
         };
         let mut stack = spawn::ChildStack::new()?;
@@ -188,7 +227,7 @@ impl Guard {
     }
 
     fn send(&self, message: Message) {
-        // SAFETY: `Message` is plain `repr(C)` data of three u64s.
+        // SAFETY: `Message` is plain `repr(C)` data of four u64s.
         let bytes = unsafe {
             std::slice::from_raw_parts(ptr::from_ref(&message).cast::<u8>(), size_of::<Message>())
         };
@@ -197,12 +236,14 @@ impl Guard {
         }
     }
 
-    /// Tells the guard about a group to stop should the manager die.
-    pub fn add_group(&self, pgid: i32, start_time: u64) {
+    /// Tells the guard about a group to stop, with `stop`, should the
+    /// manager die.
+    pub fn add_group(&self, pgid: i32, start_time: u64, stop: StopSignal) {
         self.send(Message {
             kind: ADD_GROUP,
             a: pgid as u64,
             b: start_time,
+            c: stop.number() as u64,
         });
     }
 
@@ -212,6 +253,29 @@ impl Guard {
             kind: REMOVE_GROUP,
             a: pgid as u64,
             b: 0,
+            c: 0,
+        });
+    }
+
+    /// Tells the guard the stop signal of the daemon whose cgroup
+    /// directory has inode `inode`.
+    pub fn add_cgroup(&self, inode: u64, stop: StopSignal) {
+        self.send(Message {
+            kind: ADD_CGROUP,
+            a: inode,
+            b: 0,
+            c: stop.number() as u64,
+        });
+    }
+
+    /// Tells the guard the cgroup with inode `inode` needs no stop signal
+    /// any more.
+    pub fn remove_cgroup(&self, inode: u64) {
+        self.send(Message {
+            kind: REMOVE_CGROUP,
+            a: inode,
+            b: 0,
+            c: 0,
         });
     }
 
@@ -225,6 +289,7 @@ impl Guard {
                 kind: GRACE,
                 a: grace.as_millis().min(u64::MAX as u128) as u64,
                 b: 0,
+                c: 0,
             });
         }
     }
@@ -391,6 +456,7 @@ fn read_messages(setup: &mut GuardSetup) -> bool {
         kind: 0,
         a: 0,
         b: 0,
+        c: 0,
     }; 64];
     loop {
         let mut ready = libc::pollfd {
@@ -421,6 +487,7 @@ fn apply(setup: &mut GuardSetup, message: Message) {
         ADD_GROUP => {
             let group = Group {
                 pgid: message.a as i32,
+                stop_signal: stop_signal(message.c),
                 start_time: message.b,
             };
             if let Some(slot) = setup.groups.iter_mut().find(|g| g.pgid == group.pgid) {
@@ -435,15 +502,61 @@ fn apply(setup: &mut GuardSetup, message: Message) {
             }
         }
         GRACE => setup.grace = Duration::from_millis(message.a),
+        ADD_CGROUP => {
+            let cgroup = DaemonCgroupSignal {
+                inode: message.a,
+                stop_signal: stop_signal(message.c),
+            };
+            if let Some(slot) = setup.cgroups.iter_mut().find(|c| c.inode == cgroup.inode) {
+                *slot = cgroup;
+            } else if setup.cgroups.len() < setup.cgroups.capacity() {
+                setup.cgroups.push(cgroup);
+            }
+        }
+        REMOVE_CGROUP => {
+            if let Some(i) = setup.cgroups.iter().position(|c| c.inode == message.a) {
+                setup.cgroups.swap_remove(i);
+            }
+        }
         _ => {}
     }
 }
 
-/// Cgroup containment: SIGTERM every member, wait for `populated 0` up to
-/// the grace period, `cgroup.kill`, wait, remove the cgroups.
+/// The stop signal a message names: one of those a daemon may choose,
+/// else SIGTERM (the manager sends only those; this keeps a damaged
+/// message from sending anything else, SIGKILL or SIGSTOP included).
+fn stop_signal(number: u64) -> c_int {
+    const STOP_SIGNALS: [c_int; 7] = [
+        libc::SIGTERM,
+        libc::SIGINT,
+        libc::SIGQUIT,
+        libc::SIGHUP,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        libc::SIGWINCH,
+    ];
+    STOP_SIGNALS
+        .into_iter()
+        .find(|&signal| signal as u64 == number)
+        .unwrap_or(libc::SIGTERM)
+}
+
+/// The stop signal the manager gave for the daemon cgroup with inode
+/// `inode`; SIGTERM for one it did not describe.
+fn cgroup_stop_signal(cgroups: &[DaemonCgroupSignal], inode: u64) -> c_int {
+    cgroups
+        .iter()
+        .find(|c| c.inode == inode)
+        .map_or(libc::SIGTERM, |c| c.stop_signal)
+}
+
+/// Cgroup containment: each daemon's stop signal to every member of its
+/// cgroup, wait for `populated 0` up to the grace period, `cgroup.kill`,
+/// wait, remove the cgroups.
 fn stop_cgroups(setup: &GuardSetup, dir: RawFd) {
-    let signalled = for_each_member(dir, |pidfd| {
-        for signal in [libc::SIGTERM, libc::SIGCONT] {
+    let signalled = for_each_member(dir, |inode, pidfd| {
+        let stop = cgroup_stop_signal(&setup.cgroups, inode);
+        for signal in [stop, libc::SIGCONT] {
             // SAFETY: signals through a pidfd proven a member's (see
             // `for_each_member`); a null info is allowed.
             unsafe {
@@ -475,12 +588,14 @@ fn stop_cgroups(setup: &GuardSetup, dir: RawFd) {
 /// Pidfds opened at once before their PIDs are checked again.
 const PIDFD_BATCH: usize = 256;
 
-/// Calls `f` with a pidfd of every process in the cgroups under `dir`;
-/// returns how many. A pidfd is opened for each PID `cgroup.procs` lists,
-/// and used only if the PID is still listed after it was opened: then the
-/// pidfd is the member's, and no PID reused meanwhile is ever signalled.
-/// (`cgroup.kill`, which follows the grace period, needs no PID at all.)
-fn for_each_member(dir: RawFd, mut f: impl FnMut(RawFd)) -> usize {
+/// Calls `f` with the inode of the cgroup's directory and a pidfd of every
+/// process in the cgroups under `dir`; returns how many. A pidfd is opened
+/// for each PID `cgroup.procs` lists, and used only if the PID is still
+/// listed after it was opened: then the pidfd is the member's, and no PID
+/// reused meanwhile is ever signalled. (`cgroup.kill`, which follows the
+/// grace period, needs no PID at all.) The inode is read from the
+/// descriptor `cgroup.procs` is read through, so it is that cgroup's.
+fn for_each_member(dir: RawFd, mut f: impl FnMut(u64, RawFd)) -> usize {
     let mut count = 0;
     for_each_child_cgroup(dir, |name| {
         // SAFETY: `name` is NUL-terminated; the descriptor is closed below.
@@ -494,6 +609,15 @@ fn for_each_member(dir: RawFd, mut f: impl FnMut(RawFd)) -> usize {
         if child < 0 {
             return;
         }
+        // SAFETY: `fstat` fills the zeroed struct for an open descriptor.
+        let inode = unsafe {
+            let mut stat: libc::stat = std::mem::zeroed();
+            if libc::fstat(child, &mut stat) == 0 {
+                stat.st_ino
+            } else {
+                0
+            }
+        };
         let mut listed = [0u8; 8 * 1024];
         let len = read_file_at(child, c"cgroup.procs".as_ptr(), &mut listed);
         let mut opened = [(0i32, -1 as RawFd); PIDFD_BATCH];
@@ -517,7 +641,7 @@ fn for_each_member(dir: RawFd, mut f: impl FnMut(RawFd)) -> usize {
                         .split(|&b| b == b'\n')
                         .any(|line| parse_u64(line) == Some(pid as u64));
                     if listed_now {
-                        f(fd);
+                        f(inode, fd);
                         count += 1;
                     }
                     // SAFETY: closes the pidfd opened above.
@@ -631,9 +755,9 @@ fn cgroup_populated(dir: RawFd) -> bool {
     len == 0 || buf[..len].windows(11).any(|w| w == b"populated 1")
 }
 
-/// Process-group containment: SIGTERM each recorded group that is proven
-/// still the one recorded, wait up to the grace period for the groups to
-/// empty, then SIGKILL what is left of them.
+/// Process-group containment: its daemon's stop signal to each recorded
+/// group that is proven still the one recorded, wait up to the grace
+/// period for the groups to empty, then SIGKILL what is left of them.
 fn stop_groups(setup: &mut GuardSetup) {
     // The manager's death: nothing started after it can be its daemon's.
     let died = boot_ticks();
@@ -643,7 +767,7 @@ fn stop_groups(setup: &mut GuardSetup) {
         if is_recorded_group(group, died) {
             // SAFETY: signals a group proven to be the recorded one.
             unsafe {
-                libc::kill(-group.pgid, libc::SIGTERM);
+                libc::kill(-group.pgid, group.stop_signal);
                 libc::kill(-group.pgid, libc::SIGCONT);
             }
             setup.groups[live] = group;
@@ -859,6 +983,46 @@ mod tests {
         assert_eq!(parse_u64(b"123"), Some(123));
         assert_eq!(parse_u64(b""), None);
         assert_eq!(parse_u64(b"12a"), None);
+    }
+
+    #[test]
+    fn messages_name_only_stop_signals_and_cgroups_are_known_by_inode() {
+        for signal in StopSignal::ALL {
+            assert_eq!(stop_signal(signal.number() as u64), signal.number());
+        }
+        for other in [0, libc::SIGKILL as u64, libc::SIGSTOP as u64, 64, u64::MAX] {
+            assert_eq!(stop_signal(other), libc::SIGTERM, "{other}");
+        }
+        let mut setup = GuardSetup {
+            manager_pidfd: -1,
+            messages: -1,
+            devnull: -1,
+            cgroup_dir: -1,
+            cgroup_events: None,
+            cgroup_path: None,
+            groups: Vec::with_capacity(4),
+            cgroups: Vec::with_capacity(4),
+            grace: Duration::ZERO,
+        };
+        let message = |kind, a, c: c_int| Message {
+            kind,
+            a,
+            b: 0,
+            c: c as u64,
+        };
+        apply(&mut setup, message(ADD_CGROUP, 7, libc::SIGQUIT));
+        apply(&mut setup, message(ADD_CGROUP, 8, libc::SIGINT));
+        assert_eq!(cgroup_stop_signal(&setup.cgroups, 7), libc::SIGQUIT);
+        assert_eq!(cgroup_stop_signal(&setup.cgroups, 9), libc::SIGTERM);
+        // The same cgroup described again: its latest signal counts.
+        apply(&mut setup, message(ADD_CGROUP, 7, libc::SIGHUP));
+        assert_eq!(cgroup_stop_signal(&setup.cgroups, 7), libc::SIGHUP);
+        assert_eq!(setup.cgroups.len(), 2);
+        apply(&mut setup, message(REMOVE_CGROUP, 7, 0));
+        assert_eq!(cgroup_stop_signal(&setup.cgroups, 7), libc::SIGTERM);
+        assert_eq!(cgroup_stop_signal(&setup.cgroups, 8), libc::SIGINT);
+        apply(&mut setup, message(ADD_GROUP, 1234, libc::SIGWINCH));
+        assert_eq!(setup.groups[0].stop_signal, libc::SIGWINCH);
     }
 
     #[test]

@@ -222,12 +222,12 @@ fn open_pidfds(pids: &[i32]) -> Vec<OwnedFd> {
         .collect()
 }
 
-/// Terminates individual processes (not groups): SIGTERM and SIGCONT, up to
-/// `grace` for them to exit, then SIGKILL. Each is addressed through a
+/// Terminates individual processes (not groups): `stop` and SIGCONT, up
+/// to `grace` for them to exit, then SIGKILL. Each is addressed through a
 /// pidfd, so a PID that is reused meanwhile is never signalled.
-pub(crate) async fn terminate_pids(pids: &[i32], grace: Duration) {
+pub(crate) async fn terminate_pids(pids: &[i32], stop: StopSignal, grace: Duration) {
     let pidfds = open_pidfds(pids);
-    signal_pidfds(&pidfds, Signal::TERM);
+    signal_pidfds(&pidfds, stop.to_signal());
     signal_pidfds(&pidfds, Signal::CONT);
     if !wait_pidfds_exit(&pidfds, Instant::now() + grace).await {
         signal_pidfds(&pidfds, Signal::KILL);

@@ -120,9 +120,10 @@
 //!   the leader, and the kernel clears it when a daemon changes its uid,
 //!   each manager also starts a *guard*: a small copy of itself, in a
 //!   session of its own, that waits on the manager's pidfd and, the
-//!   moment the manager dies however it dies, stops its daemons — SIGTERM
-//!   to every member of its cgroups (or to each recorded group), SIGKILL
-//!   when the grace period is over — and removes the cgroups
+//!   moment the manager dies however it dies, stops its daemons — each
+//!   daemon's stop signal (the parent-death signal's too) to every member
+//!   of its cgroup (or to each recorded group), SIGKILL when the grace
+//!   period is over — and removes the cgroups
 //!   ([`ManagerBuilder::guard`], `TEND_GUARD=0` to turn it off). The
 //!   children the process started are registered in one [`ChildTable`],
 //!   shared with the subreaper, so it never reaps them behind their

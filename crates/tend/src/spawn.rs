@@ -76,6 +76,8 @@ pub(crate) struct SpawnPlan {
     umask: Option<u32>,
     /// Resource limits to set: resource number, soft and hard value.
     rlimits: Vec<(libc::c_int, libc::rlimit64)>,
+    /// The daemon's stop signal, armed as its parent-death signal.
+    stop_signal: rustix::process::Signal,
 }
 
 /// `PATH` when the environment has none (glibc's `execvp` default).
@@ -174,6 +176,7 @@ impl SpawnPlan {
             credentials,
             umask: config.umask,
             rlimits,
+            stop_signal: config.stop_signal.to_signal(),
         })
     }
 }
@@ -339,6 +342,7 @@ impl SpawnerState {
             });
         }
         setup.umask = plan.umask;
+        setup.death_signal = plan.stop_signal;
         setup.rlimits = (plan.rlimits.as_ptr(), plan.rlimits.len());
         let into_cgroup = plan
             .cgroup

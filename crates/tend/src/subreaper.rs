@@ -72,7 +72,9 @@ impl Subreaper {
             count = targets.len(),
             "stopping descendants that escaped their daemon's process group"
         );
-        kill::terminate_pids(&targets, grace).await;
+        // An adopted process no longer says which daemon it came from,
+        // so it cannot get that daemon's stop signal: SIGTERM.
+        kill::terminate_pids(&targets, crate::config::StopSignal::Term, grace).await;
         reap_adopted(&self.children);
         targets.len()
     }

@@ -344,6 +344,16 @@ impl Supervisor {
         )
         .map_err(spawn_error)?;
         let cgroup = cgroup.map_err(spawn_error)?;
+        // Told before anything runs in the cgroup, so a manager killed at
+        // any point after leaves the guard knowing the stop signal.
+        if let (Some(guard), Some(cgroup)) = (&self.ctx.guard, &cgroup) {
+            match cgroup.inode() {
+                Ok(inode) => guard.add_cgroup(inode, self.config.stop_signal),
+                Err(e) => {
+                    tracing::debug!(name = %self.config.name, error = %e, "cannot tell the guard the daemon's cgroup; the guard would send it SIGTERM");
+                }
+            }
+        }
         if let Some(cgroup) = &cgroup {
             // `cgroup` stays alive across the spawn.
             plan = plan.join_cgroup(
@@ -385,11 +395,9 @@ impl Supervisor {
         // starts must still leave a trace of it.
         if let Some(stat) = &spawned.stat {
             let record = self.ctx.orphans.record_for(
-                &self.config.name,
+                &self.config,
                 pid,
                 stat,
-                self.config.socket_path.as_deref(),
-                self.config.shutdown_grace_period,
                 cgroup.as_ref().map(|c| c.path()),
             );
             if let Err(e) = self.ctx.orphans.write(&record) {
@@ -398,7 +406,7 @@ impl Supervisor {
         }
         if let (Some(guard), Some(stat)) = (&self.ctx.guard, &spawned.stat) {
             if cgroup.is_none() {
-                guard.add_group(pgid, stat.start_time);
+                guard.add_group(pgid, stat.start_time, self.config.stop_signal);
             }
         }
         self.shared.set_live(Some(LiveLeader::new(
@@ -822,8 +830,17 @@ impl Supervisor {
             Ok(t) => {
                 // Gone for good: nothing left for a later cleanup to find.
                 self.ctx.orphans.remove(&self.config.name);
-                if let (Some(guard), None) = (&self.ctx.guard, &incarnation.cgroup) {
-                    guard.remove_group(incarnation.pgid);
+                // Told before the stop is answered, so a start of the same
+                // name that follows at once is told after this.
+                if let Some(guard) = &self.ctx.guard {
+                    match &incarnation.cgroup {
+                        None => guard.remove_group(incarnation.pgid),
+                        Some(cgroup) => {
+                            if let Ok(inode) = cgroup.inode() {
+                                guard.remove_cgroup(inode);
+                            }
+                        }
+                    }
                 }
                 t.leader_status
             }

@@ -27,6 +27,10 @@
 //! - `--print-env NAME`: print `env NAME=<value>` or `env NAME unset`
 //!   (repeatable).
 //! - `--print-cwd`: print `cwd <path>`.
+//! - `--no-parent-death-signal`: first thing, disarm the parent-death
+//!   signal tend armed (as the kernel does for a daemon that changes its
+//!   uid), so that only the guard or a cleanup can stop it when its
+//!   manager dies.
 //! - `--exit-immediately`: after the start-up output, exit with the exit code
 //!   before binding.
 //! - `--exit-code N`: exit code for `--exit-immediately` and `--exit-after`
@@ -145,6 +149,7 @@ usage: testd [--socket PATH] [--bind-delay MS] [--listen-delay MS] [--never-bind
              [--notify-first TEXT] [--notify-ready-file PATH]
              [--notify-stamp PATH] [--watchdog-pings N]
              [--drop-to-uid UID] [--rewrite-environ] [--record-signal PATH]
+             [--no-parent-death-signal]
 The socket path defaults to $SOCKET_PATH; durations are in milliseconds.";
 
 /// Exit code for command-line errors.
@@ -187,6 +192,7 @@ struct Opts {
     pid_file: Option<PathBuf>,
     timestamps: Option<PathBuf>,
     record_start: Option<PathBuf>,
+    no_parent_death_signal: bool,
     faults_once: Option<PathBuf>,
     healthy_once: Option<PathBuf>,
     flood: Option<u64>,
@@ -228,6 +234,7 @@ impl Default for Opts {
             pid_file: None,
             timestamps: None,
             record_start: None,
+            no_parent_death_signal: false,
             faults_once: None,
             healthy_once: None,
             flood: None,
@@ -305,6 +312,7 @@ fn parse_args(args: impl Iterator<Item = OsString>) -> Opts {
             "--pid-file" => o.pid_file = Some(value().into()),
             "--timestamps" => o.timestamps = Some(value().into()),
             "--record-start" => o.record_start = Some(value().into()),
+            "--no-parent-death-signal" => o.no_parent_death_signal = true,
             "--faults-once" => o.faults_once = Some(value().into()),
             "--healthy-once" => o.healthy_once = Some(value().into()),
             "--flood" => o.flood = Some(parse_num(&flag, value())),
@@ -1116,6 +1124,14 @@ fn main() {
     let start_ns = now_ns();
     let mut opts = parse_args(std::env::args_os().skip(1));
     apply_faults_once(&mut opts);
+    if opts.no_parent_death_signal {
+        // SAFETY: prctl with integer arguments changes only this process's
+        // parent-death signal.
+        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0) } != 0 {
+            say_err("testd: cannot disarm the parent-death signal");
+            std::process::exit(1);
+        }
+    }
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };
     if let Some(path) = &opts.record_start {

@@ -89,3 +89,64 @@ shutdown_grace_period = "300ms"
     sandbox.run(&["down", "-c", c]).expect_success();
     assert!(second.wait().success());
 }
+
+/// `kill -9` of `tend up`: each daemon gets its configured stop signal,
+/// not SIGTERM — from the kernel (its parent-death signal) and from the
+/// guard, which alone reaches a daemon that lost its parent-death signal
+/// (as one that changes its uid does).
+#[test]
+fn daemons_of_a_killed_supervisor_get_their_configured_stop_signal() {
+    let sandbox = Sandbox::new();
+    let testd = testd();
+    let record = |name: &str| sandbox.path().join(format!("{name}.signal"));
+    let config = sandbox.config(&format!(
+        r#"
+[process.nginx]
+command = "{testd}"
+args = ["--record-signal", "{nginx}"]
+socket = "nginx.sock"
+stop_signal = "SIGQUIT"
+
+[process.python]
+command = "{testd}"
+args = ["--record-signal", "{python}", "--no-parent-death-signal"]
+socket = "python.sock"
+stop_signal = "SIGINT"
+
+[process.plain]
+command = "{testd}"
+args = ["--record-signal", "{plain}", "--no-parent-death-signal"]
+socket = "plain.sock"
+"#,
+        testd = testd.display(),
+        nginx = record("nginx").display(),
+        python = record("python").display(),
+        plain = record("plain").display(),
+    ));
+    let mut up = sandbox.up(&config);
+    let processes = wait_for_states(
+        &sandbox,
+        &config,
+        &[
+            ("nginx", "running"),
+            ("python", "running"),
+            ("plain", "running"),
+        ],
+    );
+    let daemons: Vec<(&str, Tracked)> = ["nginx", "python", "plain"]
+        .into_iter()
+        .map(|name| (name, Tracked::new(pid_of(process(&processes, name)))))
+        .collect();
+
+    up.signal(Signal::KILL);
+    up.wait();
+    let deadline = Instant::now() + SOON;
+    wait_until("the daemons to die with tend up", deadline, || {
+        daemons.iter().all(|(_, daemon)| !daemon.alive())
+    });
+    let recorded: Vec<String> = daemons
+        .iter()
+        .map(|(name, _)| std::fs::read_to_string(record(name)).unwrap_or_default())
+        .collect();
+    assert_eq!(recorded, ["SIGQUIT\n", "SIGINT\n", "SIGTERM\n"]);
+}

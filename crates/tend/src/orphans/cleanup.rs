@@ -19,7 +19,10 @@
 //!
 //! Everything found is signalled at once, and the waits for the grace
 //! periods run side by side: a cleanup takes one grace period, not one
-//! per daemon.
+//! per daemon. A daemon's group, its cgroup and its proven escaped
+//! descendants get the stop signal its record names (SIGTERM where the
+//! record names none, as records written before the field existed do, or
+//! one tend does not know), and SIGKILL once its grace period is over.
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
@@ -37,7 +40,7 @@ use super::{
     CleanupReport, OrphanRecord,
     journal::{DeadJournal, Entry, Tombstone, encode},
 };
-use crate::{cgroup, kill, procfs, spawn};
+use crate::{cgroup, config::StopSignal, kill, procfs, spawn};
 
 /// How many parents up a marked process's ancestry is followed; deeper
 /// chains are left unproven.
@@ -241,9 +244,9 @@ pub(super) async fn clean(
     let mut targets = Vec::new();
     let mut ended: Vec<(usize, String)> = Vec::new();
     // Processes proven to be daemons this cleanup cleans, with the grace
-    // period of their record; the live leaders of records it does not
-    // clean, with their start time.
-    let mut proven: HashMap<i32, u64> = HashMap::new();
+    // period and stop signal of their record; the live leaders of records
+    // it does not clean, with their start time.
+    let mut proven: HashMap<i32, (u64, StopSignal)> = HashMap::new();
     let mut others: HashMap<i32, u64> = HashMap::new();
     let mut dead_owners = BTreeSet::new();
 
@@ -272,7 +275,10 @@ pub(super) async fn clean(
                     ended.push((index, record.name.clone()));
                 }
                 Ok(Proof::Ours(pids)) => {
-                    proven.extend(pids.iter().map(|&pid| (pid, record.grace_ms)));
+                    proven.extend(
+                        pids.iter()
+                            .map(|&pid| (pid, (record.grace_ms, record.stop_signal))),
+                    );
                     if let Some(mine) = protected.in_group(record.pgid) {
                         let others: Vec<u32> = pids
                             .iter()
@@ -299,16 +305,18 @@ pub(super) async fn clean(
     }
 
     let doomed: HashSet<i32> = targets.iter().map(|t| t.record.pgid).collect();
-    let mut escapees = Vec::new();
-    let mut escapee_grace = 0;
+    // Escaped descendants by the stop signal of the daemon they descend
+    // from (as its group's members get it), with the longest grace.
+    let mut escapees: HashMap<StopSignal, (Vec<i32>, u64)> = HashMap::new();
     if !dead_owners.is_empty() {
-        for (process, grace) in
+        for (process, (grace, stop)) in
             marked_processes(&dead_owners, &doomed, &protected, &proven, &others)
         {
             match verdict(&process) {
                 Verdict::Kill => {
-                    escapees.push(process.pid);
-                    escapee_grace = escapee_grace.max(grace);
+                    let (pids, longest) = escapees.entry(stop).or_default();
+                    pids.push(process.pid);
+                    *longest = (*longest).max(grace);
                 }
                 Verdict::Suspect => {
                     tracing::warn!(
@@ -324,13 +332,11 @@ pub(super) async fn clean(
     }
 
     // Signal everything at once; the grace periods run side by side.
-    let kill_escapees = async {
-        if !escapees.is_empty() {
-            tracing::info!(pids = ?escapees, "stopping escaped descendants of a dead manager's daemons");
-            kill::terminate_pids(&escapees, Duration::from_millis(escapee_grace)).await;
-        }
-    };
-    let (results, ()) = tokio::join!(
+    let kill_escapees = join_all(escapees.iter().map(|(&stop, (pids, grace))| {
+        tracing::info!(?pids, %stop, "stopping escaped descendants of a dead manager's daemons");
+        kill::terminate_pids(pids, stop, Duration::from_millis(*grace))
+    }));
+    let (results, _) = tokio::join!(
         join_all(targets.iter().map(|t| kill_group(&t.record))),
         kill_escapees
     );
@@ -345,7 +351,12 @@ pub(super) async fn clean(
             }
         }
     }
-    report.escaped = escapees.into_iter().map(|p| p as u32).collect();
+    report.escaped = escapees
+        .into_values()
+        .flat_map(|(pids, _)| pids)
+        .map(|p| p as u32)
+        .collect();
+    report.escaped.sort_unstable();
 
     let mut tombstones = vec![Vec::new(); journals.len()];
     for (index, name) in ended {
@@ -405,6 +416,7 @@ pub(super) async fn clean_cgroups(
     alive: impl Fn((u32, u64)) -> bool,
 ) -> CgroupsCleaned {
     let mut graces: HashMap<String, Duration> = HashMap::new();
+    let mut stop_signals: HashMap<String, StopSignal> = HashMap::new();
     let mut groups: HashMap<String, i32> = HashMap::new();
     let mut sockets: HashMap<String, PathBuf> = HashMap::new();
     let mut managers: BTreeSet<PathBuf> = BTreeSet::new();
@@ -427,6 +439,9 @@ pub(super) async fn clean_cgroups(
             };
             let grace = graces.entry(record.name.clone()).or_default();
             *grace = (*grace).max(Duration::from_millis(record.grace_ms));
+            // `d-<name>` under a manager's cgroup is that manager's daemon of
+            // that name, and its latest record carries the latest config.
+            stop_signals.insert(record.name.clone(), record.stop_signal);
             groups.insert(record.name.clone(), record.pgid);
             if let Some(socket) = &record.socket_path {
                 sockets.insert(record.name.clone(), socket.clone());
@@ -457,8 +472,11 @@ pub(super) async fn clean_cgroups(
             .copied()
             .unwrap_or(crate::defaults::SHUTDOWN_GRACE_PERIOD)
     };
+    // A cgroup without a record (its manager could not write it) gets
+    // SIGTERM, as any daemon does by default.
+    let stop_of = |name: &str| stop_signals.get(name).copied().unwrap_or_default();
     let mut cleaned = CgroupsCleaned::default();
-    for (name, members) in cgroup::clean_dead_managers(&dead, only, grace_of).await {
+    for (name, members) in cgroup::clean_dead_managers(&dead, only, grace_of, stop_of).await {
         // Without a record the daemon's group is unknown: none is called
         // an escapee.
         if let Some(&pgid) = groups.get(&name) {
@@ -479,14 +497,14 @@ pub(super) async fn clean_cgroups(
 
 /// Stops a proven daemon group and removes its socket.
 async fn kill_group(record: &OrphanRecord) -> Result<(), String> {
-    tracing::info!(name = %record.name, pid = record.pid, "stopping orphaned daemon of a dead manager");
-    // The record keeps no stop signal: a daemon left behind by a dead
-    // manager gets SIGTERM, then SIGKILL.
+    tracing::info!(name = %record.name, pid = record.pid, stop = %record.stop_signal, "stopping orphaned daemon of a dead manager");
+    // The daemon's own stop signal (SIGTERM for a record without one),
+    // then SIGKILL once its grace period is over.
     kill::terminate_group(
         record.pgid,
         None,
         None,
-        crate::config::StopSignal::Term,
+        record.stop_signal,
         Duration::from_millis(record.grace_ms),
     )
     .await?;
@@ -515,15 +533,15 @@ pub(super) fn remove_socket(path: &Path) {
 
 /// The live processes (other than those of `doomed` groups, which die
 /// with their group) whose environment names one of `owners` as their
-/// manager, with what is known about them and the grace period of the
-/// daemon they descend from.
+/// manager, with what is known about them and the grace period and stop
+/// signal of the daemon they descend from (SIGTERM where none is proven).
 fn marked_processes(
     owners: &BTreeSet<(u32, u64)>,
     doomed: &HashSet<i32>,
     protected: &Protected,
-    proven: &HashMap<i32, u64>,
+    proven: &HashMap<i32, (u64, StopSignal)>,
     others: &HashMap<i32, u64>,
-) -> Vec<(MarkedProcess, u64)> {
+) -> Vec<(MarkedProcess, (u64, StopSignal))> {
     let Some(oldest) = owners.iter().map(|o| o.1).min() else {
         return Vec::new();
     };
@@ -542,7 +560,7 @@ fn marked_processes(
         let Some(owner) = manager_of(pid).filter(|o| owners.contains(o)) else {
             continue;
         };
-        let (ancestry, grace) = ancestry(stat.ppid, proven, others);
+        let (ancestry, stop) = ancestry(stat.ppid, proven, others);
         let process = MarkedProcess {
             pid,
             is_cleanup_or_ancestor: protected.contains(pid),
@@ -550,7 +568,7 @@ fn marked_processes(
             ancestry,
             in_manager_cgroup: None,
         };
-        found.push((process, grace));
+        found.push((process, stop));
     }
     found
 }
@@ -568,28 +586,29 @@ fn manager_of(pid: i32) -> Option<(u32, u64)> {
 }
 
 /// Follows the parents from `parent` up: what they show, and the grace
-/// period of the cleaned daemon reached, if one is.
+/// period and stop signal of the cleaned daemon reached, if one is.
 fn ancestry(
     mut parent: i32,
-    proven: &HashMap<i32, u64>,
+    proven: &HashMap<i32, (u64, StopSignal)>,
     others: &HashMap<i32, u64>,
-) -> (Ancestry, u64) {
+) -> (Ancestry, (u64, StopSignal)) {
+    let none = (0, StopSignal::Term);
     for _ in 0..MAX_ANCESTRY {
         if parent <= 1 {
             break;
         }
-        if let Some(&grace) = proven.get(&parent) {
-            return (Ancestry::CleanedDaemon, grace);
+        if let Some(&stop) = proven.get(&parent) {
+            return (Ancestry::CleanedDaemon, stop);
         }
         let Ok(Some(stat)) = procfs::stat(parent) else {
             break;
         };
         if others.get(&parent) == Some(&stat.start_time) {
-            return (Ancestry::OtherDaemon, 0);
+            return (Ancestry::OtherDaemon, none);
         }
         parent = stat.ppid;
     }
-    (Ancestry::Unproven, 0)
+    (Ancestry::Unproven, none)
 }
 
 /// Runs `futures` side by side; their outputs, in order.
@@ -631,6 +650,7 @@ mod tests {
             socket_path: None,
             grace_ms: 100,
             cgroup: None,
+            stop_signal: crate::config::StopSignal::Term,
         }
     }
 

@@ -408,6 +408,7 @@ pub(super) mod tests {
             socket_path: Some(PathBuf::from(format!("/run/{name}.sock"))),
             grace_ms: 100,
             cgroup: None,
+            stop_signal: crate::config::StopSignal::Term,
         }
     }
 
@@ -458,6 +459,75 @@ pub(super) mod tests {
         let line = add(&record("a", 5));
         assert!(line.starts_with(b"{\"add\":{\"name\":\"a\",\"pid\":5,"));
         assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
+    }
+
+    /// The line adding `record`, with `"stop_signal": <json>` written in.
+    fn add_with_stop_signal(record: &OrphanRecord, json: &str) -> Vec<u8> {
+        let line = add(record);
+        let object = line.strip_suffix(b"}}\n").unwrap();
+        [object, b",\"stop_signal\":", json.as_bytes(), b"}}\n"].concat()
+    }
+
+    #[test]
+    fn the_stop_signal_is_written_by_name_and_left_out_for_sigterm() {
+        use crate::config::StopSignal;
+        let term = record("a", 5);
+        let line = add(&term);
+        assert!(
+            !line.windows(11).any(|w| w == b"stop_signal"),
+            "SIGTERM was written: {}",
+            String::from_utf8_lossy(&line)
+        );
+        for signal in StopSignal::ALL {
+            let mut daemon = record("a", 5);
+            daemon.stop_signal = signal;
+            let line = add(&daemon);
+            if signal != StopSignal::Term {
+                let field = format!("\"stop_signal\":\"{}\"", signal.name());
+                assert!(
+                    line.windows(field.len()).any(|w| w == field.as_bytes()),
+                    "{}",
+                    String::from_utf8_lossy(&line)
+                );
+            }
+            let replay = replay(&line, OsStr::new("j"));
+            assert_eq!(replay.live, live(&[&daemon]), "{signal}");
+        }
+    }
+
+    #[test]
+    fn a_record_without_a_known_stop_signal_means_sigterm_and_is_still_acted_on() {
+        use crate::config::StopSignal;
+        let daemon = record("a", 5);
+        // A line as a tend before the field wrote it.
+        let old = add(&daemon);
+        assert_eq!(replay(&old, OsStr::new("j")).live, live(&[&daemon]));
+        for garbage in [
+            "\"SIGKILL\"",
+            "\"SIGSTOP\"",
+            "\"SIGFOO\"",
+            "\"\"",
+            "3",
+            "null",
+            "true",
+            "{}",
+            "[\"SIGQUIT\"]",
+        ] {
+            let line = add_with_stop_signal(&daemon, garbage);
+            let replay = replay(&line, OsStr::new("j"));
+            assert_eq!(replay.live, live(&[&daemon]), "{garbage}");
+            assert_eq!(replay.live["a"].stop_signal, StopSignal::Term);
+        }
+        let mut quit = record("a", 5);
+        quit.stop_signal = StopSignal::Quit;
+        let line = add_with_stop_signal(&daemon, "\"SIGQUIT\"");
+        assert_eq!(replay(&line, OsStr::new("j")).live, live(&[&quit]));
+        // The rest of the record is read as strictly as before: a bad
+        // field elsewhere still makes the line unreadable.
+        let bad_pid = String::from_utf8(add_with_stop_signal(&daemon, "\"SIGFOO\""))
+            .unwrap()
+            .replace("\"pid\":5", "\"pid\":\"5\"");
+        assert!(replay(bad_pid.as_bytes(), OsStr::new("j")).live.is_empty());
     }
 
     #[test]

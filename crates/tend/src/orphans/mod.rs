@@ -45,7 +45,9 @@
 //!
 //! What cleanup could not clean stays in the journal, which is rewritten
 //! (or deleted when nothing is left). All the groups and processes found
-//! are signalled at once, so a cleanup lasts one grace period.
+//! are signalled at once, so a cleanup lasts one grace period. Each
+//! daemon gets the stop signal its record names (`"stop_signal"`, left
+//! out for SIGTERM), then SIGKILL.
 
 mod cleanup;
 mod journal;
@@ -60,12 +62,11 @@ use std::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
 };
 
 use serde::{Deserialize, Serialize};
 
-use crate::{private_dir::PrivateDir, procfs};
+use crate::{BackgroundProcessConfig, config::StopSignal, private_dir::PrivateDir, procfs};
 use journal::Journal;
 
 /// Numbers the registries of this process: two managers of one process
@@ -89,6 +90,52 @@ pub(crate) struct OrphanRecord {
     /// the daemon's by construction.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<std::path::PathBuf>,
+    /// The signal that asks the daemon to stop, by name
+    /// (`"stop_signal": "SIGQUIT"`). Left out for SIGTERM, so records of
+    /// the default read as they did before the field existed; a record
+    /// without it, or with a value that names no stop signal, means
+    /// SIGTERM (see [`stop_signal_field`]).
+    #[serde(
+        default,
+        skip_serializing_if = "stop_signal_field::is_default",
+        with = "stop_signal_field"
+    )]
+    pub stop_signal: StopSignal,
+}
+
+/// The `stop_signal` of an [`OrphanRecord`], written as the signal's name.
+/// Reading never fails on it: a value that names no stop signal (a newer
+/// tend's, or damage) falls back to SIGTERM with a warning, so the rest of
+/// the record — checked as strictly as ever — still gets its daemon
+/// stopped.
+mod stop_signal_field {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::config::StopSignal;
+
+    /// Whether the record may leave the field out: SIGTERM.
+    pub fn is_default(signal: &StopSignal) -> bool {
+        *signal == StopSignal::Term
+    }
+
+    pub fn serialize<S: Serializer>(signal: &StopSignal, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(signal.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<StopSignal, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        let named = match &value {
+            serde_json::Value::String(name) => StopSignal::from_name(name),
+            _ => None,
+        };
+        Ok(named.unwrap_or_else(|| {
+            tracing::warn!(
+                stop_signal = %value,
+                "an orphan record names no stop signal tend knows; its daemon gets SIGTERM"
+            );
+            StopSignal::Term
+        }))
+    }
 }
 
 /// What a cleanup did. Fields may be added in any release.
@@ -168,27 +215,26 @@ impl OrphanRegistry {
         self.journal.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Builds the record for a freshly spawned leader.
+    /// Builds the record for a freshly spawned leader of daemon `config`.
     pub fn record_for(
         &self,
-        name: &str,
+        config: &BackgroundProcessConfig,
         pid: u32,
         stat: &procfs::ProcStat,
-        socket_path: Option<&Path>,
-        grace: Duration,
         cgroup: Option<&Path>,
     ) -> OrphanRecord {
         OrphanRecord {
-            name: name.to_owned(),
+            name: config.name.clone(),
             pid: pid as i32,
             pgid: stat.pgid,
             sid: stat.sid,
             start_time: stat.start_time,
             owner_pid: self.owner.0,
             owner_start_time: self.owner.1,
-            socket_path: socket_path.map(Path::to_path_buf),
-            grace_ms: grace.as_millis() as u64,
+            socket_path: config.socket_path.clone(),
+            grace_ms: config.shutdown_grace_period.as_millis() as u64,
             cgroup: cgroup.map(Path::to_path_buf),
+            stop_signal: config.stop_signal,
         }
     }
 

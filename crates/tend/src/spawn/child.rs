@@ -142,6 +142,10 @@ pub(super) struct ChildSetup {
     pub credentials: Option<ChildCredentials>,
     /// The file mode creation mask to set, if the config sets one.
     pub umask: Option<u32>,
+    /// The parent-death signal: the daemon's stop signal, which it is
+    /// known to stop on (the guard or a later cleanup follows with
+    /// SIGKILL once the grace period is over).
+    pub death_signal: rustix::process::Signal,
     /// The configured resource limits: a pointer to that many pairs.
     pub rlimits: (*const (c_int, libc::rlimit64), usize),
     /// Written by the child when it fails: the [`Step`] and the errno.
@@ -172,6 +176,7 @@ impl ChildSetup {
             nofile_soft: crate::rlimit::daemon_nofile_soft(),
             credentials: None,
             umask: None,
+            death_signal: rustix::process::Signal::TERM,
             rlimits: (ptr::null(), 0),
             failed_step: AtomicI32::new(0),
             errno: AtomicI32::new(0),
@@ -500,11 +505,9 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
             return setup.fail(Step::Credentials, e.raw_os_error());
         }
     }
-    // The daemon gets SIGTERM when the spawning thread dies. Armed after
-    // the change of user, which clears it.
-    if let Err(e) =
-        rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))
-    {
+    // The daemon gets its stop signal when the spawning thread dies.
+    // Armed after the change of user, which clears it.
+    if let Err(e) = rustix::process::set_parent_process_death_signal(Some(setup.death_signal)) {
         return setup.fail(Step::ParentDeathSignal, e.raw_os_error());
     }
     // The parent may have died before the signal was armed; then it would

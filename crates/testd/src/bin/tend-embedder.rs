@@ -7,12 +7,18 @@
 //! ```
 //!
 //! Each SPEC is a daemon name followed by `testd` flags, separated by
-//! spaces: `"b --ignore-sigterm"`. The daemons run TESTD, listen on
+//! spaces: `"b --ignore-sigterm"`. The name may end in `@SIGNAL`, the
+//! daemon's stop signal (`"nginx@SIGQUIT"`; SIGTERM without). The
+//! daemons run TESTD, listen on
 //! `SOCKET_DIR/<name>.sock`, and get a 500 ms shutdown grace period; the
 //! manager keeps its orphan records in STATE_DIR. They are started one
 //! after the other; for each, one line `started <name> <pid>` is printed,
 //! then `ready`, and the program waits forever. A failed start prints
 //! `failed <name>: <error>` to stderr and exits 1; a usage error exits 100.
+//!
+//! `TEND_EMBEDDER_RESTART=NAME` restarts daemon NAME (`restart_process`:
+//! a stop, then a start with the same config) right after its first start,
+//! before its `started` line, which gives the new PID.
 //!
 //! `TEND_EMBEDDER_GRACE_MS` sets another grace period;
 //! `TEND_EMBEDDER_USER` a user (name or uid) every daemon runs as. With
@@ -25,7 +31,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use tend::{BackgroundProcessConfig, BackgroundProcessManager};
+use tend::{BackgroundProcessConfig, BackgroundProcessManager, StopSignal};
 
 const USAGE: &str = "usage: tend-embedder STATE_DIR SOCKET_DIR TESTD SPEC...";
 
@@ -109,17 +115,34 @@ async fn run() {
             eprintln!("empty SPEC\n{USAGE}");
             std::process::exit(100);
         };
+        let (name, stop_signal) = match name.split_once('@') {
+            Some((name, signal)) => match StopSignal::from_name(signal) {
+                Some(signal) => (name, signal),
+                None => {
+                    eprintln!("{signal} is not a stop signal\n{USAGE}");
+                    std::process::exit(100);
+                }
+            },
+            None => (name, StopSignal::Term),
+        };
         let mut config = BackgroundProcessConfig::new(name, testd)
             .args(words)
             .socket_path(PathBuf::from(socket_dir).join(format!("{name}.sock")))
             .startup_timeout(Duration::from_secs(10))
-            .shutdown_grace_period(grace);
+            .shutdown_grace_period(grace)
+            .stop_signal(stop_signal);
         if let Ok(user) = std::env::var("TEND_EMBEDDER_USER") {
             config = config.user(user);
         }
         if let Err(e) = manager.start_process(config).await {
             eprintln!("failed {name}: {e}");
             std::process::exit(1);
+        }
+        if std::env::var("TEND_EMBEDDER_RESTART").is_ok_and(|restart| restart == name) {
+            manager.restart_process(name).await.unwrap_or_else(|e| {
+                eprintln!("failed {name} (restart): {e}");
+                std::process::exit(1)
+            });
         }
         let pid = manager.pid(name).ok().flatten().unwrap_or_default();
         println!("started {name} {pid}");

@@ -160,6 +160,106 @@ async fn the_guard_of_a_killed_manager_stops_survivors_within_their_grace() {
     );
 }
 
+/// The signal each daemon of `app` recorded (`--record-signal` to
+/// `<name>.signal` in `sb`), once it died.
+async fn recorded_signals(sb: &Sandbox, app: &Embedder, names: &[&str]) -> Vec<String> {
+    let mut recorded = Vec::new();
+    for name in names {
+        app.daemon(name)
+            .wait_dead(&format!("daemon {name} of a killed app"))
+            .await;
+        recorded
+            .push(std::fs::read_to_string(sb.path(&format!("{name}.signal"))).unwrap_or_default());
+    }
+    recorded
+}
+
+/// The daemon spec `name@signal`, recording the signal that stops it and
+/// without a parent-death signal, as a daemon that changed its uid: only
+/// the guard or a cleanup reaches it once its manager is dead.
+fn recording_spec(sb: &Sandbox, name: &str, signal: &str) -> String {
+    let record = sb.path(&format!("{name}.signal"));
+    format!(
+        "{name}@{signal} --no-parent-death-signal --record-signal {}",
+        record.display()
+    )
+}
+
+/// The guard of a killed app sends each daemon its own stop signal, not
+/// SIGTERM: daemons with different signals in one app, none of which has
+/// its parent-death signal left (so nothing but the guard signals them).
+#[tokio::test]
+async fn the_guard_of_a_killed_manager_sends_each_daemon_its_stop_signal() {
+    let sb = Sandbox::new();
+    let specs = [
+        recording_spec(&sb, "quit", "SIGQUIT"),
+        recording_spec(&sb, "int", "SIGINT"),
+        recording_spec(&sb, "term", "SIGTERM"),
+    ];
+    let specs: Vec<&str> = specs.iter().map(String::as_str).collect();
+    let mut app = Embedder::start(&sb, &specs).await;
+    app.kill().await;
+    assert_eq!(
+        recorded_signals(&sb, &app, &["quit", "int", "term"]).await,
+        ["SIGQUIT\n", "SIGINT\n", "SIGTERM\n"]
+    );
+}
+
+/// A daemon stopped and started again before its app is killed still gets
+/// its stop signal from the guard: the stop's "group gone" reaches the
+/// guard before the new start's description of the same group or cgroup
+/// (a cgroup that was not killed is used again, with the same inode).
+#[tokio::test]
+async fn the_guard_sends_its_stop_signal_to_a_daemon_restarted_before_the_kill() {
+    let sb = Sandbox::new();
+    let spec = recording_spec(&sb, "quit", "SIGQUIT");
+    let mut app = Embedder::start_with(&sb, &[&spec], &[("TEND_EMBEDDER_RESTART", "quit")]).await;
+    app.kill().await;
+    // One line from the restart's stop, one from the guard.
+    assert_eq!(
+        recorded_signals(&sb, &app, &["quit"]).await,
+        ["SIGQUIT\nSIGQUIT\n"]
+    );
+}
+
+/// The parent-death signal armed in a daemon is its stop signal: with no
+/// guard, a daemon configured with SIGQUIT gets SIGQUIT from the kernel
+/// when its app is killed.
+#[tokio::test]
+async fn the_parent_death_signal_is_the_daemons_stop_signal() {
+    let sb = Sandbox::new();
+    let record = sb.path("quit.signal");
+    let spec = format!("quit@SIGQUIT --record-signal {}", record.display());
+    let mut app = Embedder::start_unguarded(&sb, &[&spec]).await;
+    app.kill().await;
+    assert_eq!(recorded_signals(&sb, &app, &["quit"]).await, ["SIGQUIT\n"]);
+}
+
+/// A survivor of a killed app without a guard (its parent-death signal
+/// gone) gets its own stop signal from the next manager's cleanup, first,
+/// before any SIGKILL: from the dead manager's cgroup cleanup with cgroup
+/// containment, from the journal record's with process groups.
+#[tokio::test]
+async fn the_next_managers_cleanup_sends_a_survivor_its_stop_signal() {
+    let sb = Sandbox::new();
+    let specs = [
+        recording_spec(&sb, "quit", "SIGQUIT"),
+        recording_spec(&sb, "term", "SIGTERM"),
+    ];
+    let specs: Vec<&str> = specs.iter().map(String::as_str).collect();
+    let mut app = Embedder::start_unguarded(&sb, &specs).await;
+    app.kill().await;
+    // `kill` waited for the app to die; nothing else signals its daemons.
+    assert!(app.daemon("quit").alive() && app.daemon("term").alive());
+    let mut report = sb.manager.cleanup_orphans().await.unwrap();
+    report.killed.sort();
+    assert_eq!(report.killed, ["quit", "term"], "{report:?}");
+    assert_eq!(
+        recorded_signals(&sb, &app, &["quit", "term"]).await,
+        ["SIGQUIT\n", "SIGTERM\n"]
+    );
+}
+
 /// A daemon that changed its uid has lost its parent-death signal (the
 /// kernel clears it), as `memcached -u nobody` does: the guard still
 /// stops it when the app is killed.
