@@ -467,7 +467,8 @@ impl BackgroundProcessManager {
             .unwrap_or_else(|_| Err(Error::ManagerGone(config.name.clone())))
     }
 
-    /// Stops a daemon: SIGTERM to its process group, SIGKILL after the
+    /// Stops a daemon: its stop signal (`stop_signal`, SIGTERM by default)
+    /// to its process group (or cgroup), SIGKILL after the
     /// grace period, and returns as soon as no member is alive. Stopping a
     /// process that is `Starting` cancels its start. Stopping a `Stopped`
     /// or `Error` process does nothing. A name never started is
@@ -530,7 +531,7 @@ impl BackgroundProcessManager {
     }
 
     /// Stops every daemon in parallel and refuses later starts. Each stop
-    /// is graceful (SIGTERM, grace, SIGKILL); the call returns when all
+    /// is graceful (stop signal, grace, SIGKILL); the call returns when all
     /// groups are gone.
     pub async fn stop_all_processes(&self) {
         self.inner.shutting_down.store(true, Ordering::SeqCst);
