@@ -100,6 +100,10 @@ struct Group {
     pgid: i32,
     stop_signal: c_int,
     start_time: u64,
+    /// Scratch of [`prove_groups`]: the leader is gone.
+    leader_gone: bool,
+    /// Scratch of [`prove_groups`]: proven the recorded group.
+    proven: bool,
 }
 
 /// A daemon's cgroup, by the inode of its directory, and the daemon's stop
@@ -489,6 +493,8 @@ fn apply(setup: &mut GuardSetup, message: Message) {
                 pgid: message.a as i32,
                 stop_signal: stop_signal(message.c),
                 start_time: message.b,
+                leader_gone: false,
+                proven: false,
             };
             if let Some(slot) = setup.groups.iter_mut().find(|g| g.pgid == group.pgid) {
                 *slot = group;
@@ -761,20 +767,15 @@ fn cgroup_populated(dir: RawFd) -> bool {
 fn stop_groups(setup: &mut GuardSetup) {
     // The manager's death: nothing started after it can be its daemon's.
     let died = boot_ticks();
-    let mut live = 0;
-    for i in 0..setup.groups.len() {
-        let group = setup.groups[i];
-        if is_recorded_group(group, died) {
-            // SAFETY: signals a group proven to be the recorded one.
-            unsafe {
-                libc::kill(-group.pgid, group.stop_signal);
-                libc::kill(-group.pgid, libc::SIGCONT);
-            }
-            setup.groups[live] = group;
-            live += 1;
+    let live = prove_groups(&mut setup.groups, died);
+    setup.groups.truncate(live);
+    for group in &setup.groups {
+        // SAFETY: signals a group proven to be the recorded one.
+        unsafe {
+            libc::kill(-group.pgid, group.stop_signal);
+            libc::kill(-group.pgid, libc::SIGCONT);
         }
     }
-    setup.groups.truncate(live);
     if live == 0 {
         return;
     }
@@ -782,40 +783,69 @@ fn stop_groups(setup: &mut GuardSetup) {
     while now() < deadline && any_group_alive(&setup.groups) {
         sleep(GROUP_POLL);
     }
-    for group in &setup.groups {
-        if is_recorded_group(*group, died) {
-            // SAFETY: as above.
-            unsafe { libc::kill(-group.pgid, libc::SIGKILL) };
-        }
+    // Proven again: a group that emptied meanwhile may carry a new owner.
+    let live = prove_groups(&mut setup.groups, died);
+    for group in &setup.groups[..live] {
+        // SAFETY: as above.
+        unsafe { libc::kill(-group.pgid, libc::SIGKILL) };
     }
 }
 
-/// Whether process group `group.pgid` is still the group the manager
-/// recorded: its leader lives with the recorded start time, or (the leader
-/// died with the manager, by its parent-death signal) a live member
-/// started between the leader and the manager's death. A group id is not
-/// reused while any process carries it, so members that were there before
-/// the manager died, in a group the manager had not reported gone, are
-/// the daemon's.
-fn is_recorded_group(group: Group, died: u64) -> bool {
-    if group.pgid <= 1 {
-        return false;
-    }
-    match process_stat(group.pgid) {
-        Some(leader) if leader.alive => return leader.start_time == group.start_time,
-        _ => {}
-    }
-    let mut proven = false;
-    for_each_pid(|pid| {
-        if !proven {
-            proven = process_stat(pid).is_some_and(|s| {
-                s.alive
-                    && s.pgid == group.pgid
-                    && s.start_time >= group.start_time
-                    && s.start_time <= died
-            });
+/// Moves to the front of `groups` those still proven to be the groups the
+/// manager recorded, and returns how many.
+///
+/// A group is the recorded one if its leader lives with the recorded start
+/// time, or (the leader died with the manager, by its parent-death signal)
+/// a live member started between the leader and the manager's death. A
+/// group id is not reused while any process carries it, so members that
+/// were there before the manager died, in a group the manager had not
+/// reported gone, are the daemon's.
+///
+/// Leaders are looked up one by one; the members of every group whose
+/// leader is gone are found in one scan of `/proc`, with the groups sorted
+/// by id for a binary search (a scan for each such group took seconds at
+/// 1,000 daemons, and that is the usual case: the leaders die with the
+/// manager). Nothing is allocated: the guard runs in a clone.
+fn prove_groups(groups: &mut [Group], died: u64) -> usize {
+    let mut leaders_gone = 0;
+    for group in groups.iter_mut() {
+        group.proven = false;
+        group.leader_gone = false;
+        if group.pgid <= 1 {
+            continue;
         }
-    });
+        match process_stat(group.pgid) {
+            Some(leader) if leader.alive => group.proven = leader.start_time == group.start_time,
+            _ => {
+                group.leader_gone = true;
+                leaders_gone += 1;
+            }
+        }
+    }
+    if leaders_gone > 0 {
+        groups.sort_unstable_by_key(|group| group.pgid);
+        for_each_pid(|pid| {
+            let Some(member) = process_stat(pid) else {
+                return;
+            };
+            if !member.alive || member.start_time > died {
+                return;
+            }
+            if let Ok(i) = groups.binary_search_by_key(&member.pgid, |group| group.pgid) {
+                let group = &mut groups[i];
+                if group.leader_gone && member.start_time >= group.start_time {
+                    group.proven = true;
+                }
+            }
+        });
+    }
+    let mut proven = 0;
+    for i in 0..groups.len() {
+        if groups[i].proven {
+            groups.swap(proven, i);
+            proven += 1;
+        }
+    }
     proven
 }
 
@@ -1023,6 +1053,96 @@ mod tests {
         assert_eq!(cgroup_stop_signal(&setup.cgroups, 8), libc::SIGINT);
         apply(&mut setup, message(ADD_GROUP, 1234, libc::SIGWINCH));
         assert_eq!(setup.groups[0].stop_signal, libc::SIGWINCH);
+    }
+
+    /// Process groups a test made, killed when it ends, even on panic.
+    struct KillGroups(Vec<i32>);
+
+    impl Drop for KillGroups {
+        fn drop(&mut self) {
+            for &pgid in &self.0 {
+                // SAFETY: signals only the groups the test made.
+                unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            }
+        }
+    }
+
+    /// A process group whose leader is gone: `sh` starts a `sleep` in its
+    /// group, says so and exits, and is reaped.
+    fn group_without_its_leader() -> (i32, u64) {
+        use std::{io::Read, os::unix::process::CommandExt, process::Stdio};
+        let mut leader = std::process::Command::new("sh")
+            .args(["-c", "sleep 60 </dev/null >/dev/null 2>&1 & echo"])
+            .process_group(0)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pgid = leader.id() as i32;
+        let start_time = leader_start_time(pgid).unwrap();
+        let mut line = String::new();
+        leader
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut line)
+            .unwrap();
+        leader.wait().unwrap();
+        (pgid, start_time)
+    }
+
+    fn group(pgid: i32, start_time: u64) -> Group {
+        Group {
+            pgid,
+            stop_signal: libc::SIGTERM,
+            start_time,
+            leader_gone: false,
+            proven: false,
+        }
+    }
+
+    #[test]
+    fn groups_are_proven_by_their_leader_or_in_one_scan_by_their_members() {
+        use std::{os::unix::process::CommandExt, process::Stdio};
+        let mut leader = std::process::Command::new("sleep")
+            .arg("60")
+            .process_group(0)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let led = leader.id() as i32;
+        let mut made = KillGroups(vec![led]);
+        let led_start = leader_start_time(led).unwrap();
+        let (orphaned, orphaned_start) = group_without_its_leader();
+        made.0.push(orphaned);
+        let (second, second_start) = group_without_its_leader();
+        made.0.push(second);
+        let died = boot_ticks();
+        let mut groups = [
+            group(1, 0),
+            group(second, second_start),
+            group(led, led_start + 1), // a reused leader PID
+            group(orphaned, orphaned_start),
+            group(led, led_start),
+            group(i32::MAX, 0), // nothing there
+        ];
+        let proven = prove_groups(&mut groups, died);
+        let mut ids: Vec<(i32, u64)> = groups[..proven]
+            .iter()
+            .map(|g| (g.pgid, g.start_time))
+            .collect();
+        ids.sort();
+        let mut expected = vec![
+            (led, led_start),
+            (orphaned, orphaned_start),
+            (second, second_start),
+        ];
+        expected.sort();
+        assert_eq!(ids, expected);
+        // A member started after the manager died proves nothing.
+        let mut groups = [group(second, second_start)];
+        assert_eq!(prove_groups(&mut groups, second_start.saturating_sub(1)), 0);
+        drop(made);
+        leader.wait().unwrap();
     }
 
     #[test]
