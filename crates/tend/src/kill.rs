@@ -180,14 +180,19 @@ impl Target<'_> {
 }
 
 fn procfs_group_empty(pgid: i32) -> bool {
-    // Fast path: no process at all carries the group id.
-    match Pid::from_raw(pgid).map(rustix::process::test_kill_process_group) {
-        Some(Err(rustix::io::Errno::SRCH)) | None => return true,
-        _ => {}
-    }
     // Members may be zombies waiting for their new parent to reap them;
     // those are dead and do not count.
-    procfs::live_group_members(pgid).is_empty()
+    no_process_in_group(pgid) || procfs::live_group_members(pgid).is_empty()
+}
+
+/// Whether no process at all, zombies included, carries group id `pgid`
+/// (a signal 0 to the group finds none): the answer without reading
+/// `/proc`. `false` means "look closer", not "alive".
+pub(crate) fn no_process_in_group(pgid: i32) -> bool {
+    matches!(
+        Pid::from_raw(pgid).map(rustix::process::test_kill_process_group),
+        Some(Err(rustix::io::Errno::SRCH)) | None
+    )
 }
 
 /// Waits for every live member of `pgid` to exit, on pidfds, until

@@ -7,7 +7,7 @@
 //! and `prctl(PR_SET_NAME)` takes any bytes — so no `/proc` text is
 //! assumed to be UTF-8.
 
-use std::{fs, io};
+use std::{collections::HashMap, fs, io};
 
 /// Longest `/proc/<pid>/stat` prefix read: the fields tend uses end
 /// within the first ~450 bytes (a 15-byte name and 20 numeric fields of
@@ -232,6 +232,20 @@ pub(crate) fn environ_contains(pid: i32, entry: &[u8]) -> bool {
     fs::read(format!("/proc/{pid}/environ"))
         .map(|env| env.split(|&b| b == 0).any(|e| e == entry))
         .unwrap_or(false)
+}
+
+/// The live (not zombie) processes of each process group, from one scan
+/// of `/proc`.
+pub(crate) fn live_groups() -> HashMap<i32, Vec<i32>> {
+    let mut groups: HashMap<i32, Vec<i32>> = HashMap::new();
+    for pid in all_pids() {
+        if let Ok(Some(stat)) = stat(pid) {
+            if stat.is_alive() {
+                groups.entry(stat.pgid).or_default().push(pid);
+            }
+        }
+    }
+    groups
 }
 
 /// PIDs of every process, from `/proc`.

@@ -86,18 +86,21 @@ pub(super) enum Proof {
 /// - the leader is gone but members of its group remain that share its
 ///   session, started after it, and carry its manager's marker (an
 ///   unrelated process may have reused the PID and formed a group).
-pub(super) fn prove(record: &OrphanRecord) -> Result<Proof, String> {
+pub(super) fn prove(record: &OrphanRecord, groups: &mut LiveGroups) -> Result<Proof, String> {
     match procfs::stat(record.pid).map_err(|e| e.to_string())? {
         Some(leader) if leader.is_alive() => {
             if leader.start_time != record.start_time || leader.pgid != record.pgid {
                 return Ok(Proof::Gone);
             }
-            let mut pids = procfs::live_group_members(record.pgid);
+            let mut pids = groups.members(record.pgid).to_vec();
             if !pids.contains(&record.pid) {
                 pids.push(record.pid);
             }
             Ok(Proof::Ours(pids))
         }
+        // Usually the guard stopped the whole group already: nothing
+        // carries its id, and `/proc` need not be read.
+        _ if kill::no_process_in_group(record.pgid) => Ok(Proof::Gone),
         _ => {
             let marker = format!(
                 "{}={}.{}",
@@ -105,8 +108,10 @@ pub(super) fn prove(record: &OrphanRecord) -> Result<Proof, String> {
                 record.owner_pid,
                 record.owner_start_time
             );
-            let pids: Vec<i32> = procfs::live_group_members(record.pgid)
-                .into_iter()
+            let pids: Vec<i32> = groups
+                .members(record.pgid)
+                .iter()
+                .copied()
                 .filter(|&pid| {
                     matches!(
                         procfs::stat(pid),
@@ -120,6 +125,23 @@ pub(super) fn prove(record: &OrphanRecord) -> Result<Proof, String> {
                 Proof::Ours(pids)
             })
         }
+    }
+}
+
+/// The live processes of each process group, read from `/proc` once, when
+/// a proof first needs them: a scan for each record made a `tend up` after
+/// a crash take seconds at 1,000 records (more where zombies wait for a
+/// slow init, so that their groups are not empty at once).
+#[derive(Debug, Default)]
+pub(super) struct LiveGroups(Option<HashMap<i32, Vec<i32>>>);
+
+impl LiveGroups {
+    /// The live members of group `pgid` when first asked.
+    fn members(&mut self, pgid: i32) -> &[i32] {
+        self.0
+            .get_or_insert_with(procfs::live_groups)
+            .get(&pgid)
+            .map_or(&[], Vec::as_slice)
     }
 }
 
@@ -249,6 +271,7 @@ pub(super) async fn clean(
     let mut proven: HashMap<i32, (u64, StopSignal)> = HashMap::new();
     let mut others: HashMap<i32, u64> = HashMap::new();
     let mut dead_owners = BTreeSet::new();
+    let mut live_groups = LiveGroups::default();
 
     for (index, journal) in journals.iter().enumerate() {
         for record in journal.replay.live.values() {
@@ -266,7 +289,7 @@ pub(super) async fn clean(
                 continue;
             }
             dead_owners.insert(journal.owner);
-            match prove(record) {
+            match prove(record, &mut live_groups) {
                 Err(e) => {
                     tracing::warn!(name = %record.name, error = %e, "could not clean orphan; keeping its record");
                 }
