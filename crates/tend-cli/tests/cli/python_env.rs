@@ -29,12 +29,9 @@ while True:
     server.accept()[0].close()
 "#;
 
-#[test]
-fn up_builds_the_venv_and_runs_the_daemon_with_its_interpreter() {
-    if !python_venv_available() {
-        return;
-    }
-    let sandbox = Sandbox::new();
+/// `<sandbox>/plugin` with `daemon.py`, a wheel of `tendclipkg` 0.1 in
+/// `wheels/`, and `requirements.txt` naming it.
+fn plugin(sandbox: &Sandbox) -> std::path::PathBuf {
     let plugin = sandbox.path().join("plugin");
     std::fs::create_dir_all(plugin.join("wheels")).unwrap();
     let wheel = build_wheel(&plugin.join("wheels"), "tendclipkg", "0.1");
@@ -45,6 +42,16 @@ fn up_builds_the_venv_and_runs_the_daemon_with_its_interpreter() {
         format!("--no-index\n./wheels/{wheel}\n"),
     )
     .unwrap();
+    plugin
+}
+
+#[test]
+fn up_builds_the_venv_and_runs_the_daemon_with_its_interpreter() {
+    if !python_venv_available() {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let plugin = plugin(&sandbox);
     std::fs::write(
         plugin.join("broken.txt"),
         "--no-index\n./wheels/tendclipkg-9.9-py3-none-any.whl\n",
@@ -178,15 +185,7 @@ fn environments_of_daemons_up_does_not_start_are_prepared_at_their_first_start()
         return;
     }
     let sandbox = Sandbox::new();
-    let plugin = sandbox.path().join("plugin");
-    std::fs::create_dir_all(plugin.join("wheels")).unwrap();
-    let wheel = build_wheel(&plugin.join("wheels"), "tendclipkg", "0.1");
-    std::fs::write(plugin.join("daemon.py"), DAEMON).unwrap();
-    std::fs::write(
-        plugin.join("requirements.txt"),
-        format!("--no-index\n./wheels/{wheel}\n"),
-    )
-    .unwrap();
+    plugin(&sandbox);
     let config = sandbox.config(&format!(
         r#"
 [process.py]
