@@ -175,6 +175,11 @@ impl ServerContext {
         self.pending_changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
+    /// Whether `name` waits for its turn or its dependencies to start.
+    fn is_waiting(&self, name: &str) -> bool {
+        matches!(self.pending_of(name), Some(Pending::Waiting(_)))
+    }
+
     fn pending_of(&self, name: &str) -> Option<Pending> {
         let map = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         map.get(name).cloned()

@@ -502,8 +502,7 @@ impl BackgroundProcessManager {
                 .map(|slot| Arc::clone(&slot.config))
                 .ok_or_else(|| Error::UnknownProcess(name.to_owned()))?
         };
-        self.stop_process(name).await?;
-        self.start(config, true).await
+        self.restart_process_with(config).await
     }
 
     /// Restarts a daemon with a new config (its name is the config's):

@@ -183,11 +183,8 @@ pub(crate) fn children_of_self() -> Option<Vec<i32>> {
 
 /// PIDs of the live (non-zombie) members of process group `pgid`.
 pub(crate) fn live_group_members(pgid: i32) -> Vec<i32> {
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+    all_pids()
+        .into_iter()
         .filter(|&pid| matches!(stat(pid), Ok(Some(s)) if s.pgid == pgid && s.is_alive()))
         .collect()
 }

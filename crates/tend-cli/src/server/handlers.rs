@@ -8,7 +8,7 @@ use tend::{LogLine, ProcessState, Received, rpc::RpcError};
 use super::{After, Connection, ServerContext};
 use crate::protocol::{
     DEFAULT_CALL_TIMEOUT_MS, DEFAULT_USAGE_INTERVAL_MS, ErrorKind, LogEntry, MIN_USAGE_INTERVAL_MS,
-    ProcessStatus, Request, Response, RpcErrorObject, Sample, State, SupervisorInfo,
+    ProcessStatus, Request, Response, RpcErrorObject, Sample, SupervisorInfo,
 };
 
 type Context = Arc<ServerContext>;
@@ -125,17 +125,15 @@ fn outcome(context: &Context, name: &str, result: Result<(), String>) -> Respons
 /// Starts the daemon after its dependencies (see
 /// [`ServerContext::start`]).
 async fn start(context: &Context, name: &str) -> Response {
+    let state = context.manager.state(name).ok();
     // The state asked for holds already.
-    if context.manager.state(name).ok() == Some(ProcessState::Running) {
+    if state == Some(ProcessState::Running) {
         return outcome(context, name, Ok(()));
     }
     // Another start is under way (`tend up`, a dependent's, a restart
     // backing off): its end is this start's answer, as `systemctl start`
     // answers for a unit that is activating.
-    if context
-        .process_status(name)
-        .is_some_and(|status| status.state == State::Starting)
-    {
+    if state == Some(ProcessState::Starting) || context.is_waiting(name) {
         let result = context.wait_while_starting(name).await;
         return outcome(context, name, result);
     }

@@ -150,7 +150,7 @@ impl ServerContext {
             }
             // A stop while it waited (see `stop_in_order`) took the entry
             // away: the start is off.
-            if !matches!(self.pending_of(name), Some(Pending::Waiting(_))) {
+            if !self.is_waiting(name) {
                 guard.armed = false;
                 return Err(format!(
                     "{name} was stopped while it waited for its dependencies"
@@ -292,7 +292,7 @@ impl ServerContext {
             let mut stops = JoinSet::new();
             for name in group {
                 // A stopped daemon waits no more.
-                if matches!(self.pending_of(&name), Some(Pending::Waiting(_))) {
+                if self.is_waiting(&name) {
                     self.set_pending(&name, None);
                 }
                 let context = Arc::clone(self);
@@ -322,7 +322,7 @@ impl ServerContext {
                 self.manager
                     .state(dependent)
                     .is_ok_and(|state| state.is_active())
-                    || matches!(self.pending_of(dependent), Some(Pending::Waiting(_)))
+                    || self.is_waiting(dependent)
             })
             .collect();
         let mut names: BTreeSet<String> = dependents.iter().cloned().collect();
